@@ -1,0 +1,131 @@
+"""DriftPolicy: watch a ModelDeployment's live traffic for drift and retrain when it breaches the policy."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from regrow.api.common import (
+    ApiModel,
+    Conditions,
+    DecimalString,
+    Duration,
+    FractionString,
+    LocalObjectReference,
+    Name,
+    ObjectName,
+    Time,
+)
+from regrow.api.trainingjob import TrainingJobSpec
+
+
+class DriftTestType(StrEnum):
+    PSI = "psi"
+    KS = "ks"
+    JENSEN_SHANNON = "jensenShannon"
+    CHI_SQUARE = "chiSquare"
+    WASSERSTEIN = "wasserstein"
+
+
+class DriftTest(ApiModel):
+    """A statistical test and the score above which a feature counts as drifted."""
+
+    type: DriftTestType
+    threshold: DecimalString
+
+
+class PrometheusSource(ApiModel):
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
+
+
+class DriftSource(ApiModel):
+    """Where live bin counts come from: the serving pods' /metrics (default) or a Prometheus server."""
+
+    type: Literal["Pods", "Prometheus"] = "Pods"
+    prometheus: PrometheusSource | None = None
+
+    @model_validator(mode="after")
+    def _prometheus_needs_url(self) -> DriftSource:
+        if (self.type == "Prometheus") != (self.prometheus is not None):
+            raise ValueError("source.prometheus is required with type Prometheus and only then")
+        return self
+
+
+class ObjectMetaTemplate(ApiModel):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainingJobTemplate(ApiModel):
+    metadata: ObjectMetaTemplate = Field(default_factory=ObjectMetaTemplate)
+    spec: TrainingJobSpec
+
+
+class RetrainSpec(ApiModel):
+    template: TrainingJobTemplate
+    cooldown: Duration = Field(default="1h", description="Minimum time between two retrains.")
+    max_concurrent: int = Field(default=1, ge=1, le=10)
+    approval: Literal["Automatic", "Manual"] = "Automatic"
+
+
+def _default_tests() -> list[DriftTest]:
+    return [DriftTest(type=DriftTestType.PSI, threshold="0.2")]
+
+
+class DriftPolicySpec(ApiModel):
+    target_ref: LocalObjectReference = Field(description="The ModelDeployment to watch.")
+    tests: list[DriftTest] = Field(
+        default_factory=_default_tests,
+        min_length=1,
+        max_length=5,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    drift_share: FractionString = Field(
+        default="0.5", description="Share of features that must drift for the check to breach."
+    )
+    window: Duration = "10m"
+    interval: Duration = "1m"
+    min_samples: int = Field(default=500, ge=1)
+    consecutive_breaches: int = Field(default=2, ge=1, le=100)
+    source: DriftSource = Field(default_factory=DriftSource)
+    retrain: RetrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_tests(self) -> DriftPolicySpec:
+        kinds = [t.type for t in self.tests]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("each test type may appear once in tests")
+        return self
+
+
+class FeatureDrift(ApiModel):
+    name: str
+    scores: dict[str, str] = Field(default_factory=dict)
+    drifted: bool
+
+
+class DriftCheck(ApiModel):
+    time: Time
+    version: str
+    samples: int
+    drifted_features: int
+    breached: bool
+    features: list[FeatureDrift] = Field(default_factory=list, max_length=256)
+
+
+class RetrainRecord(ApiModel):
+    name: ObjectName
+    created: Time
+    check_time: Time
+
+
+class DriftPolicyStatus(ApiModel):
+    observed_generation: int | None = None
+    conditions: Conditions
+    last_check: DriftCheck | None = None
+    consecutive_breaches: int = 0
+    last_retrain_time: Time | None = None
+    training_jobs: list[RetrainRecord] = Field(default_factory=list, max_length=20)
+    pending_approval: Name | None = None

@@ -1,0 +1,100 @@
+"""ModelDeployment: serve a registry model with onnxruntime behind an autoscaled Deployment and Service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+
+from regrow.api.common import (
+    ApiModel,
+    Conditions,
+    Duration,
+    IntOrPercent,
+    Name,
+    ResourceRequirements,
+    StorageSpec,
+    StoreUri,
+)
+
+Version = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,62}$")]
+
+
+class ModelSource(ApiModel):
+    """The registry model to serve: follow an alias, or pin a version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["alias"]}, {"required": ["version"]}]}
+    )
+
+    registry: StoreUri
+    name: Name
+    alias: Name | None = Field(default=None, description="Follow this alias (e.g. champion) as it moves.")
+    version: Version | None = Field(default=None, description="Serve exactly this version.")
+    refresh_interval: Duration = Field(default="30s", description="How often the alias is looked up.")
+
+    @model_validator(mode="after")
+    def _alias_xor_version(self) -> ModelSource:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("set exactly one of model.alias and model.version")
+        return self
+
+
+class ReplicasSpec(ApiModel):
+    min: int = Field(default=1, ge=1, le=1000)
+    max: int = Field(default=3, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ReplicasSpec:
+        if self.min > self.max:
+            raise ValueError(f"replicas.min ({self.min}) must not exceed replicas.max ({self.max})")
+        return self
+
+
+class AutoscalingSpec(ApiModel):
+    target_cpu_utilization_percentage: int = Field(
+        default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
+
+
+class RolloutSpec(ApiModel):
+    strategy: Literal["RollingUpdate"] = "RollingUpdate"
+    max_surge: IntOrPercent = Field(default="25%", description="Extra pods during a roll (count or percent).")
+
+
+class PredictionLogSpec(ApiModel):
+    """A sampled, bounded log of requests and responses, written in batches to the registry."""
+
+    sample_percent: int = Field(default=0, ge=0, le=100)
+    max_queue: int = Field(
+        default=10000, ge=1, le=1_000_000, description="Records held before new ones drop."
+    )
+
+
+class ModelDeploymentSpec(ApiModel):
+    model: ModelSource
+    storage: StorageSpec | None = None
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    resources: ResourceRequirements | None = None
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        default=None, description="Serving image; the operator's default if unset."
+    )
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    prediction_log: PredictionLogSpec | None = None
+
+
+class ServingModelStatus(ApiModel):
+    uri: str
+    version: str
+
+
+class ModelDeploymentStatus(ApiModel):
+    observed_generation: int | None = None
+    conditions: Conditions
+    model: ServingModelStatus | None = Field(default=None, description="The model every ready pod serves.")
+    desired_version: str | None = Field(default=None, description="The version the alias resolves to.")
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    updated_replicas: int | None = None
+    url: str | None = None

@@ -1,0 +1,167 @@
+"""TrainingJob: train a scikit-learn model in a batch/v1 Job and publish it to the registry."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from regrow.api.common import (
+    ApiModel,
+    Conditions,
+    DecimalString,
+    Name,
+    ObjectName,
+    ResourceRequirements,
+    StorageSpec,
+    StoreUri,
+    Time,
+)
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+class Algorithm(StrEnum):
+    LOGISTIC_REGRESSION = "logisticRegression"
+    RANDOM_FOREST = "randomForest"
+    GRADIENT_BOOSTING = "gradientBoosting"
+    RIDGE = "ridge"
+    RANDOM_FOREST_REGRESSOR = "randomForestRegressor"
+    GRADIENT_BOOSTING_REGRESSOR = "gradientBoostingRegressor"
+
+    @property
+    def task(self) -> Task:
+        return Task.REGRESSION if self in _REGRESSORS else Task.CLASSIFICATION
+
+
+_REGRESSORS = frozenset(
+    {Algorithm.RIDGE, Algorithm.RANDOM_FOREST_REGRESSOR, Algorithm.GRADIENT_BOOSTING_REGRESSOR}
+)
+
+
+class Metric(StrEnum):
+    ACCURACY = "accuracy"
+    F1 = "f1"
+    ROC_AUC = "rocAuc"
+    RMSE = "rmse"
+    R2 = "r2"
+
+    @property
+    def task(self) -> Task:
+        return Task.REGRESSION if self in (Metric.RMSE, Metric.R2) else Task.CLASSIFICATION
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self is not Metric.RMSE
+
+
+DEFAULT_METRIC = {Task.CLASSIFICATION: Metric.ACCURACY, Task.REGRESSION: Metric.RMSE}
+
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ParamValue = int | Annotated[str, StringConstraints(max_length=256)]
+
+
+class DatasetSpec(ApiModel):
+    """Where the training data is and which column is the target."""
+
+    uri: StoreUri
+    format: Literal["csv", "parquet"] = "csv"
+    target: ColumnName = Field(description="The column to predict.")
+    features: list[ColumnName] | None = Field(
+        default=None, max_length=1024, description="Feature columns; all columns but the target if unset."
+    )
+
+
+class ModelSpec(ApiModel):
+    """The estimator and its hyperparameters."""
+
+    algorithm: Algorithm
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        description='scikit-learn parameters by their scikit-learn name; decimals as strings ("0.5").',
+    )
+
+
+class EvaluationSpec(ApiModel):
+    """How the model is scored on a deterministic holdout."""
+
+    metric: Metric | None = Field(
+        default=None, description="accuracy for classifiers, rmse for regressors if unset."
+    )
+    holdout_percent: int = Field(default=20, ge=5, le=50)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class OutputSpec(ApiModel):
+    """Where the model version is published."""
+
+    registry: StoreUri
+    model_name: Name
+
+
+class PromoteSpec(ApiModel):
+    """Move an alias to the new version when it beats the alias's current model on the same holdout."""
+
+    alias: Name
+    min_improvement: DecimalString = Field(
+        default="0", description="How much better the new model's metric must be than the current one's."
+    )
+
+
+class TrainingJobSpec(ApiModel):
+    dataset: DatasetSpec
+    model: ModelSpec
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec
+    promote: PromoteSpec | None = None
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        default=None, description="Trainer image; the operator's default if unset."
+    )
+    resources: ResourceRequirements | None = None
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    storage: StorageSpec | None = None
+
+    @model_validator(mode="after")
+    def _metric_fits_algorithm(self) -> TrainingJobSpec:
+        metric = self.evaluation.metric
+        if metric is not None and metric.task is not self.model.algorithm.task:
+            raise ValueError(
+                f"metric {metric.value} is for {metric.task.value} but algorithm "
+                f"{self.model.algorithm.value} is a {self.model.algorithm.task.value} algorithm"
+            )
+        return self
+
+    @property
+    def metric(self) -> Metric:
+        return self.evaluation.metric or DEFAULT_METRIC[self.model.algorithm.task]
+
+
+class ArtifactStatus(ApiModel):
+    uri: str
+    version: str
+    metrics: dict[str, str] = Field(default_factory=dict, description="Holdout metrics, as decimal strings.")
+
+
+class PromotionStatus(ApiModel):
+    alias: Name
+    outcome: Literal["Promoted", "Rejected"]
+    metric: str
+    candidate_score: str
+    current_score: str | None = None
+    previous_version: str | None = None
+    message: str = ""
+
+
+class TrainingJobStatus(ApiModel):
+    observed_generation: int | None = None
+    conditions: Conditions
+    job_name: ObjectName | None = None
+    start_time: Time | None = None
+    completion_time: Time | None = None
+    artifact: ArtifactStatus | None = None
+    promotion: PromotionStatus | None = None

@@ -1,0 +1,76 @@
+"""The ``regrow`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from regrow.api import InvalidSpec, validate_object
+from regrow.api.crd import crd_files
+
+
+def _crds(args: argparse.Namespace) -> int:
+    out: Path = args.output_dir
+    files = crd_files()
+    if args.check:
+        stale = [name for name, text in files.items() if _read(out / name) != text]
+        extra = sorted(p.name for p in out.glob("*.yaml") if p.name not in files) if out.is_dir() else []
+        for name in stale + extra:
+            print(f"{out / name} is stale: run `regrow crds`", file=sys.stderr)
+        return 1 if stale or extra else 0
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(f"Wrote {out / name}")
+    return 0
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        for doc in yaml.safe_load_all(Path(path).read_text()):
+            if not doc:
+                continue
+            name = f"{path}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            try:
+                validate_object(doc)
+            except InvalidSpec as error:
+                failed += 1
+                print(f"{name}: invalid: {error}", file=sys.stderr)
+            else:
+                print(f"{name}: valid")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    crds = commands.add_parser(
+        "crds", help="write the CustomResourceDefinitions generated from the API models"
+    )
+    crds.add_argument("--output-dir", type=Path, default=Path("crds"))
+    crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    crds.set_defaults(func=_crds)
+
+    validate = commands.add_parser("validate", help="check regrow resources in YAML files against the API")
+    validate.add_argument("files", nargs="+")
+    validate.set_defaults(func=_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""A real Kubernetes API for the tests.
+
+In order of preference:
+1. ``KUBECONFIG``: any cluster (kind, or the single-node cluster from ``../shared/k8s``); pods run.
+2. ``KUBEBUILDER_ASSETS``: a directory with etcd and kube-apiserver (and kube-controller-manager):
+   they are started envtest-style on free loopback ports with a throwaway data dir; no pods run.
+3. Neither: the tests that need a cluster are skipped, or fail when ``REGROW_REQUIRE_CLUSTER=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKEN = "regrow-test-admin-token"
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    kubectl_path: str
+    origin: str
+    runs_pods: bool
+    started_in: float = 0.0
+    _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; raise with its stderr when ``check`` and it fails."""
+        proc = subprocess.run(
+            [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def connect() -> Cluster | str:
+    """A cluster for the test session, or the reason there is none."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            return "KUBECONFIG is set but kubectl is not on PATH"
+        return Cluster(
+            Path(kubeconfig), kubectl, origin=f"KUBECONFIG={kubeconfig}", runs_pods=_has_nodes(kubectl)
+        )
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if not assets:
+        return "no cluster: set KUBECONFIG, or KUBEBUILDER_ASSETS=$(../shared/k8s/cluster assets)"
+    missing = [b for b in ("etcd", "kube-apiserver", "kubectl") if not (Path(assets) / b).is_file()]
+    if missing:
+        return f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}"
+    return start_control_plane(Path(assets))
+
+
+def _has_nodes(kubectl: str) -> bool:
+    proc = subprocess.run(
+        [kubectl, "get", "nodes", "-o", "name"], capture_output=True, text=True, timeout=60, check=False
+    )
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def start_control_plane(assets: Path) -> Cluster:
+    """Start etcd, kube-apiserver and (if present) kube-controller-manager on free loopback ports."""
+    t0 = time.monotonic()
+    stack = ExitStack()
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regrow-envtest-")))
+    logs = tmp / "logs"
+    logs.mkdir()
+    key, pub = tmp / "sa.key", tmp / "sa.pub"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True
+    )
+    (tmp / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n")
+
+    etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    _spawn(stack, logs, "etcd", [
+        str(assets / "etcd"), f"--data-dir={tmp / 'etcd'}", "--name=envtest",
+        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+        f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=envtest={peer_url}", "--unsafe-no-fsync",
+    ])  # fmt: skip
+    _spawn(stack, logs, "kube-apiserver", [
+        str(assets / "kube-apiserver"), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
+        f"--secure-port={api_port}", f"--cert-dir={tmp / 'certs'}",
+        f"--service-account-key-file={pub}", f"--service-account-signing-key-file={key}",
+        "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
+        "--authorization-mode=RBAC", f"--token-auth-file={tmp / 'tokens.csv'}", "--insecure-port=0",
+    ])  # fmt: skip
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfig = tmp / "kubeconfig"
+    _wait_ready(f"{server}/readyz", logs / "kube-apiserver.log")
+    kubeconfig.write_text(_kubeconfig(server, tmp / "certs" / "apiserver.crt"))
+    if (assets / "kube-controller-manager").is_file():
+        _spawn(stack, logs, "kube-controller-manager", [
+            str(assets / "kube-controller-manager"), f"--kubeconfig={kubeconfig}", "--leader-elect=false",
+            "--controllers=*", f"--service-account-private-key-file={key}", "--port=0", "--secure-port=0",
+            "--service-cluster-ip-range=10.0.0.0/24",
+        ])  # fmt: skip
+    return Cluster(
+        kubeconfig,
+        str(assets / "kubectl"),
+        origin=f"envtest control plane at {server} (KUBEBUILDER_ASSETS={assets})",
+        runs_pods=False,
+        started_in=time.monotonic() - t0,
+        _stack=stack,
+    )
+
+
+def _spawn(stack: ExitStack, logs: Path, name: str, argv: Sequence[str]) -> None:
+    log = stack.enter_context((logs / f"{name}.log").open("w"))
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    stack.callback(stop)
+
+
+def _kubeconfig(server: str, ca: Path) -> str:
+    return f"""apiVersion: v1
+kind: Config
+clusters:
+- name: envtest
+  cluster: {{server: "{server}", certificate-authority: "{ca}"}}
+users:
+- name: admin
+  user: {{token: "{TOKEN}"}}
+contexts:
+- name: envtest
+  context: {{cluster: envtest, user: admin}}
+current-context: envtest
+"""
+
+
+def _wait_ready(url: str, log: Path, timeout: float = 60.0) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the server's self-signed certificate does not exist yet
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log.exists() else ""
+    raise RuntimeError(f"kube-apiserver was not ready in {timeout:.0f}s; log tail:\n{tail}")

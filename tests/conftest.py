@@ -1,0 +1,68 @@
+"""Fixtures shared by the whole suite: a real Kubernetes API, a namespace per test, the CRDs."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from regrow.api import KINDS
+from tests.cluster import Cluster, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    found = connect()
+    if isinstance(found, str):
+        if REQUIRE_CLUSTER:
+            pytest.fail(f"REGROW_REQUIRE_CLUSTER=1 but {found}", pytrace=False)
+        pytest.skip(found)
+    print(
+        f"\nCluster: {found.origin}" + (f", started in {found.started_in:.1f}s" if found.started_in else "")
+    )
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Cluster) -> client.ApiClient:
+    api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.kubeconfig)
+    )
+    return api_client
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    """The CRDs from crds/, applied and Established."""
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
+    # kubectl validates against the published OpenAPI document, which trails Established by a moment.
+    deadline = time.monotonic() + 60
+    wanted = [f"dev.regrow.v1alpha1.{kind.kind}" for kind in KINDS]
+    while not all(w in cluster.kubectl("get", "--raw", "/openapi/v2").stdout for w in wanted):
+        if time.monotonic() > deadline:
+            pytest.fail("the CRDs' schemas never appeared in /openapi/v2")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

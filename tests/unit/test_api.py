@@ -1,0 +1,152 @@
+"""The pydantic models: what they accept, what they reject, and how they read on the wire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from regrow.api import (
+    DriftPolicySpec,
+    InvalidSpec,
+    ModelDeploymentSpec,
+    TrainingJobSpec,
+    parse_spec,
+    validate_object,
+)
+from regrow.api.common import parse_duration
+from regrow.api.trainingjob import Metric
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _example(kind: str) -> dict[str, Any]:
+    return next(d for p in EXAMPLES for d in _docs(p) if d["kind"] == kind)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_valid_and_round_trips(path: Path) -> None:
+    for doc in _docs(path):
+        spec = validate_object(doc)
+        again = type(spec).model_validate(spec.to_wire())  # type: ignore[attr-defined]
+        assert again == spec
+
+
+def test_examples_cover_all_three_kinds() -> None:
+    assert {d["kind"] for p in EXAMPLES for d in _docs(p)} == {
+        "TrainingJob",
+        "ModelDeployment",
+        "DriftPolicy",
+    }
+
+
+def test_wire_names_are_camel_case() -> None:
+    spec = parse_spec(ModelDeploymentSpec, _example("ModelDeployment")["spec"])
+    wire = spec.to_wire()
+    assert wire["autoscaling"] == {"targetCPUUtilizationPercentage": 70}
+    assert wire["model"]["refreshInterval"] == "30s"
+    assert wire["predictionLog"] == {"samplePercent": 10, "maxQueue": 10000}
+
+
+def test_defaults_fill_what_the_user_left_out() -> None:
+    spec = parse_spec(
+        TrainingJobSpec,
+        {
+            "dataset": {"uri": "s3://data/iris.csv", "target": "y"},
+            "model": {"algorithm": "ridge"},
+            "output": {"registry": "s3://models/prod", "modelName": "houses"},
+        },
+    )
+    assert spec.dataset.format == "csv"
+    assert spec.evaluation.holdout_percent == 20
+    assert spec.backoff_limit == 1
+    assert spec.metric is Metric.RMSE  # regression default
+    policy = parse_spec(DriftPolicySpec, {"targetRef": {"name": "iris"}})
+    assert [(t.type.value, t.threshold) for t in policy.tests] == [("psi", "0.2")]
+    assert policy.source.type == "Pods"
+
+
+def _with(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``doc`` with the dotted ``path`` set to ``value`` (or removed when value is ...)."""
+    out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(doc))
+    *parents, leaf = path.split(".")
+    node = out
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is ...:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+    return out
+
+
+INVALID = [
+    ("ModelDeployment", "spec.replicas.min", 5, "replicas.min (5) must not exceed replicas.max (4)"),
+    ("ModelDeployment", "spec.model.version", "abc123", "set exactly one of model.alias and model.version"),
+    ("ModelDeployment", "spec.model.alias", ..., "set exactly one of model.alias and model.version"),
+    (
+        "ModelDeployment",
+        "spec.replicas.min",
+        0,
+        "spec.replicas.min: Input should be greater than or equal to 1",
+    ),
+    (
+        "ModelDeployment",
+        "spec.model.registry",
+        "http://x",
+        "spec.model.registry: String should match pattern",
+    ),
+    (
+        "ModelDeployment",
+        "spec.model.refreshInterval",
+        "5 minutes",
+        "spec.model.refreshInterval: String should",
+    ),
+    ("ModelDeployment", "spec.replicaz", 3, "spec.replicaz: Extra inputs are not permitted"),
+    ("TrainingJob", "spec.dataset", ..., "spec.dataset: Field required"),
+    ("TrainingJob", "spec.model.algorithm", "xgboost", "spec.model.algorithm: Input should be"),
+    ("TrainingJob", "spec.evaluation.metric", "rmse", "metric rmse is for regression but algorithm"),
+    ("TrainingJob", "spec.evaluation.holdoutPercent", 90, "less than or equal to 50"),
+    (
+        "TrainingJob",
+        "spec.promote.minImprovement",
+        0.01,
+        "spec.promote.minImprovement: Input should be a valid string",
+    ),
+    ("DriftPolicy", "spec.driftShare", "1.5", "spec.driftShare: String should match pattern"),
+    ("DriftPolicy", "spec.tests", [{"type": "psi", "threshold": "1"}] * 2, "each test type may appear once"),
+    ("DriftPolicy", "spec.source", {"type": "Prometheus"}, "source.prometheus is required"),
+    ("DriftPolicy", "spec.retrain.approval", "Sometimes", "spec.retrain.approval: Input should be"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "value", "message"), INVALID)
+def test_invalid_specs_are_rejected_with_a_readable_message(
+    kind: str, path: str, value: Any, message: str
+) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        validate_object(_with(_example(kind), path, value))
+    assert message in str(caught.value)
+
+
+def test_validate_object_rejects_foreign_kinds() -> None:
+    with pytest.raises(InvalidSpec, match="not a regrow resource"):
+        validate_object({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}})
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("10m", 600), ("1h30m", 5400), ("2h", 7200)])
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "1d", "-5s", "1.5h"])
+def test_parse_duration_rejects_other_forms(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
