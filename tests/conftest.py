@@ -17,6 +17,12 @@ from tests.cluster import Cluster, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
+_ORIGIN: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which Kubernetes the cluster tests ran against, so a log shows they were not skipped."""
+    terminalreporter.write_line(f"Kubernetes API: {_ORIGIN[0] if _ORIGIN else 'none used'}")
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +32,7 @@ def cluster() -> Iterator[Cluster]:
         if REQUIRE_CLUSTER:
             pytest.fail(f"REGROW_REQUIRE_CLUSTER=1 but {found}", pytrace=False)
         pytest.skip(found)
-    print(
-        f"\nCluster: {found.origin}" + (f", started in {found.started_in:.1f}s" if found.started_in else "")
-    )
+    _ORIGIN.append(found.origin + (f", started in {found.started_in:.1f}s" if found.started_in else ""))
     try:
         yield found
     finally:
