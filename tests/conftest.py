@@ -70,3 +70,32 @@ def namespace(cluster: Cluster, api: client.ApiClient, request: pytest.FixtureRe
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint on loopback (moto in server mode), with test credentials in the environment."""
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415 - only S3 tests pay for moto
+
+    from tests.cluster import free_port  # noqa: PLC0415
+
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="regrow-test", AWS_SECRET_ACCESS_KEY="regrow-test", AWS_DEFAULT_REGION="us-east-1"
+    )
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the S3 endpoint."""
+    import boto3  # noqa: PLC0415
+
+    name = f"regrow-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name

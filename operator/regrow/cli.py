@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +52,19 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from regrow.training.entrypoint import default_termination_log, run  # noqa: PLC0415 - needs [training]
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec_text = Path(args.spec_file).read_text() if args.spec_file else os.environ.get("REGROW_TRAINING_SPEC")
+    if not spec_text:
+        print("regrow train: give --spec-file or set REGROW_TRAINING_SPEC", file=sys.stderr)
+        return 2
+    run_info = {k: os.environ.get(f"REGROW_RUN_{k.upper()}", "") for k in ("namespace", "name", "uid")}
+    log_path = args.termination_log if args.termination_log else default_termination_log()
+    return run(spec_text, {k: v for k, v in run_info.items() if v}, log_path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check regrow resources in YAML files against the API")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=_validate)
+
+    train = commands.add_parser("train", help="run one training (what a TrainingJob's pod runs)")
+    train.add_argument("--spec-file", help="TrainingJob spec as JSON; default: $REGROW_TRAINING_SPEC")
+    train.add_argument("--termination-log", type=Path, help="default: /dev/termination-log when present")
+    train.set_defaults(func=_train)
     return parser
 
 

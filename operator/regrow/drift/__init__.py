@@ -1,0 +1,1 @@
+"""Drift: reference profiles of training data and the statistical tests on binned counts."""

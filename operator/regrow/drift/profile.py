@@ -1,0 +1,144 @@
+"""Reference profiles: per-feature bins fitted on the training data, and vectorised binning.
+
+A numeric feature with ``m`` edges (quantiles of the training data, the first the minimum and the last
+the maximum) has ``m + 2`` bins, in this order: underflow (below the minimum), ``m - 1`` regular bins
+(the last one closed on the right), overflow (above the maximum), and missing (NaN). The profile keeps
+the reference counts; the serving process counts live values into the same bins.
+
+Values and edges are float32, the precision the model sees, so a value lands in the same bin in the
+trainer, in the serving process and in the tests, whatever precision it arrived in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+SCHEMA_VERSION = 1
+DEFAULT_BINS = 10
+_CHUNK_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    name: str
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        return ["underflow", *(f"b{i}" for i in range(len(self.edges) - 1)), "overflow", "missing"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    features: tuple[FeatureProfile, ...]
+    rows: int
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @cached_property
+    def sizes(self) -> npt.NDArray[np.int64]:
+        """Number of bins of each feature."""
+        return np.array([len(f.counts) for f in self.features], dtype=np.int64)
+
+    @cached_property
+    def offsets(self) -> npt.NDArray[np.int64]:
+        """Where each feature's bins start in the flat vector of all bins."""
+        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+
+    @cached_property
+    def _edges(self) -> npt.NDArray[np.float32]:
+        width = max(len(f.edges) for f in self.features)
+        out = np.full((len(self.features), width), np.nan, dtype=np.float32)
+        for j, f in enumerate(self.features):
+            out[j, : len(f.edges)] = f.edges
+        return out
+
+    @cached_property
+    def _last(self) -> npt.NDArray[np.float32]:
+        return np.array([f.edges[-1] for f in self.features], dtype=np.float32)
+
+    def reference_counts(self) -> npt.NDArray[np.int64]:
+        """All features' reference counts as one flat vector (see ``offsets``)."""
+        return np.concatenate([np.asarray(f.counts, dtype=np.int64) for f in self.features])
+
+    def bin_indices(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Bin of each value of an (n, features) array, per feature (0 = underflow)."""
+        values = np.asarray(x, dtype=np.float32)
+        if values.ndim != 2 or values.shape[1] != len(self.features):
+            raise ValueError(f"expected an array of shape (n, {len(self.features)}), got {values.shape}")
+        out = np.empty(values.shape, dtype=np.int64)
+        for start in range(0, len(values), _CHUNK_ROWS):
+            chunk = values[start : start + _CHUNK_ROWS]
+            # How many edges each value reaches; NaN padding never compares true.
+            reached = (chunk[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+            reached -= chunk == self._last  # the maximum belongs to the last regular bin
+            out[start : start + _CHUNK_ROWS] = np.where(np.isnan(chunk), self.sizes - 1, reached)
+        return out
+
+    def bin_counts(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Counts of an (n, features) array in every bin, as one flat vector (see ``offsets``)."""
+        flat = (self.bin_indices(x) + self.offsets).ravel()
+        return np.bincount(flat, minlength=int(self.sizes.sum())).astype(np.int64)
+
+    def split(self, flat: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+        """A flat vector of bin counts cut into one array per feature."""
+        return np.split(flat, self.offsets[1:])
+
+    def to_json(self) -> bytes:
+        body = {
+            "schemaVersion": SCHEMA_VERSION,
+            "rows": self.rows,
+            "features": [
+                {"name": f.name, "type": "numeric", "edges": list(f.edges), "counts": list(f.counts)}
+                for f in self.features
+            ],
+        }
+        return json.dumps(body, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Profile:
+        body = json.loads(data)
+        if body.get("schemaVersion") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported profile schemaVersion {body.get('schemaVersion')!r}")
+        features = tuple(
+            FeatureProfile(f["name"], tuple(float(e) for e in f["edges"]), tuple(int(c) for c in f["counts"]))
+            for f in body["features"]
+        )
+        return cls(features, int(body["rows"]))
+
+
+def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) -> Profile:
+    """The reference profile of training data: quantile edges per feature and the data's own counts."""
+    values = np.asarray(x, dtype=np.float32)
+    if values.ndim != 2 or values.shape[1] != len(names):
+        raise ValueError(f"expected an array of shape (n, {len(names)}), got {values.shape}")
+    edges = []
+    for column in values.T:
+        present = column[~np.isnan(column)]
+        if present.size == 0:
+            cuts = np.zeros(2, dtype=np.float32)
+        else:
+            quantiles = np.quantile(present.astype(np.float64), np.linspace(0.0, 1.0, bins + 1))
+            cuts = np.unique(quantiles.astype(np.float32))
+            if cuts.size == 1:
+                cuts = np.repeat(cuts, 2)  # a constant feature still gets one regular bin
+        edges.append(tuple(float(e) for e in cuts))
+    empty = Profile(
+        tuple(FeatureProfile(n, e, (0,) * (len(e) + 2)) for n, e in zip(names, edges, strict=True)), 0
+    )
+    counts = empty.split(empty.bin_counts(values))
+    return Profile(
+        tuple(
+            FeatureProfile(n, e, tuple(int(c) for c in k))
+            for n, e, k in zip(names, edges, counts, strict=True)
+        ),
+        len(values),
+    )

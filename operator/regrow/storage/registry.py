@@ -1,0 +1,99 @@
+"""The model registry on top of a store.
+
+Layout under the registry root::
+
+    <model>/versions/<version>/model.onnx      the model
+    <model>/versions/<version>/profile.json    the reference profile of the training data
+    <model>/versions/<version>/metadata.json   written last: a version is complete once it exists
+    <model>/aliases/<alias>.json               {"version": ..., "previous": ..., "updated": ...}
+    <model>/runs/<run-id>.json                 what one training run produced and decided
+
+A version is the first 16 hex digits of the SHA-256 over the model and profile bytes, so the same
+training output never gets two versions, and publishing a version that exists changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from regrow.storage import NotFound, Store
+
+MODEL, PROFILE, METADATA = "model.onnx", "profile.json", "metadata.json"
+
+
+def content_version(model: bytes, profile: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (model, profile):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Published:
+    version: str
+    uri: str
+    created: bool  # False when the version already existed
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def version_uri(self, model: str, version: str) -> str:
+        return f"{self.store.uri}/{model}/versions/{version}"
+
+    def publish(self, model: str, onnx: bytes, profile: bytes, metadata: dict[str, Any]) -> Published:
+        version = content_version(onnx, profile)
+        base = f"{model}/versions/{version}"
+        if self.store.exists(f"{base}/{METADATA}"):
+            return Published(version, self.version_uri(model, version), created=False)
+        self.store.put(f"{base}/{MODEL}", onnx)
+        self.store.put(f"{base}/{PROFILE}", profile)
+        self.store.put(f"{base}/{METADATA}", _json({**metadata, "version": version}))
+        return Published(version, self.version_uri(model, version), created=True)
+
+    def read(self, model: str, version: str, name: str) -> bytes:
+        return self.store.get(f"{model}/versions/{version}/{name}")
+
+    def metadata(self, model: str, version: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.read(model, version, METADATA))
+        return loaded
+
+    def versions(self, model: str) -> list[str]:
+        keys = self.store.list(f"{model}/versions/")
+        return sorted({k.split("/")[2] for k in keys if k.endswith(f"/{METADATA}")})
+
+    def resolve(self, model: str, alias: str) -> str | None:
+        """The version an alias points at, or None if the alias does not exist."""
+        try:
+            record = json.loads(self.store.get(f"{model}/aliases/{alias}.json"))
+        except NotFound:
+            return None
+        version: str = record["version"]
+        return version
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        if not self.store.exists(f"{model}/versions/{version}/{METADATA}"):
+            raise NotFound(f"{model} has no complete version {version}")
+        previous = self.resolve(model, alias)
+        record = {"version": version, "previous": previous, "updated": now()}
+        self.store.put(f"{model}/aliases/{alias}.json", _json(record))
+
+    def write_run(self, model: str, run_id: str, record: dict[str, Any]) -> None:
+        self.store.put(f"{model}/runs/{run_id}.json", _json(record))
+
+    def read_run(self, model: str, run_id: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.store.get(f"{model}/runs/{run_id}.json"))
+        return loaded
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()

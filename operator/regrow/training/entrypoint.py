@@ -1,0 +1,53 @@
+"""``regrow train``: what a training pod runs. Reports its outcome as JSON on stdout and in the
+container's termination message, where the operator reads it without access to the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
+from regrow.storage import open_store
+from regrow.storage.registry import Registry
+from regrow.training.trainer import TrainingError, read_dataset, train
+
+log = logging.getLogger(__name__)
+TERMINATION_LOG = Path("/dev/termination-log")
+MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
+
+
+def report(outcome: dict[str, Any], termination_log: Path | None) -> None:
+    text = json.dumps(outcome, sort_keys=True)
+    print(text, flush=True)
+    if termination_log is not None:
+        try:
+            termination_log.write_text(text[:MESSAGE_LIMIT])
+        except OSError as error:
+            log.warning("Could not write the termination message to %s: %s", termination_log, error)
+
+
+def run(spec_text: str, run_info: dict[str, str], termination_log: Path | None) -> int:
+    """Exit status 0 on success, 1 when the run failed (the reason is in the report)."""
+    try:
+        spec = parse_spec(TrainingJobSpec, json.loads(spec_text))
+        storage = spec.storage
+        store = open_store(
+            spec.output.registry,
+            endpoint_url=storage.endpoint_url if storage else None,
+            region=storage.region if storage else None,
+        )
+        result = train(spec, read_dataset(spec), Registry(store), run_info)
+    except (InvalidSpec, json.JSONDecodeError) as error:
+        report({"succeeded": False, "reason": "InvalidSpec", "message": str(error)}, termination_log)
+        return 1
+    except TrainingError as error:
+        report({"succeeded": False, "reason": error.reason, "message": str(error)}, termination_log)
+        return 1
+    report({"succeeded": True, **result.summary()}, termination_log)
+    return 0
+
+
+def default_termination_log() -> Path | None:
+    return TERMINATION_LOG if TERMINATION_LOG.parent.is_dir() and TERMINATION_LOG.exists() else None

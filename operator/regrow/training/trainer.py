@@ -1,0 +1,320 @@
+"""One training run, from a TrainingJob spec to a published, gated model version."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn import metrics as skm
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+
+from regrow.api.common import parse_decimal
+from regrow.api.trainingjob import Metric, Task, TrainingJobSpec
+from regrow.drift.profile import fit_profile
+from regrow.inference import INPUT_NAME, OnnxModel, Prediction
+from regrow.storage import NotFound, read_uri
+from regrow.storage.registry import MODEL, Registry, now
+from regrow.training.estimators import ParamError, build_pipeline
+
+log = logging.getLogger(__name__)
+
+PROBABILITY_TOLERANCE = 1e-4
+REGRESSION_TOLERANCE = 1e-4  # relative, and absolute near zero
+
+
+class TrainingError(Exception):
+    """A run that cannot succeed with this spec or data; ``reason`` is the condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: npt.NDArray[np.float64]
+    y: npt.NDArray[Any]
+    features: list[str]
+    digest: str
+
+
+@dataclass(frozen=True)
+class Gate:
+    alias: str
+    outcome: str  # Promoted | Rejected
+    candidate_score: float
+    current_score: float | None
+    previous_version: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class RunResult:
+    model: str
+    version: str
+    uri: str
+    created: bool
+    metric: str
+    metrics: dict[str, float]
+    parity_error: float
+    train_seconds: float
+    gate: Gate | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The run as the operator reads it (termination message and run record)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "version": self.version,
+            "uri": self.uri,
+            "metric": self.metric,
+            "metrics": {k: f"{v:.6g}" for k, v in self.metrics.items()},
+            "parityError": f"{self.parity_error:.3g}",
+            "trainSeconds": f"{self.train_seconds:.3f}",
+        }
+        if self.gate is not None:
+            out["promotion"] = {
+                "alias": self.gate.alias,
+                "outcome": self.gate.outcome,
+                "metric": self.metric,
+                "candidateScore": f"{self.gate.candidate_score:.6g}",
+                **(
+                    {"currentScore": f"{self.gate.current_score:.6g}"}
+                    if self.gate.current_score is not None
+                    else {}
+                ),
+                **({"previousVersion": self.gate.previous_version} if self.gate.previous_version else {}),
+                "message": self.gate.message,
+            }
+        return out
+
+
+def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
+    frame = (
+        pd.read_parquet(io.BytesIO(raw)) if spec.dataset.format == "parquet" else pd.read_csv(io.BytesIO(raw))
+    )
+    target = spec.dataset.target
+    if target not in frame.columns:
+        raise TrainingError(
+            "InvalidDataset", f"target column {target!r} is not in the dataset: {list(frame.columns)}"
+        )
+    features = spec.dataset.features or [str(c) for c in frame.columns if c != target]
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise TrainingError("InvalidDataset", f"feature columns not in the dataset: {missing}")
+    non_numeric = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
+    if non_numeric:
+        raise TrainingError("InvalidDataset", f"feature columns must be numeric: {non_numeric}")
+    frame = frame[frame[target].notna()]
+    if len(frame) < 10:
+        raise TrainingError("InvalidDataset", f"need at least 10 labelled rows, found {len(frame)}")
+    y = frame[target].to_numpy()
+    if spec.model.algorithm.task is Task.REGRESSION and not pd.api.types.is_numeric_dtype(frame[target]):
+        raise TrainingError("InvalidDataset", f"target {target!r} must be numeric for regression")
+    return Dataset(frame[features].to_numpy(dtype=np.float64), y, features, hashlib.sha256(raw).hexdigest())
+
+
+def split(spec: TrainingJobSpec, data: Dataset) -> tuple[Any, Any, Any, Any]:
+    classification = spec.model.algorithm.task is Task.CLASSIFICATION
+    stratify = None
+    if classification:
+        _, counts = np.unique(data.y, return_counts=True)
+        if len(counts) < 2:
+            raise TrainingError("InvalidDataset", "classification needs at least two classes in the target")
+        stratify = data.y if counts.min() >= 2 else None
+    return train_test_split(  # type: ignore[no-any-return]
+        data.x, data.y, test_size=spec.evaluation.holdout_percent / 100, random_state=spec.evaluation.seed,
+        stratify=stratify,
+    )  # fmt: skip
+
+
+def export_onnx(pipeline: Pipeline, n_features: int) -> bytes:
+    options = {id(pipeline.steps[-1][1]): {"zipmap": False}} if hasattr(pipeline, "predict_proba") else None
+    # A fixed graph name (skl2onnx draws a random one) keeps the bytes, and so the version, reproducible.
+    onnx_model = convert_sklearn(
+        pipeline,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        options=options,
+        name="regrow",
+    )
+    return onnx_model.SerializeToString()  # type: ignore[no-any-return]
+
+
+def parity_error(pipeline: Pipeline, model: OnnxModel, x: npt.NDArray[np.float64], task: Task) -> float:
+    """The largest disagreement between scikit-learn and onnxruntime on ``x``; raises on a label mismatch."""
+    x32 = x.astype(np.float32)
+    got = model.predict(x32)
+    if task is Task.REGRESSION:
+        want = pipeline.predict(x32.astype(np.float64))
+        error = np.abs(got.outputs.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))
+        worst = float(error.max(initial=0.0))
+        if worst > REGRESSION_TOLERANCE:
+            raise TrainingError(
+                "ParityFailed", f"onnxruntime and scikit-learn differ by {worst:.3g} (relative)"
+            )
+        return worst
+    want_labels = pipeline.predict(x32.astype(np.float64))
+    mismatches = int(np.sum(got.outputs != want_labels))
+    if mismatches:
+        raise TrainingError("ParityFailed", f"onnxruntime and scikit-learn disagree on {mismatches} labels")
+    assert got.probabilities is not None
+    worst = float(np.abs(got.probabilities - pipeline.predict_proba(x32.astype(np.float64))).max(initial=0.0))
+    if worst > PROBABILITY_TOLERANCE:
+        raise TrainingError(
+            "ParityFailed", f"onnxruntime and scikit-learn probabilities differ by {worst:.3g}"
+        )
+    return worst
+
+
+def score(task: Task, y: npt.NDArray[Any], prediction: Prediction, classes: list[Any]) -> dict[str, float]:
+    if task is Task.REGRESSION:
+        values = prediction.outputs.astype(np.float64)
+        return {
+            Metric.RMSE.value: float(np.sqrt(skm.mean_squared_error(y, values))),
+            Metric.R2.value: float(skm.r2_score(y, values)),
+        }
+    out = {
+        Metric.ACCURACY.value: float(skm.accuracy_score(y, prediction.outputs)),
+        Metric.F1.value: float(skm.f1_score(y, prediction.outputs, average="macro")),
+    }
+    assert prediction.probabilities is not None
+    present = set(np.unique(y))
+    if len(present) >= 2 and present <= set(classes):
+        proba = prediction.probabilities
+        if len(classes) == 2:
+            out[Metric.ROC_AUC.value] = float(skm.roc_auc_score(y, proba[:, 1], labels=classes))
+        else:
+            out[Metric.ROC_AUC.value] = float(
+                skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes)
+            )
+    return out
+
+
+def improvement(metric: Metric, candidate: float, current: float) -> Decimal:
+    delta = candidate - current if metric.higher_is_better else current - candidate
+    return Decimal(repr(delta))
+
+
+def gate(
+    spec: TrainingJobSpec, registry: Registry, x: npt.NDArray[np.float64], y: npt.NDArray[Any],
+    features: list[str], candidate: float,
+) -> Gate | None:  # fmt: skip
+    """Decide whether the new model replaces the alias's current one, scoring both on the same holdout."""
+    if spec.promote is None:
+        return None
+    alias, model_name, metric = spec.promote.alias, spec.output.model_name, spec.metric
+    current_version = registry.resolve(model_name, alias)
+    if current_version is None:
+        return Gate(alias, "Promoted", candidate, None, None, f"{alias} did not exist")
+    current_meta = registry.metadata(model_name, current_version)
+    if (
+        current_meta.get("features") != features
+        or current_meta.get("task") != spec.model.algorithm.task.value
+    ):
+        return Gate(
+            alias, "Rejected", candidate, None, current_version,
+            f"{alias} ({current_version}) takes other features or task; it cannot be scored on this holdout",
+        )  # fmt: skip
+    current_model = OnnxModel(registry.read(model_name, current_version, MODEL))
+    current = score(spec.model.algorithm.task, y, current_model.predict(x), current_meta.get("classes", []))
+    current_score = current.get(metric.value)
+    if current_score is None:
+        return Gate(
+            alias, "Rejected", candidate, None, current_version, f"{metric.value} undefined on this holdout"
+        )
+    gain = improvement(metric, candidate, current_score)
+    needed = parse_decimal(spec.promote.min_improvement)
+    verdict = "Promoted" if gain >= needed else "Rejected"
+    message = (
+        f"{metric.value} {candidate:.6g} vs {current_score:.6g} for {current_version}: "
+        f"improvement {gain:.6g} {'>=' if verdict == 'Promoted' else '<'} required {needed}"
+    )
+    return Gate(alias, verdict, candidate, current_score, current_version, message)
+
+
+def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: dict[str, str]) -> RunResult:
+    """Train, check, profile, publish; move the alias if the gate allows. ``run`` names the TrainingJob."""
+    data = load_dataset(spec, raw_dataset)
+    x_train, x_test, y_train, y_test = split(spec, data)
+    task = spec.model.algorithm.task
+    started = time.perf_counter()
+    try:
+        pipeline = build_pipeline(spec.model, spec.evaluation.seed)
+        pipeline.fit(x_train, y_train)
+    except (ParamError, ValueError, TypeError) as error:
+        raise TrainingError("InvalidParams", str(error)) from None
+    train_seconds = time.perf_counter() - started
+    onnx_bytes = export_onnx(pipeline, len(data.features))
+    model = OnnxModel(onnx_bytes)
+    worst = parity_error(pipeline, model, x_test, task)
+    classes = [c.item() if hasattr(c, "item") else c for c in getattr(pipeline, "classes_", [])]
+    metrics = score(task, y_test, model.predict(x_test), classes)
+    metric = spec.metric
+    if metric.value not in metrics:
+        raise TrainingError(
+            "InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)"
+        )
+    profile = fit_profile(x_train, data.features)
+    metadata = {
+        "model": spec.output.model_name,
+        "task": task.value,
+        "algorithm": spec.model.algorithm.value,
+        "params": dict(spec.model.params),
+        "features": data.features,
+        "target": spec.dataset.target,
+        "classes": classes,
+        "metric": metric.value,
+        "metrics": metrics,
+        "dataset": {"uri": spec.dataset.uri, "sha256": data.digest, "rows": len(data.y)},
+        "holdout": {
+            "percent": spec.evaluation.holdout_percent,
+            "seed": spec.evaluation.seed,
+            "rows": len(y_test),
+        },
+        "parityError": worst,
+        "created": now(),
+        "trainingJob": run,
+        "frameworks": {p: package_version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime")},
+    }
+    published = registry.publish(spec.output.model_name, onnx_bytes, profile.to_json(), metadata)
+    decision = gate(spec, registry, x_test, y_test, data.features, metrics[metric.value])
+    if decision is not None and decision.outcome == "Promoted":
+        registry.set_alias(spec.output.model_name, decision.alias, published.version)
+    result = RunResult(
+        spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
+        worst, train_seconds, decision,
+    )  # fmt: skip
+    registry.write_run(
+        spec.output.model_name, run.get("uid") or published.version, {**result.summary(), "run": run}
+    )
+    log.info(
+        "Published %s version %s (%s=%.4g)",
+        spec.output.model_name,
+        published.version,
+        metric.value,
+        metrics[metric.value],
+    )
+    return result
+
+
+def read_dataset(spec: TrainingJobSpec) -> bytes:
+    storage = spec.storage
+    try:
+        return read_uri(
+            spec.dataset.uri,
+            endpoint_url=storage.endpoint_url if storage else None,
+            region=storage.region if storage else None,
+        )
+    except NotFound:
+        raise TrainingError("DatasetNotFound", f"no dataset at {spec.dataset.uri}") from None

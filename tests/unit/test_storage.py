@@ -1,0 +1,95 @@
+"""The artifact stores (file:// and a real S3 endpoint) and the registry on top of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from regrow.storage import FileStore, NotFound, Store, open_store, read_uri
+from regrow.storage.registry import Registry, content_version
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "file":
+        return open_store(f"file://{tmp_path}/registry")
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_store(f"s3://{bucket}/models/prod", endpoint_url=request.getfixturevalue("s3_endpoint"))
+
+
+def test_round_trip(store: Store) -> None:
+    assert not store.exists("a/b.txt")
+    with pytest.raises(NotFound):
+        store.get("a/b.txt")
+    store.put("a/b.txt", b"one")
+    store.put("a/b.txt", b"two")
+    store.put("a/c/d.bin", bytes(range(256)))
+    store.put("z.txt", b"")
+    assert store.get("a/b.txt") == b"two"
+    assert store.get("a/c/d.bin") == bytes(range(256))
+    assert store.exists("a/b.txt")
+    assert not store.exists("a/b")  # a prefix is not an object
+    assert store.list("a/") == ["a/b.txt", "a/c/d.bin"]
+    assert store.list("") == ["a/b.txt", "a/c/d.bin", "z.txt"]
+    assert store.list("nothing/") == []
+
+
+def test_file_store_keeps_keys_inside_its_root(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "root")
+    with pytest.raises(ValueError, match="escapes the store root"):
+        store.put("../outside.txt", b"x")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_file_store_leaves_no_temporary_files(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    store.put("k/v", b"data")
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["v"]
+
+
+@pytest.mark.parametrize("uri", ["http://host/x", "gs://bucket/x", "file://relative/path"])
+def test_unsupported_uris_are_refused(uri: str) -> None:
+    with pytest.raises(ValueError, match=r"unsupported store scheme|absolute path"):
+        open_store(uri)
+
+
+def test_read_uri_reads_one_object(tmp_path: Path, s3_bucket: str, s3_endpoint: str) -> None:
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    assert read_uri(f"file://{tmp_path}/data.csv") == b"a,b\n1,2\n"
+    open_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint).put("sets/data.csv", b"x,y\n")
+    assert read_uri(f"s3://{s3_bucket}/sets/data.csv", endpoint_url=s3_endpoint) == b"x,y\n"
+    with pytest.raises(ValueError, match="does not name an object"):
+        read_uri(f"s3://{s3_bucket}")
+
+
+def test_registry_publishes_versions_by_content(store: Store) -> None:
+    registry = Registry(store)
+    first = registry.publish("iris", b"onnx-1", b"profile-1", {"metrics": {"accuracy": 0.9}})
+    again = registry.publish("iris", b"onnx-1", b"profile-1", {"metrics": {"accuracy": 0.1}})
+    other = registry.publish("iris", b"onnx-2", b"profile-1", {})
+    assert first.created and not again.created and other.created
+    assert first.version == again.version == content_version(b"onnx-1", b"profile-1")
+    assert other.version != first.version
+    assert registry.metadata("iris", first.version)["metrics"] == {"accuracy": 0.9}  # never overwritten
+    assert registry.versions("iris") == sorted([first.version, other.version])
+    assert first.uri == f"{store.uri}/iris/versions/{first.version}"
+
+
+def test_aliases_point_at_complete_versions(store: Store) -> None:
+    registry = Registry(store)
+    assert registry.resolve("iris", "champion") is None
+    v1 = registry.publish("iris", b"a", b"p", {}).version
+    v2 = registry.publish("iris", b"b", b"p", {}).version
+    registry.set_alias("iris", "champion", v1)
+    registry.set_alias("iris", "champion", v2)
+    assert registry.resolve("iris", "champion") == v2
+    with pytest.raises(NotFound):
+        registry.set_alias("iris", "champion", "0123456789abcdef")
+    assert registry.resolve("iris", "champion") == v2
+
+
+def test_runs_are_recorded(store: Store) -> None:
+    registry = Registry(store)
+    registry.write_run("iris", "uid-1", {"version": "abc"})
+    assert registry.read_run("iris", "uid-1") == {"version": "abc"}

@@ -1,0 +1,221 @@
+"""The trainer, run for real on data sets that ship with scikit-learn, into file:// and S3 registries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import datasets
+
+from regrow.api import TrainingJobSpec, parse_spec
+from regrow.api.trainingjob import Algorithm, Task
+from regrow.drift.profile import Profile
+from regrow.inference import OnnxModel
+from regrow.storage import open_store
+from regrow.storage.registry import Registry
+from regrow.training.entrypoint import run
+from regrow.training.estimators import build_pipeline
+from regrow.training.trainer import TrainingError, export_onnx, parity_error, train
+
+LOADERS = {
+    "iris": datasets.load_iris,
+    "breast_cancer": datasets.load_breast_cancer,
+    "wine": datasets.load_wine,
+    "diabetes": datasets.load_diabetes,
+}
+
+
+def write_dataset(directory: Path, name: str, fmt: str = "csv") -> Path:
+    bunch = LOADERS[name](as_frame=True)
+    frame = bunch.frame.rename(columns=lambda c: str(c).replace(" ", "_").replace("(", "").replace(")", ""))
+    if name == "iris":  # string labels, as real data has them
+        frame["target"] = np.asarray(bunch.target_names)[frame["target"]]
+    path = directory / f"{name}.{fmt}"
+    frame.to_parquet(path) if fmt == "parquet" else frame.to_csv(path, index=False)
+    return path
+
+
+def make_spec(data: Path, registry: str, algorithm: str, **extra: Any) -> TrainingJobSpec:
+    body: dict[str, Any] = {
+        "dataset": {"uri": f"file://{data}", "format": data.suffix[1:], "target": "target"},
+        "model": {"algorithm": algorithm, "params": extra.pop("params", {})},
+        "evaluation": {"holdoutPercent": 25, "seed": 3},
+        "output": {"registry": registry, "modelName": extra.pop("model_name", "m")},
+        **extra,
+    }
+    return parse_spec(TrainingJobSpec, body)
+
+
+CASES = [
+    (dataset, algorithm)
+    for algorithm in Algorithm
+    for dataset in (["diabetes"] if algorithm.task is Task.REGRESSION else ["iris", "breast_cancer", "wine"])
+]
+FLOORS = {"iris": 0.85, "breast_cancer": 0.9, "wine": 0.85}
+
+
+@pytest.mark.parametrize(("dataset", "algorithm"), CASES, ids=[f"{d}-{a.value}" for d, a in CASES])
+def test_every_algorithm_trains_exports_and_agrees_with_onnxruntime(
+    tmp_path: Path, dataset: str, algorithm: Algorithm
+) -> None:
+    data = write_dataset(tmp_path, dataset)
+    spec = make_spec(data, f"file://{tmp_path}/registry", algorithm.value)
+    registry = Registry(open_store(f"file://{tmp_path}/registry"))
+    result = train(spec, data.read_bytes(), registry, {"name": "t"})
+
+    assert result.created
+    assert result.parity_error <= 1e-4
+    if algorithm.task is Task.REGRESSION:
+        assert set(result.metrics) == {"rmse", "r2"}
+        assert result.metrics["r2"] > 0.2
+    else:
+        assert set(result.metrics) == {"accuracy", "f1", "rocAuc"}
+        assert result.metrics["accuracy"] >= FLOORS[dataset]
+    meta = registry.metadata("m", result.version)
+    assert meta["algorithm"] == algorithm.value and meta["task"] == algorithm.task.value
+    assert meta["features"] == [c for c in pd.read_csv(data).columns if c != "target"]
+    assert meta["metrics"] == result.metrics
+    assert meta["holdout"]["rows"] == round(len(pd.read_csv(data)) * 0.25 + 0.49)
+    profile = Profile.from_json(registry.read("m", result.version, "profile.json"))
+    assert profile.names == meta["features"]
+    assert profile.rows == len(pd.read_csv(data)) - meta["holdout"]["rows"]
+    model = OnnxModel(registry.read("m", result.version, "model.onnx"))
+    assert model.n_features == len(meta["features"])
+
+
+def test_training_is_deterministic_and_never_overwrites(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, "wine", fmt="parquet")
+    registry = Registry(open_store(f"file://{tmp_path}/registry"))
+    spec = make_spec(data, f"file://{tmp_path}/registry", "randomForest", params={"n_estimators": 20})
+    first = train(spec, data.read_bytes(), registry, {"uid": "a"})
+    second = train(spec, data.read_bytes(), registry, {"uid": "b"})
+    assert first.version == second.version and not second.created
+    assert registry.versions("m") == [first.version]
+    assert registry.read_run("m", "b")["version"] == first.version
+
+
+def test_quality_gate_promotes_only_a_better_model(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, "breast_cancer")
+    uri = f"file://{tmp_path}/registry"
+    registry = Registry(open_store(uri))
+
+    def attempt(params: dict[str, Any], min_improvement: str) -> Any:
+        promote = {"alias": "champion", "minImprovement": min_improvement}
+        spec = make_spec(data, uri, "logisticRegression", params=params, promote=promote)
+        return train(spec, data.read_bytes(), registry, {})
+
+    weak = attempt({"C": "0.0001", "max_iter": 20}, "0")
+    assert weak.gate is not None and weak.gate.outcome == "Promoted"
+    assert weak.gate.message == "champion did not exist"
+    assert registry.resolve("m", "champion") == weak.version
+
+    strong = attempt({"C": "1.0"}, "0.01")
+    assert strong.gate is not None and strong.gate.outcome == "Promoted", strong.gate
+    assert strong.gate.current_score == pytest.approx(weak.metrics["accuracy"])
+    assert strong.gate.previous_version == weak.version
+    assert registry.resolve("m", "champion") == strong.version
+
+    again_weak = attempt({"C": "0.0001", "max_iter": 20}, "0")
+    assert again_weak.gate is not None and again_weak.gate.outcome == "Rejected"
+    assert again_weak.version == weak.version  # same content, same version
+    assert registry.resolve("m", "champion") == strong.version
+
+    too_demanding = attempt({"C": "10.0", "max_iter": 2000}, "0.5")
+    assert too_demanding.gate is not None and too_demanding.gate.outcome == "Rejected"
+    assert "< required 0.5" in too_demanding.gate.message
+    assert registry.resolve("m", "champion") == strong.version
+    alias = json.loads((tmp_path / "registry/m/aliases/champion.json").read_text())
+    assert alias["previous"] == weak.version
+
+
+def test_regression_gate_prefers_lower_rmse(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path, "diabetes")
+    uri = f"file://{tmp_path}/registry"
+    registry = Registry(open_store(uri))
+    promote = {"alias": "prod", "minImprovement": "1"}
+    poor = make_spec(data, uri, "ridge", params={"alpha": "1000"}, promote=promote)
+    good = make_spec(data, uri, "ridge", params={"alpha": "0.1"}, promote=promote)
+    first = train(poor, data.read_bytes(), registry, {})
+    second = train(good, data.read_bytes(), registry, {})
+    assert second.metrics["rmse"] < first.metrics["rmse"] - 1
+    assert second.gate is not None and second.gate.outcome == "Promoted"
+    assert registry.resolve("m", "prod") == second.version
+
+
+def test_parity_check_catches_a_model_that_disagrees(tmp_path: Path) -> None:
+    x, y = datasets.load_iris(return_X_y=True)
+    spec = make_spec(write_dataset(tmp_path, "iris"), f"file://{tmp_path}", "logisticRegression")
+    fitted = build_pipeline(spec.model, 0).fit(x, y)
+    other = build_pipeline(spec.model, 0).fit(x, np.roll(y, 50))
+    with pytest.raises(TrainingError, match="disagree on") as caught:
+        parity_error(fitted, OnnxModel(export_onnx(other, 4)), x, Task.CLASSIFICATION)
+    assert caught.value.reason == "ParityFailed"
+
+
+def _run(spec: dict[str, Any], tmp_path: Path) -> tuple[int, dict[str, Any]]:
+    log = tmp_path / "termination-log"
+    status = run(json.dumps(spec), {"namespace": "ns", "name": "tj", "uid": "u-1"}, log)
+    return status, json.loads(log.read_text())
+
+
+def test_entrypoint_trains_from_s3_to_s3(tmp_path: Path, s3_bucket: str, s3_endpoint: str) -> None:
+    data = write_dataset(tmp_path, "iris")
+    open_store(f"s3://{s3_bucket}", endpoint_url=s3_endpoint).put("datasets/iris.csv", data.read_bytes())
+    spec = make_spec(data, f"s3://{s3_bucket}/registry", "gradientBoosting", params={"n_estimators": 30})
+    wire = spec.to_wire()
+    wire["dataset"]["uri"] = f"s3://{s3_bucket}/datasets/iris.csv"
+    wire["storage"] = {"endpointUrl": s3_endpoint}
+    wire["promote"] = {"alias": "champion"}
+    status, report = _run(wire, tmp_path)
+    assert status == 0, report
+    assert report["succeeded"] is True
+    assert report["promotion"]["outcome"] == "Promoted"
+    registry = Registry(open_store(f"s3://{s3_bucket}/registry", endpoint_url=s3_endpoint))
+    assert registry.resolve("m", "champion") == report["version"]
+    assert registry.read_run("m", "u-1")["run"] == {"namespace": "ns", "name": "tj", "uid": "u-1"}
+    assert report["uri"] == f"s3://{s3_bucket}/registry/m/versions/{report['version']}"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "message"),
+    [
+        (
+            {"model": {"algorithm": "randomForest", "params": {"n_trees": 5}}},
+            "InvalidParams",
+            "does not take n_trees",
+        ),
+        (
+            {"model": {"algorithm": "randomForest", "params": {"random_state": 5}}},
+            "InvalidParams",
+            "random_state",
+        ),
+        (
+            {"model": {"algorithm": "logisticRegression", "params": {"C": "-1"}}},
+            "InvalidParams",
+            "'C' parameter",
+        ),
+        ({"dataset": {"uri": "DATA", "target": "species"}}, "InvalidDataset", "target column 'species'"),
+        (
+            {"dataset": {"uri": "file:///nonexistent/x.csv", "target": "target"}},
+            "DatasetNotFound",
+            "no dataset",
+        ),
+        ({"evaluation": {"metric": "rmse"}}, "InvalidSpec", "metric rmse is for regression"),
+    ],
+)
+def test_entrypoint_reports_failures_with_a_reason(
+    tmp_path: Path, change: dict[str, Any], reason: str, message: str
+) -> None:
+    data = write_dataset(tmp_path, "iris")
+    wire = make_spec(data, f"file://{tmp_path}/registry", "logisticRegression").to_wire()
+    wire.update(json.loads(json.dumps(change).replace("DATA", f"file://{data}")))
+    status, report = _run(wire, tmp_path)
+    assert status == 1
+    assert report["succeeded"] is False
+    assert report["reason"] == reason
+    assert message in report["message"]
+    assert not (tmp_path / "registry").exists() or not list((tmp_path / "registry").rglob("model.onnx"))
