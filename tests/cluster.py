@@ -34,9 +34,7 @@ class Cluster:
     started_in: float = 0.0
     _stack: ExitStack = field(default_factory=ExitStack, repr=False)
 
-    def kubectl(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster; raise with its stderr when ``check`` and it fails."""
         proc = subprocess.run(
             [self.kubectl_path, f"--kubeconfig={self.kubeconfig}", *args],
@@ -67,9 +65,7 @@ def connect() -> Cluster | str:
         kubectl = shutil.which("kubectl")
         if kubectl is None:
             return "KUBECONFIG is set but kubectl is not on PATH"
-        return Cluster(
-            Path(kubeconfig), kubectl, origin=f"KUBECONFIG={kubeconfig}", runs_pods=_has_nodes(kubectl)
-        )
+        return Cluster(Path(kubeconfig), kubectl, origin=f"KUBECONFIG={kubeconfig}", runs_pods=_has_nodes(kubectl))
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if not assets:
         return "no cluster: set KUBECONFIG, or KUBEBUILDER_ASSETS=$(../shared/k8s/cluster assets)"
@@ -95,9 +91,7 @@ def start_control_plane(assets: Path) -> Cluster:
     logs.mkdir()
     key, pub = tmp / "sa.key", tmp / "sa.pub"
     subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-    subprocess.run(
-        ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True
-    )
+    subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True)
     (tmp / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n")
 
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()

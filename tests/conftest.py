@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from tests.cluster import Cluster, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
+TEST_IMAGE = "regrow-serving:test"
 _ORIGIN: list[str] = []
 
 
@@ -99,3 +103,37 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"regrow-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, api: client.ApiClient, namespace: str, crds: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[], AbstractContextManager[None]]]:
+    """Start the real operator (kopf, in a thread) watching the test's namespace: ``with operator(): ...``."""
+    import kopf  # noqa: PLC0415
+
+    import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from regrow.controller.kube import Kube  # noqa: PLC0415
+    from regrow.manifests.common import Images  # noqa: PLC0415
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+
+    @contextmanager
+    def running() -> Iterator[None]:
+        stop, ready = threading.Event(), threading.Event()
+        memo = kopf.Memo(kube=Kube(api), images=Images(runtime=TEST_IMAGE, pull_policy="IfNotPresent"))
+        thread = threading.Thread(
+            target=lambda: asyncio.run(
+                kopf.operator(namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo)
+            ),
+            daemon=True,
+        )
+        thread.start()
+        try:
+            assert ready.wait(30), "the operator did not start in 30s"
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
+
+    yield running

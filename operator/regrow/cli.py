@@ -65,13 +65,30 @@ def _train(args: argparse.Namespace) -> int:
     return run(spec_text, {k: v for k, v in run_info.items() if v}, log_path)
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    import kopf  # noqa: PLC0415
+
+    import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=args.standalone,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    crds = commands.add_parser(
-        "crds", help="write the CustomResourceDefinitions generated from the API models"
-    )
+    crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the API models")
     crds.add_argument("--output-dir", type=Path, default=Path("crds"))
     crds.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     crds.set_defaults(func=_crds)
@@ -79,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check regrow resources in YAML files against the API")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=_validate)
+
+    op = commands.add_parser("operator", help="run the operator (all namespaces unless --namespace is given)")
+    op.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
+    op.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
+    op.add_argument("--liveness", help="liveness endpoint, such as http://0.0.0.0:8080/healthz")
+    op.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    op.set_defaults(func=_operator)
 
     train = commands.add_parser("train", help="run one training (what a TrainingJob's pod runs)")
     train.add_argument("--spec-file", help="TrainingJob spec as JSON; default: $REGROW_TRAINING_SPEC")

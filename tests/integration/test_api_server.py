@@ -90,9 +90,7 @@ def test_unknown_fields_are_rejected_by_kubectl(cluster: Cluster, namespace: str
     assert 'unknown field "bogus"' in proc.stderr
 
 
-def test_min_above_max_is_caught_by_the_operator_side_validation(
-    api: client.ApiClient, namespace: str
-) -> None:
+def test_min_above_max_is_caught_by_the_operator_side_validation(api: client.ApiClient, namespace: str) -> None:
     # Kubernetes 1.20 cannot compare two fields in a CRD schema (CEL rules arrived in 1.25), so the
     # server stores it; pydantic is the layer that refuses it, and the reconciler reports InvalidSpec.
     body = _with(_example("ModelDeployment"), "spec.replicas.min", 9)
@@ -117,9 +115,7 @@ def test_status_from_the_models_is_accepted_and_shown_by_kubectl(
                 message="2/2 replicas serve iris 3f2a9c1d",
             )
         ],
-        model=ServingModelStatus(
-            uri="file:///var/lib/regrow/registry/iris/versions/3f2a9c1d", version="3f2a9c1d"
-        ),
+        model=ServingModelStatus(uri="file:///var/lib/regrow/registry/iris/versions/3f2a9c1d", version="3f2a9c1d"),
         replicas=2,
         ready_replicas=2,
         url="http://iris.default.svc.cluster.local",

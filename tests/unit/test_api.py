@@ -128,9 +128,7 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("kind", "path", "value", "message"), INVALID)
-def test_invalid_specs_are_rejected_with_a_readable_message(
-    kind: str, path: str, value: Any, message: str
-) -> None:
+def test_invalid_specs_are_rejected_with_a_readable_message(kind: str, path: str, value: Any, message: str) -> None:
     with pytest.raises(InvalidSpec) as caught:
         validate_object(_with(_example(kind), path, value))
     assert message in str(caught.value)

@@ -74,13 +74,11 @@ def test_names_and_columns() -> None:
         "DriftPolicy": ["dp"],
     }
     assert all(c["spec"]["names"]["categories"] == ["regrow"] for c in crds.values())
-    md_columns = [
-        c["name"] for c in crds["ModelDeployment"]["spec"]["versions"][0]["additionalPrinterColumns"]
-    ]
+    md_columns = [c["name"] for c in crds["ModelDeployment"]["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert md_columns[:5] == ["Model", "Alias", "Version", "Ready", "Replicas"]
     for crd in crds.values():
-        conditions = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"][
-            "properties"
-        ]["conditions"]
+        conditions = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"][
+            "conditions"
+        ]
         assert conditions["x-kubernetes-list-type"] == "map"
         assert conditions["x-kubernetes-list-map-keys"] == ["type"]

@@ -92,9 +92,7 @@ class Condition(ApiModel):
     status: Literal["True", "False", "Unknown"]
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     last_transition_time: Time
-    reason: Annotated[
-        str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
-    ]
+    reason: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)]
     message: Annotated[str, StringConstraints(max_length=32768)] = ""
 
 
@@ -122,8 +120,9 @@ class ResourceRequirements(ApiModel):
 
 
 class StorageSpec(ApiModel):
-    """How pods reach the artifact store. Credentials come only from the referenced Secret, which holds
-    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN)."""
+    """How pods reach the artifact store. S3 credentials come only from the referenced Secret, which
+    holds AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN). file:// URIs
+    live on the PersistentVolumeClaim named by volumeClaimName, mounted at mountPath."""
 
     endpoint_url: (
         Annotated[
@@ -137,3 +136,19 @@ class StorageSpec(ApiModel):
     secret_ref: LocalObjectReference | None = Field(
         default=None, description="Secret with the store's credentials, exposed to pods as environment."
     )
+    volume_claim_name: ObjectName | None = Field(
+        default=None, description="PersistentVolumeClaim that holds the file:// store and data sets."
+    )
+    mount_path: Annotated[str, StringConstraints(pattern=r"^/[^\s]*[^/\s]$", max_length=1024)] = Field(
+        default="/var/lib/regrow", description="Where the claim is mounted; file:// URIs must lie under it."
+    )
+
+    def check_file_uris(self, *uris: str) -> None:
+        """Raise if a file:// URI cannot be reached by pods with this storage."""
+        for uri in uris:
+            if not uri.startswith("file://"):
+                continue
+            if self.volume_claim_name is None:
+                raise ValueError(f"{uri}: a file:// URI needs storage.volumeClaimName so that pods can reach it")
+            if not (uri[len("file://") :] + "/").startswith(self.mount_path + "/"):
+                raise ValueError(f"{uri}: a file:// URI must lie under storage.mountPath ({self.mount_path})")

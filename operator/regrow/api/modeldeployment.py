@@ -23,9 +23,7 @@ Version = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,62}$
 class ModelSource(ApiModel):
     """The registry model to serve: follow an alias, or pin a version."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["alias"]}, {"required": ["version"]}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["alias"]}, {"required": ["version"]}]})
 
     registry: StoreUri
     name: Name
@@ -52,9 +50,7 @@ class ReplicasSpec(ApiModel):
 
 
 class AutoscalingSpec(ApiModel):
-    target_cpu_utilization_percentage: int = Field(
-        default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage"
-    )
+    target_cpu_utilization_percentage: int = Field(default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage")
 
 
 class RolloutSpec(ApiModel):
@@ -66,9 +62,7 @@ class PredictionLogSpec(ApiModel):
     """A sampled, bounded log of requests and responses, written in batches to the registry."""
 
     sample_percent: int = Field(default=0, ge=0, le=100)
-    max_queue: int = Field(
-        default=10000, ge=1, le=1_000_000, description="Records held before new ones drop."
-    )
+    max_queue: int = Field(default=10000, ge=1, le=1_000_000, description="Records held before new ones drop.")
 
 
 class ModelDeploymentSpec(ApiModel):

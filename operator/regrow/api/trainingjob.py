@@ -38,9 +38,7 @@ class Algorithm(StrEnum):
         return Task.REGRESSION if self in _REGRESSORS else Task.CLASSIFICATION
 
 
-_REGRESSORS = frozenset(
-    {Algorithm.RIDGE, Algorithm.RANDOM_FOREST_REGRESSOR, Algorithm.GRADIENT_BOOSTING_REGRESSOR}
-)
+_REGRESSORS = frozenset({Algorithm.RIDGE, Algorithm.RANDOM_FOREST_REGRESSOR, Algorithm.GRADIENT_BOOSTING_REGRESSOR})
 
 
 class Metric(StrEnum):
@@ -89,9 +87,7 @@ class ModelSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     """How the model is scored on a deterministic holdout."""
 
-    metric: Metric | None = Field(
-        default=None, description="accuracy for classifiers, rmse for regressors if unset."
-    )
+    metric: Metric | None = Field(default=None, description="accuracy for classifiers, rmse for regressors if unset.")
     holdout_percent: int = Field(default=20, ge=5, le=50)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 

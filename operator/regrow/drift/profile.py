@@ -131,14 +131,9 @@ def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) ->
             if cuts.size == 1:
                 cuts = np.repeat(cuts, 2)  # a constant feature still gets one regular bin
         edges.append(tuple(float(e) for e in cuts))
-    empty = Profile(
-        tuple(FeatureProfile(n, e, (0,) * (len(e) + 2)) for n, e in zip(names, edges, strict=True)), 0
-    )
+    empty = Profile(tuple(FeatureProfile(n, e, (0,) * (len(e) + 2)) for n, e in zip(names, edges, strict=True)), 0)
     counts = empty.split(empty.bin_counts(values))
     return Profile(
-        tuple(
-            FeatureProfile(n, e, tuple(int(c) for c in k))
-            for n, e, k in zip(names, edges, counts, strict=True)
-        ),
+        tuple(FeatureProfile(n, e, tuple(int(c) for c in k)) for n, e, k in zip(names, edges, counts, strict=True)),
         len(values),
     )

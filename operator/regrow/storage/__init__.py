@@ -68,9 +68,7 @@ class FileStore:
         if not base.is_dir():
             return []
         return sorted(
-            str(p.relative_to(self.root))
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
         )
 
 
@@ -104,9 +102,7 @@ class S3Store:
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         strip = len(self.prefix) + 1 if self.prefix else 0
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._key(prefix)
-        ):
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             keys.extend(o["Key"][strip:] for o in page.get("Contents", []))
         return sorted(keys)
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from regrow.clock import now
 from regrow.storage import NotFound, Store
 
 MODEL, PROFILE, METADATA = "model.onnx", "profile.json", "metadata.json"
@@ -30,10 +30,6 @@ def content_version(model: bytes, profile: bytes) -> str:
     for part in (model, profile):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()[:16]
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

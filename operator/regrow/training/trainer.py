@@ -22,10 +22,11 @@ from sklearn.pipeline import Pipeline
 
 from regrow.api.common import parse_decimal
 from regrow.api.trainingjob import Metric, Task, TrainingJobSpec
+from regrow.clock import now
 from regrow.drift.profile import fit_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, read_uri
-from regrow.storage.registry import MODEL, Registry, now
+from regrow.storage.registry import MODEL, Registry
 from regrow.training.estimators import ParamError, build_pipeline
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,7 @@ class RunResult:
                 "outcome": self.gate.outcome,
                 "metric": self.metric,
                 "candidateScore": f"{self.gate.candidate_score:.6g}",
-                **(
-                    {"currentScore": f"{self.gate.current_score:.6g}"}
-                    if self.gate.current_score is not None
-                    else {}
-                ),
+                **({"currentScore": f"{self.gate.current_score:.6g}"} if self.gate.current_score is not None else {}),
                 **({"previousVersion": self.gate.previous_version} if self.gate.previous_version else {}),
                 "message": self.gate.message,
             }
@@ -101,14 +98,10 @@ class RunResult:
 
 
 def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
-    frame = (
-        pd.read_parquet(io.BytesIO(raw)) if spec.dataset.format == "parquet" else pd.read_csv(io.BytesIO(raw))
-    )
+    frame = pd.read_parquet(io.BytesIO(raw)) if spec.dataset.format == "parquet" else pd.read_csv(io.BytesIO(raw))
     target = spec.dataset.target
     if target not in frame.columns:
-        raise TrainingError(
-            "InvalidDataset", f"target column {target!r} is not in the dataset: {list(frame.columns)}"
-        )
+        raise TrainingError("InvalidDataset", f"target column {target!r} is not in the dataset: {list(frame.columns)}")
     features = spec.dataset.features or [str(c) for c in frame.columns if c != target]
     missing = [f for f in features if f not in frame.columns]
     if missing:
@@ -160,9 +153,7 @@ def parity_error(pipeline: Pipeline, model: OnnxModel, x: npt.NDArray[np.float64
         error = np.abs(got.outputs.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))
         worst = float(error.max(initial=0.0))
         if worst > REGRESSION_TOLERANCE:
-            raise TrainingError(
-                "ParityFailed", f"onnxruntime and scikit-learn differ by {worst:.3g} (relative)"
-            )
+            raise TrainingError("ParityFailed", f"onnxruntime and scikit-learn differ by {worst:.3g} (relative)")
         return worst
     want_labels = pipeline.predict(x32.astype(np.float64))
     mismatches = int(np.sum(got.outputs != want_labels))
@@ -171,9 +162,7 @@ def parity_error(pipeline: Pipeline, model: OnnxModel, x: npt.NDArray[np.float64
     assert got.probabilities is not None
     worst = float(np.abs(got.probabilities - pipeline.predict_proba(x32.astype(np.float64))).max(initial=0.0))
     if worst > PROBABILITY_TOLERANCE:
-        raise TrainingError(
-            "ParityFailed", f"onnxruntime and scikit-learn probabilities differ by {worst:.3g}"
-        )
+        raise TrainingError("ParityFailed", f"onnxruntime and scikit-learn probabilities differ by {worst:.3g}")
     return worst
 
 
@@ -218,10 +207,7 @@ def gate(
     if current_version is None:
         return Gate(alias, "Promoted", candidate, None, None, f"{alias} did not exist")
     current_meta = registry.metadata(model_name, current_version)
-    if (
-        current_meta.get("features") != features
-        or current_meta.get("task") != spec.model.algorithm.task.value
-    ):
+    if current_meta.get("features") != features or current_meta.get("task") != spec.model.algorithm.task.value:
         return Gate(
             alias, "Rejected", candidate, None, current_version,
             f"{alias} ({current_version}) takes other features or task; it cannot be scored on this holdout",
@@ -230,9 +216,7 @@ def gate(
     current = score(spec.model.algorithm.task, y, current_model.predict(x), current_meta.get("classes", []))
     current_score = current.get(metric.value)
     if current_score is None:
-        return Gate(
-            alias, "Rejected", candidate, None, current_version, f"{metric.value} undefined on this holdout"
-        )
+        return Gate(alias, "Rejected", candidate, None, current_version, f"{metric.value} undefined on this holdout")
     gain = improvement(metric, candidate, current_score)
     needed = parse_decimal(spec.promote.min_improvement)
     verdict = "Promoted" if gain >= needed else "Rejected"
@@ -262,9 +246,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     metrics = score(task, y_test, model.predict(x_test), classes)
     metric = spec.metric
     if metric.value not in metrics:
-        raise TrainingError(
-            "InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)"
-        )
+        raise TrainingError("InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)")
     profile = fit_profile(x_train, data.features)
     metadata = {
         "model": spec.output.model_name,
@@ -295,9 +277,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
         worst, train_seconds, decision,
     )  # fmt: skip
-    registry.write_run(
-        spec.output.model_name, run.get("uid") or published.version, {**result.summary(), "run": run}
-    )
+    registry.write_run(spec.output.model_name, run.get("uid") or published.version, {**result.summary(), "run": run})
     log.info(
         "Published %s version %s (%s=%.4g)",
         spec.output.model_name,

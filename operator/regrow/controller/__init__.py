@@ -1,0 +1,1 @@
+"""The operator: kopf handlers (thin) over idempotent, level-based reconcilers."""

@@ -1,0 +1,77 @@
+"""kopf handlers: thin adapters from kopf's events to the level-based reconcilers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from regrow import GROUP, VERSION
+from regrow.api import TRAINING_JOB
+from regrow.controller import trainingjob
+from regrow.controller.kube import Kube
+from regrow.controller.trainingjob import Result
+from regrow.manifests.common import Images
+
+TRAINING_POLL_SECONDS = 5.0
+TJ = (GROUP, VERSION, TRAINING_JOB.plural)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """kopf's bookkeeping in annotations prefixed with our group; Events only for what we post ourselves."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.WARNING
+    if "kube" not in memo:
+        memo.kube = Kube(_api_client())
+    if "images" not in memo:
+        memo.images = Images(
+            runtime=os.environ.get("REGROW_RUNTIME_IMAGE", Images.runtime),
+            pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", Images.pull_policy),
+        )
+
+
+def _api_client() -> client.ApiClient:
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    api_client: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    return api_client
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def _apply(result: Result, body: kopf.Body, patch: kopf.Patch) -> None:
+    patch.status.update(result.status)
+    for event in result.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.resume(*TJ)
+@kopf.on.create(*TJ)
+@kopf.on.update(*TJ, field="spec")
+async def training_job_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile_training_job(body, patch, memo)
+
+
+@kopf.timer(*TJ, interval=TRAINING_POLL_SECONDS, when=lambda body, **_: not trainingjob.finished(dict(body)))
+async def training_job_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile_training_job(body, patch, memo)
+
+
+async def _reconcile_training_job(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    if trainingjob.finished(dict(body)):
+        return
+    result = await asyncio.to_thread(trainingjob.reconcile, dict(body), memo.kube, memo.images)
+    _apply(result, body, patch)

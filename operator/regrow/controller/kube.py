@@ -1,0 +1,82 @@
+"""A small synchronous Kubernetes REST client over the official client's ApiClient.
+
+Reconcilers take plain dicts in and out and address objects by path, so one small class serves
+every kind, and unit tests can pass a fake with the same four methods.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol, cast
+
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+Obj = dict[str, Any]
+
+
+class Conflict(Exception):
+    """The object already exists (HTTP 409)."""
+
+
+class Api(Protocol):
+    def get(self, path: str) -> Obj | None: ...
+
+    def create(self, path: str, body: Obj) -> Obj: ...
+
+    def patch(self, path: str, body: Obj) -> Obj: ...
+
+    def list(self, path: str, label_selector: str = "") -> list[Obj]: ...
+
+
+def path(api_version: str, plural: str, namespace: str, name: str = "") -> str:
+    """The REST path of a namespaced collection, or of one object in it."""
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{base}/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+
+class Kube:
+    def __init__(self, api_client: ApiClient) -> None:
+        self.api_client = api_client
+
+    def _call(self, method: str, url: str, body: Obj | None = None, query: list[tuple[str, str]] | None = None) -> Obj:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        request = self.api_client.param_serialize(
+            method=method,
+            resource_path=url,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*request)
+        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        if response.status >= 400:
+            raise ApiException(http_resp=response)
+        return cast(Obj, json.loads(data))
+
+    def get(self, path: str) -> Obj | None:
+        try:
+            return self._call("GET", path)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def create(self, path: str, body: Obj) -> Obj:
+        """Create ``body`` in the collection at ``path``."""
+        try:
+            return self._call("POST", path, body)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(path) from None
+            raise
+
+    def patch(self, path: str, body: Obj) -> Obj:
+        return self._call("PATCH", path, body)
+
+    def list(self, path: str, label_selector: str = "") -> list[Obj]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return cast(list[Obj], self._call("GET", path, query=query).get("items", []))

@@ -1,0 +1,122 @@
+"""What every child object shares: names, labels, owner references, security contexts, storage."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from regrow import API_VERSION, GROUP
+from regrow.api.common import ResourceRequirements, StorageSpec
+
+Manifest = dict[str, Any]
+NAME_LIMIT = 63  # names that become label values (Job names do) must fit a label
+NON_ROOT_UID = 65532
+STORE_VOLUME = "store"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource that owns the children being built."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, body: Any) -> Owner:
+        meta = body["metadata"]
+        return cls(body["kind"], meta["name"], meta["namespace"], meta["uid"])
+
+    def reference(self) -> Manifest:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def child_name(self, component: str) -> str:
+        """``<name>-<component>``, shortened with a hash of the full name when it would exceed 63."""
+        name = f"{self.name}-{component}"
+        if len(name) <= NAME_LIMIT:
+            return name
+        digest = hashlib.sha256(self.name.encode()).hexdigest()[:8]
+        keep = NAME_LIMIT - len(component) - len(digest) - 2
+        return f"{self.name[:keep].rstrip('-.')}-{digest}-{component}"
+
+    def labels(self, component: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": f"regrow-{component}",
+            "app.kubernetes.io/instance": self.child_name(component),
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": "regrow",
+            "app.kubernetes.io/managed-by": "regrow",
+            f"{GROUP}/{self.kind.lower()}": self.name,
+        }
+
+    def metadata(self, component: str, **extra: Any) -> Manifest:
+        return {
+            "name": self.child_name(component),
+            "namespace": self.namespace,
+            "labels": self.labels(component),
+            "ownerReferences": [self.reference()],
+            **extra,
+        }
+
+
+def pod_security_context() -> Manifest:
+    """Pod Security Standards "restricted": non-root, RuntimeDefault seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_UID,
+        "runAsGroup": NON_ROOT_UID,
+        "fsGroup": NON_ROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Manifest:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(spec: ResourceRequirements | None) -> Manifest:
+    return spec.to_wire() if spec is not None else {}
+
+
+def storage_env(storage: StorageSpec | None) -> tuple[list[Manifest], list[Manifest]]:
+    """``env`` and ``envFrom`` that give a container the store's region and credentials."""
+    if storage is None:
+        return [], []
+    env = [{"name": "AWS_DEFAULT_REGION", "value": storage.region}] if storage.region else []
+    env_from = [{"secretRef": {"name": storage.secret_ref.name}}] if storage.secret_ref else []
+    return env, env_from
+
+
+def storage_volumes(storage: StorageSpec | None, *, read_only: bool) -> tuple[list[Manifest], list[Manifest]]:
+    """``volumes`` and ``volumeMounts`` for the claim that holds file:// stores, if any."""
+    if storage is None or storage.volume_claim_name is None:
+        return [], []
+    volume = {
+        "name": STORE_VOLUME,
+        "persistentVolumeClaim": {"claimName": storage.volume_claim_name, "readOnly": read_only},
+    }
+    mount = {"name": STORE_VOLUME, "mountPath": storage.mount_path, "readOnly": read_only}
+    return [volume], [mount]
+
+
+@dataclass(frozen=True)
+class Images:
+    """The operator's defaults for pods whose spec names no image (one image serves and trains)."""
+
+    runtime: str = "regrow-serving:0.1.0"
+    pull_policy: str = "IfNotPresent"

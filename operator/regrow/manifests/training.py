@@ -1,0 +1,68 @@
+"""The batch/v1 Job that runs one TrainingJob."""
+
+from __future__ import annotations
+
+import json
+
+from regrow.api.trainingjob import TrainingJobSpec
+from regrow.manifests.common import (
+    Images,
+    Manifest,
+    Owner,
+    container_security_context,
+    pod_security_context,
+    resources,
+    storage_env,
+    storage_volumes,
+)
+
+COMPONENT = "train"
+CONTAINER = "trainer"
+
+
+def training_job(owner: Owner, spec: TrainingJobSpec, images: Images) -> Manifest:
+    env, env_from = storage_env(spec.storage)
+    volumes, mounts = storage_volumes(spec.storage, read_only=False)
+    labels = owner.labels(COMPONENT)
+    job_spec: Manifest = {
+        "backoffLimit": spec.backoff_limit,
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "securityContext": pod_security_context(),
+                "terminationGracePeriodSeconds": 10,
+                "containers": [
+                    {
+                        "name": CONTAINER,
+                        "image": spec.image or images.runtime,
+                        "imagePullPolicy": images.pull_policy,
+                        "args": ["train"],
+                        "env": [
+                            {"name": "REGROW_TRAINING_SPEC", "value": json.dumps(spec.to_wire(), sort_keys=True)},
+                            {"name": "REGROW_RUN_NAMESPACE", "value": owner.namespace},
+                            {"name": "REGROW_RUN_NAME", "value": owner.name},
+                            {"name": "REGROW_RUN_UID", "value": owner.uid},
+                            {"name": "HOME", "value": "/tmp"},
+                            *env,
+                        ],
+                        "envFrom": env_from,
+                        "resources": resources(spec.resources),
+                        "securityContext": container_security_context(),
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+                    }
+                ],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}, *volumes],
+            },
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": owner.metadata(COMPONENT),
+        "spec": job_spec,
+    }
