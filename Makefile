@@ -4,10 +4,18 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED_K8S ?= ../shared/k8s
-# The Kubernetes 1.20 binaries for envtest-style tests; empty when ../shared/k8s is not beside the project.
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= regrow-serving:$(VERSION)
+# Base image for `make image`: the local one that `cluster up` builds when it exists, else Docker Hub's.
+BASE_IMAGE ?= $(shell test -x $(SHARED_K8S)/cluster && $(SHARED_K8S)/cluster image localhost/debian-python:bookworm \
+	&& echo localhost/debian-python:bookworm || echo python:3.11-slim-bookworm)
+# Kubernetes 1.20 binaries for envtest-style tests; empty when ../shared/k8s is not beside the project.
 ASSETS = $(shell test -x $(SHARED_K8S)/cluster && $(SHARED_K8S)/cluster assets 2>/dev/null)
+# The local node cluster's kubeconfig while its kubelet runs; empty otherwise.
+NODE_KUBECONFIG = $(shell test -x $(SHARED_K8S)/cluster && $(SHARED_K8S)/cluster status 2>/dev/null \
+	| grep -q '^kubelet: running' && $(SHARED_K8S)/cluster status | sed -n 's/^KUBECONFIG=//p')
 
-.PHONY: dev test lint fmt crds demo cluster-up cluster-down clean
+.PHONY: dev test lint fmt crds wheels image cluster-up cluster-down demo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +23,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-dev: $(BIN)/.installed  ## create the virtualenv with everything needed to develop and test
+dev: $(BIN)/.installed  ## the virtualenv with everything needed to develop and test
 
-test: $(BIN)/.installed  ## the whole test suite, on a real Kubernetes API (KUBECONFIG, else envtest from ../shared/k8s)
-	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ASSETS)} $(BIN)/pytest
+test: $(BIN)/.installed  ## every test: API tests on envtest (or KUBECONFIG), end-to-end tests on KUBECONFIG
+	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ASSETS)} KUBECONFIG=$${KUBECONFIG:-$(NODE_KUBECONFIG)} $(BIN)/pytest
 
 lint: $(BIN)/.installed  ## ruff, formatting, mypy, and the generated CRDs up to date
 	$(BIN)/ruff check operator tests
@@ -33,20 +41,21 @@ fmt: $(BIN)/.installed
 crds: $(BIN)/.installed  ## regenerate crds/ from the API models
 	$(BIN)/regrow crds
 
+wheels: $(BIN)/.installed  ## the wheelhouse the image installs from, offline
+	rm -rf build/wheels
+	$(BIN)/pip wheel --quiet -w build/wheels '.[training,serving]'
+
+image: wheels  ## the runtime image (serving and training pods), built offline from the wheelhouse
+	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f serving_image/Dockerfile .
+
 cluster-up:  ## the local single-node cluster from ../shared/k8s (needs root)
 	$(SHARED_K8S)/cluster up > $(VENV)/cluster.env
-	@cat $(VENV)/cluster.env
 
 cluster-down:
 	$(SHARED_K8S)/cluster down
 
-demo: $(BIN)/.installed cluster-up  ## set up, start the local cluster, install the CRDs and the examples
-	source $(VENV)/cluster.env && \
-	  $(BIN)/regrow validate examples/*.yaml && \
-	  kubectl apply -f crds/ && \
-	  kubectl wait --for=condition=Established --timeout=60s -f crds/ && \
-	  kubectl apply -f examples/ && \
-	  kubectl get regrow -o wide
+demo: $(BIN)/.installed cluster-up image  ## set up, start the local cluster, train the iris example on it
+	source $(VENV)/cluster.env && scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info operator/*.egg-info

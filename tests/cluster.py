@@ -1,10 +1,12 @@
 """A real Kubernetes API for the tests.
 
 In order of preference:
-1. ``KUBECONFIG``: any cluster (kind, or the single-node cluster from ``../shared/k8s``); pods run.
-2. ``KUBEBUILDER_ASSETS``: a directory with etcd and kube-apiserver (and kube-controller-manager):
-   they are started envtest-style on free loopback ports with a throwaway data dir; no pods run.
-3. Neither: the tests that need a cluster are skipped, or fail when ``REGROW_REQUIRE_CLUSTER=1``.
+- ``KUBECONFIG``: any cluster (kind, or the single-node cluster from ``../shared/k8s``). The end-to-end
+  tests need one whose kubelet runs pods; the integration tests use it when there is nothing else.
+- ``KUBEBUILDER_ASSETS``: a directory with etcd and kube-apiserver (and kube-controller-manager),
+  started envtest-style on free loopback ports with a throwaway data dir. No pods run there, so the
+  integration tests prefer it: they play the kubelet's part themselves.
+- Neither: the tests that need a cluster are skipped, or fail when ``REGROW_REQUIRE_CLUSTER=1``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kubernetes import config
+from kubernetes.client import ApiClient
 
 TOKEN = "regrow-test-admin-token"
 
@@ -51,6 +56,13 @@ class Cluster:
     def stop(self) -> None:
         self._stack.close()
 
+    def describe(self) -> str:
+        return self.origin + (f", started in {self.started_in:.1f}s" if self.started_in else "")
+
+    def api_client(self) -> ApiClient:
+        api: ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        return api
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -58,26 +70,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def connect() -> Cluster | str:
-    """A cluster for the test session, or the reason there is none."""
+def _kubectl() -> str | None:
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and (Path(assets) / "kubectl").is_file():
+        return str(Path(assets) / "kubectl")
+    return shutil.which("kubectl")
+
+
+def from_kubeconfig() -> Cluster | str:
+    """The cluster ``KUBECONFIG`` names, or the reason there is none."""
     kubeconfig = os.environ.get("KUBECONFIG")
-    if kubeconfig:
-        kubectl = shutil.which("kubectl")
-        if kubectl is None:
-            return "KUBECONFIG is set but kubectl is not on PATH"
-        return Cluster(Path(kubeconfig), kubectl, origin=f"KUBECONFIG={kubeconfig}", runs_pods=_has_nodes(kubectl))
+    if not kubeconfig:
+        return "KUBECONFIG is not set"
+    kubectl = _kubectl()
+    if kubectl is None:
+        return "KUBECONFIG is set but kubectl is not on PATH"
+    return Cluster(
+        Path(kubeconfig), kubectl, origin=f"KUBECONFIG={kubeconfig}", runs_pods=_has_nodes(kubectl, kubeconfig)
+    )
+
+
+def control_plane() -> Cluster | str:
+    """An API server for the integration tests: a private envtest control plane when
+    ``KUBEBUILDER_ASSETS`` is set (those tests play the kubelet's part, so none must run), else ``KUBECONFIG``."""
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if not assets:
-        return "no cluster: set KUBECONFIG, or KUBEBUILDER_ASSETS=$(../shared/k8s/cluster assets)"
+        found = from_kubeconfig()
+        if isinstance(found, str):
+            return "no cluster: set KUBECONFIG, or KUBEBUILDER_ASSETS=$(../shared/k8s/cluster assets)"
+        return found
     missing = [b for b in ("etcd", "kube-apiserver", "kubectl") if not (Path(assets) / b).is_file()]
     if missing:
         return f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}"
     return start_control_plane(Path(assets))
 
 
-def _has_nodes(kubectl: str) -> bool:
+def _has_nodes(kubectl: str, kubeconfig: str) -> bool:
     proc = subprocess.run(
-        [kubectl, "get", "nodes", "-o", "name"], capture_output=True, text=True, timeout=60, check=False
+        [kubectl, f"--kubeconfig={kubeconfig}", "get", "nodes", "-o", "name"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     return proc.returncode == 0 and bool(proc.stdout.strip())
 

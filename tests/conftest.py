@@ -1,10 +1,17 @@
-"""Fixtures shared by the whole suite: a real Kubernetes API, a namespace per test, the CRDs."""
+"""Fixtures shared by the whole suite: real Kubernetes APIs, a namespace per test, the CRDs, the operator,
+and a real S3 endpoint.
+
+Two clusters may be in play (see tests/cluster.py): ``cluster``, an API server for the integration tests,
+and ``node_cluster``, one whose kubelet runs pods, for the end-to-end tests.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -13,50 +20,47 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from regrow.api import KINDS
-from tests.cluster import Cluster, connect
+from regrow.manifests.common import Images
+from tests.cluster import Cluster, control_plane, free_port, from_kubeconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
-TEST_IMAGE = "regrow-serving:test"
-_ORIGIN: list[str] = []
+TEST_IMAGE = Images().runtime
+_USED: dict[str, str] = {}
+
+Operator = Callable[[], AbstractContextManager[None]]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say which Kubernetes the cluster tests ran against, so a log shows they were not skipped."""
-    terminalreporter.write_line(f"Kubernetes API: {_ORIGIN[0] if _ORIGIN else 'none used'}")
+    for role in ("API tests", "end-to-end tests"):
+        terminalreporter.write_line(f"Kubernetes for {role}: {_USED.get(role, 'none used')}")
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    found = connect()
+def _missing(reason: str) -> None:
+    if REQUIRE_CLUSTER:
+        pytest.fail(f"REGROW_REQUIRE_CLUSTER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _session_cluster(role: str, found: Cluster | str) -> Iterator[Cluster]:
     if isinstance(found, str):
-        if REQUIRE_CLUSTER:
-            pytest.fail(f"REGROW_REQUIRE_CLUSTER=1 but {found}", pytrace=False)
-        pytest.skip(found)
-    _ORIGIN.append(found.origin + (f", started in {found.started_in:.1f}s" if found.started_in else ""))
+        _missing(found)
+        raise AssertionError("unreachable")
+    _USED[role] = found.describe()
     try:
         yield found
     finally:
         found.stop()
 
 
-@pytest.fixture(scope="session")
-def api(cluster: Cluster) -> client.ApiClient:
-    api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(cluster.kubeconfig)
-    )
-    return api_client
-
-
-@pytest.fixture(scope="session")
-def crds(cluster: Cluster) -> None:
-    """The CRDs from crds/, applied and Established."""
+def _install_crds(cluster: Cluster) -> None:
+    """The CRDs from crds/, applied and Established, and in the OpenAPI document kubectl validates with."""
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
-    # kubectl validates against the published OpenAPI document, which trails Established by a moment.
     deadline = time.monotonic() + 60
     wanted = [f"dev.regrow.v1alpha1.{kind.kind}" for kind in KINDS]
     while not all(w in cluster.kubectl("get", "--raw", "/openapi/v2").stdout for w in wanted):
@@ -65,9 +69,7 @@ def crds(cluster: Cluster) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards."""
+def _namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{stem}-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(api)
@@ -76,12 +78,122 @@ def namespace(cluster: Cluster, api: client.ApiClient, request: pytest.FixtureRe
     core.delete_namespace(name, propagation_policy="Background")
 
 
+def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Operator:
+    """The real operator (kopf, in a thread) watching one namespace: ``with operator(): ...``."""
+    import kopf  # noqa: PLC0415
+
+    import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from regrow.controller.kube import Kube  # noqa: PLC0415
+
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+
+    @contextmanager
+    def running() -> Iterator[None]:
+        stop, ready = threading.Event(), threading.Event()
+        memo = kopf.Memo(kube=Kube(api), images=Images())
+        thread = threading.Thread(
+            target=lambda: asyncio.run(
+                kopf.operator(namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo)
+            ),
+            daemon=True,
+        )
+        thread.start()
+        try:
+            assert ready.wait(30), "the operator did not start in 30s"
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
+
+    return running
+
+
+# The API server for integration tests (envtest when KUBEBUILDER_ASSETS is set).
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    yield from _session_cluster("API tests", control_plane())
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Cluster) -> client.ApiClient:
+    return cluster.api_client()
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    _install_crds(cluster)
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    yield from _namespace(api, request)
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, api: client.ApiClient, namespace: str, crds: None, monkeypatch: pytest.MonkeyPatch
+) -> Operator:
+    return _operator(cluster, api, namespace, monkeypatch)
+
+
+@pytest.fixture
+def no_kubelet(cluster: Cluster) -> None:
+    """For tests that play the kubelet's part: a real kubelet would fight them over pod status."""
+    if cluster.runs_pods:
+        pytest.skip("this API server's kubelet runs pods; set KUBEBUILDER_ASSETS for a kubelet-free one")
+
+
+# The cluster whose kubelet runs real containers, for end-to-end tests.
+
+
+def _node_cluster() -> Cluster | str:
+    found = from_kubeconfig()
+    if isinstance(found, str):
+        return f"the end-to-end tests need a cluster that runs pods ({found}; see `make cluster-up`)"
+    if not found.runs_pods:
+        return f"{found.origin} has no Ready node to run pods"
+    docker = shutil.which("docker")
+    image = (
+        subprocess.run([docker, "image", "inspect", TEST_IMAGE], capture_output=True, check=False) if docker else None
+    )
+    if image is None or image.returncode != 0:
+        return f"image {TEST_IMAGE} is not built on this node: run `make image`"
+    return found
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[Cluster]:
+    yield from _session_cluster("end-to-end tests", _node_cluster())
+
+
+@pytest.fixture(scope="session")
+def node_api(node_cluster: Cluster) -> client.ApiClient:
+    return node_cluster.api_client()
+
+
+@pytest.fixture
+def node_namespace(node_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _namespace(node_api, request)
+
+
+@pytest.fixture
+def node_operator(
+    node_cluster: Cluster, node_api: client.ApiClient, node_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Operator:
+    _install_crds(node_cluster)
+    return _operator(node_cluster, node_api, node_namespace, monkeypatch)
+
+
+# A real S3 endpoint on loopback.
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """A real S3 HTTP endpoint on loopback (moto in server mode), with test credentials in the environment."""
+    """moto in server mode on a free loopback port, with test credentials in the environment."""
     from moto.server import ThreadedMotoServer  # noqa: PLC0415 - only S3 tests pay for moto
-
-    from tests.cluster import free_port  # noqa: PLC0415
 
     os.environ.update(
         AWS_ACCESS_KEY_ID="regrow-test", AWS_SECRET_ACCESS_KEY="regrow-test", AWS_DEFAULT_REGION="us-east-1"
@@ -103,37 +215,3 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"regrow-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
-
-
-@pytest.fixture
-def operator(
-    cluster: Cluster, api: client.ApiClient, namespace: str, crds: None, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[], AbstractContextManager[None]]]:
-    """Start the real operator (kopf, in a thread) watching the test's namespace: ``with operator(): ...``."""
-    import kopf  # noqa: PLC0415
-
-    import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
-    from regrow.controller.kube import Kube  # noqa: PLC0415
-    from regrow.manifests.common import Images  # noqa: PLC0415
-
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-
-    @contextmanager
-    def running() -> Iterator[None]:
-        stop, ready = threading.Event(), threading.Event()
-        memo = kopf.Memo(kube=Kube(api), images=Images(runtime=TEST_IMAGE, pull_policy="IfNotPresent"))
-        thread = threading.Thread(
-            target=lambda: asyncio.run(
-                kopf.operator(namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo)
-            ),
-            daemon=True,
-        )
-        thread.start()
-        try:
-            assert ready.wait(30), "the operator did not start in 30s"
-            yield
-        finally:
-            stop.set()
-            thread.join(30)
-
-    yield running

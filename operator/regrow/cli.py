@@ -84,6 +84,17 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_data(args: argparse.Namespace) -> int:
+    from regrow.training.sample_data import sample_csv  # noqa: PLC0415 - needs [training]
+
+    data = sample_csv(args.name)
+    if args.output:
+        Path(args.output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness", help="liveness endpoint, such as http://0.0.0.0:8080/healthz")
     op.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     op.set_defaults(func=_operator)
+
+    sample = commands.add_parser("sample-data", help="write a data set that ships with scikit-learn as CSV")
+    sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes"])
+    sample.add_argument("--output", help="file to write; standard output if unset")
+    sample.set_defaults(func=_sample_data)
 
     train = commands.add_parser("train", help="run one training (what a TrainingJob's pod runs)")
     train.add_argument("--spec-file", help="TrainingJob spec as JSON; default: $REGROW_TRAINING_SPEC")

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from regrow import GROUP, VERSION
 from regrow.api import TRAINING_JOB, TrainingJobSpec
 from regrow.controller.kube import Kube, path
-from tests.conftest import TEST_IMAGE
+from tests.conftest import TEST_IMAGE, Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.unit.test_api import _example, _with
 from tests.unit.test_trainingjob_reconciler import restricted_violations
 
-Operator = Callable[[], AbstractContextManager[None]]
 JOB_LABEL = "regrow.dev/trainingjob"
+pytestmark = pytest.mark.usefixtures("no_kubelet")
 
 
 def _create(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:

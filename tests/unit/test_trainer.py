@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,29 +20,22 @@ from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.entrypoint import run
 from regrow.training.estimators import build_pipeline
+from regrow.training.sample_data import TARGETS, sample_csv
 from regrow.training.trainer import TrainingError, export_onnx, parity_error, train
-
-LOADERS = {
-    "iris": datasets.load_iris,
-    "breast_cancer": datasets.load_breast_cancer,
-    "wine": datasets.load_wine,
-    "diabetes": datasets.load_diabetes,
-}
 
 
 def write_dataset(directory: Path, name: str, fmt: str = "csv") -> Path:
-    bunch = LOADERS[name](as_frame=True)
-    frame = bunch.frame.rename(columns=lambda c: str(c).replace(" ", "_").replace("(", "").replace(")", ""))
-    if name == "iris":  # string labels, as real data has them
-        frame["target"] = np.asarray(bunch.target_names)[frame["target"]]
     path = directory / f"{name}.{fmt}"
-    frame.to_parquet(path) if fmt == "parquet" else frame.to_csv(path, index=False)
+    if fmt == "parquet":
+        pd.read_csv(io.BytesIO(sample_csv(name))).to_parquet(path)
+    else:
+        path.write_bytes(sample_csv(name))
     return path
 
 
 def make_spec(data: Path, registry: str, algorithm: str, **extra: Any) -> TrainingJobSpec:
     body: dict[str, Any] = {
-        "dataset": {"uri": f"file://{data}", "format": data.suffix[1:], "target": "target"},
+        "dataset": {"uri": f"file://{data}", "format": data.suffix[1:], "target": TARGETS[data.stem]},
         "model": {"algorithm": algorithm, "params": extra.pop("params", {})},
         "evaluation": {"holdoutPercent": 25, "seed": 3},
         "output": {"registry": registry, "modelName": extra.pop("model_name", "m")},
@@ -77,7 +71,7 @@ def test_every_algorithm_trains_exports_and_agrees_with_onnxruntime(
         assert result.metrics["accuracy"] >= FLOORS[dataset]
     meta = registry.metadata("m", result.version)
     assert meta["algorithm"] == algorithm.value and meta["task"] == algorithm.task.value
-    assert meta["features"] == [c for c in pd.read_csv(data).columns if c != "target"]
+    assert meta["features"] == list(pd.read_csv(data).columns[:-1])
     assert meta["metrics"] == result.metrics
     assert meta["holdout"]["rows"] == round(len(pd.read_csv(data)) * 0.25 + 0.49)
     profile = Profile.from_json(registry.read("m", result.version, "profile.json"))

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from regrow import API_VERSION, GROUP
+from regrow import API_VERSION, GROUP, __version__
 from regrow.api.common import ResourceRequirements, StorageSpec
 
 Manifest = dict[str, Any]
@@ -118,5 +118,5 @@ def storage_volumes(storage: StorageSpec | None, *, read_only: bool) -> tuple[li
 class Images:
     """The operator's defaults for pods whose spec names no image (one image serves and trains)."""
 
-    runtime: str = "regrow-serving:0.1.0"
+    runtime: str = f"regrow-serving:{__version__}"
     pull_policy: str = "IfNotPresent"

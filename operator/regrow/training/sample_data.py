@@ -1,0 +1,28 @@
+"""Data sets that ship with scikit-learn, written as the CSV files the examples train on."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from sklearn import datasets
+
+LOADERS = {
+    "iris": datasets.load_iris,
+    "wine": datasets.load_wine,
+    "breast_cancer": datasets.load_breast_cancer,
+    "diabetes": datasets.load_diabetes,
+}
+TARGETS = {"iris": "species", "wine": "cultivar", "breast_cancer": "diagnosis", "diabetes": "progression"}
+
+
+def sample_csv(name: str) -> bytes:
+    """A data set as CSV: snake_case feature columns, and the target last, by class name where it has one."""
+    bunch = LOADERS[name](as_frame=True)
+    frame = bunch.frame.rename(
+        columns=lambda c: re.sub(r"_+", "_", re.sub(r"[^a-z0-9]+", "_", str(c).lower())).strip("_")
+    )
+    target = frame.pop("target")
+    names = getattr(bunch, "target_names", None)
+    frame[TARGETS[name]] = np.asarray(names)[target] if names is not None else target
+    return str(frame.to_csv(index=False)).encode()

@@ -1,0 +1,63 @@
+"""End-to-end fixtures: a file:// store that pods reach through a PersistentVolumeClaim."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from regrow.controller.kube import Kube, path
+from regrow.manifests.common import NON_ROOT_UID
+
+STORE_ROOT = Path(os.environ.get("REGROW_E2E_STORE", "/var/lib/regrow-e2e"))
+CLAIM = "regrow-store"
+
+
+@pytest.fixture
+def node_store(node_api: client.ApiClient, node_namespace: str) -> Iterator[Path]:
+    """A host directory behind a hostPath PersistentVolume, bound to the claim ``regrow-store`` in the
+    test's namespace. Pods see it at /var/lib/regrow; the test reads and writes it from the host."""
+    root = STORE_ROOT / node_namespace
+    root.mkdir(parents=True)
+    shutil.chown(root, NON_ROOT_UID, NON_ROOT_UID)
+    kube = Kube(node_api)
+    pv_name = f"regrow-e2e-{node_namespace}"[:63]
+    kube.create(
+        "/api/v1/persistentvolumes",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "regrow-e2e",
+                "hostPath": {"path": str(root), "type": "Directory"},
+                "claimRef": {"namespace": node_namespace, "name": CLAIM},
+            },
+        },
+    )
+    kube.create(
+        path("v1", "persistentvolumeclaims", node_namespace),
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": CLAIM},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "regrow-e2e",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    try:
+        yield root
+    finally:
+        client.CoreV1Api(node_api).delete_persistent_volume(pv_name)
+        shutil.rmtree(root, ignore_errors=True)
