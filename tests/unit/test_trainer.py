@@ -192,9 +192,9 @@ def test_entrypoint_trains_from_s3_to_s3(tmp_path: Path, s3_bucket: str, s3_endp
             "InvalidParams",
             "'C' parameter",
         ),
-        ({"dataset": {"uri": "DATA", "target": "species"}}, "InvalidDataset", "target column 'species'"),
+        ({"dataset": {"uri": "DATA", "target": "label"}}, "InvalidDataset", "target column 'label'"),
         (
-            {"dataset": {"uri": "file:///nonexistent/x.csv", "target": "target"}},
+            {"dataset": {"uri": "file:///nonexistent/x.csv", "target": "species"}},
             "DatasetNotFound",
             "no dataset",
         ),
