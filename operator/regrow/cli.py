@@ -95,6 +95,27 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from regrow.serving.server import ServeConfig, run  # noqa: PLC0415 - needs [serving]
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (args.registry and args.model and (args.alias or args.version)):
+        print("regrow serve: give --registry, --model, and --alias or --version", file=sys.stderr)
+        return 2
+    run(
+        ServeConfig(
+            registry=args.registry, model=args.model, alias=args.alias, version=args.version, port=args.port,
+            threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
+            max_body=args.max_body_bytes, endpoint_url=args.endpoint_url, region=args.region,
+        )
+    )  # fmt: skip
+    return 0
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name) or default
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness", help="liveness endpoint, such as http://0.0.0.0:8080/healthz")
     op.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     op.set_defaults(func=_operator)
+
+    serve = commands.add_parser("serve", help="serve a registry model over the Open Inference Protocol")
+    serve.add_argument("--registry", default=_env("REGROW_REGISTRY"), help="$REGROW_REGISTRY")
+    serve.add_argument("--model", default=_env("REGROW_MODEL_NAME"), help="$REGROW_MODEL_NAME")
+    serve.add_argument("--alias", default=_env("REGROW_MODEL_ALIAS"), help="$REGROW_MODEL_ALIAS")
+    serve.add_argument("--version", default=_env("REGROW_MODEL_VERSION"), help="$REGROW_MODEL_VERSION (wins)")
+    serve.add_argument("--port", type=int, default=int(_env("REGROW_PORT", "8080") or 8080))
+    serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
+    serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
+    serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
+    serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
+    serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
+    serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
+    serve.set_defaults(func=_serve)
 
     sample = commands.add_parser("sample-data", help="write a data set that ships with scikit-learn as CSV")
     sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes"])

@@ -1,0 +1,70 @@
+"""A model version loaded from the registry: the onnxruntime session, its profile and its metadata."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from regrow.drift.profile import Profile
+from regrow.inference import OnnxModel
+from regrow.storage import NotFound
+from regrow.storage.registry import METADATA, MODEL, PROFILE, Registry
+
+
+class ModelUnavailable(Exception):
+    """The registry has no such alias or version (yet)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    uri: str
+    session: OnnxModel
+    profile: Profile
+    metadata: dict[str, Any]
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.metadata["features"])
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.metadata.get("classes") or [])
+
+    @property
+    def task(self) -> str:
+        return str(self.metadata["task"])
+
+    def warm_up(self) -> None:
+        """One inference on a typical row (the training medians), before the server reports ready."""
+        medians = [f.edges[len(f.edges) // 2] for f in self.profile.features]
+        self.session.predict(np.asarray([medians], dtype=np.float32))
+
+
+def resolve(registry: Registry, name: str, alias: str | None, version: str | None) -> str:
+    if version is not None:
+        return version
+    assert alias is not None
+    resolved = registry.resolve(name, alias)
+    if resolved is None:
+        raise ModelUnavailable(f"alias {alias} of model {name} does not exist in {registry.store.uri}")
+    return resolved
+
+
+def load(registry: Registry, name: str, version: str, threads: int = 1) -> LoadedModel:
+    try:
+        metadata = json.loads(registry.read(name, version, METADATA))
+        onnx = registry.read(name, version, MODEL)
+        profile = Profile.from_json(registry.read(name, version, PROFILE))
+    except NotFound as missing:
+        raise ModelUnavailable(f"version {version} of model {name} is incomplete or missing: {missing}") from None
+    model = LoadedModel(
+        name, version, registry.version_uri(name, version), OnnxModel(onnx, threads=threads), profile, metadata
+    )
+    if model.session.n_features != len(model.features) or profile.names != model.features:
+        raise ModelUnavailable(f"version {version} of model {name}: model, profile and metadata disagree on features")
+    return model

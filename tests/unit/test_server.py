@@ -1,0 +1,314 @@
+"""The inference server, for real: uvicorn on a loopback port the test picks, a model the trainer made."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from regrow.api import TrainingJobSpec, parse_spec
+from regrow.inference import OnnxModel
+from regrow.serving.server import DrainingServer, ServeConfig
+from regrow.storage import open_store
+from regrow.storage.registry import Registry
+from regrow.training.sample_data import sample_csv
+from regrow.training.trainer import train
+from tests.cluster import free_port
+
+FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def publish_iris(root: Path, algorithm: str = "logisticRegression", alias: str = "champion") -> str:
+    data = root / "iris.csv"
+    data.write_bytes(sample_csv("iris"))
+    spec = parse_spec(
+        TrainingJobSpec,
+        {
+            "dataset": {"uri": f"file://{data}", "target": "species"},
+            "model": {"algorithm": algorithm},
+            "output": {"registry": f"file://{root}/registry", "modelName": "iris"},
+            "promote": {"alias": alias},
+        },
+    )
+    return train(spec, data.read_bytes(), Registry(open_store(f"file://{root}/registry")), {}).version
+
+
+@dataclass
+class Server:
+    port: int
+    thread: threading.Thread
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = response.read()
+        connection.close()
+        if response.getheader("content-type", "").startswith("application/json"):
+            return response.status, json.loads(data)
+        return response.status, data.decode()
+
+
+def start(config: ServeConfig) -> tuple[Server, DrainingServer]:
+    uv_server = DrainingServer(config)
+    thread = threading.Thread(target=lambda: asyncio.run(uv_server.run_until_stopped()), daemon=True)
+    thread.start()
+    server = Server(config.port, thread)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if server.call("GET", "/v2/health/live")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.05)
+    return server, uv_server
+
+
+def stop(uv_server: DrainingServer, server: Server) -> None:
+    uv_server.should_exit = True
+    server.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, str]]:
+    root = tmp_path_factory.mktemp("serve")
+    version = publish_iris(root)
+    config = ServeConfig(
+        registry=f"file://{root}/registry",
+        model="iris",
+        alias="champion",
+        port=free_port(),
+        drain_seconds=0,
+        max_body=64 * 1024,
+    )
+    server, uv_server = start(config)
+    wait_ready(server)
+    yield server, root, version
+    stop(uv_server, server)
+
+
+def wait_ready(server: Server, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while server.call("GET", "/v2/health/ready")[0] != 200:
+        assert time.monotonic() < deadline, server.call("GET", "/v2/health/ready")
+        time.sleep(0.1)
+
+
+def v2(rows: list[list[Any]], **extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}], **extra}
+
+
+def test_health_and_metadata(iris: tuple[Server, Path, str]) -> None:
+    server, _, version = iris
+    assert server.call("GET", "/v2/health/live") == (200, {"live": True})
+    assert server.call("GET", "/v2/health/ready") == (200, {"ready": True})
+    assert server.call("GET", "/v2/models/iris/ready") == (200, {"name": "iris", "ready": True})
+    status, meta = server.call("GET", "/v2/models/iris")
+    assert status == 200
+    assert meta["versions"] == [version]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert meta["parameters"]["features"] == FEATURES
+    assert meta["parameters"]["alias"] == "champion" and meta["parameters"]["alias_version"] == version
+    assert server.call("GET", f"/v2/models/iris/versions/{version}")[1] == meta
+    assert server.call("GET", "/v2")[1]["name"] == "regrow"
+
+
+def test_v2_infer_agrees_with_onnxruntime(iris: tuple[Server, Path, str]) -> None:
+    server, root, version = iris
+    status, body = server.call("POST", "/v2/models/iris/infer", v2(ROWS, id="req-1"))
+    assert status == 200
+    assert (body["model_name"], body["model_version"], body["id"]) == ("iris", version, "req-1")
+    labels, probabilities = body["outputs"]
+    direct = OnnxModel((root / "registry/iris/versions" / version / "model.onnx").read_bytes()).predict(np.array(ROWS))
+    assert labels == {"name": "label", "shape": [3], "datatype": "BYTES", "data": direct.outputs.tolist()}
+    assert probabilities["shape"] == [3, 3]
+    assert probabilities["data"] == pytest.approx(direct.probabilities.ravel().tolist(), abs=1e-6)  # type: ignore[union-attr]
+    assert labels["data"][0] == "setosa"
+    flat = v2(ROWS)
+    flat["inputs"][0]["data"] = [v for row in ROWS for v in row]
+    assert server.call("POST", f"/v2/models/iris/versions/{version}/infer", flat)[1]["outputs"][0] == labels
+    per_feature = {
+        "inputs": [
+            {"name": f, "shape": [3], "datatype": "FP64", "data": [r[i] for r in ROWS]} for i, f in enumerate(FEATURES)
+        ]
+    }
+    assert server.call("POST", "/v2/models/iris/infer", per_feature)[1]["outputs"][0] == labels
+
+
+def test_v1_predict(iris: tuple[Server, Path, str]) -> None:
+    server, _, version = iris
+    assert server.call("POST", "/v1/models/iris:predict", {"instances": ROWS[:2]}) == (
+        200,
+        {"predictions": ["setosa", "virginica"], "model_version": version},
+    )
+
+
+BAD = [
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+        400,
+        "shape must be [n, 4]",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]},
+        400,
+        "is not numeric",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        400,
+        "do not fill shape",
+    ),
+    ("POST", "/v2/models/iris/infer", v2([[1, 2, 3, "x"]]), 400, "must be numbers"),
+    ("POST", "/v2/models/iris/infer", v2([[1, 2, 3], [4, 5, 6, 7]]), 400, "must be numbers"),
+    ("POST", "/v2/models/iris/infer", {"instances": [[1, 2, 3, 4]]}, 400, '"inputs" array'),
+    ("POST", "/v2/models/iris/infer", [1, 2], 400, '"inputs" array'),
+    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x"}]}, 400, "needs name, shape, datatype and data"),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}] * 2},
+        400,
+        "inputs must be exactly",
+    ),
+    ("POST", "/v2/models/wine/infer", v2(ROWS), 404, "model wine is not served here"),
+    ("POST", "/v2/models/iris/versions/0000/infer", v2(ROWS), 404, "version 0000 of iris is not served here"),
+    ("POST", "/v1/models/iris:predict", {"instances": [[1, 2]]}, 400, "rows of 4 numbers"),
+    ("POST", "/v1/models/wine:predict", {"instances": ROWS}, 404, "model wine is not served here"),
+    ("GET", "/v2/models/iris/infer", None, 404, "no such endpoint"),
+    ("GET", "/nothing", None, 404, "no such endpoint"),
+    ("PUT", "/v2/models/iris/infer", v2(ROWS), 405, "method PUT is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), BAD)
+def test_bad_requests_get_a_4xx_with_a_message(
+    iris: tuple[Server, Path, str], method: str, path: str, body: Any, status: int, message: str
+) -> None:
+    server = iris[0]
+    got_status, got = server.call(method, path, body)
+    assert got_status == status
+    assert message in got["error"]
+    assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "message"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"inputs": [{"name": "i", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 1e999]}]}', 400, "JSON"),
+        (b"x" * (64 * 1024 + 1), 413, "exceeds the limit"),
+    ],
+)
+def test_malformed_bodies_get_a_4xx(iris: tuple[Server, Path, str], raw: bytes, status: int, message: str) -> None:
+    got_status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=raw)
+    assert got_status == status and message in got["error"]
+
+
+def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> None:
+    version = publish_iris(tmp_path)
+    config = ServeConfig(
+        registry=f"file://{tmp_path}/registry", model="iris", version=version, port=free_port(), drain_seconds=0
+    )
+    server, uv_server = start(config)
+    try:
+        wait_ready(server)
+        for _ in range(5):
+            assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
+        assert server.call("POST", "/v1/models/iris:predict", {"instances": [[5.0, None, 100.0, -1.0]]})[0] == 200
+        assert server.call("POST", "/v2/models/iris/infer", v2([[1, 2]]))[0] == 400
+        text = server.call("GET", "/metrics")[1]
+    finally:
+        stop(uv_server, server)
+    bins: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("regrow_feature_bin_total{"):
+            labels = dict(part.split("=") for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            assert labels["model"] == '"iris"' and labels["version"] == f'"{version}"'
+            bins[labels["feature"].strip('"'), labels["bin"].strip('"')] = float(line.rsplit(" ", 1)[1])
+    for feature in FEATURES:
+        assert sum(v for (f, _), v in bins.items() if f == feature) == 16  # 5 x 3 rows + 1, not the rejected one
+    assert bins["sepal_width_cm", "missing"] == 1
+    assert bins["petal_length_cm", "overflow"] == 1
+    assert bins["petal_width_cm", "underflow"] == 1
+    assert f'regrow_inference_requests_total{{code="400",model="iris",protocol="v2",version="{version}"}} 1.0' in text
+    assert 'regrow_inference_rows_total{model="iris"' in text
+
+
+def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
+    config = ServeConfig(
+        registry=f"file://{tmp_path}/registry",
+        model="iris",
+        alias="champion",
+        port=free_port(),
+        refresh_seconds=0.2,
+        drain_seconds=0,
+    )
+    server, uv_server = start(config)
+    try:
+        status, body = server.call("GET", "/v2/health/ready")
+        assert status == 503 and "alias champion of model iris does not exist" in body["error"]
+        assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
+        version = publish_iris(tmp_path)
+        wait_ready(server, 10)
+        assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["model_version"] == version
+    finally:
+        stop(uv_server, server)
+
+
+def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> None:
+    first = publish_iris(tmp_path)
+    config = ServeConfig(
+        registry=f"file://{tmp_path}/registry",
+        model="iris",
+        alias="champion",
+        port=free_port(),
+        refresh_seconds=0.2,
+        drain_seconds=0,
+    )
+    server, uv_server = start(config)
+    try:
+        wait_ready(server)
+        second = publish_iris(tmp_path, algorithm="randomForest", alias="challenger")
+        assert second != first
+        Registry(open_store(f"file://{tmp_path}/registry")).set_alias("iris", "champion", second)
+        deadline = time.monotonic() + 10
+        while server.call("GET", "/v2/models/iris")[1]["parameters"]["alias_version"] != second:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert server.call("GET", "/v2/models/iris")[1]["versions"] == [first]
+    finally:
+        stop(uv_server, server)
+
+
+def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
+    publish_iris(tmp_path)
+    config = ServeConfig(
+        registry=f"file://{tmp_path}/registry", model="iris", alias="champion", port=free_port(), drain_seconds=1.0
+    )
+    server, uv_server = start(config)
+    wait_ready(server)
+    uv_server.handle_exit(15, None)
+    assert server.call("GET", "/v2/health/ready") == (503, {"ready": False, "error": "the server is shutting down"})
+    assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200  # still answering while draining
+    server.thread.join(10)
+    assert not server.thread.is_alive()
+    with pytest.raises(OSError):
+        server.call("GET", "/v2/health/live")
