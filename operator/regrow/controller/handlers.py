@@ -11,14 +11,16 @@ import kopf
 from kubernetes import client, config
 
 from regrow import GROUP, VERSION
-from regrow.api import TRAINING_JOB
-from regrow.controller import trainingjob
+from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.controller import modeldeployment, trainingjob
 from regrow.controller.kube import Kube
-from regrow.controller.trainingjob import Result
+from regrow.controller.result import Result
 from regrow.manifests.common import Images
 
 TRAINING_POLL_SECONDS = 5.0
+SERVING_POLL_SECONDS = 5.0
 TJ = (GROUP, VERSION, TRAINING_JOB.plural)
+MD = (GROUP, VERSION, MODEL_DEPLOYMENT.plural)
 
 
 @kopf.on.startup()
@@ -32,6 +34,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     if "kube" not in memo:
         memo.kube = Kube(_api_client())
+    if "versions" not in memo:
+        memo.versions = modeldeployment.discover(memo.kube)
+    if "prober" not in memo:
+        memo.prober = modeldeployment.http_prober
     if "images" not in memo:
         memo.images = Images(
             runtime=os.environ.get("REGROW_RUNTIME_IMAGE", Images.runtime),
@@ -74,4 +80,24 @@ async def _reconcile_training_job(body: kopf.Body, patch: kopf.Patch, memo: kopf
     if trainingjob.finished(dict(body)):
         return
     result = await asyncio.to_thread(trainingjob.reconcile, dict(body), memo.kube, memo.images)
+    _apply(result, body, patch)
+
+
+@kopf.on.resume(*MD)
+@kopf.on.create(*MD)
+@kopf.on.update(*MD, field="spec")
+async def model_deployment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile_model_deployment(body, patch, memo)
+
+
+@kopf.timer(*MD, interval=SERVING_POLL_SECONDS)
+async def model_deployment_watch(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Pods crash, aliases move: the actual state is watched, not only the spec."""
+    await _reconcile_model_deployment(body, patch, memo)
+
+
+async def _reconcile_model_deployment(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    result = await asyncio.to_thread(
+        modeldeployment.reconcile, dict(body), memo.kube, memo.images, memo.versions, memo.prober
+    )
     _apply(result, body, patch)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
@@ -11,25 +11,11 @@ from regrow.clock import now
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
+from regrow.controller.result import Event, Result, transition_event
 from regrow.manifests.common import Images, Owner
 from regrow.manifests.training import CONTAINER, training_job
 
 SUCCEEDED = "Succeeded"
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Result:
-    """What one reconcile decided: the status to write and the Events to post."""
-
-    status: Obj = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
 
 
 def finished(body: Obj) -> bool:
@@ -158,11 +144,7 @@ def reconcile(body: Obj, api: Api, images: Images) -> Result:
 
 
 def _result(body: Obj, job: Obj | None, result: Outcome, previous: list[Obj]) -> Result:
-    events = []
-    if conditions.changed(previous, result.cond) and result.cond.status != "Unknown":
-        kind = "Normal" if result.cond.status == "True" else "Warning"
-        events.append(Event(kind, result.cond.reason, result.cond.message))
-    return Result(status_for(body, job, result), events)
+    return Result(status_for(body, job, result), transition_event(previous, result.cond))
 
 
 def _owned_by(obj: Obj, owner: Owner) -> bool:

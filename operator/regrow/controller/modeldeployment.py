@@ -1,0 +1,246 @@
+"""The ModelDeployment reconciler.
+
+The operator never reads the registry itself: the serving pods do (they hold the store's credentials and
+volumes), and report on ``/v2/models/<name>`` which version they serve and where the alias points now.
+When the alias has moved, the reconciler pins the new version in the pod template, and the Deployment
+rolls (``maxUnavailable: 0``). ``status.model`` names a version only once every pod serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from regrow.api import InvalidSpec, ModelDeploymentSpec, parse_spec
+from regrow.api.common import StorageSpec
+from regrow.clock import now
+from regrow.controller import conditions
+from regrow.controller.children import ensure
+from regrow.controller.conditions import Cond
+from regrow.controller.kube import Api, Obj, path
+from regrow.controller.result import Event, Result, transition_event
+from regrow.manifests.common import Images, Owner
+from regrow.manifests.serving import (
+    COMPONENT,
+    PORT,
+    VERSION_ANNOTATION,
+    autoscaler,
+    deployment,
+    disruption_budget,
+    selector,
+    service,
+)
+
+READY, RESOLVED, AVAILABLE, PROGRESSING = "Ready", "ModelResolved", "Available", "Progressing"
+STUCK = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "InvalidImageName",
+        "RunContainerError",
+    }
+)
+
+Prober = Callable[[str, str], Obj | None]
+
+
+@dataclass(frozen=True)
+class ApiVersions:
+    """The newest autoscaling and policy versions that the API server offers."""
+
+    hpa: str = "autoscaling/v2"
+    pdb: str = "policy/v1"
+
+
+def discover(api: Api) -> ApiVersions:
+    def pick(group: str, preferred: tuple[str, ...]) -> str:
+        served = {v["groupVersion"] for v in (api.get(f"/apis/{group}") or {}).get("versions", [])}
+        return next((v for v in preferred if v in served), preferred[-1])
+
+    return ApiVersions(
+        hpa=pick("autoscaling", ("autoscaling/v2", "autoscaling/v2beta2")),
+        pdb=pick("policy", ("policy/v1", "policy/v1beta1")),
+    )
+
+
+def http_prober(ip: str, model: str) -> Obj | None:
+    """What a serving pod says about its model (its JSON even on 503), or None if it does not answer."""
+    url = f"http://{ip}:{PORT}/v2/models/{model}"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return dict(json.load(response))
+    except urllib.error.HTTPError as error:
+        try:
+            return dict(json.load(error))
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class PodReport:
+    name: str
+    ready: bool
+    serving: str | None
+    uri: str | None
+    alias_version: str | None
+    error: str | None
+    stuck: tuple[str, str] | None  # (reason, message) of a container that cannot start
+
+
+def report(pod: Obj, model: str, prober: Prober) -> PodReport:
+    status = pod.get("status") or {}
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+    stuck = None
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK:
+            stuck = (str(waiting["reason"]), str(waiting.get("message") or f"container {container['name']}"))
+    answer = prober(status["podIP"], model) if status.get("podIP") and status.get("phase") == "Running" else None
+    params = (answer or {}).get("parameters") or {}
+    versions = (answer or {}).get("versions") or []
+    return PodReport(
+        name=pod["metadata"]["name"],
+        ready=ready,
+        serving=versions[0] if versions else None,
+        uri=params.get("uri"),
+        alias_version=params.get("alias_version"),
+        error=params.get("error"),
+        stuck=stuck,
+    )
+
+
+def desired_version(spec: ModelDeploymentSpec, pinned: str | None, reports: list[PodReport]) -> str | None:
+    """The version to pin: the spec's, else where the alias points now if that is not what the pods serve."""
+    if spec.model.version:
+        return spec.model.version
+    ready = [r for r in reports if r.ready]
+    aliased = {r.alias_version for r in ready if r.alias_version}
+    serving = {r.serving for r in ready if r.serving}
+    current = pinned or (next(iter(serving)) if len(serving) == 1 else None)
+    if len(aliased) == 1 and current is not None and (target := next(iter(aliased))) != current:
+        return target
+    return pinned
+
+
+def rolled_out(live: Obj) -> bool:
+    spec, status = live.get("spec") or {}, live.get("status") or {}
+    want = spec.get("replicas", 1)
+    return bool(
+        status.get("observedGeneration", 0) >= live["metadata"].get("generation", 1)
+        and status.get("updatedReplicas", 0) == want
+        and status.get("replicas", 0) == want
+        and status.get("availableReplicas", 0) == want
+    )
+
+
+def _resolved(reports: list[PodReport]) -> Cond:
+    versions = sorted({r.serving for r in reports if r.ready and r.serving})
+    if versions:
+        return Cond(RESOLVED, "True", "Resolved", f"serving version {', '.join(versions)}")
+    error = next((r.error for r in reports if r.error and not r.ready), None)
+    if error:
+        return Cond(RESOLVED, "False", "ModelUnavailable", error)
+    return Cond(RESOLVED, "Unknown", "Waiting", "no serving pod has reported yet")
+
+
+def _problem(live: Obj, reports: list[PodReport]) -> tuple[str, str] | None:
+    """Why the pods cannot serve, if they cannot: a container that cannot start, or a deadline passed."""
+    stuck = next((r.stuck for r in reports if r.stuck), None)
+    if stuck:
+        return stuck
+    for c in (live.get("status") or {}).get("conditions") or []:
+        if c["type"] == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            return "ProgressDeadlineExceeded", str(c.get("message") or "")
+    return None
+
+
+def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Cond]:
+    """Ready, ModelResolved, Available and Progressing, from the Deployment and what its pods report."""
+    status = live.get("status") or {}
+    resolved = _resolved(reports)
+    problem = _problem(live, reports)
+    ready_count = status.get("readyReplicas", 0)
+    if ready_count:
+        available = Cond(AVAILABLE, "True", "MinimumReplicasAvailable", f"{ready_count} replica(s) ready")
+    else:
+        available = Cond(AVAILABLE, "False", *(problem or ("NoReadyReplicas", "no replica is ready yet")))
+    if rolled_out(live):
+        progressing = Cond(PROGRESSING, "False", "RolloutComplete", f"every replica serves {version or 'the alias'}")
+    elif problem:
+        progressing = Cond(PROGRESSING, "False", *problem)
+    else:
+        updated, want = status.get("updatedReplicas", 0), live["spec"].get("replicas", 1)
+        progressing = Cond(PROGRESSING, "True", "RollingOut", f"{updated} of {want} replicas updated")
+    if available.status == "True" and resolved.status == "True":
+        ready = Cond(READY, "True", "Serving", f"{ready_count} replica(s) {resolved.message}")
+    elif problem:
+        ready = Cond(READY, "False", *problem)
+    elif resolved.status == "False":
+        ready = Cond(READY, "False", resolved.reason, resolved.message)
+    else:
+        ready = Cond(READY, "Unknown", "Starting", "waiting for the first replica to serve the model")
+    return [ready, resolved, available, progressing]
+
+
+def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober: Prober) -> Result:
+    owner = Owner.of(body)
+    generation = body["metadata"].get("generation", 1)
+    previous_status = body.get("status") or {}
+    previous = previous_status.get("conditions") or []
+    try:
+        spec = parse_spec(ModelDeploymentSpec, body.get("spec"))
+        (spec.storage or StorageSpec()).check_file_uris(spec.model.registry)
+    except (InvalidSpec, ValueError) as error:
+        cond = Cond(READY, "False", "InvalidSpec", str(error))
+        invalid = {
+            "observedGeneration": generation,
+            "conditions": conditions.merge(previous, [cond], generation, now()),
+        }
+        return Result(invalid, transition_event(previous, cond))
+
+    pods = api.list(path("v1", "pods", owner.namespace), ",".join(f"{k}={v}" for k, v in selector(owner).items()))
+    reports = [report(p, spec.model.name, prober) for p in pods if not p["metadata"].get("deletionTimestamp")]
+    name = owner.child_name(COMPONENT)
+    live = api.get(path("apps/v1", "deployments", owner.namespace, name))
+    pinned = ((live or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}).get(
+        VERSION_ANNOTATION
+    )
+    version = desired_version(spec, pinned, reports)
+    events = []
+    if version != pinned and live is not None:
+        events.append(Event("Normal", "RollingOut", f"Rolling out {spec.model.name} version {version}"))
+
+    applied = ensure(api, deployment(owner, spec, images, version), unmanaged=("replicas",))
+    ensure(api, service(owner))
+    ensure(api, autoscaler(owner, spec, versions.hpa))
+    ensure(api, disruption_budget(owner, versions.pdb))
+    if applied.action == "created":
+        events.append(Event("Normal", "Created", f"Created Deployment {name}"))
+
+    conds = assess(applied.obj, reports, version)
+    status: Obj = {
+        "observedGeneration": generation,
+        "conditions": conditions.merge(previous, conds, generation, now()),
+        "replicas": (applied.obj.get("status") or {}).get("replicas", 0),
+        "readyReplicas": (applied.obj.get("status") or {}).get("readyReplicas", 0),
+        "updatedReplicas": (applied.obj.get("status") or {}).get("updatedReplicas", 0),
+        "url": f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
+    }
+    if version:
+        status["desiredVersion"] = version
+    serving = {(r.serving, r.uri) for r in reports if r.ready and r.serving and r.uri}
+    if rolled_out(applied.obj) and len(serving) == 1:
+        served, uri = next(iter(serving))
+        status["model"] = {"uri": uri, "version": served}
+    elif previous_status.get("model"):
+        status["model"] = previous_status["model"]
+    return Result(status, events + transition_event(previous, conds[0]))

@@ -1,0 +1,29 @@
+"""What a reconcile decides: the status to write and the Events to post."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from regrow.controller import conditions
+from regrow.controller.conditions import Cond
+from regrow.controller.kube import Obj
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Result:
+    status: Obj = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def transition_event(previous: list[Obj], cond: Cond) -> list[Event]:
+    """An Event when ``cond`` reaches a new True/False state (none for Unknown, none on a repeat)."""
+    if cond.status == "Unknown" or not conditions.changed(previous, cond):
+        return []
+    return [Event("Normal" if cond.status == "True" else "Warning", cond.reason, cond.message)]

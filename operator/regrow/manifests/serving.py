@@ -1,0 +1,154 @@
+"""The children of a ModelDeployment: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget."""
+
+from __future__ import annotations
+
+from regrow import GROUP
+from regrow.api.common import parse_duration
+from regrow.api.modeldeployment import ModelDeploymentSpec
+from regrow.manifests.common import (
+    Images,
+    Manifest,
+    Owner,
+    container_security_context,
+    pod_security_context,
+    resources,
+    storage_env,
+    storage_volumes,
+)
+
+COMPONENT = "predictor"
+CONTAINER = "server"
+PORT = 8080
+VERSION_ANNOTATION = f"{GROUP}/model-version"
+DRAIN_SECONDS = 5
+
+
+def selector(owner: Owner) -> dict[str, str]:
+    """The pods' labels that never change (a Deployment's selector is immutable)."""
+    return {f"{GROUP}/modeldeployment": owner.name, "app.kubernetes.io/component": COMPONENT}
+
+
+def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version: str | None) -> Manifest:
+    """The Deployment; ``version`` pins the model version (None: the pods resolve the alias themselves).
+    The version is in the pod template, so a new version rolls the pods."""
+    model = spec.model
+    env, env_from = storage_env(spec.storage)
+    volumes, mounts = storage_volumes(spec.storage, read_only=True)
+    pinned = model.version or version
+    model_env = [
+        {"name": "REGROW_REGISTRY", "value": model.registry},
+        {"name": "REGROW_MODEL_NAME", "value": model.name},
+        *([{"name": "REGROW_MODEL_ALIAS", "value": model.alias}] if model.alias else []),
+        *([{"name": "REGROW_MODEL_VERSION", "value": pinned}] if pinned else []),
+        {"name": "REGROW_REFRESH_SECONDS", "value": str(parse_duration(model.refresh_interval))},
+        {"name": "REGROW_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
+        *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
+          if spec.storage and spec.storage.endpoint_url else []),
+        {"name": "REGROW_THREADS", "valueFrom": {"resourceFieldRef": {
+            "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
+    ]  # fmt: skip
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2}
+    labels = {**owner.labels(COMPONENT), **selector(owner)}
+    template: Manifest = {
+        "metadata": {
+            "labels": labels,
+            "annotations": {
+                **({VERSION_ANNOTATION: pinned} if pinned else {}),
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security_context(),
+            "terminationGracePeriodSeconds": DRAIN_SECONDS + 25,
+            "containers": [
+                {
+                    "name": CONTAINER,
+                    "image": spec.image or images.runtime,
+                    "imagePullPolicy": images.pull_policy,
+                    "args": ["serve"],
+                    "env": [*model_env, *env],
+                    "envFrom": env_from,
+                    "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+                    "readinessProbe": {**probe, "failureThreshold": 2},
+                    "livenessProbe": {
+                        "httpGet": {"path": "/v2/health/live", "port": "http"},
+                        "initialDelaySeconds": 10,
+                        "periodSeconds": 10,
+                        "timeoutSeconds": 2,
+                        "failureThreshold": 3,
+                    },
+                    "resources": resources(spec.resources),
+                    "securityContext": container_security_context(),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, *volumes],
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": owner.metadata(COMPONENT),
+        "spec": {
+            "replicas": spec.replicas.min,
+            "selector": {"matchLabels": selector(owner)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": spec.rollout.max_surge},
+            },
+            "progressDeadlineSeconds": 300,
+            "template": template,
+        },
+    }
+
+
+def service(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owner.metadata(COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(owner),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def autoscaler(owner: Owner, spec: ModelDeploymentSpec, api_version: str) -> Manifest:
+    """An HPA on CPU; ``autoscaling/v2`` and ``v2beta2`` share this shape."""
+    return {
+        "apiVersion": api_version,
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": owner.metadata(COMPONENT),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.child_name(COMPONENT)},
+            "minReplicas": spec.replicas.min,
+            "maxReplicas": spec.replicas.max,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": spec.autoscaling.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def disruption_budget(owner: Owner, api_version: str) -> Manifest:
+    """At most one pod down at a time for voluntary disruptions (``policy/v1`` and ``v1beta1`` agree)."""
+    return {
+        "apiVersion": api_version,
+        "kind": "PodDisruptionBudget",
+        "metadata": owner.metadata(COMPONENT),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(owner)}},
+    }

@@ -1,0 +1,121 @@
+"""The ModelDeployment logic that needs no cluster: which version to pin, and what the pods' state means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regrow.api import ModelDeploymentSpec, parse_spec
+from regrow.controller.kube import Obj
+from regrow.controller.modeldeployment import PodReport, assess, desired_version, discover, report
+from regrow.manifests.common import Images, Owner
+from regrow.manifests.serving import autoscaler, deployment, disruption_budget
+from tests.unit.test_api import _example, _with
+from tests.unit.test_trainingjob_reconciler import restricted_violations
+
+OWNER = Owner("ModelDeployment", "iris", "ml", "uid-9")
+
+
+def _spec(**changes: Any) -> ModelDeploymentSpec:
+    body = _example("ModelDeployment")
+    for key, value in changes.items():
+        body = _with(body, key.replace("__", "."), value)
+    return parse_spec(ModelDeploymentSpec, body["spec"])
+
+
+def _report(serving: str | None, alias_version: str | None, ready: bool = True, error: str | None = None) -> PodReport:
+    return PodReport("p", ready, serving, f"file:///r/iris/versions/{serving}", alias_version, error, None)
+
+
+def test_version_pinning() -> None:
+    spec = _spec()
+    assert desired_version(spec, None, []) is None  # nothing reported: the pods follow the alias themselves
+    assert desired_version(spec, None, [_report("v1", "v1")]) is None  # no needless roll
+    assert desired_version(spec, None, [_report("v1", "v2")]) == "v2"  # the alias moved
+    assert desired_version(spec, "v2", [_report("v1", "v2"), _report("v2", "v2")]) == "v2"  # rolling
+    assert desired_version(spec, "v2", [_report("v2", "v1")]) == "v1"  # rolled back
+    assert desired_version(spec, "v2", [_report("v2", "v3", ready=False)]) == "v2"  # only ready pods count
+    assert desired_version(spec, None, [_report("v1", "v2"), _report("v1", "v3")]) is None  # pods disagree: wait
+    pinned = _spec(spec__model__alias=..., spec__model__version="v7")
+    assert desired_version(pinned, None, [_report("v1", None)]) == "v7"
+
+
+def _deployment(replicas: int = 2, ready: int = 2, updated: int = 2, **extra: Any) -> Obj:
+    status = {"observedGeneration": 3, "replicas": replicas, "readyReplicas": ready, "updatedReplicas": updated,
+              "availableReplicas": ready, **extra}  # fmt: skip
+    return {"metadata": {"generation": 3}, "spec": {"replicas": replicas}, "status": status}
+
+
+def _states(conds: list[Any]) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in conds}
+
+
+def test_assess_a_healthy_rolled_out_deployment() -> None:
+    got = _states(assess(_deployment(), [_report("v1", "v1")] * 2, "v1"))
+    assert got == {
+        "Ready": ("True", "Serving"),
+        "ModelResolved": ("True", "Resolved"),
+        "Available": ("True", "MinimumReplicasAvailable"),
+        "Progressing": ("False", "RolloutComplete"),
+    }
+
+
+def test_assess_a_roll_in_progress_keeps_serving() -> None:
+    got = _states(assess(_deployment(replicas=2, ready=2, updated=1), [_report("v1", "v2")], "v2"))
+    assert got["Ready"] == ("True", "Serving") and got["Progressing"] == ("True", "RollingOut")
+
+
+def test_assess_a_model_that_fails_to_load() -> None:
+    failing = _report(None, None, ready=False, error="alias champion of model iris does not exist in file:///r")
+    conds = assess(_deployment(ready=0), [failing], None)
+    assert _states(conds)["Ready"] == ("False", "ModelUnavailable")
+    assert conds[0].message == failing.error
+
+
+def test_assess_a_deadline_passed() -> None:
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
+    got = _states(assess(_deployment(ready=0, updated=1, conditions=[deadline]), [], None))
+    assert got["Ready"] == ("False", "ProgressDeadlineExceeded")
+
+
+def test_report_reads_the_pod_and_asks_only_running_pods() -> None:
+    asked: list[str] = []
+
+    def prober(ip: str, model: str) -> Obj | None:
+        asked.append(ip)
+        return {"versions": ["v1"], "parameters": {"uri": "u", "alias_version": "v2"}}
+
+    running = {"metadata": {"name": "a"}, "status": {"phase": "Running", "podIP": "10.0.0.1",
+                                                      "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+    pending = {"metadata": {"name": "b"}, "status": {"phase": "Pending"}}
+    assert report(running, "iris", prober) == PodReport("a", True, "v1", "u", "v2", None, None)
+    assert report(pending, "iris", prober).serving is None
+    assert asked == ["10.0.0.1"]
+
+
+def test_discovery_picks_the_newest_served_versions() -> None:
+    class Discovery:
+        def get(self, path: str) -> Obj | None:
+            return {
+                "/apis/autoscaling": {
+                    "versions": [{"groupVersion": "autoscaling/v1"}, {"groupVersion": "autoscaling/v2beta2"}]
+                },
+                "/apis/policy": {"versions": [{"groupVersion": "policy/v1"}, {"groupVersion": "policy/v1beta1"}]},
+            }.get(path)
+
+    versions = discover(Discovery())  # type: ignore[arg-type]
+    assert (versions.hpa, versions.pdb) == ("autoscaling/v2beta2", "policy/v1")
+
+
+def test_builders() -> None:
+    spec = _spec()
+    manifest = deployment(OWNER, spec, Images(), "v3")
+    assert restricted_violations(manifest["spec"]["template"]["spec"]) == []
+    assert manifest["spec"]["template"]["metadata"]["annotations"]["regrow.dev/model-version"] == "v3"
+    assert manifest["spec"]["selector"]["matchLabels"] == {
+        "regrow.dev/modeldeployment": "iris",
+        "app.kubernetes.io/component": "predictor",
+    }
+    assert deployment(OWNER, spec, Images(), "v3") == manifest
+    assert deployment(OWNER, spec, Images(), "v4") != manifest  # a new version changes the template: a roll
+    assert autoscaler(OWNER, spec, "autoscaling/v2")["apiVersion"] == "autoscaling/v2"
+    assert disruption_budget(OWNER, "policy/v1beta1")["spec"]["maxUnavailable"] == 1
