@@ -312,3 +312,23 @@ def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
     assert not server.thread.is_alive()
     with pytest.raises(OSError):
         server.call("GET", "/v2/health/live")
+
+
+def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
+    version = publish_iris(tmp_path)
+    model = tmp_path / "registry/iris/versions" / version / "model.onnx"
+    good = model.read_bytes()
+    model.write_bytes(b"not an onnx model")
+    config = ServeConfig(registry=f"file://{tmp_path}/registry", model="iris", alias="champion", port=free_port(),
+                         refresh_seconds=0.2, drain_seconds=0)  # fmt: skip
+    server, uv_server = start(config)
+    try:
+        deadline = time.monotonic() + 10
+        while "could not load the model" not in server.call("GET", "/v2/health/ready")[1].get("error", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert server.call("GET", "/v2/health/live")[0] == 200
+        model.write_bytes(good)
+        wait_ready(server, 10)
+    finally:
+        stop(uv_server, server)

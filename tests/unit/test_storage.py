@@ -93,3 +93,8 @@ def test_runs_are_recorded(store: Store) -> None:
     registry = Registry(store)
     registry.write_run("iris", "uid-1", {"version": "abc"})
     assert registry.read_run("iris", "uid-1") == {"version": "abc"}
+
+
+def test_file_store_objects_are_readable_by_other_users(tmp_path: Path) -> None:
+    FileStore(tmp_path).put("model.onnx", b"x")
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644

@@ -87,6 +87,11 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
             log.warning("Model not available yet (retrying in %.0fs): %s", retry, error)
             await asyncio.sleep(retry)
             continue
+        except Exception as error:  # unreadable store, corrupt model: say why, keep trying, stay alive
+            state.error = f"could not load the model: {type(error).__name__}: {error}"
+            log.exception("Could not load the model (retrying in %.0fs)", retry)
+            await asyncio.sleep(retry)
+            continue
         state.serve(model)
         log.info("Serving %s version %s from %s", model.name, model.version, model.uri)
     while config.alias is not None:

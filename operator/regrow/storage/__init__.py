@@ -55,6 +55,7 @@ class FileStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users (serving pods)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

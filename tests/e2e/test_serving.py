@@ -1,0 +1,104 @@
+"""A ModelDeployment on a cluster with a real kubelet: pods answer OIP v2 through the Service, and moving
+the alias rolls them to the new version while a load runs, with no failed request."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from regrow import GROUP, VERSION
+from regrow.api import MODEL_DEPLOYMENT
+from regrow.controller.kube import Kube, path
+from regrow.storage import open_store
+from regrow.storage.registry import Registry
+from tests.conftest import Operator
+from tests.helpers import condition, get_custom, wait_for
+from tests.unit.test_api import _example as example
+from tests.unit.test_api import _with
+from tests.unit.test_server import ROWS, publish_iris, v2
+
+LOAD_SECONDS_MAX = 240
+
+
+class Load:
+    """Sequential OIP requests through the Service until stopped (or LOAD_SECONDS_MAX), counting outcomes."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.outcomes: Counter[str] = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + LOAD_SECONDS_MAX
+        body = json.dumps(v2(ROWS))
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                connection = http.client.HTTPConnection(self.host, 80, timeout=5)
+                connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                payload = response.read()
+                connection.close()
+                key = json.loads(payload)["model_version"] if response.status == 200 else f"HTTP {response.status}"
+            except (OSError, http.client.HTTPException) as error:
+                key = f"error {type(error).__name__}"
+            self.outcomes[key] += 1
+            time.sleep(0.01)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_serves_through_the_service_and_rolls_to_a_moved_alias_without_errors(
+    node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
+) -> None:
+    registry = Registry(open_store(f"file://{node_store}/registry"))
+    first = publish_iris(node_store)  # publishes iris and makes it champion
+    body = _with(example("ModelDeployment"), "spec.model.refreshInterval", "2s")
+    body = _with(body, "spec.predictionLog", ...)
+    objects = client.CustomObjectsApi(node_api)
+
+    def md() -> dict[str, Any]:
+        return get_custom(node_api, node_namespace, MODEL_DEPLOYMENT.plural, "iris")
+
+    def serving(version: str) -> dict[str, Any] | None:
+        obj = md()
+        ready, progressing = condition(obj, "Ready"), condition(obj, "Progressing")
+        done = progressing is not None and progressing["reason"] == "RolloutComplete"
+        ok = ready is not None and ready["status"] == "True" and done
+        return obj if ok and (obj.get("status") or {}).get("model", {}).get("version") == version else None
+
+    with node_operator():
+        started = time.monotonic()
+        objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, MODEL_DEPLOYMENT.plural, body)
+        obj = wait_for(lambda: serving(first), 180, f"the ModelDeployment to serve {first}")
+        to_ready = time.monotonic() - started
+        service = Kube(node_api).get(path("v1", "services", node_namespace, "iris-predictor"))
+        cluster_ip = (service or {})["spec"]["clusterIP"]
+        assert obj["status"]["model"]["uri"].endswith(f"/registry/iris/versions/{first}")
+
+        with Load(str(cluster_ip)) as load:
+            wait_for(lambda: load.outcomes[first] >= 20, 60, "the first answers through the Service")
+            second = publish_iris(node_store, algorithm="randomForest", alias="challenger")
+            moved = time.monotonic()
+            registry.set_alias("iris", "champion", second)
+            wait_for(lambda: serving(second), 180, f"the roll to {second}")
+            rolled = time.monotonic() - moved
+            wait_for(lambda: load.outcomes[second] >= 20, 60, "answers from the new version")
+    failures = {k: v for k, v in load.outcomes.items() if k not in (first, second)}
+    print(f"\nModelDeployment apply -> Ready: {to_ready:.1f}s; alias moved -> every pod serves it: {rolled:.1f}s; "
+          f"requests during the roll: {dict(load.outcomes)}")  # fmt: skip
+    assert failures == {}
+    assert md()["status"]["desiredVersion"] == second
