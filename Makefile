@@ -29,14 +29,14 @@ test: $(BIN)/.installed  ## every test: API tests on envtest (or KUBECONFIG), en
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ASSETS)} KUBECONFIG=$${KUBECONFIG:-$(NODE_KUBECONFIG)} $(BIN)/pytest
 
 lint: $(BIN)/.installed  ## ruff, formatting, mypy, and the generated CRDs up to date
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/regrow crds --check
 
 fmt: $(BIN)/.installed
-	$(BIN)/ruff check --fix operator tests
-	$(BIN)/ruff format operator tests
+	$(BIN)/ruff check --fix operator tests benchmarks
+	$(BIN)/ruff format operator tests benchmarks
 
 crds: $(BIN)/.installed  ## regenerate crds/ from the API models
 	$(BIN)/regrow crds

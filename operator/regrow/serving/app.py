@@ -42,9 +42,10 @@ class State:
     alias: str | None = None
     alias_version: str | None = None
     max_body: int = DEFAULT_MAX_BODY
+    feature_bins: bool = True
 
     def serve(self, model: LoadedModel) -> None:
-        self.metrics = ServingMetrics(model)
+        self.metrics = ServingMetrics(model, self.feature_bins)
         self.model = model
         self.error = ""
 

@@ -51,7 +51,7 @@ class FeatureBins:
 
 
 class ServingMetrics:
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, feature_bins: bool = True) -> None:
         self.registry = CollectorRegistry()
         labels = ["model", "version"]
         self.requests = Counter(
@@ -70,8 +70,9 @@ class ServingMetrics:
             "regrow_model_info", "The model version this process serves.", [*labels, "uri"], registry=self.registry
         )
         info.labels(model.name, model.version, model.uri).set(1)
-        self.bins = FeatureBins(model)
-        self.registry.register(self.bins)
+        self.bins = FeatureBins(model) if feature_bins else None
+        if self.bins is not None:
+            self.registry.register(self.bins)
         self._latency = self.latency.labels(model.name, model.version)
         self._rows = self.rows.labels(model.name, model.version)
         self._label_values = (model.name, model.version)
@@ -81,4 +82,5 @@ class ServingMetrics:
         self._latency.observe(seconds)
         if x is not None:
             self._rows.inc(len(x))
-            self.bins.observe(x)
+            if self.bins is not None:
+                self.bins.observe(x)

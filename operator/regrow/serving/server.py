@@ -30,6 +30,7 @@ class ServeConfig:
     refresh_seconds: float = 30.0
     drain_seconds: float = 5.0
     max_body: int = DEFAULT_MAX_BODY
+    feature_bins: bool = True
     endpoint_url: str | None = None
     region: str | None = None
 
@@ -40,7 +41,9 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: ServeConfig) -> None:
         self.serve_config = config
-        self.state = State(name=config.model, alias=config.alias, max_body=config.max_body)
+        self.state = State(
+            name=config.model, alias=config.alias, max_body=config.max_body, feature_bins=config.feature_bins
+        )
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
         super().__init__(
             uvicorn.Config(

@@ -1,0 +1,267 @@
+"""Serving throughput and latency, side by side, on this machine. Prints a table; asserts nothing.
+
+    python benchmarks/serving.py [--seconds 10] [--connections 8] [--mlserver-python PATH]
+
+Each server gets one worker pinned to CPU 0; wrk (Debian's package) drives it from CPU 1 over loopback,
+with the same OIP v2 request (iris, batch 1 and 32). Compared:
+  regrow            `regrow serve` (onnxruntime), feature-bin counting on, and off
+  mlserver          MLServer + mlserver-sklearn serving the same scikit-learn pipeline (another virtualenv:
+                    python -m venv V && V/bin/pip install mlserver mlserver-sklearn; pass --mlserver-python)
+  bare-uvicorn      uvicorn + httptools + uvloop answering constant JSON: the HTTP ceiling
+  onnxruntime       the same ONNX model called in-process: the compute floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from regrow.api import TrainingJobSpec, parse_spec
+from regrow.inference import OnnxModel
+from regrow.storage import open_store
+from regrow.storage.registry import MODEL, Registry
+from regrow.training.sample_data import sample_csv
+from regrow.training.trainer import train
+
+ROW = [5.9, 3.0, 4.2, 1.5]
+BARE_APP = textwrap.dedent(
+    """
+    BODY = b'{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"BYTES","data":["versicolor"]}]}'
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": BODY})
+    """
+)
+MLSERVER_TRAIN = textwrap.dedent(
+    """
+    import sys, joblib, pandas as pd
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    frame = pd.read_csv(sys.argv[1])
+    y = frame.pop("species")
+    model = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler()),
+                      ("model", LogisticRegression(max_iter=1000))]).fit(frame.to_numpy(), y)
+    joblib.dump(model, sys.argv[2])
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def body(batch: int) -> str:
+    return json.dumps({"inputs": [{"name": "input-0", "shape": [batch, 4], "datatype": "FP32", "data": [ROW] * batch}]})
+
+
+def wait_up(url: str, payload: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, payload.encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer 200 in {timeout:.0f}s")
+
+
+def wrk(url: str, payload: str, seconds: int, connections: int, work: Path) -> tuple[float, float, float, int]:
+    script = work / "post.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(payload)}\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    return rps, latency("50"), latency("99"), errors
+
+
+def serve(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["taskset", "-c", "0", *argv],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def in_process(model: OnnxModel, batch: int, seconds: float) -> tuple[float, float, float]:
+    x = np.asarray([ROW] * batch, dtype=np.float32)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        model.predict(x)
+        times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1e3
+    return len(times) / ms.sum() * 1e3, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--mlserver-python", help="python of a virtualenv with mlserver and mlserver-sklearn")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="regrow-bench-"))
+    (work / "iris.csv").write_bytes(sample_csv("iris"))
+    spec = parse_spec(
+        TrainingJobSpec,
+        {
+            "dataset": {"uri": f"file://{work}/iris.csv", "target": "species"},
+            "model": {"algorithm": "logisticRegression"},
+            "output": {"registry": f"file://{work}/registry", "modelName": "iris"},
+        },
+    )
+    registry = Registry(open_store(f"file://{work}/registry"))
+    version = train(spec, (work / "iris.csv").read_bytes(), registry, {}).version
+    rows: list[tuple[str, int, float, float, float, int]] = []
+
+    def measure(name: str, proc: subprocess.Popen[bytes], url: str) -> None:
+        try:
+            for batch in (1, 32):
+                wait_up(url, body(batch))
+                rps, p50, p99, errors = wrk(url, body(batch), args.seconds, args.connections, work)
+                rows.append((name, batch, rps, p50, p99, errors))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    regrow = [
+        sys.executable,
+        "-m",
+        "regrow.cli",
+        "serve",
+        "--registry",
+        f"file://{work}/registry",
+        "--model",
+        "iris",
+        "--version",
+        version,
+        "--drain-seconds",
+        "0",
+    ]
+    for name, extra in (("regrow", []), ("regrow (no feature bins)", ["--no-feature-bins"])):
+        port = free_port()
+        measure(name, serve([*regrow, "--port", str(port), *extra]), f"http://127.0.0.1:{port}/v2/models/iris/infer")
+
+    if args.mlserver_python:
+        models = work / "mlserver" / "iris"
+        models.mkdir(parents=True)
+        subprocess.run(
+            [args.mlserver_python, "-c", MLSERVER_TRAIN, str(work / "iris.csv"), str(models / "model.joblib")],
+            check=True,
+        )
+        port = free_port()
+        (work / "mlserver" / "settings.json").write_text(
+            json.dumps(
+                {
+                    "http_port": port,
+                    "grpc_port": free_port(),
+                    "metrics_port": free_port(),
+                    "parallel_workers": 0,
+                }
+            )
+        )
+        (models / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": "iris",
+                    "implementation": "mlserver_sklearn.SKLearnModel",
+                    "parameters": {"uri": "./model.joblib", "version": "v1"},
+                }
+            )
+        )
+        mlserver = str(Path(args.mlserver_python).with_name("mlserver"))
+        measure(
+            "mlserver",
+            serve([mlserver, "start", str(work / "mlserver")]),
+            f"http://127.0.0.1:{port}/v2/models/iris/infer",
+        )
+
+    (work / "bare.py").write_text(BARE_APP)
+    port = free_port()
+    bare = serve(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bare:app",
+            "--port",
+            str(port),
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=work,
+    )
+    measure("bare-uvicorn", bare, f"http://127.0.0.1:{port}/v2/models/iris/infer")
+
+    model = OnnxModel(registry.read("iris", version, MODEL))
+    floor = {batch: in_process(model, batch, 3.0) for batch in (1, 32)}
+
+    print(
+        f"\nServing iris (4 features, logistic regression), {args.seconds}s per run, {args.connections} connections, "
+        f"one server worker on CPU 0, wrk on CPU 1\n"
+    )
+    print(f"{'server':<26}{'batch':>6}{'req/s':>11}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for name, batch, rps, p50, p99, errors in rows:
+        print(f"{name:<26}{batch:>6}{rps:>11.0f}{rps * batch:>11.0f}{p50:>9.2f}{p99:>9.2f}{errors:>9}")
+    for batch, (calls, p50, p99) in floor.items():
+        print(
+            f"{'onnxruntime in-process':<26}{batch:>6}{calls:>11.0f}{calls * batch:>11.0f}{p50:>9.3f}{p99:>9.3f}{'':>9}"
+        )
+    by = {(name, batch): rps for name, batch, rps, *_ in rows}
+    print()
+    for batch in (1, 32):
+        regrow_rps = by[("regrow", batch)]
+        print(
+            f"batch {batch}: regrow = {regrow_rps / by[('bare-uvicorn', batch)]:.0%} of the bare-HTTP ceiling; "
+            f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
+            + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
+        )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

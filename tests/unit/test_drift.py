@@ -1,0 +1,150 @@
+"""Drift statistics against scipy's reference implementations, and the policy's false-alarm rate."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from scipy import stats as sst  # type: ignore[import-untyped]
+from scipy.spatial.distance import jensenshannon  # type: ignore[import-untyped]
+
+from regrow.api.driftpolicy import DriftTestType as T
+from regrow.drift import stats
+from regrow.drift.policy import DEFAULT_THRESHOLDS, Layout, check, scores
+from regrow.drift.profile import Profile, fit_profile
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def reference(rows: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    x = np.column_stack(
+        [rng.normal(0, 1, rows), rng.normal(50, 10, rows), rng.exponential(2, rows), rng.uniform(-1, 1, rows)]
+    )
+    x[rng.random(rows) < 0.02, 1] = np.nan
+    return x
+
+
+def shifted(rows: int, rng: np.random.Generator, sigmas: float = 2.0) -> npt.NDArray[np.float64]:
+    x = reference(rows, rng)
+    x[:, 0] += sigmas * 1.0
+    x[:, 1] += sigmas * 10.0
+    return x
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Profile, Layout]:
+    profile = fit_profile(reference(20000, np.random.default_rng(0)), NAMES)
+    return profile, Layout.of(profile)
+
+
+def live_counts(profile: Profile, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return Layout.pad(profile, profile.bin_counts(x))
+
+
+def per_feature(
+    layout: Layout, live: npt.NDArray[np.float64], j: int, ordinal: bool = False
+) -> tuple[npt.NDArray[np.float64], ...]:
+    keep = (layout.ordinal if ordinal else layout.mask)[j]
+    p, q = layout.reference[j][keep], live[j][keep]
+    return p / p.sum(), q / q.sum(), q, layout.positions[j][keep]
+
+
+def test_psi_matches_its_definition(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    live = live_counts(profile, shifted(3000, np.random.default_rng(1), 0.5))
+    got = stats.psi(layout.reference, live, layout.mask)
+    for j in range(len(NAMES)):
+        p, q, *_ = per_feature(layout, live, j)
+        p, q = np.maximum(p, stats.EPSILON), np.maximum(q, stats.EPSILON)
+        p, q = p / p.sum(), q / q.sum()
+        assert got[j] == pytest.approx(float(np.sum((q - p) * np.log(q / p))), rel=1e-12)
+
+
+def test_jensen_shannon_matches_scipy(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    live = live_counts(profile, shifted(3000, np.random.default_rng(2), 1.0))
+    got = stats.jensen_shannon(layout.reference, live, layout.mask)
+    for j in range(len(NAMES)):
+        p, q, *_ = per_feature(layout, live, j)
+        assert got[j] == pytest.approx(jensenshannon(p, q, base=2), abs=1e-12)
+
+
+def test_chi_square_matches_scipy(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    live = live_counts(profile, shifted(800, np.random.default_rng(3), 0.2))
+    statistic, pvalue = stats.chi_square(layout.reference, live, layout.mask)
+    floor = stats.floored(stats.frequencies(layout.reference, layout.mask), layout.mask)
+    for j in range(len(NAMES)):
+        keep = layout.mask[j]
+        observed = live[j][keep]
+        want = sst.chisquare(observed, f_exp=floor[j][keep] * observed.sum())
+        assert statistic[j] == pytest.approx(want.statistic, rel=1e-10)
+        assert pvalue[j] == pytest.approx(want.pvalue, rel=1e-8, abs=1e-300)
+
+
+def test_chi2_survival_function_matches_scipy() -> None:
+    x = np.array([0.0, 0.01, 0.5, 1.0, 3.0, 7.5, 12.0, 40.0, 150.0, 900.0, 3000.0])
+    for dof in (1, 2, 5, 11, 12, 50, 200):
+        assert stats.chi2_sf(x, np.full(len(x), dof)) == pytest.approx(sst.chi2.sf(x, dof), rel=1e-9, abs=1e-300)
+
+
+def test_wasserstein_matches_scipy_on_bin_positions(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    live = live_counts(profile, shifted(3000, np.random.default_rng(4), 0.7))
+    got = stats.wasserstein(layout.reference, live, layout.ordinal, layout.positions)
+    for j in range(len(NAMES)):
+        p, q, _, x = per_feature(layout, live, j, ordinal=True)
+        std = np.sqrt(np.sum(p * (x - np.sum(p * x)) ** 2))
+        assert got[j] == pytest.approx(sst.wasserstein_distance(x, x, p, q) / std, rel=1e-9)
+
+
+def test_binned_ks_approaches_ks_2samp_for_large_samples() -> None:
+    rng = np.random.default_rng(5)
+    ref_sample = rng.normal(0, 1, 50000)
+    live_sample = rng.normal(0.1, 1, 50000)
+    profile = fit_profile(ref_sample[:, None], ["x"], bins=500)
+    layout = Layout.of(profile)
+    got = stats.ks(layout.reference, live_counts(profile, live_sample[:, None]), layout.ordinal)[0]
+    assert got == pytest.approx(sst.ks_2samp(ref_sample, live_sample).statistic, abs=0.005)
+
+
+def test_same_distribution_scores_no_drift_and_empty_bins_stay_finite(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    same = scores(layout, layout.reference.copy(), list(T))
+    assert np.allclose(same[T.PSI], 0) and np.allclose(same[T.JENSEN_SHANNON], 0)
+    assert np.allclose(same[T.KS], 0) and np.allclose(same[T.WASSERSTEIN], 0)
+    assert (same[T.CHI_SQUARE] > 0.9).all()  # only the floored empty bins add a little
+    one_value = live_counts(profile, np.full((50, 4), 1e9))  # everything in the overflow bins
+    for values in scores(layout, one_value, list(T)).values():
+        assert np.isfinite(values).all()
+
+
+def _rate(layout: Layout, profile: Profile, thresholds: dict[T, Decimal], sigmas: float, rows: int = 500) -> float:
+    rng = np.random.default_rng(11)
+    hits = 0
+    for _ in range(100):
+        x = shifted(rows, rng, sigmas) if sigmas else reference(rows, rng)
+        hits += check(layout, live_counts(profile, x), thresholds, Decimal("0.5"), 500).breached
+    return hits / 100
+
+
+def test_no_false_alarms_at_min_samples_and_drift_is_caught(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    default_spec = {T.PSI: Decimal("0.2")}
+    every_test = dict(DEFAULT_THRESHOLDS)
+    assert _rate(layout, profile, default_spec, 0) < 0.05
+    assert _rate(layout, profile, every_test, 0) < 0.05
+    assert _rate(layout, profile, default_spec, 2.0) >= 0.95
+    assert _rate(layout, profile, every_test, 2.0) >= 0.95
+    alarms = (_rate(layout, profile, default_spec, 0), _rate(layout, profile, every_test, 0))
+    print(f"\nfalse alarms in 100 windows of 500: psi {alarms[0]:.0%}, all five tests {alarms[1]:.0%}")
+
+
+def test_too_few_samples_never_breach(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    result = check(layout, live_counts(profile, shifted(499, np.random.default_rng(7), 3.0)), dict(DEFAULT_THRESHOLDS),
+                   Decimal("0.5"), 500)  # fmt: skip
+    assert result.samples == 499 and not result.breached and result.drifted_count == 0
+    assert result.scores[T.PSI][0] > 1  # the scores are there, the verdict waits for more samples
