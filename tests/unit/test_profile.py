@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from regrow.drift.profile import Profile, fit_profile
+from regrow.drift.profile import SORT_ROWS, Profile, fit_profile
 
 
 def _data(rows: int = 5000, seed: int = 1) -> npt.NDArray[np.float64]:
@@ -99,3 +99,20 @@ def test_shape_and_schema_errors() -> None:
         fit_profile(np.zeros((3, 4)), ["a", "b"])
     with pytest.raises(ValueError, match="unsupported profile schemaVersion"):
         Profile.from_json(b'{"schemaVersion": 99, "rows": 0, "features": []}')
+
+
+def test_counting_by_sorting_matches_counting_by_comparing() -> None:
+    x = _data(rows=30000, seed=4)
+    x[::7, 3] = np.nan
+    x[:50, 0] = 1e6  # overflow
+    x[50:100, 1] = -1e6  # underflow
+    profile = fit_profile(_data(rows=2000, seed=5), ["a", "b", "c", "d"])
+    by_comparing = np.bincount((profile.bin_indices(x) + profile.offsets).ravel(), minlength=int(profile.sizes.sum()))
+    assert len(x) >= SORT_ROWS
+    assert profile.bin_counts(x).tolist() == by_comparing.tolist()
+    assert (
+        profile.bin_counts(x[:100]).tolist()
+        == np.bincount(
+            (profile.bin_indices(x[:100]) + profile.offsets).ravel(), minlength=int(profile.sizes.sum())
+        ).tolist()
+    )
