@@ -106,8 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
         ServeConfig(
             registry=args.registry, model=args.model, alias=args.alias, version=args.version, port=args.port,
             threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
-            max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, endpoint_url=args.endpoint_url,
-            region=args.region,
+            max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
+            log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
         )
     )  # fmt: skip
     return 0
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
     serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
     serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
+    serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
+                       help="share of requests written to the prediction log")  # fmt: skip
+    serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))
     serve.add_argument("--no-feature-bins", action="store_true", help="do not count inputs into drift bins")
     serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))

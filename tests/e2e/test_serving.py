@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from kubernetes import client
 from regrow import GROUP, VERSION
 from regrow.api import MODEL_DEPLOYMENT
 from regrow.controller.kube import Kube, path
+from regrow.manifests.common import NON_ROOT_UID
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from tests.conftest import Operator
@@ -61,13 +63,20 @@ class Load:
         self.thread.join(10)
 
 
+def own_like_a_trainer_pod(root: Path) -> None:
+    """The host wrote the registry as root; trainer pods (uid 65532) would own it, and serving pods must
+    be able to write their prediction logs into it."""
+    for entry in [root, *root.rglob("*")]:
+        shutil.chown(entry, NON_ROOT_UID, NON_ROOT_UID)
+
+
 def test_serves_through_the_service_and_rolls_to_a_moved_alias_without_errors(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
 ) -> None:
     registry = Registry(open_store(f"file://{node_store}/registry"))
     first = publish_iris(node_store)  # publishes iris and makes it champion
+    own_like_a_trainer_pod(node_store / "registry")
     body = _with(example("ModelDeployment"), "spec.model.refreshInterval", "2s")
-    body = _with(body, "spec.predictionLog", ...)
     objects = client.CustomObjectsApi(node_api)
 
     def md() -> dict[str, Any]:
@@ -102,3 +111,7 @@ def test_serves_through_the_service_and_rolls_to_a_moved_alias_without_errors(
           f"requests during the roll: {dict(load.outcomes)}")  # fmt: skip
     assert failures == {}
     assert md()["status"]["desiredVersion"] == second
+    # The example logs 10% of requests: the first version's pods wrote theirs, at the latest on shutdown.
+    logged = wait_for(lambda: list((node_store / "registry/iris/predictions" / first).glob("*.jsonl")), 60, "logs")
+    records = [json.loads(line) for f in logged for line in f.read_text().splitlines()]
+    assert records and all(r["outputs"] and len(r["inputs"]) == len(ROWS) for r in records)

@@ -119,3 +119,16 @@ def test_builders() -> None:
     assert deployment(OWNER, spec, Images(), "v4") != manifest  # a new version changes the template: a roll
     assert autoscaler(OWNER, spec, "autoscaling/v2")["apiVersion"] == "autoscaling/v2"
     assert disruption_budget(OWNER, "policy/v1beta1")["spec"]["maxUnavailable"] == 1
+
+
+def test_the_prediction_log_gets_its_settings_and_a_writable_store() -> None:
+    def container(spec: ModelDeploymentSpec) -> Obj:
+        return deployment(OWNER, spec, Images(), None)["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+    logging = container(_spec())  # the example samples 10% of requests
+    env = {e["name"]: e.get("value") for e in logging["env"]}
+    assert (env["REGROW_PREDICTION_LOG_PERCENT"], env["REGROW_PREDICTION_LOG_MAX_QUEUE"]) == ("10", "10000")
+    assert [m["readOnly"] for m in logging["volumeMounts"] if m["name"] == "store"] == [False]
+    quiet = container(_spec(spec__predictionLog=...))
+    assert "REGROW_PREDICTION_LOG_PERCENT" not in {e["name"] for e in quiet["env"]}
+    assert [m["readOnly"] for m in quiet["volumeMounts"] if m["name"] == "store"] == [True]

@@ -17,6 +17,7 @@ import pytest
 
 from regrow.api import TrainingJobSpec, parse_spec
 from regrow.inference import OnnxModel
+from regrow.serving.predlog import PredictionLog
 from regrow.serving.server import DrainingServer, ServeConfig
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
@@ -332,3 +333,59 @@ def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
         wait_ready(server, 10)
     finally:
         stop(uv_server, server)
+
+
+def test_prediction_log_and_feedback(tmp_path: Path) -> None:
+    version = publish_iris(tmp_path)
+    config = ServeConfig(registry=f"file://{tmp_path}/registry", model="iris", version=version, port=free_port(),
+                         drain_seconds=0, log_percent=100, log_flush_seconds=0.2)  # fmt: skip
+    server, uv_server = start(config)
+    try:
+        wait_ready(server)
+        ids = [server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["id"] for _ in range(3)]
+        named = server.call("POST", "/v2/models/iris/infer", v2([[5.0, None, 1.0, 0.2]], id="mine"))[1]
+        assert named["id"] == "mine"
+        assert server.call("POST", "/v1/models/iris:predict", {"instances": ROWS[:1]})[1]["id"]
+        status, body = server.call(
+            "POST", "/v2/models/iris/feedback", {"feedback": [{"id": i, "label": "setosa"} for i in ids]}
+        )
+        assert (status, body) == (202, {"accepted": 3, "dropped": 0})
+        assert server.call("POST", "/v2/models/iris/feedback", {"id": 5})[0] == 400
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        while len(records) < 5:
+            assert time.monotonic() < deadline, records
+            time.sleep(0.1)
+            files = sorted((tmp_path / "registry/iris/predictions" / version).glob("*.jsonl"))
+            records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+        metrics = server.call("GET", "/metrics")[1]
+    finally:
+        stop(uv_server, server)
+    assert [r["id"] for r in records[:3]] == ids
+    assert records[0]["inputs"] == [pytest.approx(r) for r in ROWS] and records[0]["outputs"][0] == "setosa"
+    assert records[3]["id"] == "mine" and records[3]["inputs"][0][1] is None
+    feedback = [json.loads(line) for f in (tmp_path / "registry/iris/feedback" / version).glob("*.jsonl")
+                for line in f.read_text().splitlines()]  # fmt: skip
+    assert sorted(f["id"] for f in feedback) == sorted(ids)
+    assert f'regrow_prediction_log_records_total{{model="iris",outcome="written",version="{version}"}} 8.0' in metrics
+
+
+def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:
+    class SlowStore:
+        uri = "slow://"
+        released = threading.Event()
+
+        def put(self, key: str, data: bytes) -> None:
+            self.released.wait(10)
+
+    store = SlowStore()
+    log = PredictionLog(store, "iris", "v1", 100, max_queue=3, flush_seconds=0.05)  # type: ignore[arg-type]
+    time.sleep(0.1)  # the writer is idle; the next records queue up behind a store that hangs
+    started = time.perf_counter()
+    accepted = [log.offer("predictions", {"id": str(i)}) for i in range(10)]
+    assert time.perf_counter() - started < 0.05
+    assert sum(accepted) <= 4 and log.dropped >= 6
+    store.released.set()
+    log.close()
+    assert log.written == log.queued and log.written + log.dropped == 10
+    assert not PredictionLog(store, "iris", "v1", 0, 3).sampled()  # type: ignore[arg-type]

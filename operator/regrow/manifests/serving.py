@@ -33,7 +33,8 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
     The version is in the pod template, so a new version rolls the pods."""
     model = spec.model
     env, env_from = storage_env(spec.storage)
-    volumes, mounts = storage_volumes(spec.storage, read_only=True)
+    logging = spec.prediction_log is not None and spec.prediction_log.sample_percent > 0
+    volumes, mounts = storage_volumes(spec.storage, read_only=not logging)  # the log writes to the store
     pinned = model.version or version
     model_env = [
         {"name": "REGROW_REGISTRY", "value": model.registry},
@@ -44,6 +45,9 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
         {"name": "REGROW_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
         *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
           if spec.storage and spec.storage.endpoint_url else []),
+        *([{"name": "REGROW_PREDICTION_LOG_PERCENT", "value": str(spec.prediction_log.sample_percent)},
+           {"name": "REGROW_PREDICTION_LOG_MAX_QUEUE", "value": str(spec.prediction_log.max_queue)}]
+          if logging and spec.prediction_log else []),
         {"name": "REGROW_THREADS", "valueFrom": {"resourceFieldRef": {
             "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
     ]  # fmt: skip

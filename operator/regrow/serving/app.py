@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
+from regrow.inference import Prediction
 from regrow.serving.metrics import ServingMetrics
 from regrow.serving.model import LoadedModel
+from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import BadRequest, v1_inputs, v1_predictions, v2_inputs, v2_outputs
 
 log = logging.getLogger(__name__)
@@ -43,9 +48,13 @@ class State:
     alias_version: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     feature_bins: bool = True
+    predictions: PredictionLog | None = None
 
-    def serve(self, model: LoadedModel) -> None:
+    def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
         self.metrics = ServingMetrics(model, self.feature_bins)
+        if predictions is not None:
+            self.metrics.registry.register(predictions)
+        self.predictions = predictions
         self.model = model
         self.error = ""
 
@@ -156,7 +165,11 @@ class App:
     async def _post(self, path: str, receive: Receive, send: Send) -> None:
         if path.startswith("/v2/models/"):
             protocol = "v2"
-            if self._model_path(path[len("/v2/models/") :]) != "/infer":
+            rest = self._model_path(path[len("/v2/models/") :])
+            if rest == "/feedback":
+                await self._feedback(receive, send)
+                return
+            if rest != "/infer":
                 raise BadRequest(f"no such endpoint: POST {path}", 404)
         elif path == f"/v1/models/{self.state.name}:predict":
             protocol = "v1"
@@ -191,6 +204,8 @@ class App:
                 x = v1_inputs(request, model.features)
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
+            if state.predictions is not None and state.predictions.sampled():
+                response["id"] = log_prediction(state.predictions, response.get("id"), x, prediction)
             code = 200
             await respond(send, 200, response)
         except BadRequest as error:
@@ -199,6 +214,43 @@ class App:
         finally:
             metrics.in_flight.dec()
             metrics.request(protocol, code, time.perf_counter() - started, x)
+
+    async def _feedback(self, receive: Receive, send: Send) -> None:
+        """Labels for logged predictions: {"id": ..., "label": ...} or {"feedback": [{"id": ..., "label": ...}]}."""
+        predictions = self.state.predictions
+        if predictions is None:
+            raise BadRequest("feedback needs the prediction log (spec.predictionLog.samplePercent above 0)", 404)
+        try:
+            body = orjson.loads(await read_body(receive, self.state.max_body))
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"the body is not valid JSON: {error}") from None
+        items = body.get("feedback") if isinstance(body, dict) and "feedback" in body else [body]
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("id"), str) and "label" in i for i in items
+        ):
+            raise BadRequest('feedback is {"id": "<request id>", "label": ...} or {"feedback": [such objects]}')
+        now = time.time()
+        accepted = sum(predictions.offer("feedback", {"id": i["id"], "label": i["label"], "time": now}) for i in items)
+        await respond(send, 202, {"accepted": accepted, "dropped": len(items) - accepted})
+
+
+def log_prediction(
+    log: PredictionLog, request_id: str | None, x: npt.NDArray[np.float32], prediction: Prediction
+) -> str:
+    """Queue one request's inputs and outputs; return the id that feedback will name it by."""
+    request_id = request_id or uuid.uuid4().hex
+    inputs = x.astype(object)
+    inputs[np.isnan(x)] = None  # a missing value as null
+    record: dict[str, Any] = {
+        "id": request_id,
+        "time": time.time(),
+        "inputs": inputs.tolist(),
+        "outputs": v1_predictions(prediction),
+    }
+    if prediction.probabilities is not None:
+        record["probabilities"] = prediction.probabilities.tolist()
+    log.offer("predictions", record)
+    return request_id
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

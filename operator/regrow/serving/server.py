@@ -12,6 +12,7 @@ import uvicorn
 
 from regrow.serving.app import DEFAULT_MAX_BODY, App, State
 from regrow.serving.model import ModelUnavailable, load, resolve
+from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 
@@ -31,6 +32,9 @@ class ServeConfig:
     drain_seconds: float = 5.0
     max_body: int = DEFAULT_MAX_BODY
     feature_bins: bool = True
+    log_percent: int = 0
+    log_max_queue: int = 10000
+    log_flush_seconds: float = 5.0
     endpoint_url: str | None = None
     region: str | None = None
 
@@ -74,6 +78,8 @@ class DrainingServer(uvicorn.Server):
             await self.serve()
         finally:
             loader.cancel()
+            if self.state.predictions is not None:
+                await asyncio.to_thread(self.state.predictions.close)
 
 
 async def keep_model(state: State, registry: Registry, config: ServeConfig) -> None:
@@ -95,7 +101,11 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
             log.exception("Could not load the model (retrying in %.0fs)", retry)
             await asyncio.sleep(retry)
             continue
-        state.serve(model)
+        predictions = None
+        if config.log_percent > 0:
+            predictions = PredictionLog(registry.store, model.name, model.version, config.log_percent,
+                                        config.log_max_queue, config.log_flush_seconds)  # fmt: skip
+        state.serve(model, predictions)
         log.info("Serving %s version %s from %s", model.name, model.version, model.uri)
     while config.alias is not None:
         try:
