@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,18 +82,31 @@ def stop(uv_server: DrainingServer, server: Server) -> None:
     server.thread.join(10)
 
 
+def local(root: Path, **options: Any) -> ServeConfig:
+    """A server for the registry under ``root`` on a free loopback port, draining at once when stopped."""
+    defaults: dict[str, Any] = {
+        "registry": f"file://{root}/registry",
+        "model": "iris",
+        "port": free_port(),
+        "drain_seconds": 0,
+    }
+    return ServeConfig(**{**defaults, **options})
+
+
+@contextmanager
+def running(config: ServeConfig) -> Iterator[Server]:
+    server, uv_server = start(config)
+    try:
+        yield server
+    finally:
+        stop(uv_server, server)
+
+
 @pytest.fixture(scope="module")
 def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, str]]:
     root = tmp_path_factory.mktemp("serve")
     version = publish_iris(root)
-    config = ServeConfig(
-        registry=f"file://{root}/registry",
-        model="iris",
-        alias="champion",
-        port=free_port(),
-        drain_seconds=0,
-        max_body=64 * 1024,
-    )
+    config = local(root, alias="champion", max_body=64 * 1024)
     server, uv_server = start(config)
     wait_ready(server)
     yield server, root, version
@@ -225,19 +239,14 @@ def test_malformed_bodies_get_a_4xx(iris: tuple[Server, Path, str], raw: bytes, 
 
 def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> None:
     version = publish_iris(tmp_path)
-    config = ServeConfig(
-        registry=f"file://{tmp_path}/registry", model="iris", version=version, port=free_port(), drain_seconds=0
-    )
-    server, uv_server = start(config)
-    try:
+    config = local(tmp_path, version=version)
+    with running(config) as server:
         wait_ready(server)
         for _ in range(5):
             assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
         assert server.call("POST", "/v1/models/iris:predict", {"instances": [[5.0, None, 100.0, -1.0]]})[0] == 200
         assert server.call("POST", "/v2/models/iris/infer", v2([[1, 2]]))[0] == 400
         text = server.call("GET", "/metrics")[1]
-    finally:
-        stop(uv_server, server)
     bins: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if line.startswith("regrow_feature_bin_total{"):
@@ -254,38 +263,20 @@ def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> No
 
 
 def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
-    config = ServeConfig(
-        registry=f"file://{tmp_path}/registry",
-        model="iris",
-        alias="champion",
-        port=free_port(),
-        refresh_seconds=0.2,
-        drain_seconds=0,
-    )
-    server, uv_server = start(config)
-    try:
+    config = local(tmp_path, alias="champion", refresh_seconds=0.2)
+    with running(config) as server:
         status, body = server.call("GET", "/v2/health/ready")
         assert status == 503 and "alias champion of model iris does not exist" in body["error"]
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
         version = publish_iris(tmp_path)
         wait_ready(server, 10)
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["model_version"] == version
-    finally:
-        stop(uv_server, server)
 
 
 def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> None:
     first = publish_iris(tmp_path)
-    config = ServeConfig(
-        registry=f"file://{tmp_path}/registry",
-        model="iris",
-        alias="champion",
-        port=free_port(),
-        refresh_seconds=0.2,
-        drain_seconds=0,
-    )
-    server, uv_server = start(config)
-    try:
+    config = local(tmp_path, alias="champion", refresh_seconds=0.2)
+    with running(config) as server:
         wait_ready(server)
         second = publish_iris(tmp_path, algorithm="randomForest", alias="challenger")
         assert second != first
@@ -295,15 +286,11 @@ def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> 
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert server.call("GET", "/v2/models/iris")[1]["versions"] == [first]
-    finally:
-        stop(uv_server, server)
 
 
 def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
     publish_iris(tmp_path)
-    config = ServeConfig(
-        registry=f"file://{tmp_path}/registry", model="iris", alias="champion", port=free_port(), drain_seconds=1.0
-    )
+    config = local(tmp_path, alias="champion", drain_seconds=1.0)
     server, uv_server = start(config)
     wait_ready(server)
     uv_server.handle_exit(15, None)
@@ -320,10 +307,8 @@ def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
     model = tmp_path / "registry/iris/versions" / version / "model.onnx"
     good = model.read_bytes()
     model.write_bytes(b"not an onnx model")
-    config = ServeConfig(registry=f"file://{tmp_path}/registry", model="iris", alias="champion", port=free_port(),
-                         refresh_seconds=0.2, drain_seconds=0)  # fmt: skip
-    server, uv_server = start(config)
-    try:
+    config = local(tmp_path, alias="champion", refresh_seconds=0.2)
+    with running(config) as server:
         deadline = time.monotonic() + 10
         while "could not load the model" not in server.call("GET", "/v2/health/ready")[1].get("error", ""):
             assert time.monotonic() < deadline
@@ -331,16 +316,12 @@ def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
         assert server.call("GET", "/v2/health/live")[0] == 200
         model.write_bytes(good)
         wait_ready(server, 10)
-    finally:
-        stop(uv_server, server)
 
 
 def test_prediction_log_and_feedback(tmp_path: Path) -> None:
     version = publish_iris(tmp_path)
-    config = ServeConfig(registry=f"file://{tmp_path}/registry", model="iris", version=version, port=free_port(),
-                         drain_seconds=0, log_percent=100, log_flush_seconds=0.2)  # fmt: skip
-    server, uv_server = start(config)
-    try:
+    config = local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2)
+    with running(config) as server:
         wait_ready(server)
         ids = [server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["id"] for _ in range(3)]
         named = server.call("POST", "/v2/models/iris/infer", v2([[5.0, None, 1.0, 0.2]], id="mine"))[1]
@@ -359,8 +340,6 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
             files = sorted((tmp_path / "registry/iris/predictions" / version).glob("*.jsonl"))
             records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
         metrics = server.call("GET", "/metrics")[1]
-    finally:
-        stop(uv_server, server)
     assert [r["id"] for r in records[:3]] == ids
     assert records[0]["inputs"] == [pytest.approx(r) for r in ROWS] and records[0]["outputs"][0] == "setosa"
     assert records[3]["id"] == "mine" and records[3]["inputs"][0][1] is None
