@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -31,7 +32,7 @@ REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
 TEST_IMAGE = Images().runtime
 _USED: dict[str, str] = {}
 
-Operator = Callable[[], AbstractContextManager[None]]
+Operator = Callable[..., AbstractContextManager[None]]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -88,9 +89,9 @@ def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypat
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
 
     @contextmanager
-    def running() -> Iterator[None]:
+    def running(**memo_extra: Any) -> Iterator[None]:
         stop, ready = threading.Event(), threading.Event()
-        memo = kopf.Memo(kube=Kube(api), images=Images())
+        memo = kopf.Memo(kube=Kube(api), images=Images(), **memo_extra)
         thread = threading.Thread(
             target=lambda: asyncio.run(
                 kopf.operator(namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo)

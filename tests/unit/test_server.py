@@ -137,6 +137,8 @@ def test_health_and_metadata(iris: tuple[Server, Path, str]) -> None:
     assert meta["parameters"]["alias"] == "champion" and meta["parameters"]["alias_version"] == version
     assert server.call("GET", f"/v2/models/iris/versions/{version}")[1] == meta
     assert server.call("GET", "/v2")[1]["name"] == "regrow"
+    profile = server.call("GET", "/v2/models/iris/profile")[1]
+    assert [f["name"] for f in profile["features"]] == FEATURES
 
 
 def test_v2_infer_agrees_with_onnxruntime(iris: tuple[Server, Path, str]) -> None:

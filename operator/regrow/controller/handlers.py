@@ -11,8 +11,8 @@ import kopf
 from kubernetes import client, config
 
 from regrow import GROUP, VERSION
-from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB
-from regrow.controller import modeldeployment, trainingjob
+from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.controller import driftpolicy, modeldeployment, trainingjob
 from regrow.controller.kube import Kube
 from regrow.controller.result import Result
 from regrow.manifests.common import Images
@@ -21,6 +21,8 @@ TRAINING_POLL_SECONDS = 5.0
 SERVING_POLL_SECONDS = 5.0
 TJ = (GROUP, VERSION, TRAINING_JOB.plural)
 MD = (GROUP, VERSION, MODEL_DEPLOYMENT.plural)
+DP = (GROUP, VERSION, DRIFT_POLICY.plural)
+DRIFT_TICK_SECONDS = 1.0
 
 
 @kopf.on.startup()
@@ -38,6 +40,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.versions = modeldeployment.discover(memo.kube)
     if "prober" not in memo:
         memo.prober = modeldeployment.http_prober
+    if "fetch" not in memo:
+        memo.fetch = driftpolicy.http_fetch
+    memo.drift_memory = driftpolicy.Memory()
     if "images" not in memo:
         memo.images = Images(
             runtime=os.environ.get("REGROW_RUNTIME_IMAGE", Images.runtime),
@@ -100,4 +105,11 @@ async def _reconcile_model_deployment(body: kopf.Body, patch: kopf.Patch, memo: 
     result = await asyncio.to_thread(
         modeldeployment.reconcile, dict(body), memo.kube, memo.images, memo.versions, memo.prober
     )
+    _apply(result, body, patch)
+
+
+@kopf.timer(*DP, interval=DRIFT_TICK_SECONDS, when=lambda body, **_: driftpolicy.due(dict(body)))
+async def drift_policy_check(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """One check per ``spec.interval``: the timer ticks every second and acts when a check is due."""
+    result = await asyncio.to_thread(driftpolicy.reconcile, dict(body), memo.kube, memo.fetch, memo.drift_memory)
     _apply(result, body, patch)

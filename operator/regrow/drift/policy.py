@@ -90,5 +90,5 @@ def check(
         limit = float(thresholds[test])
         drifted |= value < limit if test in BELOW_IS_DRIFT else value > limit
     enough = samples >= min_samples
-    breached = enough and drifted.sum() >= float(drift_share) * len(drifted) and bool(drifted.any())
+    breached = bool(enough and drifted.sum() >= float(drift_share) * len(drifted) and drifted.any())
     return Check(samples, values, drifted & enough, breached)

@@ -101,6 +101,9 @@ class App:
             rest = self._model_path(path[len("/v2/models/") :])
             if rest == "":
                 await respond(send, 200, self._metadata())
+            elif rest == "/profile" and state.model is not None:  # the reference profile, for drift checks
+                await send({"type": "http.response.start", "status": 200, "headers": JSON})
+                await send({"type": "http.response.body", "body": state.model.profile.to_json()})
             elif rest == "/ready":
                 await respond(
                     send, 200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why()}

@@ -1,0 +1,252 @@
+"""The DriftPolicy reconciler: every ``interval``, score the target's live traffic over ``window`` against
+the serving version's reference profile, and retrain when the policy has breached often enough.
+
+Counters come from the serving pods' /metrics (the default source), the reference profile from the pods
+too (``/v2/models/<name>/profile``), so the operator needs no access to the registry. Scrape history lives
+in the operator's memory: after a restart the first check is a baseline. Everything that decides whether
+to retrain (consecutive breaches, the last retrain, the jobs created) is in status, so it survives restarts,
+and a retrain's name is derived from that status, so no breach creates two TrainingJobs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from regrow import API_VERSION, GROUP
+from regrow.api import InvalidSpec, parse_spec
+from regrow.api.common import parse_duration
+from regrow.api.driftpolicy import DriftPolicySpec
+from regrow.api.kinds import MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.clock import now
+from regrow.controller import conditions
+from regrow.controller.conditions import Cond
+from regrow.controller.kube import Api, Conflict, Obj, path
+from regrow.controller.result import Event, Result, transition_event
+from regrow.drift.policy import Check, Layout, check
+from regrow.drift.profile import Profile
+from regrow.drift.window import History, Scrape, parse_bins
+from regrow.manifests.common import Owner
+from regrow.manifests.serving import PORT, selector
+
+READY, DRIFT = "Ready", "DriftDetected"
+POLICY_LABEL = f"{GROUP}/driftpolicy"
+APPROVE_ANNOTATION = f"{GROUP}/approve"
+KEEP_JOBS = 20
+
+Fetch = Callable[[str, str], bytes | None]  # (pod IP, path) -> body
+
+
+def http_fetch(ip: str, url_path: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{PORT}{url_path}", timeout=3) as response:
+            return bytes(response.read())
+    except OSError:
+        return None
+
+
+@dataclass
+class Memory:
+    """What the operator keeps between checks: per policy, the scrape history and the profile in use."""
+
+    histories: dict[str, History] = field(default_factory=dict)
+    profiles: dict[str, tuple[Profile, Layout]] = field(default_factory=dict)
+
+
+def _seconds_since(stamp: str | None) -> float:
+    if not stamp:
+        return float("inf")
+    return time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def due(body: Obj) -> bool:
+    """Whether the next check is due (the timer ticks often; checks happen every ``spec.interval``)."""
+    status = body.get("status") or {}
+    try:
+        interval = parse_duration((body.get("spec") or {}).get("interval", "1m"))
+    except ValueError:
+        return True
+    generation_seen = status.get("observedGeneration") == body["metadata"].get("generation")
+    return not generation_seen or _seconds_since((status.get("lastCheck") or {}).get("time")) >= interval - 0.5
+
+
+def _status(body: Obj, conds: list[Cond], **fields: Any) -> Obj:
+    generation = body["metadata"].get("generation", 1)
+    previous = (body.get("status") or {}).get("conditions") or []
+    return {
+        "observedGeneration": generation,
+        "conditions": conditions.merge(previous, conds, generation, now()),
+        **fields,
+    }
+
+
+def _waiting(body: Obj, reason: str, message: str) -> Result:
+    cond = Cond(READY, "False" if reason in ("InvalidSpec", "TargetNotFound") else "Unknown", reason, message)
+    previous = (body.get("status") or {}).get("conditions") or []
+    return Result(_status(body, [cond]), transition_event(previous, cond))
+
+
+def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str, memory: Memory,
+           key: str) -> tuple[Profile, Layout, dict[str, bytes]] | None:  # fmt: skip
+    """The profile of ``version`` and each ready pod's /metrics, or None while no pod serves it."""
+    md_owner = Owner(MODEL_DEPLOYMENT.kind, target, owner.namespace, "")
+    pods = api.list(path("v1", "pods", owner.namespace), ",".join(f"{k}={v}" for k, v in selector(md_owner).items()))
+    ready = [
+        p for p in pods
+        if (p.get("status") or {}).get("podIP")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
+    ]  # fmt: skip
+    if key not in memory.profiles or memory.histories.get(key, History("")).version != version:
+        for pod in ready:
+            raw = fetch(pod["status"]["podIP"], f"/v2/models/{model}/profile")
+            if raw:
+                profile = Profile.from_json(raw)
+                memory.profiles[key] = (profile, Layout.of(profile))
+                memory.histories[key] = History(version)
+                break
+        else:
+            return None
+    profile, layout = memory.profiles[key]
+    texts = {p["metadata"]["name"]: fetch(p["status"]["podIP"], "/metrics") for p in ready}
+    return profile, layout, {name: text for name, text in texts.items() if text is not None}
+
+
+def _observe(body: Obj, api: Api, fetch: Fetch, memory: Memory, spec: DriftPolicySpec) -> Result | tuple[Any, ...]:
+    """The target's serving version and its pods' readings, or the Result that says what is missing."""
+    owner = Owner.of(body)
+    target = api.get(path(API_VERSION, MODEL_DEPLOYMENT.plural, owner.namespace, spec.target_ref.name))
+    if target is None:
+        return _waiting(body, "TargetNotFound", f"ModelDeployment {spec.target_ref.name} does not exist")
+    version = ((target.get("status") or {}).get("model") or {}).get("version")
+    model = (target.get("spec") or {}).get("model", {}).get("name", "")
+    if not version:
+        return _waiting(body, "WaitingForModel", f"ModelDeployment {spec.target_ref.name} serves no version yet")
+    if spec.source.type != "Pods":
+        return _waiting(body, "SourceUnsupported", "the Prometheus source is not implemented yet; use type: Pods")
+    found = scrape(api, fetch, owner, spec.target_ref.name, model, version, memory, owner.uid)
+    if found is None:
+        return _waiting(body, "WaitingForPods", f"no ready pod of {spec.target_ref.name} serves {version} yet")
+    return (model, version, *found)
+
+
+def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory) -> Result:
+    owner = Owner.of(body)
+    status = body.get("status") or {}
+    try:
+        spec = parse_spec(DriftPolicySpec, body.get("spec"))
+    except InvalidSpec as error:
+        return _waiting(body, "InvalidSpec", str(error))
+    observed = _observe(body, api, fetch, memory, spec)
+    if isinstance(observed, Result):
+        return observed
+    model, version, profile, layout, texts = observed
+    window = parse_duration(spec.window)
+    history = memory.histories[owner.uid]
+    history.add(
+        Scrape(time.time(), {n: parse_bins(t.decode(), profile, model, version) for n, t in texts.items()}), window
+    )
+    live = history.increase(window, int(profile.sizes.sum()))
+    if live is None:
+        return _waiting(body, "Baseline", f"took the first reading of {len(texts)} pod(s); the next check scores it")
+
+    thresholds = {t.type: Decimal(t.threshold) for t in spec.tests}
+    result = check(layout, Layout.pad(profile, live), thresholds, Decimal(spec.drift_share), spec.min_samples)
+    streak = status.get("consecutiveBreaches", 0) + 1 if result.breached else 0
+    last_check = _last_check(profile, version, result)
+    previous = status.get("conditions") or []
+    drift = _drift_condition(result, streak, spec)
+    fields: Obj = {"lastCheck": last_check, "consecutiveBreaches": streak}
+    for name in ("lastRetrainTime", "trainingJobs", "pendingApproval"):
+        if status.get(name):
+            fields[name] = status[name]
+    events = []
+    if drift.status == "True" and spec.retrain is not None:
+        events += _retrain(body, api, spec, owner, last_check, fields)
+    ready = Cond(READY, "True", "Watching", f"checked {len(texts)} pod(s) serving {version}")
+    return Result(_status(body, [ready, drift], **fields), events + transition_event(previous, drift))
+
+
+def _last_check(profile: Profile, version: str, result: Check) -> Obj:
+    features = []
+    for j, feature in enumerate(profile.features[:256]):
+        scores = {test.value: f"{values[j]:.4g}" for test, values in result.scores.items()}
+        features.append({"name": feature.name, "scores": scores, "drifted": bool(result.drifted[j])})
+    return {
+        "time": now(),
+        "version": version,
+        "samples": result.samples,
+        "driftedFeatures": result.drifted_count,
+        "breached": result.breached,
+        "features": features,
+    }
+
+
+def _drift_condition(result: Check, streak: int, spec: DriftPolicySpec) -> Cond:
+    if result.samples < spec.min_samples:
+        return Cond(
+            DRIFT, "Unknown", "InsufficientSamples", f"{result.samples} of {spec.min_samples} samples in the window"
+        )
+    drifted = f"{result.drifted_count} of {len(result.drifted)} features drifted over {result.samples} samples"
+    if streak >= spec.consecutive_breaches:
+        return Cond(DRIFT, "True", "DriftDetected", f"{drifted}; {streak} breaches in a row")
+    if result.breached:
+        return Cond(DRIFT, "False", "Breaching", f"{drifted}; breach {streak} of {spec.consecutive_breaches} needed")
+    return Cond(DRIFT, "False", "NoDrift", drifted)
+
+
+def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_check: Obj, fields: Obj) -> list[Event]:
+    """Create the next retrain TrainingJob if the guardrails allow it; record what happened in ``fields``."""
+    assert spec.retrain is not None
+    records = list(fields.get("trainingJobs") or [])
+    name = owner.child_name(f"retrain-{len(records) + 1}")
+    if _seconds_since(fields.get("lastRetrainTime")) < parse_duration(spec.retrain.cooldown):
+        return []
+    tjs = path(API_VERSION, TRAINING_JOB.plural, owner.namespace)
+    running = [
+        tj for tj in api.list(tjs, f"{POLICY_LABEL}={owner.name}")
+        if (conditions.find((tj.get("status") or {}).get("conditions") or [], "Succeeded") or {}).get("status")
+        not in ("True", "False")
+    ]  # fmt: skip
+    if len(running) >= spec.retrain.max_concurrent:
+        return []
+    approved = (body["metadata"].get("annotations") or {}).get(APPROVE_ANNOTATION) == name
+    if spec.retrain.approval == "Manual" and not approved:
+        if fields.get("pendingApproval") == name:
+            return []
+        fields["pendingApproval"] = name
+        return [
+            Event("Normal", "ApprovalPending", f"Retrain {name} waits for the annotation {APPROVE_ANNOTATION}={name}")
+        ]
+    template = spec.retrain.template
+    manifest = {
+        "apiVersion": API_VERSION,
+        "kind": TRAINING_JOB.kind,
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": {**template.metadata.labels, POLICY_LABEL: owner.name},
+            "annotations": {**template.metadata.annotations, f"{GROUP}/drift-check": json.dumps(
+                {k: last_check[k] for k in ("time", "version", "samples", "driftedFeatures")}, sort_keys=True)},
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": template.spec.to_wire(),
+    }  # fmt: skip
+    events = []
+    try:
+        api.create(tjs, manifest)
+        events.append(
+            Event("Normal", "Retraining", f"Created TrainingJob {name} after drift on {last_check['version']}")
+        )
+    except Conflict:
+        pass  # created before a restart: the same name, so never twice
+    fields["trainingJobs"] = [*records, {"name": name, "created": now(), "checkTime": last_check["time"]}][-KEEP_JOBS:]
+    fields["lastRetrainTime"] = now()
+    fields["consecutiveBreaches"] = 0
+    fields.pop("pendingApproval", None)
+    return events

@@ -1,0 +1,120 @@
+"""The DriftPolicy reconciler on a real API server. No kubelet runs here, so the test plays both the
+kubelet (a serving pod turns Running and Ready) and the pod's HTTP side (its /metrics counters and its
+reference profile), and checks what the operator concludes and creates."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from kubernetes import client
+
+from regrow import GROUP, VERSION
+from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.controller.kube import Kube, path
+from regrow.drift.profile import Profile, fit_profile
+from tests.conftest import Operator
+from tests.helpers import condition, events_for, get_custom, wait_for
+from tests.unit.test_api import _example, _with
+
+pytestmark = pytest.mark.usefixtures("no_kubelet")
+FEATURES = ["a", "b", "c"]
+
+
+class FakePod:
+    """A serving pod's HTTP answers: its profile and its cumulative bin counters."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.counts = np.zeros(int(profile.sizes.sum()), dtype=np.int64)
+        self.lock = threading.Lock()
+
+    def send(self, rows: np.ndarray) -> None:
+        with self.lock:
+            self.counts = self.counts + self.profile.bin_counts(rows)
+
+    def fetch(self, ip: str, url_path: str) -> bytes | None:
+        assert ip == "10.1.2.3"
+        if url_path == "/v2/models/iris/profile":
+            return self.profile.to_json()
+        assert url_path == "/metrics"
+        with self.lock:
+            parts = self.profile.split(self.counts)
+        lines = ["# TYPE regrow_feature_bin_total counter"]
+        for feature, part in zip(self.profile.features, parts, strict=True):
+            for label, value in zip(feature.labels, part.tolist(), strict=True):
+                labels = f'bin="{label}",feature="{feature.name}",model="iris",version="v1"'
+                lines.append(f"regrow_feature_bin_total{{{labels}}} {value}.0")
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _custom(api: client.ApiClient, namespace: str, plural: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+
+
+def _drift(api: client.ApiClient, namespace: str, status: str, reason: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        obj = get_custom(api, namespace, DRIFT_POLICY.plural, "iris")
+        cond = condition(obj, "DriftDetected")
+        return obj if cond and (cond["status"], cond["reason"]) == (status, reason) else None
+
+    return wait_for(probe, 60, f"DriftDetected={status} ({reason})")
+
+
+def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: str, operator: Operator) -> None:
+    def policy_status() -> dict[str, Any]:
+        return get_custom(api, namespace, DRIFT_POLICY.plural, "iris").get("status") or {}
+
+    rng = np.random.default_rng(0)
+    pod = FakePod(fit_profile(rng.normal(0, 1, (5000, 3)), FEATURES))
+    policy = _example("DriftPolicy")
+    for key, value in {"interval": "1s", "window": "10m", "minSamples": 200, "consecutiveBreaches": 2,
+                       "tests": [{"type": "psi", "threshold": "0.2"}]}.items():  # fmt: skip
+        policy = _with(policy, f"spec.{key}", value)
+    core = client.CoreV1Api(api)
+    with operator(fetch=pod.fetch):
+        _custom(api, namespace, MODEL_DEPLOYMENT.plural, _example("ModelDeployment"))
+        client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris",
+            {"status": {"model": {"uri": "file:///var/lib/regrow/registry/iris/versions/v1", "version": "v1"}}},
+        )  # fmt: skip
+        pods = wait_for(
+            lambda: Kube(api).list(path("v1", "pods", namespace), "regrow.dev/modeldeployment=iris"), 30, "a pod"
+        )
+        running = {"phase": "Running", "podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]}
+        core.patch_namespaced_pod_status(pods[0]["metadata"]["name"], namespace, {"status": running})
+
+        _custom(api, namespace, DRIFT_POLICY.plural, policy)
+        wait_for(lambda: policy_status().get("conditions"), 30, "a first reading")
+        pod.send(rng.normal(0, 1, (400, 3)))  # in distribution
+        obj = _drift(api, namespace, "False", "NoDrift")
+        assert obj["status"]["lastCheck"]["version"] == "v1"
+        assert obj["status"]["lastCheck"]["samples"] >= 400
+
+        shifted = rng.normal(0, 1, (4000, 3))
+        shifted[:, :2] += 2.0  # two of three features move by 2 sigma
+        pod.send(shifted)
+        obj = _drift(api, namespace, "True", "DriftDetected")
+        wait_for(
+            lambda: get_custom(api, namespace, DRIFT_POLICY.plural, "iris")["status"].get("trainingJobs"),
+            30,
+            "a retrain",
+        )
+        pod.send(shifted)  # drift goes on: the cooldown holds any second retrain back
+        wait_for(lambda: policy_status().get("consecutiveBreaches", 0) >= 2, 30, "more breaches")
+
+    obj = get_custom(api, namespace, DRIFT_POLICY.plural, "iris")
+    features = {f["name"]: f for f in obj["status"]["lastCheck"]["features"]}
+    assert features["a"]["drifted"] and features["b"]["drifted"] and not features["c"]["drifted"]
+    assert float(features["a"]["scores"]["psi"]) > 0.2
+    tjs = Kube(api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, namespace), "regrow.dev/driftpolicy=iris")
+    assert [tj["metadata"]["name"] for tj in tjs] == ["iris-retrain-1"]
+    assert [r["name"] for r in obj["status"]["trainingJobs"]] == ["iris-retrain-1"]
+    (tj,) = tjs
+    assert tj["metadata"]["ownerReferences"][0]["kind"] == "DriftPolicy"
+    assert tj["metadata"]["labels"]["team"] == "ml-platform"
+    assert tj["spec"]["model"]["algorithm"] == "randomForest"
+    assert '"version": "v1"' in tj["metadata"]["annotations"]["regrow.dev/drift-check"]
+    assert any(e[:2] == ("Normal", "Retraining") for e in events_for(api, namespace, "iris"))

@@ -1,0 +1,98 @@
+"""DriftPolicy decisions without a cluster: when a check is due, and the retrain guardrails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from regrow.api import DriftPolicySpec, parse_spec
+from regrow.clock import now
+from regrow.controller.driftpolicy import _retrain, due
+from regrow.controller.kube import Conflict, Obj
+from regrow.manifests.common import Owner
+from tests.unit.test_api import _example, _with
+
+OWNER = Owner("DriftPolicy", "iris", "ml", "uid-3")
+CHECK = {"time": "2026-11-23T12:00:00Z", "version": "v1", "samples": 900, "driftedFeatures": 2}
+
+
+def _spec(**changes: Any) -> DriftPolicySpec:
+    body = _example("DriftPolicy")
+    for key, value in changes.items():
+        body = _with(body, key.replace("__", "."), value)
+    return parse_spec(DriftPolicySpec, body["spec"])
+
+
+class Jobs:
+    def __init__(self, running: int = 0, conflict: bool = False) -> None:
+        self.running = running
+        self.conflict = conflict
+        self.created: list[Obj] = []
+
+    def get(self, path: str) -> Obj | None:
+        return None
+
+    def create(self, path: str, body: Obj) -> Obj:
+        if self.conflict:
+            raise Conflict(path)
+        self.created.append(body)
+        return body
+
+    def patch(self, path: str, body: Obj) -> Obj:
+        raise AssertionError("nothing is patched")
+
+    def list(self, path: str, label_selector: str = "") -> list[Obj]:
+        assert label_selector == "regrow.dev/driftpolicy=iris"
+        return [{"status": {"conditions": [{"type": "Succeeded", "status": "Unknown"}]}}] * self.running
+
+
+def _body(annotations: dict[str, str] | None = None) -> Obj:
+    return {"metadata": {"name": "iris", "generation": 1, "annotations": annotations or {}}, "spec": {}}
+
+
+def test_a_check_is_due_every_interval_and_at_once_after_a_spec_change() -> None:
+    body: Obj = {"metadata": {"generation": 2}, "spec": {"interval": "1m"}}
+    assert due(body)  # never checked
+    body["status"] = {"observedGeneration": 2, "lastCheck": {"time": now()}}
+    assert not due(body)
+    body["status"]["lastCheck"]["time"] = "2026-01-01T00:00:00Z"
+    assert due(body)
+    body["status"] = {"observedGeneration": 1, "lastCheck": {"time": now()}}
+    assert due(body)
+
+
+def test_retrain_creates_one_job_and_records_it() -> None:
+    api = Jobs()
+    fields: Obj = {"consecutiveBreaches": 3}
+    events = _retrain(_body(), api, _spec(), OWNER, CHECK, fields)
+    (job,) = api.created
+    assert job["metadata"]["name"] == "iris-retrain-1"
+    assert job["metadata"]["labels"] == {"team": "ml-platform", "regrow.dev/driftpolicy": "iris"}
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-3"
+    assert [e.reason for e in events] == ["Retraining"]
+    assert [r["name"] for r in fields["trainingJobs"]] == ["iris-retrain-1"]
+    assert fields["consecutiveBreaches"] == 0 and fields["lastRetrainTime"]
+    again = _retrain(_body(), api, _spec(), OWNER, CHECK, fields)
+    assert again == [] and len(api.created) == 1  # the cooldown (1h) holds
+
+
+def test_retrain_respects_max_concurrent_and_dedupes_after_a_restart() -> None:
+    busy = Jobs(running=1)
+    assert _retrain(_body(), busy, _spec(), OWNER, CHECK, {}) == []
+    assert busy.created == []
+    fields: Obj = {}
+    lost_status = Jobs(conflict=True)  # created before a restart, status not written then
+    assert _retrain(_body(), lost_status, _spec(), OWNER, CHECK, fields) == []
+    assert [r["name"] for r in fields["trainingJobs"]] == ["iris-retrain-1"]
+
+
+def test_manual_approval_waits_for_the_annotation() -> None:
+    spec = _spec(spec__retrain__approval="Manual")
+    api = Jobs()
+    fields: Obj = {}
+    events = _retrain(_body(), api, spec, OWNER, CHECK, fields)
+    assert fields["pendingApproval"] == "iris-retrain-1" and api.created == []
+    assert [e.reason for e in events] == ["ApprovalPending"]
+    assert _retrain(_body(), api, spec, OWNER, CHECK, fields) == []
+    approved = _body({"regrow.dev/approve": "iris-retrain-1"})
+    _retrain(approved, api, spec, OWNER, CHECK, fields)
+    assert [j["metadata"]["name"] for j in api.created] == ["iris-retrain-1"] and "pendingApproval" not in fields

@@ -1,0 +1,44 @@
+"""Bin counters scraped from pods, turned into counts over a window."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from regrow.drift.profile import fit_profile
+from regrow.drift.window import History, Scrape, parse_bins
+
+PROFILE = fit_profile(np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]]), ["a", "b"], bins=2)
+
+
+def v(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def test_parse_bins_reads_one_versions_counters() -> None:
+    text = """# TYPE regrow_feature_bin_total counter
+regrow_feature_bin_total{bin="b0",feature="a",model="iris",version="v1"} 3.0
+regrow_feature_bin_total{bin="missing",feature="b",model="iris",version="v1"} 2.0
+regrow_feature_bin_total{bin="b0",feature="a",model="iris",version="v0"} 99.0
+regrow_feature_bin_total{bin="nope",feature="a",model="iris",version="v1"} 99.0
+# TYPE regrow_inference_requests_total counter
+regrow_inference_requests_total{code="200",model="iris",protocol="v2",version="v1"} 7.0
+"""
+    counts = parse_bins(text, PROFILE, "iris", "v1")
+    a, b = PROFILE.split(counts)
+    assert a.tolist() == [0, 3, 0, 0, 0] and b.tolist() == [0, 0, 0, 0, 2]
+
+
+def test_increase_over_the_window_with_restarts_and_new_pods() -> None:
+    history = History("v1")
+    size = 3
+    assert history.increase(60, size) is None
+    history.add(Scrape(0, {"p1": v(10, 0, 0)}), 60)
+    assert history.increase(60, size) is None  # one scrape is only a baseline
+    history.add(Scrape(10, {"p1": v(15, 1, 0), "p2": v(4, 0, 0)}), 60)  # p2 started since
+    assert history.increase(60, size).tolist() == [9, 1, 0]  # type: ignore[union-attr]
+    history.add(Scrape(20, {"p1": v(2, 0, 0), "p2": v(6, 0, 1)}), 60)  # p1 restarted
+    assert history.increase(60, size).tolist() == [13, 1, 1]  # type: ignore[union-attr]
+    history.add(Scrape(75, {"p1": v(3, 0, 0), "p2": v(6, 0, 1)}), 60)
+    # The window is now (15, 75]: the scrape at 10 is the baseline; p1 restarted (+2) then +1, p2 +2 and +1.
+    assert [s.time for s in history.scrapes] == [10, 20, 75]
+    assert history.increase(60, size).tolist() == [5, 0, 1]  # type: ignore[union-attr]
