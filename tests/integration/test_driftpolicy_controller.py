@@ -60,7 +60,7 @@ def _drift(api: client.ApiClient, namespace: str, status: str, reason: str) -> d
         cond = condition(obj, "DriftDetected")
         return obj if cond and (cond["status"], cond["reason"]) == (status, reason) else None
 
-    return wait_for(probe, 60, f"DriftDetected={status} ({reason})")
+    return wait_for(probe, 120, f"DriftDetected={status} ({reason})")
 
 
 def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: str, operator: Operator) -> None:

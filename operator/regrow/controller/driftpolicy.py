@@ -247,6 +247,5 @@ def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_chec
         pass  # created before a restart: the same name, so never twice
     fields["trainingJobs"] = [*records, {"name": name, "created": now(), "checkTime": last_check["time"]}][-KEEP_JOBS:]
     fields["lastRetrainTime"] = now()
-    fields["consecutiveBreaches"] = 0
     fields.pop("pendingApproval", None)
     return events

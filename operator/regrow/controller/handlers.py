@@ -108,8 +108,11 @@ async def _reconcile_model_deployment(body: kopf.Body, patch: kopf.Patch, memo: 
     _apply(result, body, patch)
 
 
-@kopf.timer(*DP, interval=DRIFT_TICK_SECONDS, when=lambda body, **_: driftpolicy.due(dict(body)))
+@kopf.timer(*DP, interval=DRIFT_TICK_SECONDS)
 async def drift_policy_check(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """One check per ``spec.interval``: the timer ticks every second and acts when a check is due."""
+    """One check per ``spec.interval``: the timer ticks every second and acts when a check is due. (Not a
+    ``when=`` filter: kopf evaluates those on watch events only, and would stop the timer after a check.)"""
+    if not driftpolicy.due(dict(body)):
+        return
     result = await asyncio.to_thread(driftpolicy.reconcile, dict(body), memo.kube, memo.fetch, memo.drift_memory)
     _apply(result, body, patch)
