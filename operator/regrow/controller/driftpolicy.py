@@ -28,12 +28,13 @@ from regrow.clock import now
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
+from regrow.controller.modeldeployment import pod_ready, serving_pods
 from regrow.controller.result import Event, Result, transition_event
 from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import Profile
 from regrow.drift.window import History, Scrape, parse_bins
 from regrow.manifests.common import Owner
-from regrow.manifests.serving import PORT, selector
+from regrow.manifests.serving import PORT
 
 READY, DRIFT = "Ready", "DriftDetected"
 POLICY_LABEL = f"{GROUP}/driftpolicy"
@@ -95,13 +96,7 @@ def _waiting(body: Obj, reason: str, message: str) -> Result:
 def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str, memory: Memory,
            key: str) -> tuple[Profile, Layout, dict[str, bytes]] | None:  # fmt: skip
     """The profile of ``version`` and each ready pod's /metrics, or None while no pod serves it."""
-    md_owner = Owner(MODEL_DEPLOYMENT.kind, target, owner.namespace, "")
-    pods = api.list(path("v1", "pods", owner.namespace), ",".join(f"{k}={v}" for k, v in selector(md_owner).items()))
-    ready = [
-        p for p in pods
-        if (p.get("status") or {}).get("podIP")
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
-    ]  # fmt: skip
+    ready = [p for p in serving_pods(api, owner.namespace, target) if pod_ready(p) and p["status"].get("podIP")]
     if key not in memory.profiles or memory.histories.get(key, History("")).version != version:
         for pod in ready:
             raw = fetch(pod["status"]["podIP"], f"/v2/models/{model}/profile")

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from regrow.api import InvalidSpec, ModelDeploymentSpec, parse_spec
+from regrow.api import MODEL_DEPLOYMENT, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec
 from regrow.clock import now
 from regrow.controller import conditions
@@ -96,9 +96,22 @@ class PodReport:
     stuck: tuple[str, str] | None  # (reason, message) of a container that cannot start
 
 
+def serving_pods(api: Api, namespace: str, name: str) -> list[Obj]:
+    """The pods of the ModelDeployment ``name`` that are not being deleted."""
+    labels = selector(Owner(MODEL_DEPLOYMENT.kind, name, namespace, ""))
+    pods = api.list(path("v1", "pods", namespace), ",".join(f"{k}={v}" for k, v in labels.items()))
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def pod_ready(pod: Obj) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
 def report(pod: Obj, model: str, prober: Prober) -> PodReport:
     status = pod.get("status") or {}
-    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+    ready = pod_ready(pod)
     stuck = None
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
@@ -207,8 +220,7 @@ def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober
         }
         return Result(invalid, transition_event(previous, cond))
 
-    pods = api.list(path("v1", "pods", owner.namespace), ",".join(f"{k}={v}" for k, v in selector(owner).items()))
-    reports = [report(p, spec.model.name, prober) for p in pods if not p["metadata"].get("deletionTimestamp")]
+    reports = [report(p, spec.model.name, prober) for p in serving_pods(api, owner.namespace, owner.name)]
     name = owner.child_name(COMPONENT)
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
     pinned = ((live or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}).get(
