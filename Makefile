@@ -48,8 +48,18 @@ wheels: $(BIN)/.installed  ## the wheelhouse the image installs from, offline
 image: wheels  ## the runtime image (serving and training pods), built offline from the wheelhouse
 	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f serving_image/Dockerfile .
 
+# `cluster up` rewrites kube-proxy's configuration, which makes a running kube-proxy exit: when everything
+# already runs, only the environment is written.
 cluster-up:  ## the local single-node cluster from ../shared/k8s (needs root)
-	$(SHARED_K8S)/cluster up > $(VENV)/cluster.env
+	@mkdir -p $(VENV)
+	if $(SHARED_K8S)/cluster status | grep -q '^kube-proxy: running' \
+	   && ! $(SHARED_K8S)/cluster status | grep -q ': stopped'; then \
+	  echo "export KUBECONFIG=$$($(SHARED_K8S)/cluster status | sed -n 's/^KUBECONFIG=//p') PATH=$(ASSETS):\$$PATH" \
+	    > $(VENV)/cluster.env; \
+	else \
+	  $(SHARED_K8S)/cluster up > $(VENV)/cluster.env; \
+	fi
+	@cat $(VENV)/cluster.env
 
 cluster-down:
 	$(SHARED_K8S)/cluster down
