@@ -93,9 +93,10 @@ def _waiting(body: Obj, reason: str, message: str) -> Result:
     return Result(_status(body, [cond]), transition_event(previous, cond))
 
 
-def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str, memory: Memory,
-           key: str) -> tuple[Profile, Layout, dict[str, bytes]] | None:  # fmt: skip
+def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str,
+           memory: Memory) -> tuple[Profile, Layout, dict[str, bytes]] | None:  # fmt: skip
     """The profile of ``version`` and each ready pod's /metrics, or None while no pod serves it."""
+    key = owner.uid
     ready = [p for p in serving_pods(api, owner.namespace, target) if pod_ready(p) and p["status"].get("podIP")]
     if key not in memory.profiles or memory.histories.get(key, History("")).version != version:
         for pod in ready:
@@ -124,7 +125,7 @@ def _observe(body: Obj, api: Api, fetch: Fetch, memory: Memory, spec: DriftPolic
         return _waiting(body, "WaitingForModel", f"ModelDeployment {spec.target_ref.name} serves no version yet")
     if spec.source.type != "Pods":
         return _waiting(body, "SourceUnsupported", "the Prometheus source is not implemented yet; use type: Pods")
-    found = scrape(api, fetch, owner, spec.target_ref.name, model, version, memory, owner.uid)
+    found = scrape(api, fetch, owner, spec.target_ref.name, model, version, memory)
     if found is None:
         return _waiting(body, "WaitingForPods", f"no ready pod of {spec.target_ref.name} serves {version} yet")
     return (model, version, *found)

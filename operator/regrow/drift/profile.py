@@ -70,11 +70,15 @@ class Profile:
         """All features' reference counts as one flat vector (see ``offsets``)."""
         return np.concatenate([np.asarray(f.counts, dtype=np.int64) for f in self.features])
 
-    def bin_indices(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Bin of each value of an (n, features) array, per feature (0 = underflow)."""
+    def _matrix(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
         values = np.asarray(x, dtype=np.float32)
         if values.ndim != 2 or values.shape[1] != len(self.features):
             raise ValueError(f"expected an array of shape (n, {len(self.features)}), got {values.shape}")
+        return values
+
+    def bin_indices(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Bin of each value of an (n, features) array, per feature (0 = underflow)."""
+        values = self._matrix(x)
         out = np.empty(values.shape, dtype=np.int64)
         for start in range(0, len(values), _CHUNK_ROWS):
             chunk = values[start : start + _CHUNK_ROWS]
@@ -89,15 +93,13 @@ class Profile:
 
         Small batches compare every value with every edge at once; from ``SORT_ROWS`` rows on, sorting
         each column and locating the edges in it is faster (O(n log n) in C instead of n x edges)."""
-        values = np.asarray(x, dtype=np.float32)
+        values = self._matrix(x)
         if len(values) < SORT_ROWS:
             flat = (self.bin_indices(values) + self.offsets).ravel()
             return np.bincount(flat, minlength=int(self.sizes.sum())).astype(np.int64)
         return self._counts_by_sorting(values)
 
     def _counts_by_sorting(self, values: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-        if values.ndim != 2 or values.shape[1] != len(self.features):
-            raise ValueError(f"expected an array of shape (n, {len(self.features)}), got {values.shape}")
         columns = np.sort(values, axis=0)  # NaN sorts last
         missing = np.isnan(values).sum(axis=0)
         parts = []
