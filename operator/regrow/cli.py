@@ -73,12 +73,16 @@ def _operator(args: argparse.Namespace) -> int:
     import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lease_namespace = None
+    if not args.standalone:
+        lease_namespace = args.leader_election_namespace or (args.namespace or ["default"])[0]
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
-            standalone=args.standalone,
+            standalone=True,  # kopf's peering is not used: replicas elect a leader with a Lease
             liveness_endpoint=args.liveness,
+            memo=kopf.Memo(lease_namespace=lease_namespace),
         )
     )
     return 0
@@ -132,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     op = commands.add_parser("operator", help="run the operator (all namespaces unless --namespace is given)")
     op.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
-    op.add_argument("--standalone", action="store_true", help="no peering: this is the only replica")
+    op.add_argument("--standalone", action="store_true", help="no leader election: this is the only replica")
+    op.add_argument("--leader-election-namespace", default=_env("POD_NAMESPACE"),
+                    help="namespace of the Lease replicas elect a leader with; default: $POD_NAMESPACE, "
+                    "else the first --namespace, else default")  # fmt: skip
     op.add_argument("--liveness", help="liveness endpoint, such as http://0.0.0.0:8080/healthz")
     op.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     op.set_defaults(func=_operator)

@@ -6,12 +6,21 @@ from typing import Any
 
 from regrow.api import DriftPolicySpec, parse_spec
 from regrow.clock import now
-from regrow.controller.driftpolicy import _retrain, due
+from regrow.controller.driftpolicy import APPROVE_ANNOTATION, _retrain, next_check_in
 from regrow.controller.kube import Conflict, Obj
+from regrow.controller.loop import Kind, wait_for
+from regrow.controller.result import Result
 from regrow.manifests.common import Owner
 from tests.unit.test_api import _example, _with
 
 OWNER = Owner("DriftPolicy", "iris", "ml", "uid-3")
+
+
+def _unused(body: Obj) -> Result:
+    raise AssertionError("not reconciled here")
+
+
+POLICY = Kind("DriftPolicy", "driftpolicies", _unused, next_check_in)
 CHECK = {"time": "2026-11-23T12:00:00Z", "version": "v1", "samples": 900, "driftedFeatures": 2}
 
 
@@ -49,15 +58,20 @@ def _body(annotations: dict[str, str] | None = None) -> Obj:
     return {"metadata": {"name": "iris", "generation": 1, "annotations": annotations or {}}, "spec": {}}
 
 
-def test_a_check_is_due_every_interval_and_at_once_after_a_spec_change() -> None:
+def test_a_check_is_due_every_interval_at_once_after_a_spec_change_and_on_approval() -> None:
     body: Obj = {"metadata": {"generation": 2}, "spec": {"interval": "1m"}}
-    assert due(body)  # never checked
+    assert next_check_in(body) == 0  # never checked
     body["status"] = {"observedGeneration": 2, "lastCheck": {"time": now()}}
-    assert not due(body)
+    assert 58 <= next_check_in(body) <= 60
+    assert 58 <= (wait_for(POLICY, body) or 0) <= 60  # generation observed: the interval
     body["status"]["lastCheck"]["time"] = "2026-01-01T00:00:00Z"
-    assert due(body)
+    assert next_check_in(body) == 0
     body["status"] = {"observedGeneration": 1, "lastCheck": {"time": now()}}
-    assert due(body)
+    assert wait_for(POLICY, body) == 0  # the spec changed
+    body["status"] = {"observedGeneration": 2, "lastCheck": {"time": now()}, "pendingApproval": "iris-retrain-1"}
+    assert next_check_in(body) > 0
+    body["metadata"]["annotations"] = {APPROVE_ANNOTATION: "iris-retrain-1"}
+    assert next_check_in(body) == 0
 
 
 def test_retrain_creates_one_job_and_records_it() -> None:
@@ -95,4 +109,4 @@ def test_manual_approval_waits_for_the_annotation() -> None:
     assert _retrain(_body(), api, spec, OWNER, CHECK, fields) == []
     approved = _body({"regrow.dev/approve": "iris-retrain-1"})
     _retrain(approved, api, spec, OWNER, CHECK, fields)
-    assert [j["metadata"]["name"] for j in api.created] == ["iris-retrain-1"] and "pendingApproval" not in fields
+    assert [j["metadata"]["name"] for j in api.created] == ["iris-retrain-1"] and fields["pendingApproval"] is None

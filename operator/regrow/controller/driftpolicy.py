@@ -66,15 +66,18 @@ def _seconds_since(stamp: str | None) -> float:
     return time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
-def due(body: Obj) -> bool:
-    """Whether the next check is due (the timer ticks often; checks happen every ``spec.interval``)."""
+def next_check_in(body: Obj) -> float:
+    """Seconds until the next check: one per ``spec.interval``, and one at once when the pending retrain is
+    approved."""
     status = body.get("status") or {}
+    pending = status.get("pendingApproval")
+    if pending and (body["metadata"].get("annotations") or {}).get(APPROVE_ANNOTATION) == pending:
+        return 0.0
     try:
         interval = parse_duration((body.get("spec") or {}).get("interval", "1m"))
     except ValueError:
-        return True
-    generation_seen = status.get("observedGeneration") == body["metadata"].get("generation")
-    return not generation_seen or _seconds_since((status.get("lastCheck") or {}).get("time")) >= interval - 0.5
+        interval = 60  # an invalid spec: its InvalidSpec condition is written once per generation
+    return max(0.0, interval - _seconds_since((status.get("lastCheck") or {}).get("time")))
 
 
 def _status(body: Obj, conds: list[Cond], **fields: Any) -> Obj:
@@ -243,5 +246,5 @@ def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_chec
         pass  # created before a restart: the same name, so never twice
     fields["trainingJobs"] = [*records, {"name": name, "created": now(), "checkTime": last_check["time"]}][-KEEP_JOBS:]
     fields["lastRetrainTime"] = now()
-    fields.pop("pendingApproval", None)
+    fields["pendingApproval"] = None
     return events

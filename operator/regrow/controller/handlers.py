@@ -1,10 +1,12 @@
-"""kopf handlers: thin adapters from kopf's events to the level-based reconcilers."""
+"""kopf handlers: startup and cleanup of the control loop, and kopf's watch events into its cache."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import socket
+import uuid
 from typing import Any
 
 import kopf
@@ -14,7 +16,8 @@ from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.controller import driftpolicy, modeldeployment, trainingjob
 from regrow.controller.kube import Kube
-from regrow.controller.result import Result
+from regrow.controller.lease import Lease
+from regrow.controller.loop import Controller, Kind
 from regrow.manifests.common import Images
 
 TRAINING_POLL_SECONDS = 5.0
@@ -22,17 +25,13 @@ SERVING_POLL_SECONDS = 5.0
 TJ = (GROUP, VERSION, TRAINING_JOB.plural)
 MD = (GROUP, VERSION, MODEL_DEPLOYMENT.plural)
 DP = (GROUP, VERSION, DRIFT_POLICY.plural)
-DRIFT_TICK_SECONDS = 1.0
+LEASE_NAME = "regrow-operator"
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """kopf's bookkeeping in annotations prefixed with our group; Events only for what we post ourselves."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Clients, then the control loop. kopf only watches: it writes nothing to the objects (no finalizer,
+    no bookkeeping annotations), and posts Events only about its own failures."""
     settings.posting.level = logging.WARNING
     if "kube" not in memo:
         memo.kube = Kube(_api_client())
@@ -48,6 +47,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             runtime=os.environ.get("REGROW_RUNTIME_IMAGE", Images.runtime),
             pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", Images.pull_policy),
         )
+    namespace = memo.get("lease_namespace")
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    lease = Lease(memo.kube, namespace, LEASE_NAME, identity) if namespace else None
+    memo.controller = Controller.of(memo.kube, kinds(memo), lease)
+    memo.loop = asyncio.create_task(memo.controller.run())
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.loop.cancel()
+    await memo.controller.stop()
 
 
 def _api_client() -> client.ApiClient:
@@ -63,56 +73,34 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-def _apply(result: Result, body: kopf.Body, patch: kopf.Patch) -> None:
-    patch.status.update(result.status)
-    for event in result.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+def kinds(memo: kopf.Memo) -> list[Kind]:
+    """The three kinds, each with its reconciler and how often its actual state is checked."""
+    return [
+        Kind(
+            TRAINING_JOB.kind,
+            TRAINING_JOB.plural,
+            lambda body: trainingjob.reconcile(body, memo.kube, memo.images),
+            lambda body: None if trainingjob.finished(body) else TRAINING_POLL_SECONDS,
+        ),
+        Kind(
+            MODEL_DEPLOYMENT.kind,
+            MODEL_DEPLOYMENT.plural,
+            lambda body: modeldeployment.reconcile(body, memo.kube, memo.images, memo.versions, memo.prober),
+            lambda body: SERVING_POLL_SECONDS,  # pods crash, aliases move: the actual state is watched
+        ),
+        Kind(
+            DRIFT_POLICY.kind,
+            DRIFT_POLICY.plural,
+            lambda body: driftpolicy.reconcile(body, memo.kube, memo.fetch, memo.drift_memory),
+            driftpolicy.next_check_in,
+        ),
+    ]
 
 
-@kopf.on.resume(*TJ)
-@kopf.on.create(*TJ)
-@kopf.on.update(*TJ, field="spec")
-async def training_job_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile_training_job(body, patch, memo)
-
-
-@kopf.timer(*TJ, interval=TRAINING_POLL_SECONDS, when=lambda body, **_: not trainingjob.finished(dict(body)))
-async def training_job_progress(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile_training_job(body, patch, memo)
-
-
-async def _reconcile_training_job(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    if trainingjob.finished(dict(body)):
-        return
-    result = await asyncio.to_thread(trainingjob.reconcile, dict(body), memo.kube, memo.images)
-    _apply(result, body, patch)
-
-
-@kopf.on.resume(*MD)
-@kopf.on.create(*MD)
-@kopf.on.update(*MD, field="spec")
-async def model_deployment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    await _reconcile_model_deployment(body, patch, memo)
-
-
-@kopf.timer(*MD, interval=SERVING_POLL_SECONDS)
-async def model_deployment_watch(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Pods crash, aliases move: the actual state is watched, not only the spec."""
-    await _reconcile_model_deployment(body, patch, memo)
-
-
-async def _reconcile_model_deployment(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    result = await asyncio.to_thread(
-        modeldeployment.reconcile, dict(body), memo.kube, memo.images, memo.versions, memo.prober
-    )
-    _apply(result, body, patch)
-
-
-@kopf.timer(*DP, interval=DRIFT_TICK_SECONDS)
-async def drift_policy_check(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """One check per ``spec.interval``: the timer ticks every second and acts when a check is due. (Not a
-    ``when=`` filter: kopf evaluates those on watch events only, and would stop the timer after a check.)"""
-    if not driftpolicy.due(dict(body)):
-        return
-    result = await asyncio.to_thread(driftpolicy.reconcile, dict(body), memo.kube, memo.fetch, memo.drift_memory)
-    _apply(result, body, patch)
+@kopf.on.event(*TJ)
+@kopf.on.event(*MD)
+@kopf.on.event(*DP)
+async def observe(event: kopf.RawEvent, resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event feeds the control loop's cache; the loop does the work. (Async, so that it runs
+    in the loop's thread: kopf runs plain functions in a thread pool.)"""
+    memo.controller.observe(resource.plural, event.get("type"), dict(event["object"]))

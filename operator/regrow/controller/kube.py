@@ -16,7 +16,7 @@ Obj = dict[str, Any]
 
 
 class Conflict(Exception):
-    """The object already exists (HTTP 409)."""
+    """The object already exists, or changed since it was read (HTTP 409)."""
 
 
 class Api(Protocol):
@@ -53,6 +53,8 @@ class Kube:
         )
         response = self.api_client.call_api(*request)
         data: bytes = response.read()  # type: ignore[no-untyped-call]
+        if response.status == 409:
+            raise Conflict(url)
         if response.status >= 400:
             raise ApiException(http_resp=response)
         return cast(Obj, json.loads(data))
@@ -66,15 +68,12 @@ class Kube:
             raise
 
     def create(self, path: str, body: Obj) -> Obj:
-        """Create ``body`` in the collection at ``path``."""
-        try:
-            return self._call("POST", path, body)
-        except ApiException as error:
-            if error.status == 409:
-                raise Conflict(path) from None
-            raise
+        """Create ``body`` in the collection at ``path``; Conflict when it exists."""
+        return self._call("POST", path, body)
 
     def patch(self, path: str, body: Obj) -> Obj:
+        """Merge-patch the object at ``path``; a ``metadata.resourceVersion`` in ``body`` is a precondition
+        (Conflict when the object changed since)."""
         return self._call("PATCH", path, body)
 
     def list(self, path: str, label_selector: str = "") -> list[Obj]:

@@ -1,0 +1,202 @@
+"""The control loop: kopf's watches fill a cache; this loop decides when each object is reconciled.
+
+Every object is reconciled when its spec's generation is not yet observed, and again after the period its
+kind asks for (``Kind.next_in``): a running TrainingJob every few seconds, a ModelDeployment every few
+seconds, a DriftPolicy once per ``spec.interval``. This is controller-runtime's resync period. kopf's timers
+would do the same, but kopf puts a finalizer on every object that has a timer, and a finalizer with no
+operator running keeps objects, and their namespaces, from ever being deleted. regrow has no external state
+to clean up (children go with their owner through ownerReferences), so it has no finalizer.
+
+A reconcile reads the cached object, and its status write carries the ``resourceVersion`` it read: a
+write that lost a race (a newer spec, another replica) is dropped with a 409 and the object is read again,
+so no decision is ever written over state it did not see. Events are posted only after the status they
+describe is written, so a retried reconcile does not post them twice. Only the holder of the Lease acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from kubernetes.client.exceptions import ApiException
+
+from regrow import API_VERSION
+from regrow.clock import now
+from regrow.controller.kube import Api, Conflict, Obj, path
+from regrow.controller.lease import Lease
+from regrow.controller.result import Event, Result
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str, str]  # (plural, namespace, name)
+MAX_BACKOFF_SECONDS = 300.0
+MIN_REPEAT_SECONDS = 1.0  # the shortest time between two reconciles of one object
+EVENT_MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    plural: str
+    reconcile: Callable[[Obj], Result]
+    next_in: Callable[[Obj], float | None]  # seconds to the next level check; None: only when the spec changes
+
+
+def wait_for(kind: Kind, body: Obj) -> float | None:
+    """Seconds until ``body`` is due: at once while its generation is unobserved, else what its kind asks."""
+    wait = kind.next_in(body)
+    if wait is None:
+        return None
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return 0.0 if observed != body["metadata"].get("generation") else wait
+
+
+def status_patch(body: Obj, status: Obj) -> Obj | None:
+    """The merge patch that writes ``status`` over what ``body`` read, or None when nothing would change.
+    A None in ``status`` removes that field."""
+    current = body.get("status") or {}
+    if all(current.get(k) == v for k, v in status.items()):
+        return None
+    return {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
+
+
+def event_manifest(body: Obj, event: Event, component: str) -> Obj:
+    meta = body["metadata"]
+    stamp = now()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", API_VERSION),
+            "kind": body["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:EVENT_MESSAGE_LIMIT],
+        "source": {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+@dataclass
+class Controller:
+    api: Api
+    kinds: dict[str, Kind]
+    lease: Lease | None = None
+    clock: Callable[[], float] = time.monotonic
+    tick: float = 0.25
+    lease_retry: float = 2.0
+    workers: int = 8
+    component: str = "regrow-operator"
+    objects: dict[Key, Obj] = field(default_factory=dict)
+    due: dict[Key, float] = field(default_factory=dict)
+    failures: dict[Key, int] = field(default_factory=dict)
+    last_run: dict[Key, float] = field(default_factory=dict)
+    busy: set[Key] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, api: Api, kinds: Iterable[Kind], lease: Lease | None) -> Controller:
+        return cls(api, {k.plural: k for k in kinds}, lease)
+
+    def observe(self, plural: str, event_type: str | None, body: Obj) -> None:
+        """A watch event: remember the object (or forget it) and schedule it."""
+        key = (plural, body["metadata"]["namespace"], body["metadata"]["name"])
+        if event_type == "DELETED":
+            for table in (self.objects, self.due, self.failures, self.last_run):
+                table.pop(key, None)
+            return
+        self.objects[key] = body
+        self._schedule(key, body)
+
+    def _schedule(self, key: Key, body: Obj, delay: float | None = None) -> None:
+        wait = wait_for(self.kinds[key[0]], body) if delay is None else delay
+        if wait is None:
+            self.due.pop(key, None)
+            return
+        at = max(self.clock() + wait, self.last_run.get(key, float("-inf")) + MIN_REPEAT_SECONDS)
+        self.due[key] = min(self.due.get(key, at), at)
+
+    async def run(self) -> None:
+        leading, lease_at = self.lease is None, 0.0
+        while True:
+            if self.lease is not None and self.clock() >= lease_at:
+                leading = await asyncio.to_thread(self.lease.try_acquire)
+                lease_at = self.clock() + self.lease_retry
+            if leading:
+                self._dispatch()
+            await asyncio.sleep(self.tick)
+
+    def _dispatch(self) -> None:
+        moment = self.clock()
+        for key, at in sorted(self.due.items(), key=lambda item: item[1]):
+            if at > moment or len(self.busy) >= self.workers:
+                break
+            if key in self.busy:
+                continue
+            del self.due[key]
+            self.busy.add(key)
+            self.last_run[key] = moment
+            task = asyncio.create_task(self._reconcile(key))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _reconcile(self, key: Key) -> None:
+        body = self.objects.get(key)
+        try:
+            if body is None:
+                return
+            updated = await asyncio.to_thread(self._step, self.kinds[key[0]], body)
+        except Conflict:
+            fresh = await asyncio.to_thread(self.api.get, self._path(key))
+            if fresh is not None and key in self.objects:
+                self.objects[key] = fresh
+                self._schedule(key, fresh)
+        except Exception:
+            failures = self.failures[key] = self.failures.get(key, 0) + 1
+            delay = min(MAX_BACKOFF_SECONDS, 2.0**failures)
+            log.exception("Failed to reconcile %s %s/%s; retrying in %.0fs", self.kinds[key[0]].kind, *key[1:], delay)
+            if key in self.objects:
+                self._schedule(key, self.objects[key], delay)
+        else:
+            self.failures.pop(key, None)
+            if self.objects.get(key) is body:
+                self.objects[key] = updated
+            if key in self.objects:
+                self._schedule(key, self.objects[key])
+        finally:
+            self.busy.discard(key)
+
+    def _path(self, key: Key) -> str:
+        plural, namespace, name = key
+        return path(API_VERSION, plural, namespace, name)
+
+    def _step(self, kind: Kind, body: Obj) -> Obj:
+        """Reconcile, write the status, post the Events; return the object as written (blocking: in a thread)."""
+        result = kind.reconcile(body)
+        patch = status_patch(body, result.status)
+        key = (kind.plural, body["metadata"]["namespace"], body["metadata"]["name"])
+        updated = body if patch is None else self.api.patch(self._path(key) + "/status", patch)
+        for event in result.events:
+            log.info("%s %s/%s: %s: %s", kind.kind, *key[1:], event.reason, event.message)
+            try:
+                self.api.create(path("v1", "events", key[1]), event_manifest(body, event, self.component))
+            except ApiException as error:
+                log.warning("Could not post Event %s on %s/%s: %s", event.reason, *key[1:], error)
+        return updated
+
+    async def stop(self) -> None:
+        """Stop dispatching, let running reconciles finish, and give the Lease up."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=30)
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.release)

@@ -1,0 +1,155 @@
+"""The control loop's decisions with a fake API and a fake clock: when objects are due, what is written,
+and what happens on a lost race or an error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from regrow.controller.kube import Conflict, Obj
+from regrow.controller.loop import MIN_REPEAT_SECONDS, Controller, Kind, status_patch
+from regrow.controller.result import Event, Result
+
+PATH = "/apis/regrow.dev/v1alpha1/namespaces/ml/modeldeployments/iris"
+
+
+class Api:
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, Obj]] = []
+        self.created: list[Obj] = []
+        self.conflict = False
+        self.stored: Obj | None = None
+
+    def get(self, path: str) -> Obj | None:
+        assert path == PATH
+        return self.stored
+
+    def create(self, path: str, body: Obj) -> Obj:
+        assert path == "/api/v1/namespaces/ml/events"
+        self.created.append(body)
+        return body
+
+    def patch(self, path: str, body: Obj) -> Obj:
+        assert path == PATH + "/status"
+        if self.conflict:
+            raise Conflict(path)
+        self.patches.append((path, body))
+        assert self.stored is not None
+        return {**self.stored, "status": body["status"]}
+
+    def list(self, path: str, label_selector: str = "") -> list[Obj]:
+        raise AssertionError("not listed")
+
+
+def _body(generation: int = 1, observed: int | None = None, rv: str = "7") -> Obj:
+    body: Obj = {
+        "apiVersion": "regrow.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "iris", "namespace": "ml", "uid": "u1", "generation": generation, "resourceVersion": rv},
+    }
+    if observed is not None:
+        body["status"] = {"observedGeneration": observed, "conditions": []}
+    return body
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _controller(reconcile: Kind) -> tuple[Controller, Api, Clock]:
+    api, clock = Api(), Clock()
+    controller = Controller(api, {reconcile.plural: reconcile}, clock=clock)
+    return controller, api, clock
+
+
+def _kind(result: Result | Exception, period: float | None = 5.0) -> Kind:
+    def reconcile(body: Obj) -> Result:
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return Kind("ModelDeployment", "modeldeployments", reconcile, lambda body: period)
+
+
+KEY = ("modeldeployments", "ml", "iris")
+
+
+def _run_due(controller: Controller) -> set[tuple[str, str, str]]:
+    """Dispatch what is due, wait for it; return the keys that ran."""
+
+    async def once() -> set[tuple[str, str, str]]:
+        controller._dispatch()
+        ran = set(controller.busy)
+        await asyncio.gather(*controller.tasks)
+        return ran
+
+    return asyncio.run(once())
+
+
+READY = Result({"observedGeneration": 1, "conditions": [{"type": "Ready"}]}, [Event("Normal", "Ready", "ok")])
+
+
+def test_status_patch_writes_only_changes_over_the_version_it_read() -> None:
+    body = {"metadata": {"resourceVersion": "9"}, "status": {"a": 1, "b": 2}}
+    assert status_patch(body, {"a": 1}) is None
+    assert status_patch(body, {"a": 1, "gone": None}) is None  # absent and None are the same
+    assert status_patch(body, {"b": None}) == {"metadata": {"resourceVersion": "9"}, "status": {"b": None}}
+
+
+def test_unobserved_generations_are_due_at_once_observed_ones_after_their_period() -> None:
+    controller, _, clock = _controller(_kind(READY))
+    controller.observe("modeldeployments", None, _body(2, observed=1))
+    assert controller.due[KEY] == clock.now
+    controller.observe("modeldeployments", "MODIFIED", _body(2, observed=2))
+    assert controller.due[KEY] == clock.now  # an earlier due time is kept
+    del controller.due[KEY]
+    controller.observe("modeldeployments", "MODIFIED", _body(2, observed=2))
+    assert controller.due[KEY] == clock.now + 5
+    controller.observe("modeldeployments", "DELETED", _body(2, observed=2))
+    assert KEY not in controller.due and KEY not in controller.objects
+
+
+def test_a_finished_object_waits_for_a_spec_change() -> None:
+    controller, _, _ = _controller(_kind(READY, period=None))
+    controller.observe("modeldeployments", None, _body(1, observed=1))
+    assert KEY not in controller.due
+
+
+def test_a_reconcile_writes_status_then_events_and_is_not_repeated_within_a_second() -> None:
+    controller, api, clock = _controller(_kind(READY))
+    controller.observe("modeldeployments", None, _body())
+    api.stored = _body()
+    assert _run_due(controller) == {KEY}
+    assert api.patches == [(PATH + "/status", {"metadata": {"resourceVersion": "7"}, "status": READY.status})]
+    assert [(e["reason"], e["involvedObject"]["uid"]) for e in api.created] == [("Ready", "u1")]
+    assert controller.objects[KEY]["status"] == READY.status
+    assert controller.due[KEY] == clock.now + 5
+    # the watch's echo of our write, with its generation observed, and a new spec right after it
+    controller.observe("modeldeployments", "MODIFIED", _body(2, observed=1, rv="8"))
+    assert controller.due[KEY] == clock.now + MIN_REPEAT_SECONDS
+
+
+def test_a_lost_race_reads_the_object_again_and_posts_nothing() -> None:
+    controller, api, clock = _controller(_kind(READY))
+    controller.observe("modeldeployments", None, _body())
+    api.conflict, api.stored = True, _body(2, observed=1, rv="9")
+    _run_due(controller)
+    assert api.created == []
+    assert controller.objects[KEY]["metadata"]["resourceVersion"] == "9"
+    assert controller.due[KEY] == clock.now + MIN_REPEAT_SECONDS
+
+
+def test_errors_back_off_exponentially_and_do_not_stop_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    controller, api, clock = _controller(_kind(RuntimeError("registry down")))
+    controller.observe("modeldeployments", None, _body())
+    for failures in (1, 2, 3):
+        controller.due[KEY] = clock.now
+        _run_due(controller)
+        assert controller.due[KEY] == clock.now + 2.0**failures
+        clock.now += 10
+    assert "registry down" in caplog.text and api.patches == []
