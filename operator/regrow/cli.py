@@ -82,9 +82,39 @@ def _operator(args: argparse.Namespace) -> int:
             namespaces=args.namespace,
             standalone=True,  # kopf's peering is not used: replicas elect a leader with a Lease
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(lease_namespace=lease_namespace),
+            memo=kopf.Memo(lease_namespace=lease_namespace, metrics_port=args.metrics_port),
         )
     )
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from kubernetes import config  # noqa: PLC0415
+
+    from regrow import API_VERSION  # noqa: PLC0415
+    from regrow.api import DRIFT_POLICY  # noqa: PLC0415
+    from regrow.controller.driftpolicy import APPROVE_ANNOTATION  # noqa: PLC0415
+    from regrow.controller.kube import Kube, path  # noqa: PLC0415
+
+    api_client = config.new_client_from_config(args.kubeconfig, args.context)  # type: ignore[no-untyped-call]
+    contexts, active = config.list_kube_config_contexts(args.kubeconfig)  # type: ignore[no-untyped-call]
+    context = next((c for c in contexts if c["name"] == args.context), active) if args.context else active
+    namespace = args.namespace or context["context"].get("namespace", "default")
+    where = path(API_VERSION, DRIFT_POLICY.plural, namespace, args.policy)
+    kube = Kube(api_client)
+    policy = kube.get(where)
+    if policy is None:
+        print(f"regrow approve: DriftPolicy {namespace}/{args.policy} not found", file=sys.stderr)
+        return 1
+    pending = (policy.get("status") or {}).get("pendingApproval")
+    if not pending:
+        print(
+            f"regrow approve: DriftPolicy {namespace}/{args.policy} has no retrain waiting for approval",
+            file=sys.stderr,
+        )
+        return 1
+    kube.patch(where, {"metadata": {"annotations": {APPROVE_ANNOTATION: pending}}})
+    print(f"Approved retrain {pending} of DriftPolicy {namespace}/{args.policy}")
     return 0
 
 
@@ -141,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="namespace of the Lease replicas elect a leader with; default: $POD_NAMESPACE, "
                     "else the first --namespace, else default")  # fmt: skip
     op.add_argument("--liveness", help="liveness endpoint, such as http://0.0.0.0:8080/healthz")
+    op.add_argument("--metrics-port", type=int, default=8081, help="Prometheus /metrics port; 0: none")
     op.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     op.set_defaults(func=_operator)
 
@@ -161,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
     serve.set_defaults(func=_serve)
+
+    approve = commands.add_parser("approve", help="approve the retrain a DriftPolicy with approval: Manual waits on")
+    approve.add_argument("policy", help="the DriftPolicy's name")
+    approve.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    approve.add_argument("--kubeconfig", default=_env("KUBECONFIG"), help="$KUBECONFIG, else ~/.kube/config")
+    approve.add_argument("--context", help="kubeconfig context; default: the current one")
+    approve.set_defaults(func=_approve)
 
     sample = commands.add_parser("sample-data", help="write a data set that ships with scikit-learn as CSV")
     sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes"])

@@ -5,16 +5,20 @@ reference profile), and checks what the operator concludes and creates."""
 from __future__ import annotations
 
 import threading
+import urllib.request
 from typing import Any
 
 import numpy as np
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.cli import main
 from regrow.controller.kube import Kube, path
 from regrow.drift.profile import Profile, fit_profile
+from tests.cluster import free_port
 from tests.conftest import Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.unit.test_api import _example, _with
@@ -63,28 +67,38 @@ def _drift(api: client.ApiClient, namespace: str, status: str, reason: str) -> d
     return wait_for(probe, 120, f"DriftDetected={status} ({reason})")
 
 
+def _serve_v1(api: client.ApiClient, namespace: str) -> None:
+    """The ModelDeployment iris serving v1 from one Running, Ready pod (the kubelet's part played here)."""
+    _custom(api, namespace, MODEL_DEPLOYMENT.plural, _example("ModelDeployment"))
+    client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris",
+        {"status": {"model": {"uri": "file:///var/lib/regrow/registry/iris/versions/v1", "version": "v1"}}},
+    )  # fmt: skip
+    pods = wait_for(
+        lambda: Kube(api).list(path("v1", "pods", namespace), "regrow.dev/modeldeployment=iris"), 30, "a pod"
+    )
+    running = {"phase": "Running", "podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]}
+    client.CoreV1Api(api).patch_namespaced_pod_status(pods[0]["metadata"]["name"], namespace, {"status": running})
+
+
+def _policy(**spec: Any) -> dict[str, Any]:
+    policy = _example("DriftPolicy")
+    for key, value in spec.items():
+        policy = _with(policy, f"spec.{key.replace('__', '.')}", value)
+    return policy
+
+
 def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: str, operator: Operator) -> None:
     def policy_status() -> dict[str, Any]:
         return get_custom(api, namespace, DRIFT_POLICY.plural, "iris").get("status") or {}
 
     rng = np.random.default_rng(0)
     pod = FakePod(fit_profile(rng.normal(0, 1, (5000, 3)), FEATURES))
-    policy = _example("DriftPolicy")
-    for key, value in {"interval": "1s", "window": "10m", "minSamples": 200, "consecutiveBreaches": 2,
-                       "tests": [{"type": "psi", "threshold": "0.2"}]}.items():  # fmt: skip
-        policy = _with(policy, f"spec.{key}", value)
-    core = client.CoreV1Api(api)
-    with operator(fetch=pod.fetch):
-        _custom(api, namespace, MODEL_DEPLOYMENT.plural, _example("ModelDeployment"))
-        client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris",
-            {"status": {"model": {"uri": "file:///var/lib/regrow/registry/iris/versions/v1", "version": "v1"}}},
-        )  # fmt: skip
-        pods = wait_for(
-            lambda: Kube(api).list(path("v1", "pods", namespace), "regrow.dev/modeldeployment=iris"), 30, "a pod"
-        )
-        running = {"phase": "Running", "podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]}
-        core.patch_namespaced_pod_status(pods[0]["metadata"]["name"], namespace, {"status": running})
+    policy = _policy(interval="1s", window="10m", minSamples=200, consecutiveBreaches=2,
+                     tests=[{"type": "psi", "threshold": "0.2"}])  # fmt: skip
+    metrics_port = free_port()
+    with operator(fetch=pod.fetch, metrics_port=metrics_port, metrics_address="127.0.0.1"):
+        _serve_v1(api, namespace)
 
         _custom(api, namespace, DRIFT_POLICY.plural, policy)
         wait_for(lambda: policy_status().get("conditions"), 30, "a first reading")
@@ -104,6 +118,12 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
         )
         pod.send(shifted)  # drift goes on: the cooldown holds any second retrain back
         wait_for(lambda: policy_status().get("consecutiveBreaches", 0) >= 2, 30, "more breaches")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(response.read().decode())
+                for s in family.samples
+            }
 
     obj = get_custom(api, namespace, DRIFT_POLICY.plural, "iris")
     features = {f["name"]: f for f in obj["status"]["lastCheck"]["features"]}
@@ -118,3 +138,42 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
     assert tj["spec"]["model"]["algorithm"] == "randomForest"
     assert '"version": "v1"' in tj["metadata"]["annotations"]["regrow.dev/drift-check"]
     assert any(e[:2] == ("Normal", "Retraining") for e in events_for(api, namespace, "iris"))
+
+    ids = (("deployment", "iris"), ("namespace", namespace), ("policy", "iris"))
+    assert metrics[("regrow_retrains_total", ids)] == 1
+    assert metrics[("regrow_operator_leader", ())] == 1
+    psi_a = ("regrow_drift_score", tuple(sorted((*ids, ("version", "v1"), ("feature", "a"), ("test", "psi")))))
+    assert metrics[psi_a] > 0.2
+    assert metrics[("regrow_operator_reconciles_total", (("kind", "DriftPolicy"), ("result", "ok")))] >= 3
+
+
+def test_a_manual_retrain_waits_for_regrow_approve(api: client.ApiClient, namespace: str, operator: Operator) -> None:
+    def policy_status() -> dict[str, Any]:
+        return get_custom(api, namespace, DRIFT_POLICY.plural, "iris").get("status") or {}
+
+    def retrains() -> list[str]:
+        tjs = path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, namespace)
+        return [tj["metadata"]["name"] for tj in Kube(api).list(tjs, "regrow.dev/driftpolicy=iris")]
+
+    rng = np.random.default_rng(1)
+    pod = FakePod(fit_profile(rng.normal(0, 1, (5000, 3)), FEATURES))
+    policy = _policy(interval="1s", minSamples=200, consecutiveBreaches=1, retrain__approval="Manual")
+    approve = ["approve", "iris", "--namespace", namespace]
+    with operator(fetch=pod.fetch):
+        _serve_v1(api, namespace)
+        _custom(api, namespace, DRIFT_POLICY.plural, policy)
+        wait_for(lambda: policy_status().get("conditions"), 30, "a first reading")
+        assert main(approve) == 1  # nothing waits yet
+
+        shifted = rng.normal(0, 1, (2000, 3)) + 2.0
+        pod.send(shifted)
+        wait_for(lambda: policy_status().get("pendingApproval") == "iris-retrain-1", 30, "a pending retrain")
+        pod.send(shifted)
+        wait_for(lambda: policy_status().get("consecutiveBreaches", 0) >= 2, 30, "another check")
+        assert retrains() == []  # drift goes on, and still nothing is created without approval
+        assert any(e[1] == "ApprovalPending" for e in events_for(api, namespace, "iris"))
+
+        assert main(approve) == 0
+        wait_for(lambda: retrains() == ["iris-retrain-1"], 30, "the approved retrain")
+        wait_for(lambda: "pendingApproval" not in policy_status(), 30, "the approval consumed")
+    assert policy_status()["retrains"] == 1

@@ -89,6 +89,17 @@ def test_retrain_creates_one_job_and_records_it() -> None:
     assert again == [] and len(api.created) == 1  # the cooldown (1h) holds
 
 
+def test_retrain_names_keep_counting_past_the_records_kept() -> None:
+    api = Jobs()
+    records = [{"name": f"iris-retrain-{n}", "created": "2026-01-01T00:00:00Z", "checkTime": "2026-01-01T00:00:00Z"}
+               for n in range(31, 51)]  # fmt: skip
+    fields: Obj = {"retrains": 50, "trainingJobs": records, "lastRetrainTime": "2026-01-01T00:00:00Z"}
+    _retrain(_body(), api, _spec(), OWNER, CHECK, fields)
+    assert [j["metadata"]["name"] for j in api.created] == ["iris-retrain-51"]
+    assert fields["retrains"] == 51 and len(fields["trainingJobs"]) == 20
+    assert fields["trainingJobs"][-1]["name"] == "iris-retrain-51"
+
+
 def test_retrain_respects_max_concurrent_and_dedupes_after_a_restart() -> None:
     busy = Jobs(running=1)
     assert _retrain(_body(), busy, _spec(), OWNER, CHECK, {}) == []

@@ -127,5 +127,8 @@ class DriftPolicyStatus(ApiModel):
     last_check: DriftCheck | None = None
     consecutive_breaches: int = 0
     last_retrain_time: Time | None = None
-    training_jobs: list[RetrainRecord] = Field(default_factory=list, max_length=20)
+    retrains: int = Field(default=0, description="TrainingJobs this policy has created, in all.")
+    training_jobs: list[RetrainRecord] = Field(
+        default_factory=list, max_length=20, description="The most recent TrainingJobs this policy created."
+    )
     pending_approval: Name | None = None

@@ -161,7 +161,7 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory) -> Result:
     previous = status.get("conditions") or []
     drift = _drift_condition(result, streak, spec)
     fields: Obj = {"lastCheck": last_check, "consecutiveBreaches": streak}
-    for name in ("lastRetrainTime", "trainingJobs", "pendingApproval"):
+    for name in ("lastRetrainTime", "retrains", "trainingJobs", "pendingApproval"):
         if status.get(name):
             fields[name] = status[name]
     events = []
@@ -203,7 +203,8 @@ def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_chec
     """Create the next retrain TrainingJob if the guardrails allow it; record what happened in ``fields``."""
     assert spec.retrain is not None
     records = list(fields.get("trainingJobs") or [])
-    name = owner.child_name(f"retrain-{len(records) + 1}")
+    count = fields.get("retrains", len(records)) + 1
+    name = owner.child_name(f"retrain-{count}")
     if _seconds_since(fields.get("lastRetrainTime")) < parse_duration(spec.retrain.cooldown):
         return []
     tjs = path(API_VERSION, TRAINING_JOB.plural, owner.namespace)
@@ -245,6 +246,7 @@ def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_chec
     except Conflict:
         pass  # created before a restart: the same name, so never twice
     fields["trainingJobs"] = [*records, {"name": name, "created": now(), "checkTime": last_check["time"]}][-KEEP_JOBS:]
+    fields["retrains"] = count
     fields["lastRetrainTime"] = now()
     fields["pendingApproval"] = None
     return events

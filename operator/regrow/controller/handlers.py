@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from prometheus_client import CollectorRegistry, start_http_server
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
@@ -18,6 +19,7 @@ from regrow.controller import driftpolicy, modeldeployment, trainingjob
 from regrow.controller.kube import Kube
 from regrow.controller.lease import Lease
 from regrow.controller.loop import Controller, Kind
+from regrow.controller.metrics import DriftCollector, Instruments
 from regrow.manifests.common import Images
 
 TRAINING_POLL_SECONDS = 5.0
@@ -50,7 +52,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     namespace = memo.get("lease_namespace")
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     lease = Lease(memo.kube, namespace, LEASE_NAME, identity) if namespace else None
-    memo.controller = Controller.of(memo.kube, kinds(memo), lease)
+    registry = CollectorRegistry()
+    memo.controller = Controller.of(memo.kube, kinds(memo), lease, Instruments(registry))
+    registry.register(DriftCollector(memo.controller.objects))
+    if memo.get("metrics_port"):
+        memo.metrics_server = start_http_server(memo.metrics_port, memo.get("metrics_address", "0.0.0.0"), registry)[0]
     memo.loop = asyncio.create_task(memo.controller.run())
 
 
@@ -58,6 +64,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     memo.loop.cancel()
     await memo.controller.stop()
+    if memo.get("metrics_server"):
+        memo.metrics_server.shutdown()
 
 
 def _api_client() -> client.ApiClient:

@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
 
 from regrow import API_VERSION
 from regrow.clock import now
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.lease import Lease
+from regrow.controller.metrics import Instruments
 from regrow.controller.result import Event, Result
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class Controller:
     api: Api
     kinds: dict[str, Kind]
     lease: Lease | None = None
+    instruments: Instruments = field(default_factory=lambda: Instruments(CollectorRegistry()))
     clock: Callable[[], float] = time.monotonic
     tick: float = 0.25
     lease_retry: float = 2.0
@@ -105,8 +108,8 @@ class Controller:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
-    def of(cls, api: Api, kinds: Iterable[Kind], lease: Lease | None) -> Controller:
-        return cls(api, {k.plural: k for k in kinds}, lease)
+    def of(cls, api: Api, kinds: Iterable[Kind], lease: Lease | None, instruments: Instruments) -> Controller:
+        return cls(api, {k.plural: k for k in kinds}, lease, instruments)
 
     def observe(self, plural: str, event_type: str | None, body: Obj) -> None:
         """A watch event: remember the object (or forget it) and schedule it."""
@@ -132,6 +135,7 @@ class Controller:
             if self.lease is not None and self.clock() >= lease_at:
                 leading = await asyncio.to_thread(self.lease.try_acquire)
                 lease_at = self.clock() + self.lease_retry
+            self.instruments.leader.set(leading)
             if leading:
                 self._dispatch()
             await asyncio.sleep(self.tick)
@@ -152,11 +156,13 @@ class Controller:
 
     async def _reconcile(self, key: Key) -> None:
         body = self.objects.get(key)
+        counter = self.instruments.reconciles.labels(self.kinds[key[0]].kind, "ok")
         try:
             if body is None:
                 return
             updated = await asyncio.to_thread(self._step, self.kinds[key[0]], body)
         except Conflict:
+            counter = self.instruments.reconciles.labels(self.kinds[key[0]].kind, "conflict")
             fresh = await asyncio.to_thread(self.api.get, self._path(key))
             if fresh is not None and key in self.objects:
                 self.objects[key] = fresh
@@ -175,6 +181,7 @@ class Controller:
                 self._schedule(key, self.objects[key])
         finally:
             self.busy.discard(key)
+            counter.inc()
 
     def _path(self, key: Key) -> str:
         plural, namespace, name = key
