@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 SHARED_K8S ?= ../shared/k8s
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= regrow-serving:$(VERSION)
+OPERATOR_IMAGE ?= regrow-operator:$(VERSION)
 # Base image for `make image`: the local one that `cluster up` builds when it exists, else Docker Hub's.
 BASE_IMAGE ?= $(shell test -x $(SHARED_K8S)/cluster && $(SHARED_K8S)/cluster image localhost/debian-python:bookworm \
 	&& echo localhost/debian-python:bookworm || echo python:3.11-slim-bookworm)
@@ -21,6 +22,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Helm's library for the chart tests: its metadata asks for Python 3.12, but it runs on 3.11.
+	$(BIN)/pip install --quiet --ignore-requires-python 'helm-sdkpy==0.1.32'
 	touch $@
 
 dev: $(BIN)/.installed  ## the virtualenv with everything needed to develop and test
@@ -33,20 +36,23 @@ lint: $(BIN)/.installed  ## ruff, formatting, mypy, and the generated CRDs up to
 	$(BIN)/ruff format --check operator tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/regrow crds --check
+	$(BIN)/regrow crds --check --output-dir charts/regrow/crds
 
 fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix operator tests benchmarks
 	$(BIN)/ruff format operator tests benchmarks
 
-crds: $(BIN)/.installed  ## regenerate crds/ from the API models
+crds: $(BIN)/.installed  ## regenerate crds/ and the chart's CRDs from the API models
 	$(BIN)/regrow crds
+	$(BIN)/regrow crds --output-dir charts/regrow/crds
 
 wheels: $(BIN)/.installed  ## the wheelhouse the image installs from, offline
 	rm -rf build/wheels
 	$(BIN)/pip wheel --quiet -w build/wheels '.[training,serving]'
 
-image: wheels  ## the runtime image (serving and training pods), built offline from the wheelhouse
+image: wheels  ## the runtime image (serving and training pods) and the operator's, built offline from the wheelhouse
 	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f serving_image/Dockerfile .
+	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(OPERATOR_IMAGE) -f operator/Dockerfile .
 
 # `cluster up` rewrites kube-proxy's configuration, which makes a running kube-proxy exit: when everything
 # already runs, only the environment is written.

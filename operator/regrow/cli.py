@@ -72,7 +72,8 @@ def _operator(args: argparse.Namespace) -> int:
 
     import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.configure(log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
+    logging.getLogger().setLevel(args.log_level)
     lease_namespace = None
     if not args.standalone:
         lease_namespace = args.leader_election_namespace or (args.namespace or ["default"])[0]
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness", help="liveness endpoint, such as http://0.0.0.0:8080/healthz")
     op.add_argument("--metrics-port", type=int, default=8081, help="Prometheus /metrics port; 0: none")
     op.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    op.add_argument("--log-format", default="plain", choices=["plain", "json"], help="json: one object per line")
     op.set_defaults(func=_operator)
 
     serve = commands.add_parser("serve", help="serve a registry model over the Open Inference Protocol")

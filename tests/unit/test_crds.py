@@ -15,10 +15,11 @@ from regrow.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_committed_crds_match_the_models() -> None:
+@pytest.mark.parametrize("folder", ["crds", "charts/regrow/crds"])
+def test_committed_crds_match_the_models(folder: str) -> None:
     for name, text in crd_files().items():
-        assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} is stale: run `regrow crds`"
-    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(crd_files())
+        assert (ROOT / folder / name).read_text() == text, f"{folder}/{name} is stale: run `make crds`"
+    assert sorted(p.name for p in (ROOT / folder).glob("*.yaml")) == sorted(crd_files())
 
 
 def test_crds_command_writes_and_checks(tmp_path: Path) -> None:

@@ -35,6 +35,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     """Clients, then the control loop. kopf only watches: it writes nothing to the objects (no finalizer,
     no bookkeeping annotations), and posts Events only about its own failures."""
     settings.posting.level = logging.WARNING
+    # The CRDs come before the operator (Helm's crds/): no need to watch CRDs or namespaces, nor the
+    # cluster-wide permissions that would take.
+    settings.scanning.disabled = True
     if "kube" not in memo:
         memo.kube = Kube(_api_client())
     if "versions" not in memo:

@@ -1,0 +1,153 @@
+"""The Helm chart through Helm's own engine (helm-sdkpy carries Helm's library): lint, values checked by
+values.schema.json, manifests rendered by a real install into the API server, and the operator running with
+exactly the permissions the chart grants it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from regrow import API_VERSION
+from regrow.controller.kube import Kube, Obj, path
+from tests.cluster import Cluster
+from tests.conftest import ROOT, Operator
+from tests.helpers import wait_for
+from tests.integration.test_operator import PLURALS, _apply_examples
+from tests.unit.test_trainingjob_reconciler import restricted_violations
+
+helm = pytest.importorskip("helm_sdkpy", reason="helm-sdkpy is installed by `make dev`")
+CHART = str(ROOT / "charts" / "regrow")
+pytestmark = pytest.mark.usefixtures("crds")
+
+
+def _config(cluster: Cluster, namespace: str) -> Any:
+    return helm.Configuration(namespace=namespace, kubeconfig=str(cluster.kubeconfig))
+
+
+def _install(cluster: Cluster, namespace: str, release: str, values: Obj) -> list[Obj]:
+    """Install the chart (without waiting for pods: no kubelet here) and return what Helm rendered."""
+    config = _config(cluster, namespace)
+    asyncio.run(helm.Install(config).run(release, CHART, values=values, wait=False, timeout=60))
+    manifest = asyncio.run(helm.Status(config).run(release))["manifest"]
+    return [doc for doc in yaml.safe_load_all(manifest) if doc]
+
+
+@pytest.fixture
+def release(cluster: Cluster, namespace: str) -> Iterator[str]:
+    name = f"regrow-{uuid.uuid4().hex[:6]}"
+    yield name
+    with contextlib.suppress(helm.HelmError):  # not installed: a values test
+        asyncio.run(helm.Uninstall(_config(cluster, namespace)).run(name, wait=False))
+
+
+def test_the_chart_lints_clean(cluster: Cluster, namespace: str) -> None:
+    result = asyncio.run(helm.Lint(_config(cluster, namespace)).run(CHART))
+    assert result["Errors"] is None
+    assert [m for m in result["Messages"] if m["Severity"] >= 2] == []  # no warnings or errors
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"replica": 2}, "replica"),
+        ({"image": {"repo": "x"}}, "repo"),
+        ({"logLevel": "LOUD"}, "logLevel"),
+        ({"metrics": {"port": 8080}}, "port"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
+        ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
+    ],
+)
+def test_bad_values_fail_the_install_naming_the_key(
+    cluster: Cluster, namespace: str, release: str, values: Obj, named: str
+) -> None:
+    with pytest.raises(helm.HelmError) as failure:
+        _install(cluster, namespace, release, values)
+    assert "values don't meet the specifications of the schema" in str(failure.value)
+    assert named in str(failure.value)
+
+
+def _pods(docs: list[Obj]) -> list[Obj]:
+    return [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job", "DaemonSet")]
+
+
+def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
+    cluster: Cluster, namespace: str, release: str
+) -> None:
+    docs = _install(cluster, namespace, release, {"replicas": 2})
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    assert kinds == sorted(
+        [f"ClusterRole/{release}", f"ClusterRoleBinding/{release}", f"Deployment/{release}",
+         f"Role/{release}-leader-election", f"RoleBinding/{release}-leader-election",
+         f"Service/{release}-metrics", f"ServiceAccount/{release}"]
+    )  # fmt: skip
+    (pod,) = _pods(docs)
+    assert restricted_violations(pod) == []
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"] == "regrow-operator:0.1.0"
+    assert not any(a.startswith("--namespace") for a in container["args"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["REGROW_RUNTIME_IMAGE"] == "regrow-serving:0.1.0"
+
+
+def _service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, out: Path) -> Path:
+    """A kubeconfig that authenticates with the ServiceAccount's token, as the operator's pod would."""
+    core = client.CoreV1Api(cluster.api_client())
+    secrets = wait_for(lambda: core.read_namespaced_service_account(account, namespace).secrets, 30, "a token")
+    data = core.read_namespaced_secret(str(secrets[0].name), namespace).data or {}
+    token = base64.b64decode(data["token"]).decode()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": account, "user": {"token": token}}]
+    admin["contexts"] = [{"name": account, "context": {"cluster": admin["clusters"][0]["name"], "user": account}}]
+    admin["current-context"] = account
+    out.write_text(yaml.safe_dump(admin))
+    return out
+
+
+def _status_of(api: client.ApiClient, where: str) -> Obj | None:
+    return ((Kube(api).get(where) or {}).get("status") or {}).get("conditions")
+
+
+def test_the_operator_reconciles_with_only_the_role_the_chart_grants(
+    cluster: Cluster,
+    namespace: str,
+    release: str,
+    operator: Operator,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    docs = _install(cluster, namespace, release, {"watchNamespaces": [namespace]})
+    assert {d["kind"] for d in docs} >= {"Role", "RoleBinding"} and "ClusterRole" not in {d["kind"] for d in docs}
+    (pod,) = _pods(docs)
+    assert f"--namespace={namespace}" in pod["containers"][0]["args"]
+
+    kubeconfig = _service_account_kubeconfig(cluster, namespace, release, tmp_path / "operator.kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # kopf's own watches log in as the ServiceAccount too
+    as_operator = Kube(config.new_client_from_config(config_file=str(kubeconfig)))  # type: ignore[no-untyped-call]
+    api = cluster.api_client()
+    caplog.set_level(logging.WARNING)
+    with operator(kube=as_operator):
+        applied = _apply_examples(api, namespace)
+        for kind, body in applied.items():
+            where = path(API_VERSION, PLURALS[kind], namespace, body["metadata"]["name"])
+            wait_for(partial(_status_of, api, where), 30, f"{kind} status written as the ServiceAccount")
+        for child in (path("batch/v1", "jobs", namespace, "iris-v1-train"),
+                      path("apps/v1", "deployments", namespace, "iris-predictor"),
+                      path("v1", "services", namespace, "iris-predictor"),
+                      path("coordination.k8s.io/v1", "leases", namespace, "regrow-operator")):  # fmt: skip
+            wait_for(partial(Kube(api).get, child), 30, child)
+    forbidden = [r.getMessage() for r in caplog.records if "403" in r.getMessage() or "orbidden" in r.getMessage()]
+    assert forbidden == []
+    assert not [r for r in caplog.records if r.name.startswith("regrow") and r.levelno >= logging.ERROR]
