@@ -16,7 +16,7 @@ ASSETS = $(shell test -x $(SHARED_K8S)/cluster && $(SHARED_K8S)/cluster assets 2
 NODE_KUBECONFIG = $(shell test -x $(SHARED_K8S)/cluster && $(SHARED_K8S)/cluster status 2>/dev/null \
 	| grep -q '^kubelet: running' && $(SHARED_K8S)/cluster status | sed -n 's/^KUBECONFIG=//p')
 
-.PHONY: dev test lint fmt crds wheels image cluster-up cluster-down demo clean
+.PHONY: dev test lint fmt crds wheels image cluster-up cluster-down demo kind-demo clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,15 +32,15 @@ test: $(BIN)/.installed  ## every test: API tests on envtest (or KUBECONFIG), en
 	KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS:-$(ASSETS)} KUBECONFIG=$${KUBECONFIG:-$(NODE_KUBECONFIG)} $(BIN)/pytest
 
 lint: $(BIN)/.installed  ## ruff, formatting, mypy, and the generated CRDs up to date
-	$(BIN)/ruff check operator tests benchmarks
-	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/ruff check operator tests benchmarks scripts
+	$(BIN)/ruff format --check operator tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/regrow crds --check
 	$(BIN)/regrow crds --check --output-dir charts/regrow/crds
 
 fmt: $(BIN)/.installed
-	$(BIN)/ruff check --fix operator tests benchmarks
-	$(BIN)/ruff format operator tests benchmarks
+	$(BIN)/ruff check --fix operator tests benchmarks scripts
+	$(BIN)/ruff format operator tests benchmarks scripts
 
 crds: $(BIN)/.installed  ## regenerate crds/ and the chart's CRDs from the API models
 	$(BIN)/regrow crds
@@ -70,8 +70,14 @@ cluster-up:  ## the local single-node cluster from ../shared/k8s (needs root)
 cluster-down:
 	$(SHARED_K8S)/cluster down
 
-demo: $(BIN)/.installed cluster-up image  ## set up, start the local cluster, train the iris example on it
+demo: $(BIN)/.installed cluster-up image  ## set up, start the local cluster, install the chart, run the examples
 	source $(VENV)/cluster.env && scripts/demo.sh
+
+kind-demo: $(BIN)/.installed image  ## the same quick start on kind (kind-config.yaml): needs kind and docker
+	mkdir -p /var/lib/regrow-demo
+	kind get clusters | grep -qx regrow || kind create cluster --config kind-config.yaml
+	kind load docker-image $(IMAGE) $(OPERATOR_IMAGE) --name regrow
+	KUBECONFIG=$$(mktemp) && kind get kubeconfig --name regrow > $$KUBECONFIG && export KUBECONFIG && scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info operator/*.egg-info

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from regrow import __version__
 from regrow.api import KINDS
 from regrow.manifests.common import Images
 from tests.cluster import Cluster, control_plane, free_port, from_kubeconfig
@@ -30,6 +31,7 @@ from tests.cluster import Cluster, control_plane, free_port, from_kubeconfig
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
 TEST_IMAGE = Images().runtime
+OPERATOR_IMAGE = f"regrow-operator:{__version__}"
 _USED: dict[str, str] = {}
 
 Operator = Callable[..., AbstractContextManager[None]]
@@ -157,11 +159,12 @@ def _node_cluster() -> Cluster | str:
     if not found.runs_pods:
         return f"{found.origin} has no Ready node to run pods"
     docker = shutil.which("docker")
-    image = (
-        subprocess.run([docker, "image", "inspect", TEST_IMAGE], capture_output=True, check=False) if docker else None
-    )
-    if image is None or image.returncode != 0:
-        return f"image {TEST_IMAGE} is not built on this node: run `make image`"
+    for image in (TEST_IMAGE, OPERATOR_IMAGE):
+        inspect = (
+            subprocess.run([docker, "image", "inspect", image], capture_output=True, check=False) if docker else None
+        )
+        if inspect is None or inspect.returncode != 0:
+            return f"image {image} is not built on this node: run `make image`"
     return found
 
 

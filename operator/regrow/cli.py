@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import yaml
 
@@ -67,6 +68,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
 
     import kopf  # noqa: PLC0415
 
@@ -74,16 +77,20 @@ def _operator(args: argparse.Namespace) -> int:
 
     kopf.configure(log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
     logging.getLogger().setLevel(args.log_level)
+    if args.log_level != "DEBUG":  # kopf's line per watch event (the control loop logs what it does)
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     lease_namespace = None
     if not args.standalone:
         lease_namespace = args.leader_election_namespace or (args.namespace or ["default"])[0]
+    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"  # kopf's default needs a passwd entry
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             standalone=True,  # kopf's peering is not used: replicas elect a leader with a Lease
+            identity=cast(Any, identity),  # kopf's Identity, a NewType of str it does not export
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(lease_namespace=lease_namespace, metrics_port=args.metrics_port),
+            memo=kopf.Memo(identity=identity, lease_namespace=lease_namespace, metrics_port=args.metrics_port),
         )
     )
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
@@ -65,10 +66,19 @@ def test_assess_a_roll_in_progress_keeps_serving() -> None:
 
 
 def test_assess_a_model_that_fails_to_load() -> None:
-    failing = _report(None, None, ready=False, error="alias champion of model iris does not exist in file:///r")
+    failing = _report(None, None, ready=False, error="version v1 of model iris: model, profile and metadata disagree")
     conds = assess(_deployment(ready=0), [failing], None)
     assert _states(conds)["Ready"] == ("False", "ModelUnavailable")
     assert conds[0].message == failing.error
+
+
+def test_assess_a_model_not_published_yet_is_waiting_not_failed() -> None:
+    """A ModelDeployment applied with the TrainingJob that will publish its model is progressing."""
+    waiting = replace(
+        _report(None, None, ready=False, error="alias champion of model iris does not exist"), waiting=True
+    )
+    got = _states(assess(_deployment(ready=0), [waiting], None))
+    assert got["Ready"] == ("Unknown", "WaitingForModel") and got["ModelResolved"] == ("Unknown", "WaitingForModel")
 
 
 def test_assess_a_deadline_passed() -> None:

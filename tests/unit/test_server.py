@@ -269,6 +269,7 @@ def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
     with running(config) as server:
         status, body = server.call("GET", "/v2/health/ready")
         assert status == 503 and "alias champion of model iris does not exist" in body["error"]
+        assert body["reason"] == "ModelNotPublished"
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
         version = publish_iris(tmp_path)
         wait_ready(server, 10)
@@ -315,6 +316,7 @@ def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
         while "could not load the model" not in server.call("GET", "/v2/health/ready")[1].get("error", ""):
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        assert server.call("GET", "/v2/health/ready")[1]["reason"] == "ModelUnavailable"  # failing, not waiting
         assert server.call("GET", "/v2/health/live")[0] == 200
         model.write_bytes(good)
         wait_ready(server, 10)

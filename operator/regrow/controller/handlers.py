@@ -53,7 +53,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", Images.pull_policy),
         )
     namespace = memo.get("lease_namespace")
-    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    identity = memo.get("identity") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     lease = Lease(memo.kube, namespace, LEASE_NAME, identity) if namespace else None
     registry = CollectorRegistry()
     memo.controller = Controller.of(memo.kube, kinds(memo), lease, Instruments(registry))

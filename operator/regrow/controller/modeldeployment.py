@@ -94,6 +94,7 @@ class PodReport:
     alias_version: str | None
     error: str | None
     stuck: tuple[str, str] | None  # (reason, message) of a container that cannot start
+    waiting: bool = False  # the error says the registry has not published the model yet
 
 
 def serving_pods(api: Api, namespace: str, name: str) -> list[Obj]:
@@ -128,6 +129,7 @@ def report(pod: Obj, model: str, prober: Prober) -> PodReport:
         alias_version=params.get("alias_version"),
         error=params.get("error"),
         stuck=stuck,
+        waiting=params.get("reason") == "ModelNotPublished",
     )
 
 
@@ -159,9 +161,11 @@ def _resolved(reports: list[PodReport]) -> Cond:
     versions = sorted({r.serving for r in reports if r.ready and r.serving})
     if versions:
         return Cond(RESOLVED, "True", "Resolved", f"serving version {', '.join(versions)}")
-    error = next((r.error for r in reports if r.error and not r.ready), None)
-    if error:
-        return Cond(RESOLVED, "False", "ModelUnavailable", error)
+    failing = next((r for r in reports if r.error and not r.ready), None)
+    if failing is not None and failing.waiting:
+        return Cond(RESOLVED, "Unknown", "WaitingForModel", str(failing.error))
+    if failing is not None:
+        return Cond(RESOLVED, "False", "ModelUnavailable", str(failing.error))
     return Cond(RESOLVED, "Unknown", "Waiting", "no serving pod has reported yet")
 
 
@@ -197,8 +201,8 @@ def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Con
         ready = Cond(READY, "True", "Serving", f"{ready_count} replica(s) {resolved.message}")
     elif problem:
         ready = Cond(READY, "False", *problem)
-    elif resolved.status == "False":
-        ready = Cond(READY, "False", resolved.reason, resolved.message)
+    elif resolved.status == "False" or resolved.reason == "WaitingForModel":
+        ready = Cond(READY, resolved.status, resolved.reason, resolved.message)
     else:
         ready = Cond(READY, "Unknown", "Starting", "waiting for the first replica to serve the model")
     return [ready, resolved, available, progressing]

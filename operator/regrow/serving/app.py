@@ -43,6 +43,7 @@ class State:
     model: LoadedModel | None = None
     metrics: ServingMetrics | None = None
     error: str = "the model is loading"
+    waiting: bool = True  # for the registry to publish the model, as opposed to failing to load it
     draining: bool = False
     alias: str | None = None
     alias_version: str | None = None
@@ -116,7 +117,9 @@ class App:
     def _why(self) -> dict[str, str]:
         if self.state.draining:
             return {"error": "the server is shutting down"}
-        return {"error": self.state.error} if self.state.error else {}
+        if not self.state.error:
+            return {}
+        return {"error": self.state.error, "reason": "ModelNotPublished" if self.state.waiting else "ModelUnavailable"}
 
     def _model_path(self, rest: str) -> str:
         """Check the model name (and version) at the start of ``rest``; return what follows them."""

@@ -15,7 +15,11 @@ from regrow.storage.registry import METADATA, MODEL, PROFILE, Registry
 
 
 class ModelUnavailable(Exception):
-    """The registry has no such alias or version (yet)."""
+    """The model cannot be served: it is missing from the registry, or its parts disagree."""
+
+
+class ModelNotPublished(ModelUnavailable):
+    """The alias or version is not in the registry (yet): a TrainingJob may still be publishing it."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ def resolve(registry: Registry, name: str, alias: str | None, version: str | Non
     assert alias is not None
     resolved = registry.resolve(name, alias)
     if resolved is None:
-        raise ModelUnavailable(f"alias {alias} of model {name} does not exist in {registry.store.uri}")
+        raise ModelNotPublished(f"alias {alias} of model {name} does not exist in {registry.store.uri}")
     return resolved
 
 
@@ -61,7 +65,7 @@ def load(registry: Registry, name: str, version: str, threads: int = 1) -> Loade
         onnx = registry.read(name, version, MODEL)
         profile = Profile.from_json(registry.read(name, version, PROFILE))
     except NotFound as missing:
-        raise ModelUnavailable(f"version {version} of model {name} is incomplete or missing: {missing}") from None
+        raise ModelNotPublished(f"version {version} of model {name} is not published: {missing}") from None
     model = LoadedModel(
         name, version, registry.version_uri(name, version), OnnxModel(onnx, threads=threads), profile, metadata
     )

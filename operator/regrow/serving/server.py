@@ -11,7 +11,7 @@ from types import FrameType
 import uvicorn
 
 from regrow.serving.app import DEFAULT_MAX_BODY, App, State
-from regrow.serving.model import ModelUnavailable, load, resolve
+from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
@@ -92,12 +92,12 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
             model = await asyncio.to_thread(load, registry, config.model, version, config.threads)
             await asyncio.to_thread(model.warm_up)
         except ModelUnavailable as error:
-            state.error = str(error)
+            state.error, state.waiting = str(error), isinstance(error, ModelNotPublished)
             log.warning("Model not available yet (retrying in %.0fs): %s", retry, error)
             await asyncio.sleep(retry)
             continue
         except Exception as error:  # unreadable store, corrupt model: say why, keep trying, stay alive
-            state.error = f"could not load the model: {type(error).__name__}: {error}"
+            state.error, state.waiting = f"could not load the model: {type(error).__name__}: {error}", False
             log.exception("Could not load the model (retrying in %.0fs)", retry)
             await asyncio.sleep(retry)
             continue
