@@ -19,11 +19,15 @@ import yaml
 from kubernetes import client, config
 
 from regrow import API_VERSION
+from regrow.api import ModelDeploymentSpec, parse_spec
 from regrow.controller.kube import Kube, Obj, path
+from regrow.manifests.common import Images, Owner
+from regrow.manifests.serving import deployment
 from tests.cluster import Cluster
 from tests.conftest import ROOT, Operator
 from tests.helpers import wait_for
 from tests.integration.test_operator import PLURALS, _apply_examples
+from tests.unit.test_api import _example
 from tests.unit.test_trainingjob_reconciler import restricted_violations
 
 helm = pytest.importorskip("helm_sdkpy", reason="helm-sdkpy is installed by `make dev`")
@@ -151,3 +155,43 @@ def test_the_operator_reconciles_with_only_the_role_the_chart_grants(
     forbidden = [r.getMessage() for r in caplog.records if "403" in r.getMessage() or "orbidden" in r.getMessage()]
     assert forbidden == []
     assert not [r for r in caplog.records if r.name.startswith("regrow") and r.levelno >= logging.ERROR]
+
+
+def _monitoring_crd(kind: str, plural: str) -> Obj:
+    """A stand-in for the Prometheus Operator's CRD (not installed here): the kind exists, any body goes."""
+    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}],
+        },
+    }
+
+
+def test_the_monitors_select_the_operator_service_and_the_serving_pods(
+    cluster: Cluster, namespace: str, release: str
+) -> None:
+    for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors")):
+        # create, not apply: a cluster with the real CRDs keeps them
+        cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(_monitoring_crd(kind, plural)), check=False)
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com")
+    values = {"watchNamespaces": [namespace], "metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "a"}},
+                                                          "servingPodMonitor": {"enabled": True}}}  # fmt: skip
+    docs = {d["kind"]: d for d in _install(cluster, namespace, release, values)}
+    service, monitor = docs["Service"], docs["ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["team"] == "a"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+    pods = docs["PodMonitor"]["spec"]
+    assert pods["namespaceSelector"] == {"matchNames": [namespace]}
+    md = parse_spec(ModelDeploymentSpec, _example("ModelDeployment")["spec"])
+    template = deployment(Owner("ModelDeployment", "iris", namespace, "u"), md, Images(), None)["spec"]["template"]
+    assert pods["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    ports = [p["name"] for c in template["spec"]["containers"] for p in c["ports"]]
+    assert [e["port"] for e in pods["podMetricsEndpoints"]] == ["http"] and "http" in ports
