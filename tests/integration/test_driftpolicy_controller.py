@@ -67,12 +67,13 @@ def _drift(api: client.ApiClient, namespace: str, status: str, reason: str) -> d
     return wait_for(probe, 120, f"DriftDetected={status} ({reason})")
 
 
-def _serve_v1(api: client.ApiClient, namespace: str) -> None:
-    """The ModelDeployment iris serving v1 from one Running, Ready pod (the kubelet's part played here)."""
+def _serve_v1(api: client.ApiClient, namespace: str, version: str = "v1") -> None:
+    """The ModelDeployment iris serving ``version`` from one Running, Ready pod (the kubelet's part played
+    here)."""
     _custom(api, namespace, MODEL_DEPLOYMENT.plural, _example("ModelDeployment"))
     client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris",
-        {"status": {"model": {"uri": "file:///var/lib/regrow/registry/iris/versions/v1", "version": "v1"}}},
+        {"status": {"model": {"uri": f"file:///var/lib/regrow/registry/iris/versions/{version}", "version": version}}},
     )  # fmt: skip
     pods = wait_for(
         lambda: Kube(api).list(path("v1", "pods", namespace), "regrow.dev/modeldeployment=iris"), 30, "a pod"

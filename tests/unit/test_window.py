@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from regrow.drift.profile import fit_profile
-from regrow.drift.window import History, Scrape, parse_bins
+from regrow.drift.window import History, Scrape, bins_query, parse_bins, parse_query_result
 
 PROFILE = fit_profile(np.array([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]]), ["a", "b"], bins=2)
 
@@ -42,3 +45,27 @@ def test_increase_over_the_window_with_restarts_and_new_pods() -> None:
     # The window is now (15, 75]: the scrape at 10 is the baseline; p1 restarted (+2) then +1, p2 +2 and +1.
     assert [s.time for s in history.scrapes] == [10, 20, 75]
     assert history.increase(60, size).tolist() == [5, 0, 1]  # type: ignore[union-attr]
+
+
+def test_the_prometheus_query_selects_one_version_and_quotes_label_values() -> None:
+    query = bins_query("iris", "v1", 600.0, {"namespace": 'ml"x'})
+    assert query == (
+        'sum by (feature, bin) (increase(regrow_feature_bin_total{model="iris",version="v1",namespace="ml\\"x"}[600s]))'
+    )
+
+
+def test_a_prometheus_answer_in_the_profile_layout() -> None:
+    answer = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"feature": "a", "bin": "b0"}, "value": [1.0, "2.6"]},  # increase() extrapolates: rounded
+        {"metric": {"feature": "b", "bin": "missing"}, "value": [1.0, "4"]},
+        {"metric": {"feature": "b", "bin": "b0"}, "value": [1.0, "NaN"]},
+        {"metric": {"feature": "c", "bin": "b0"}, "value": [1.0, "9"]},  # not in the profile
+    ]}}  # fmt: skip
+    a, b = PROFILE.split(parse_query_result(json.dumps(answer).encode(), PROFILE))
+    assert a.tolist() == [0, 3, 0, 0, 0] and b.tolist() == [0, 0, 0, 0, 4]
+
+
+def test_a_prometheus_error_says_why() -> None:
+    error = {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}
+    with pytest.raises(ValueError, match="bad_data parse error at char 5"):
+        parse_query_result(json.dumps(error).encode(), PROFILE)

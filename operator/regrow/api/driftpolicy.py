@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -37,7 +38,21 @@ class DriftTest(ApiModel):
 
 
 class PrometheusSource(ApiModel):
-    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] = Field(
+        description="The Prometheus server's base URL, such as http://prometheus.monitoring:9090."
+    )
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="Label values that select the target's series besides model and version. "
+        'Default: {"namespace": <the policy\'s namespace>}, the label the Prometheus Operator sets.',
+    )
+
+    @model_validator(mode="after")
+    def _label_names(self) -> PrometheusSource:
+        bad = [name for name in self.labels or {} if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name)]
+        if bad:
+            raise ValueError(f"source.prometheus.labels: {', '.join(bad)} is not a Prometheus label name")
+        return self
 
 
 class DriftSource(ApiModel):

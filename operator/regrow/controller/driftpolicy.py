@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from regrow.controller.modeldeployment import pod_ready, serving_pods
 from regrow.controller.result import Event, Result, transition_event
 from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import Profile
-from regrow.drift.window import History, Scrape, parse_bins
+from regrow.drift.window import History, Scrape, Vector, bins_query, parse_bins, parse_query_result
 from regrow.manifests.common import Owner
 from regrow.manifests.serving import PORT
 
@@ -42,6 +44,7 @@ APPROVE_ANNOTATION = f"{GROUP}/approve"
 KEEP_JOBS = 20
 
 Fetch = Callable[[str, str], bytes | None]  # (pod IP, path) -> body
+Query = Callable[[str, str], bytes]  # (Prometheus URL, PromQL) -> the answer's body
 
 
 def http_fetch(ip: str, url_path: str) -> bytes | None:
@@ -96,9 +99,19 @@ def _waiting(body: Obj, reason: str, message: str) -> Result:
     return Result(_status(body, [cond]), transition_event(previous, cond))
 
 
+def http_query(url: str, promql: str) -> bytes:
+    """A Prometheus instant query; raises OSError when the server cannot be reached or refuses."""
+    query = urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=10) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as error:  # Prometheus says why in the body (a bad query: 400)
+        return bytes(error.read())
+
+
 def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str,
-           memory: Memory) -> tuple[Profile, Layout, dict[str, bytes]] | None:  # fmt: skip
-    """The profile of ``version`` and each ready pod's /metrics, or None while no pod serves it."""
+           memory: Memory) -> tuple[Profile, Layout, list[Obj]] | None:  # fmt: skip
+    """The profile of ``version`` and the ready pods serving it, or None while no pod serves it."""
     key = owner.uid
     ready = [p for p in serving_pods(api, owner.namespace, target) if pod_ready(p) and p["status"].get("podIP")]
     if key not in memory.profiles or memory.histories.get(key, History("")).version != version:
@@ -112,11 +125,38 @@ def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, versio
         else:
             return None
     profile, layout = memory.profiles[key]
-    texts = {p["metadata"]["name"]: fetch(p["status"]["podIP"], "/metrics") for p in ready}
-    return profile, layout, {name: text for name, text in texts.items() if text is not None}
+    return profile, layout, ready
 
 
-def _observe(body: Obj, api: Api, fetch: Fetch, memory: Memory, spec: DriftPolicySpec) -> Result | tuple[Any, ...]:
+@dataclass(frozen=True)
+class Target:
+    """What a check scores: the version the target serves, its reference profile, and its ready pods."""
+
+    model: str
+    version: str
+    profile: Profile
+    layout: Layout
+    pods: list[Obj]
+
+
+def live_counts(spec: DriftPolicySpec, owner: Owner, fetch: Fetch, memory: Memory, target: Target,
+                query: Query) -> tuple[Vector | None, str]:  # fmt: skip
+    """The bin counts of the last ``window`` (None: not yet known) and where they came from."""
+    model, version, profile, pods = target.model, target.version, target.profile, target.pods
+    window = parse_duration(spec.window)
+    prometheus = spec.source.prometheus
+    if prometheus is None:
+        texts = {p["metadata"]["name"]: fetch(p["status"]["podIP"], "/metrics") for p in pods}
+        readings = {n: parse_bins(t.decode(), profile, model, version) for n, t in texts.items() if t is not None}
+        history = memory.histories[owner.uid]
+        history.add(Scrape(time.time(), readings), window)
+        return history.increase(window, int(profile.sizes.sum())), f"{len(readings)} pod(s)"
+    labels = prometheus.labels if prometheus.labels is not None else {"namespace": owner.namespace}
+    answer = query(prometheus.url, bins_query(model, version, window, labels))
+    return parse_query_result(answer, profile), f"Prometheus at {prometheus.url}"
+
+
+def _observe(body: Obj, api: Api, fetch: Fetch, memory: Memory, spec: DriftPolicySpec) -> Result | Target:
     """The target's serving version and its pods' readings, or the Result that says what is missing."""
     owner = Owner.of(body)
     target = api.get(path(API_VERSION, MODEL_DEPLOYMENT.plural, owner.namespace, spec.target_ref.name))
@@ -126,33 +166,29 @@ def _observe(body: Obj, api: Api, fetch: Fetch, memory: Memory, spec: DriftPolic
     model = (target.get("spec") or {}).get("model", {}).get("name", "")
     if not version:
         return _waiting(body, "WaitingForModel", f"ModelDeployment {spec.target_ref.name} serves no version yet")
-    if spec.source.type != "Pods":
-        return _waiting(body, "SourceUnsupported", "the Prometheus source is not implemented yet; use type: Pods")
     found = scrape(api, fetch, owner, spec.target_ref.name, model, version, memory)
     if found is None:
         return _waiting(body, "WaitingForPods", f"no ready pod of {spec.target_ref.name} serves {version} yet")
-    return (model, version, *found)
+    return Target(model, version, *found)
 
 
-def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory) -> Result:
+def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = http_query) -> Result:
     owner = Owner.of(body)
     status = body.get("status") or {}
     try:
         spec = parse_spec(DriftPolicySpec, body.get("spec"))
     except InvalidSpec as error:
         return _waiting(body, "InvalidSpec", str(error))
-    observed = _observe(body, api, fetch, memory, spec)
-    if isinstance(observed, Result):
-        return observed
-    model, version, profile, layout, texts = observed
-    window = parse_duration(spec.window)
-    history = memory.histories[owner.uid]
-    history.add(
-        Scrape(time.time(), {n: parse_bins(t.decode(), profile, model, version) for n, t in texts.items()}), window
-    )
-    live = history.increase(window, int(profile.sizes.sum()))
+    target = _observe(body, api, fetch, memory, spec)
+    if isinstance(target, Result):
+        return target
+    version, profile, layout = target.version, target.profile, target.layout
+    try:
+        live, source = live_counts(spec, owner, fetch, memory, target, query)
+    except (OSError, ValueError, KeyError) as error:
+        return _waiting(body, "SourceUnavailable", f"could not read the bin counts: {error}")
     if live is None:
-        return _waiting(body, "Baseline", f"took the first reading of {len(texts)} pod(s); the next check scores it")
+        return _waiting(body, "Baseline", f"took the first reading of {source}; the next check scores it")
 
     thresholds = {t.type: Decimal(t.threshold) for t in spec.tests}
     result = check(layout, Layout.pad(profile, live), thresholds, Decimal(spec.drift_share), spec.min_samples)
@@ -167,7 +203,7 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory) -> Result:
     events = []
     if drift.status == "True" and spec.retrain is not None:
         events += _retrain(body, api, spec, owner, last_check, fields)
-    ready = Cond(READY, "True", "Watching", f"checked {len(texts)} pod(s) serving {version}")
+    ready = Cond(READY, "True", "Watching", f"checked {version} from {source}")
     return Result(_status(body, [ready, drift], **fields), events + transition_event(previous, drift))
 
 

@@ -9,6 +9,9 @@ started within the window, so all its counts are new; at the very first scrape t
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,24 +23,50 @@ from regrow.drift.profile import Profile
 Vector = npt.NDArray[np.int64]
 
 
-def parse_bins(text: str, profile: Profile, model: str, version: str) -> Vector:
-    """One pod's ``regrow_feature_bin_total`` for ``model``/``version`` in the profile's flat layout."""
+def _vector(profile: Profile, samples: Iterable[tuple[dict[str, str], float]]) -> Vector:
+    """Bin counts, labelled by feature and bin, in the profile's flat layout (unknown bins are ignored)."""
     index = {
         (feature.name, label): int(offset) + i
         for feature, offset in zip(profile.features, profile.offsets, strict=True)
         for i, label in enumerate(feature.labels)
     }
     out = np.zeros(int(profile.sizes.sum()), dtype=np.int64)
-    for family in text_string_to_metric_families(text):
-        if family.name != "regrow_feature_bin":
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            if labels.get("model") == model and labels.get("version") == version:
-                where = index.get((labels.get("feature", ""), labels.get("bin", "")))
-                if where is not None:
-                    out[where] = int(sample.value)
+    for labels, value in samples:
+        where = index.get((labels.get("feature", ""), labels.get("bin", "")))
+        if where is not None:
+            out[where] = round(value)
     return out
+
+
+def parse_bins(text: str, profile: Profile, model: str, version: str) -> Vector:
+    """One pod's ``regrow_feature_bin_total`` for ``model``/``version`` in the profile's flat layout."""
+    return _vector(
+        profile,
+        (
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "regrow_feature_bin"
+            for sample in family.samples
+            if sample.labels.get("model") == model and sample.labels.get("version") == version
+        ),
+    )
+
+
+def bins_query(model: str, version: str, window: float, labels: dict[str, str]) -> str:
+    """The PromQL for the bin counts added over ``window`` seconds, summed over the pods ``labels`` select."""
+    matchers = {"model": model, "version": version, **labels}
+    selector = ",".join(f"{key}={json.dumps(value)}" for key, value in matchers.items())
+    return f"sum by (feature, bin) (increase(regrow_feature_bin_total{{{selector}}}[{round(window)}s]))"
+
+
+def parse_query_result(body: bytes, profile: Profile) -> Vector:
+    """A Prometheus instant-query answer to ``bins_query`` in the profile's flat layout. ``increase()``
+    extrapolates to the window's edges, so counts come back fractional: they are rounded."""
+    answer = json.loads(body)
+    if answer.get("status") != "success" or answer["data"]["resultType"] != "vector":
+        raise ValueError(f"Prometheus answered {answer.get('errorType', '')} {answer.get('error', answer)}")
+    values = ((r["metric"], float(r["value"][1])) for r in answer["data"]["result"])
+    return _vector(profile, ((labels, value) for labels, value in values if math.isfinite(value)))
 
 
 @dataclass(frozen=True)

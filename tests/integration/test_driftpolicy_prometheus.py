@@ -1,0 +1,163 @@
+"""The DriftPolicy's Prometheus source, for real: a real `regrow serve` process takes the traffic, a real
+Prometheus (Debian's package) scrapes it, and the operator reads `increase(regrow_feature_bin_total[window])`
+from Prometheus's HTTP API. The API server is envtest, so the test plays the kubelet's part for the one
+serving pod (whose profile the operator still reads from the pod)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from kubernetes import client
+
+from regrow import GROUP, VERSION
+from regrow.api import DRIFT_POLICY, TRAINING_JOB
+from regrow.controller.kube import Kube, path
+from regrow.training.sample_data import sample_csv
+from tests.cluster import free_port
+from tests.conftest import Operator, _missing
+from tests.helpers import condition, get_custom, wait_for
+from tests.integration.test_driftpolicy_controller import _custom, _policy, _serve_v1
+from tests.unit.test_server import Server, local, publish_iris, running, v2
+
+pytestmark = pytest.mark.usefixtures("no_kubelet")
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, namespace: str) -> Iterator[Any]:
+    """Start a Prometheus scraping the given loopback targets every second, labelled with the test's
+    namespace as the Prometheus Operator would; returns its URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        _missing("the Prometheus source tests need Debian's prometheus package (apt-get install prometheus)")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(targets: list[str]) -> str:
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "regrow", "static_configs": [{"targets": targets, "labels": {"namespace": namespace}}]}
+            ],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        log = (tmp_path / "prometheus.log").open("wb")
+        processes.append(subprocess.Popen(
+            [str(binary), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(url), 30, "Prometheus ready")
+        return url
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def _series(url: str, promql: str) -> list[Any]:
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}") as response:
+        return list(json.load(response)["data"]["result"])
+
+
+def _iris() -> np.ndarray:
+    return np.loadtxt(io.BytesIO(sample_csv("iris")), delimiter=",", skiprows=1, usecols=range(4))
+
+
+def _send(server: Server, rows: np.ndarray) -> None:
+    for batch in np.array_split(rows, max(1, len(rows) // 50)):
+        status, body = server.call("POST", "/v2/models/iris/infer", v2(batch.tolist()))
+        assert status == 200, body
+
+
+def test_drift_from_prometheus_retrains(
+    api: client.ApiClient, namespace: str, operator: Operator, prometheus: Any, tmp_path: Path
+) -> None:
+    def policy() -> dict[str, Any]:
+        return get_custom(api, namespace, DRIFT_POLICY.plural, "iris")
+
+    version = publish_iris(tmp_path)
+    with running(local(tmp_path, alias="champion")) as server:
+        url = prometheus([f"127.0.0.1:{server.port}"])
+        # Counters are zero before the first request; a scrape must see that zero for increase() to count
+        # the first requests (as with any counter Prometheus meets after it started counting).
+        wait_for(lambda: _series(url, "regrow_feature_bin_total"), 30, "a first scrape of the zero counters")
+
+        def fetch(ip: str, url_path: str) -> bytes | None:
+            assert (ip, url_path) == ("10.1.2.3", "/v2/models/iris/profile")  # only the profile: no scraping
+            status, body = server.call("GET", url_path)
+            return json.dumps(body).encode() if status == 200 else None
+
+        iris = _iris()
+        rng = np.random.default_rng(3)
+        source = {"type": "Prometheus", "prometheus": {"url": url}}
+        spec = {"interval": "1s", "window": "5m", "minSamples": 250, "consecutiveBreaches": 1,
+                "tests": [{"type": "psi", "threshold": "0.2"}], "source": source}  # fmt: skip
+        with operator(fetch=fetch):
+            _serve_v1(api, namespace, version)
+            _custom(api, namespace, DRIFT_POLICY.plural, _policy(**spec))
+            _send(server, iris[rng.permutation(len(iris))])
+            _send(server, iris[rng.permutation(len(iris))])
+
+            def settled(reason: str, samples: int) -> dict[str, Any] | None:
+                obj = policy()
+                cond = condition(obj, "DriftDetected")
+                check = (obj.get("status") or {}).get("lastCheck") or {}
+                return obj if cond and cond["reason"] == reason and check.get("samples", 0) >= samples else None
+
+            obj = wait_for(lambda: settled("NoDrift", 290), 60, "no drift over the in-distribution traffic")
+            assert f"from Prometheus at {url}" in (condition(obj, "Ready") or {})["message"]
+
+            shifted = iris[rng.integers(0, len(iris), 1500)].copy()
+            shifted[:, :2] += 2 * iris[:, :2].std(axis=0)  # two of four features move by 2 sigma
+            _send(server, shifted)
+            obj = wait_for(lambda: settled("DriftDetected", 1700), 60, "drift from Prometheus")
+            tjs = path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, namespace)
+            wait_for(lambda: Kube(api).list(tjs, "regrow.dev/driftpolicy=iris"), 30, "a retrain")
+            # increase() extrapolates to the window's edges by up to a scrape interval, which is a large share
+            # of a series seconds old: the estimate converges on the 1,800 rows sent as the series ages.
+            wait_for(lambda: 1800 <= policy()["status"]["lastCheck"]["samples"] <= 1900, 60, "the count converging")
+
+    features = {f["name"]: f for f in obj["status"]["lastCheck"]["features"]}
+    assert features["sepal_length_cm"]["drifted"] and features["sepal_width_cm"]["drifted"]
+    assert not features["petal_length_cm"]["drifted"]
+
+
+def test_an_unreachable_prometheus_is_reported(api: client.ApiClient, namespace: str, operator: Operator,
+                                               tmp_path: Path) -> None:  # fmt: skip
+    version = publish_iris(tmp_path)
+    with running(local(tmp_path, alias="champion")) as server:
+
+        def fetch(ip: str, url_path: str) -> bytes | None:
+            return json.dumps(server.call("GET", url_path)[1]).encode()
+
+        source = {"type": "Prometheus", "prometheus": {"url": f"http://127.0.0.1:{free_port()}"}}
+        with operator(fetch=fetch):
+            _serve_v1(api, namespace, version)
+            _custom(api, namespace, DRIFT_POLICY.plural, _policy(interval="1s", source=source))
+
+            def unavailable() -> dict[str, Any] | None:
+                ready = condition(get_custom(api, namespace, DRIFT_POLICY.plural, "iris"), "Ready")
+                return ready if ready and ready["reason"] == "SourceUnavailable" else None
+
+            ready = wait_for(unavailable, 30, "SourceUnavailable")
+    assert ready["status"] == "Unknown" and "could not read the bin counts" in ready["message"]
