@@ -1,6 +1,7 @@
-"""The closed loop on a cluster with a real kubelet: a weak champion serves; in-distribution traffic
-leaves the policy quiet; shifted traffic makes it detect drift and retrain; the retrained model wins the
-gate, the alias moves, and the ModelDeployment rolls to it."""
+"""The closed loop on a cluster with a real kubelet: a weak champion serves and logs its predictions;
+in-distribution traffic leaves the policy quiet; shifted traffic, labelled by its clients through
+/feedback, makes it detect drift; once a person approves (`regrow approve`), the retrain trains on the data
+set plus the labelled live traffic, wins the gate, the alias moves, and the ModelDeployment rolls to it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kubernetes import client
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB, TrainingJobSpec, parse_spec
+from regrow.cli import main
 from regrow.controller.kube import Kube, path
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
@@ -26,18 +28,29 @@ from tests.helpers import condition, get_custom, wait_for
 from tests.unit.test_api import _example, _with
 
 
-def _post(host: str, rows: list[list[float]]) -> int:
-    body = json.dumps({"inputs": [{"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]})
+def _post(host: str, url_path: str, body: Any) -> tuple[int, Any]:
     connection = http.client.HTTPConnection(host, 80, timeout=5)
-    connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
-    status = connection.getresponse().status
+    connection.request("POST", url_path, json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
     connection.close()
-    return status
+    return response.status, answer
 
 
-def test_drift_retrains_and_the_better_model_rolls_out(
-    node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
-) -> None:
+def _infer(host: str, rows: list[list[float]]) -> str:
+    """The request id the server logged the prediction under."""
+    status, answer = _post(host, "/v2/models/iris/infer", {"inputs": [
+        {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]})  # fmt: skip
+    assert status == 200, answer
+    return str(answer["id"])
+
+
+def _logged(root: Path, kind: str) -> int:
+    return sum(len(f.read_text().splitlines()) for f in (root / "registry" / "iris" / kind).rglob("*.jsonl"))
+
+
+def _weak_champion(node_store: Path) -> tuple[Path, Registry, str]:
+    """The iris data set in the store, and a weak model trained on it as the champion."""
     data = node_store / "datasets" / "iris.csv"
     data.parent.mkdir()
     data.write_bytes(sample_csv("iris"))
@@ -52,14 +65,28 @@ def test_drift_retrains_and_the_better_model_rolls_out(
     v1 = train(weak, data.read_bytes(), registry, {}).version
     own_like_a_trainer_pod(node_store)
 
+    return data, registry, v1
+
+
+def _policy() -> dict[str, Any]:
     policy = _example("DriftPolicy")
     for key, value in {"interval": "2s", "window": "10m", "minSamples": 300, "consecutiveBreaches": 2,
                        "tests": [{"type": "psi", "threshold": "0.2"}, {"type": "ks", "threshold": "0.15"}],
-                       "retrain.template.spec.evaluation": {"holdoutPercent": 25, "seed": 7}}.items():  # fmt: skip
+                       "retrain.template.spec.evaluation": {"holdoutPercent": 25, "seed": 7},
+                       "retrain.template.spec.dataset.feedback": {}, "retrain.approval": "Manual"}.items():  # fmt: skip
         policy = _with(policy, f"spec.{key}", value)
+    return policy
+
+
+def test_drift_retrains_and_the_better_model_rolls_out(
+    node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
+) -> None:
+    data, registry, v1 = _weak_champion(node_store)
+    policy = _policy()
     objects = client.CustomObjectsApi(node_api)
     rng = np.random.default_rng(0)
     frame = np.loadtxt(data, delimiter=",", skiprows=1, usecols=range(4))
+    species = np.loadtxt(data, delimiter=",", skiprows=1, usecols=4, dtype=str)
 
     def dp() -> dict[str, Any]:
         return get_custom(node_api, node_namespace, DRIFT_POLICY.plural, "iris")
@@ -69,7 +96,7 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         return cond is not None and cond["reason"] == reason
 
     def finished(name: str) -> dict[str, Any] | None:
-        obj = get_custom(node_api, node_namespace, TRAINING_JOB.plural, name)
+        obj = Kube(node_api).get(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace, name)) or {}
         return obj if (condition(obj, "Succeeded") or {}).get("status") in ("True", "False") else None
 
     def serving() -> str | None:
@@ -78,6 +105,7 @@ def test_drift_retrains_and_the_better_model_rolls_out(
 
     with node_operator():
         md = _with(_example("ModelDeployment"), "spec.model.refreshInterval", "2s")
+        md = _with(md, "spec.predictionLog", {"samplePercent": 100})
         objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, MODEL_DEPLOYMENT.plural, md)
         wait_for(lambda: serving() == v1, 180, f"{v1} serving")
         objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, DRIFT_POLICY.plural, policy)
@@ -87,26 +115,35 @@ def test_drift_retrains_and_the_better_model_rolls_out(
 
         wait_for(lambda: condition(dp(), "Ready"), 60, "the policy's first reading")
         for _ in range(20):  # 640 rows like the training data
-            assert _post(host, frame[rng.integers(0, len(frame), 32)].tolist()) == 200
+            _infer(host, frame[rng.integers(0, len(frame), 32)].tolist())
         wait_for(lambda: drift("NoDrift"), 60, "a quiet check")
         assert not Kube(node_api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace))
 
         first_drifted = time.monotonic()
-        shifted = frame[rng.integers(0, len(frame), (40, 32))] + frame.std(axis=0) * np.array([2.0, 2.0, 0, 0])
-        for rows in shifted:
-            assert _post(host, rows.tolist()) == 200
-        wait_for(lambda: drift("DriftDetected") or dp()["status"].get("trainingJobs"), 120, "drift")
+        picks = rng.integers(0, len(frame), (40, 32))
+        shifted = frame[picks] + frame.std(axis=0) * np.array([2.0, 2.0, 0, 0])
+        for rows, truth in zip(shifted, species[picks], strict=True):  # each client labels what it asked about
+            status, answer = _post(host, "/v2/models/iris/feedback", {"id": _infer(host, rows.tolist()),
+                                                                      "label": truth.tolist()})  # fmt: skip
+            assert status == 202 and answer["accepted"] == 1, answer
+        wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - first_drifted
-        wait_for(lambda: dp()["status"].get("trainingJobs"), 60, "a retrain")
-        created = time.monotonic() - first_drifted
+        wait_for(lambda: dp()["status"].get("pendingApproval") == "iris-retrain-1", 30, "a retrain to approve")
+        assert not Kube(node_api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace))
+        wait_for(lambda: _logged(node_store, "feedback") >= 40, 60, "the labels written to the registry")
+        approved = time.monotonic()
+        assert main(["approve", "iris", "--namespace", node_namespace]) == 0
         tj = wait_for(lambda: finished("iris-retrain-1"), 300, "the retrain to finish")
         cond = condition(tj, "Succeeded")
         assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Promoted"), cond
         v2 = tj["status"]["artifact"]["version"]
         assert v2 != v1 and registry.resolve("iris", "champion") == v2
         wait_for(lambda: serving() == v2, 180, f"{v2} serving")
-        rolled = time.monotonic() - first_drifted
+        rolled = time.monotonic() - approved
     lineage = dp()["status"]["trainingJobs"][0]
     assert lineage["name"] == "iris-retrain-1"
-    print(f"\nfirst drifted request -> DriftDetected {detected:.1f}s, -> TrainingJob created {created:.1f}s, "
-          f"-> v2 serving {rolled:.1f}s; promotion: {tj['status']['promotion']['message']}")  # fmt: skip
+    live = json.loads((node_store / "registry/iris/versions" / v2 / "metadata.json").read_text())["dataset"]["feedback"]
+    assert live["rows"] == 40 * 32 and live["unlabelled"] == live["predictions"] - 40
+    promotion = tj["status"]["promotion"]["message"]
+    print(f"\nfirst drifted request -> DriftDetected {detected:.1f}s; approval -> v2 serving {rolled:.1f}s; "
+          f"v2 trained on 150 + {live['rows']} live rows; promotion: {promotion}")  # fmt: skip

@@ -16,8 +16,10 @@ from regrow.api import TrainingJobSpec, parse_spec
 from regrow.api.trainingjob import Algorithm, Task
 from regrow.drift.profile import Profile
 from regrow.inference import OnnxModel
+from regrow.serving.app import log_prediction
+from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
-from regrow.storage.registry import Registry
+from regrow.storage.registry import MODEL, Registry
 from regrow.training.entrypoint import run
 from regrow.training.estimators import build_pipeline
 from regrow.training.sample_data import TARGETS, sample_csv
@@ -213,3 +215,47 @@ def test_entrypoint_reports_failures_with_a_reason(
     assert report["reason"] == reason
     assert message in report["message"]
     assert not (tmp_path / "registry").exists() or not list((tmp_path / "registry").rglob("model.onnx"))
+
+
+def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
+    """What the serving pods logged and clients labelled, joined and added: the retrain learns the moved world."""
+    data = write_dataset(tmp_path, "iris")
+    uri = f"file://{tmp_path}/registry"
+    store = open_store(uri)
+    registry = Registry(store)
+    spec = make_spec(data, uri, "logisticRegression", model_name="iris")
+    v1 = train(spec, data.read_bytes(), registry, {})
+    frame = pd.read_csv(data)
+    species = frame["species"].to_numpy()
+    live = frame.iloc[:, :4].to_numpy(np.float32)
+    live[:, 2:] += 1.5  # the petals of live traffic look different
+    served = OnnxModel(registry.read("iris", v1.version, MODEL))
+
+    log = PredictionLog(store, "iris", v1.version, sample_percent=100, max_queue=1000, flush_seconds=60)
+    order = np.random.default_rng(0).permutation(150)  # the data set is sorted by species
+    ids = [log_prediction(log, None, live[[i]], served.predict(live[[i]])) for i in order[:140]]
+    log_prediction(log, "batch", live[order[140:143]], served.predict(live[order[140:143]]))
+    log_prediction(log, "misfit", live[order[143:145]], served.predict(live[order[143:145]]))
+    for request, i in zip(ids[:120], order[:120], strict=True):  # 20 requests never get a label
+        log.offer("feedback", {"id": request, "label": "wrong", "time": 0.0})
+        log.offer("feedback", {"id": request, "label": species[i], "time": 1.0})  # the latest label wins
+    log.offer("feedback", {"id": "batch", "label": species[order[140:143]].tolist(), "time": 1.0})
+    log.offer("feedback", {"id": "misfit", "label": "setosa", "time": 1.0})  # one label for two rows
+    log.close()
+
+    wire = spec.to_wire()
+    with_live = parse_spec(TrainingJobSpec, {**wire, "dataset": {**wire["dataset"], "feedback": {}}})
+    v2 = train(with_live, data.read_bytes(), registry, {})
+    meta = json.loads(registry.read("iris", v2.version, "metadata.json"))
+    assert meta["dataset"]["rows"] == 150 + 123
+    assert meta["dataset"]["feedback"] == {"model": "iris", "rows": 123, "predictions": 142, "unlabelled": 19 + 2}
+    assert v2.version != v1.version and meta["dataset"]["sha256"] != json.loads(
+        registry.read("iris", v1.version, "metadata.json"))["dataset"]["sha256"]  # fmt: skip
+
+    def accuracy(version: str) -> float:
+        unlabelled = order[120:140]  # requests that were never labelled
+        labels = OnnxModel(registry.read("iris", version, MODEL)).predict(live[unlabelled]).outputs
+        return float(np.mean(labels == species[unlabelled]))
+
+    print(f"\naccuracy on unlabelled live traffic: v1 {accuracy(v1.version):.2f}, v2 {accuracy(v2.version):.2f}")
+    assert accuracy(v2.version) > accuracy(v1.version)

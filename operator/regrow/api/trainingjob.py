@@ -63,6 +63,14 @@ ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ParamValue = int | Annotated[str, StringConstraints(max_length=256)]
 
 
+class FeedbackSpec(ApiModel):
+    """Labelled live traffic to train on besides the dataset: the predictions a ModelDeployment logged
+    (``predictionLog``), joined to the labels posted to its ``/feedback``, from ``output.registry``."""
+
+    model_name: Name | None = Field(default=None, description="Whose traffic; output.modelName if unset.")
+    max_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="At most this many, the newest.")
+
+
 class DatasetSpec(ApiModel):
     """Where the training data is and which column is the target."""
 
@@ -71,6 +79,9 @@ class DatasetSpec(ApiModel):
     target: ColumnName = Field(description="The column to predict.")
     features: list[ColumnName] | None = Field(
         default=None, max_length=1024, description="Feature columns; all columns but the target if unset."
+    )
+    feedback: FeedbackSpec | None = Field(
+        default=None, description="Add the labelled live traffic (in the features' order) to the dataset."
     )
 
 

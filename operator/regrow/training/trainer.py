@@ -25,9 +25,10 @@ from regrow.api.trainingjob import Metric, Task, TrainingJobSpec
 from regrow.clock import now
 from regrow.drift.profile import fit_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
-from regrow.storage import NotFound, read_uri
+from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, Registry
 from regrow.training.estimators import ParamError, build_pipeline
+from regrow.training.feedback import labelled_rows
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +228,34 @@ def gate(
     return Gate(alias, verdict, candidate, current_score, current_version, message)
 
 
+def with_feedback(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Dataset, dict[str, Any]]:
+    """The dataset plus the labelled live traffic ``spec.dataset.feedback`` asks for, and what was added."""
+    wanted = spec.dataset.feedback
+    if wanted is None:
+        return data, {}
+    model = wanted.model_name or spec.output.model_name
+    live = labelled_rows(store, model, len(data.features), wanted.max_rows)
+    added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled}
+    log.info("Added %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
+             len(live.y), model, live.predictions, live.unlabelled)  # fmt: skip
+    if not len(live.y):
+        return data, added
+    if spec.model.algorithm.task is Task.REGRESSION:
+        try:
+            y = np.concatenate([data.y, live.y.astype(np.float64)])
+        except (TypeError, ValueError):
+            raise TrainingError(
+                "InvalidDataset", f"feedback labels of {model} must be numeric for regression"
+            ) from None
+    else:  # labels as the clients sent them, beside the dataset's (no truncation to its string width)
+        y = np.concatenate([data.y.astype(object), live.y])
+    digest = hashlib.sha256(f"{data.digest}+{live.digest}".encode()).hexdigest()
+    return Dataset(np.vstack([data.x, live.x]), y, data.features, digest), added
+
+
 def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: dict[str, str]) -> RunResult:
     """Train, check, profile, publish; move the alias if the gate allows. ``run`` names the TrainingJob."""
-    data = load_dataset(spec, raw_dataset)
+    data, feedback = with_feedback(spec, load_dataset(spec, raw_dataset), registry.store)
     x_train, x_test, y_train, y_test = split(spec, data)
     task = spec.model.algorithm.task
     started = time.perf_counter()
@@ -258,7 +284,12 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         "classes": classes,
         "metric": metric.value,
         "metrics": metrics,
-        "dataset": {"uri": spec.dataset.uri, "sha256": data.digest, "rows": len(data.y)},
+        "dataset": {
+            "uri": spec.dataset.uri,
+            "sha256": data.digest,
+            "rows": len(data.y),
+            **({"feedback": feedback} if feedback else {}),
+        },
         "holdout": {
             "percent": spec.evaluation.holdout_percent,
             "seed": spec.evaluation.seed,
