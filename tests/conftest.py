@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from regrow import __version__
 from regrow.api import KINDS
 from regrow.manifests.common import Images
 from tests.cluster import Cluster, control_plane, free_port, from_kubeconfig
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
@@ -219,3 +222,46 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"regrow-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+# A real Prometheus, for the DriftPolicy's Prometheus source.
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]], str]]:
+    """``start(targets, labels)``: a real Prometheus (Debian's package) on a free loopback port, scraping
+    ``targets`` every second with ``labels`` on every series (as the Prometheus Operator puts ``namespace``);
+    returns its URL. Stopped after the test."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        _missing("the Prometheus source tests need Debian's prometheus package (apt-get install prometheus)")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(targets: list[str], labels: dict[str, str]) -> str:
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "regrow", "static_configs": [{"targets": targets, "labels": labels}]}],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        log = (tmp_path / "prometheus.log").open("wb")
+        processes.append(subprocess.Popen(
+            [str(binary), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(url), 30, "Prometheus ready")
+        return url
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)

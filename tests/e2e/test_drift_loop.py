@@ -8,16 +8,20 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from kubernetes import client
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB, TrainingJobSpec, parse_spec
 from regrow.cli import main
 from regrow.controller.kube import Kube, path
+from regrow.controller.modeldeployment import serving_pods
+from regrow.manifests.serving import PORT
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
@@ -25,6 +29,7 @@ from regrow.training.trainer import train
 from tests.conftest import Operator
 from tests.e2e.test_serving import own_like_a_trainer_pod
 from tests.helpers import condition, get_custom, wait_for
+from tests.integration.test_driftpolicy_prometheus import _series
 from tests.unit.test_api import _example, _with
 
 
@@ -43,6 +48,16 @@ def _infer(host: str, rows: list[list[float]]) -> str:
         {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]})  # fmt: skip
     assert status == 200, answer
     return str(answer["id"])
+
+
+def _send_labelled(host: str, frame: np.ndarray, species: np.ndarray, picks: np.ndarray) -> None:
+    """Requests of the rows ``picks`` names, two features moved by 2 sigma; each client then labels what
+    it asked about."""
+    shifted = frame[picks] + frame.std(axis=0) * np.array([2.0, 2.0, 0, 0])
+    for rows, truth in zip(shifted, species[picks], strict=True):
+        label = {"id": _infer(host, rows.tolist()), "label": truth.tolist()}
+        status, answer = _post(host, "/v2/models/iris/feedback", label)
+        assert status == 202 and answer["accepted"] == 1, answer
 
 
 def _logged(root: Path, kind: str) -> int:
@@ -78,9 +93,21 @@ def _policy() -> dict[str, Any]:
     return policy
 
 
+def _prometheus_source(
+    api: client.ApiClient, namespace: str, prometheus: Callable[[list[str], dict[str, str]], str]
+) -> dict[str, Any]:
+    """A Prometheus on this node scraping the serving pods, as a PodMonitor would, as the policy's source."""
+    pods = serving_pods(Kube(api), namespace, "iris")
+    url = prometheus([f"{p['status']['podIP']}:{PORT}" for p in pods], {"namespace": namespace})
+    wait_for(lambda: _series(url, "regrow_feature_bin_total"), 30, "a first scrape of the zero counters")
+    return {"type": "Prometheus", "prometheus": {"url": url}}
+
+
+@pytest.mark.parametrize("source", ["Pods", "Prometheus"])
 def test_drift_retrains_and_the_better_model_rolls_out(
-    node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
-) -> None:
+    node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path, source: str,
+    prometheus: Callable[[list[str], dict[str, str]], str],
+) -> None:  # fmt: skip
     data, registry, v1 = _weak_champion(node_store)
     policy = _policy()
     objects = client.CustomObjectsApi(node_api)
@@ -108,6 +135,8 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         md = _with(md, "spec.predictionLog", {"samplePercent": 100})
         objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, MODEL_DEPLOYMENT.plural, md)
         wait_for(lambda: serving() == v1, 180, f"{v1} serving")
+        if source == "Prometheus":
+            policy["spec"]["source"] = _prometheus_source(node_api, node_namespace, prometheus)
         objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, DRIFT_POLICY.plural, policy)
         host = str(
             (Kube(node_api).get(path("v1", "services", node_namespace, "iris-predictor")) or {})["spec"]["clusterIP"]
@@ -120,12 +149,7 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         assert not Kube(node_api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace))
 
         first_drifted = time.monotonic()
-        picks = rng.integers(0, len(frame), (40, 32))
-        shifted = frame[picks] + frame.std(axis=0) * np.array([2.0, 2.0, 0, 0])
-        for rows, truth in zip(shifted, species[picks], strict=True):  # each client labels what it asked about
-            status, answer = _post(host, "/v2/models/iris/feedback", {"id": _infer(host, rows.tolist()),
-                                                                      "label": truth.tolist()})  # fmt: skip
-            assert status == 202 and answer["accepted"] == 1, answer
+        _send_labelled(host, frame, species, rng.integers(0, len(frame), (40, 32)))
         wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - first_drifted
         wait_for(lambda: dp()["status"].get("pendingApproval") == "iris-retrain-1", 30, "a retrain to approve")
@@ -145,5 +169,5 @@ def test_drift_retrains_and_the_better_model_rolls_out(
     live = json.loads((node_store / "registry/iris/versions" / v2 / "metadata.json").read_text())["dataset"]["feedback"]
     assert live["rows"] == 40 * 32 and live["unlabelled"] == live["predictions"] - 40
     promotion = tj["status"]["promotion"]["message"]
-    print(f"\nfirst drifted request -> DriftDetected {detected:.1f}s; approval -> v2 serving {rolled:.1f}s; "
+    print(f"\n{source}: first drifted request -> DriftDetected {detected:.1f}s; approval -> v2 serving {rolled:.1f}s; "
           f"v2 trained on 150 + {live['rows']} live rows; promotion: {promotion}")  # fmt: skip

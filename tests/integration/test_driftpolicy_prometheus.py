@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from kubernetes import client
 
 from regrow import GROUP, VERSION
@@ -25,53 +21,12 @@ from regrow.api import DRIFT_POLICY, TRAINING_JOB
 from regrow.controller.kube import Kube, path
 from regrow.training.sample_data import sample_csv
 from tests.cluster import free_port
-from tests.conftest import Operator, _missing
+from tests.conftest import Operator
 from tests.helpers import condition, get_custom, wait_for
 from tests.integration.test_driftpolicy_controller import _custom, _policy, _serve_v1
 from tests.unit.test_server import Server, local, publish_iris, running, v2
 
 pytestmark = pytest.mark.usefixtures("no_kubelet")
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path, namespace: str) -> Iterator[Any]:
-    """Start a Prometheus scraping the given loopback targets every second, labelled with the test's
-    namespace as the Prometheus Operator would; returns its URL."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        _missing("the Prometheus source tests need Debian's prometheus package (apt-get install prometheus)")
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(targets: list[str]) -> str:
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {"job_name": "regrow", "static_configs": [{"targets": targets, "labels": {"namespace": namespace}}]}
-            ],
-        }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        log = (tmp_path / "prometheus.log").open("wb")
-        processes.append(subprocess.Popen(
-            [str(binary), f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _ready(url), 30, "Prometheus ready")
-        return url
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
 
 
 def _series(url: str, promql: str) -> list[Any]:
@@ -97,7 +52,7 @@ def test_drift_from_prometheus_retrains(
 
     version = publish_iris(tmp_path)
     with running(local(tmp_path, alias="champion")) as server:
-        url = prometheus([f"127.0.0.1:{server.port}"])
+        url = prometheus([f"127.0.0.1:{server.port}"], {"namespace": namespace})
         # Counters are zero before the first request; a scrape must see that zero for increase() to count
         # the first requests (as with any counter Prometheus meets after it started counting).
         wait_for(lambda: _series(url, "regrow_feature_bin_total"), 30, "a first scrape of the zero counters")
