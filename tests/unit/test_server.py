@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as oip
 
 from regrow.api import TrainingJobSpec, parse_spec
 from regrow.inference import OnnxModel
@@ -50,10 +51,12 @@ class Server:
     port: int
     thread: threading.Thread
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        connection.request(method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
         data = response.read()
         connection.close()
@@ -237,6 +240,57 @@ def test_bad_requests_get_a_4xx_with_a_message(
 def test_malformed_bodies_get_a_4xx(iris: tuple[Server, Path, str], raw: bytes, status: int, message: str) -> None:
     got_status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=raw)
     assert got_status == status and message in got["error"]
+
+
+def _binary(inputs: list[tuple[str, list[int], str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """A request in the binary tensor data extension: the JSON header, then each input's raw bytes."""
+    header = json.dumps({"inputs": [{"name": n, "shape": s, "datatype": t, "parameters": {"binary_data_size": len(b)}}
+                                    for n, s, t, b in inputs]}).encode()  # fmt: skip
+    return header + b"".join(b for *_, b in inputs), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def test_unchanged_open_inference_protocol_clients_work(iris: tuple[Server, Path, str]) -> None:
+    """Triton's HTTP client (the KServe v2 protocol; binary tensor data by default) needs no change."""
+    server, _, version = iris
+    client = oip.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("iris")
+    assert client.get_model_metadata("iris")["versions"] == [version]
+    expected = server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["outputs"]
+    x = np.array(ROWS, dtype=np.float32)
+    for binary in (True, False):
+        tensor = oip.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        result = client.infer("iris", [tensor], model_version=version, request_id="r-1")
+        assert result.get_response()["id"] == "r-1" and result.get_response()["model_version"] == version
+        assert result.as_numpy("label").tolist() == expected[0]["data"]
+        assert np.allclose(result.as_numpy("probabilities").reshape(-1), expected[1]["data"])
+    columns = [oip.InferInput(name, [3], "FP64") for name in FEATURES]  # one tensor per feature, as float64
+    for column, values in zip(columns, x.T, strict=True):
+        column.set_data_from_numpy(values.astype(np.float64))
+    assert client.infer("iris", columns).as_numpy("label").tolist() == expected[0]["data"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "length", "message"),
+    [
+        ([("input", [1, 4], "FP32", b"\0" * 16)], "9999", "at most the body's"),
+        ([("input", [1, 4], "FP32", b"\0" * 15)], None, "are not whole FP32 values"),
+        ([("input", [1, 4], "BYTES", b"\0" * 16)], None, "binary_data_size does not match"),
+        ([("input", [1, 4], "FP32", np.array([1, 2, 3, np.inf], np.float32).tobytes())], None, "finite"),
+        ([("input", [2, 4], "FP32", b"\0" * 16)], None, "do not fill shape"),
+    ],
+)
+def test_bad_binary_requests_get_a_400(
+    iris: tuple[Server, Path, str], inputs: list[tuple[str, list[int], str, bytes]], length: str | None, message: str
+) -> None:
+    body, headers = _binary(inputs)
+    if length is not None:
+        headers["Inference-Header-Content-Length"] = length
+    status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=body, headers=headers)
+    assert status == 400 and message in got["error"], got
+    extra, headers = _binary([("input", [1, 4], "FP32", b"\0" * 16)])
+    status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=extra + b"\0" * 4, headers=headers)
+    assert status == 400 and "belong to no input" in got["error"]
 
 
 def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> None:

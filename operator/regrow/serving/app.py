@@ -23,7 +23,15 @@ from regrow.inference import Prediction
 from regrow.serving.metrics import ServingMetrics
 from regrow.serving.model import LoadedModel
 from regrow.serving.predlog import PredictionLog
-from regrow.serving.protocol import BadRequest, v1_inputs, v1_predictions, v2_inputs, v2_outputs
+from regrow.serving.protocol import (
+    BINARY_HEADER,
+    BadRequest,
+    split_binary,
+    v1_inputs,
+    v1_predictions,
+    v2_inputs,
+    v2_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +85,7 @@ class App:
         method, path = scope["method"], scope["path"]
         try:
             if method == "POST":
-                await self._post(path, receive, send)
+                await self._post(path, scope, receive, send)
             elif method == "GET":
                 await self._get(path, send)
             else:
@@ -168,7 +176,7 @@ class App:
             },
         }
 
-    async def _post(self, path: str, receive: Receive, send: Send) -> None:
+    async def _post(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if path.startswith("/v2/models/"):
             protocol = "v2"
             rest = self._model_path(path[len("/v2/models/") :])
@@ -183,9 +191,10 @@ class App:
             raise BadRequest(f"model {path[len('/v1/models/') : -len(':predict')]} is not served here", 404)
         else:
             raise BadRequest(f"no such endpoint: POST {path}", 404)
-        await self._infer(protocol, receive, send)
+        binary_header = next((v.decode() for k, v in scope["headers"] if k == BINARY_HEADER.encode()), None)
+        await self._infer(protocol, binary_header, receive, send)
 
-    async def _infer(self, protocol: str, receive: Receive, send: Send) -> None:
+    async def _infer(self, protocol: str, binary_header: str | None, receive: Receive, send: Send) -> None:
         state = self.state
         model, metrics = state.model, state.metrics
         if model is None or metrics is None:
@@ -194,13 +203,13 @@ class App:
         code, x = 500, None
         metrics.in_flight.inc()
         try:
-            body = await read_body(receive, state.max_body)
+            body, binary = split_binary(await read_body(receive, state.max_body), binary_header)
             try:
                 request = orjson.loads(body)
             except orjson.JSONDecodeError as error:
                 raise BadRequest(f"the body is not valid JSON: {error}") from None
             if protocol == "v2":
-                x = v2_inputs(request, model.features)
+                x = v2_inputs(request, model.features, binary)
                 prediction = model.session.predict(x)
                 response: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
                                             "outputs": v2_outputs(prediction)}  # fmt: skip

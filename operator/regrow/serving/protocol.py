@@ -1,6 +1,11 @@
 """Requests and responses of the Open Inference Protocol v2 (and the v1 predict protocol) as numpy.
 
 https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
+
+Input tensors may also come in the binary tensor data extension that Triton's and KServe's clients use
+by default: the body is the JSON request (``Inference-Header-Content-Length`` bytes long) followed by each
+binary input's raw little-endian values, whose length the input's ``parameters.binary_data_size`` gives.
+Responses are always JSON, which those clients read as well.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import numpy.typing as npt
 from regrow.inference import Prediction
 
 NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+BINARY_HEADER = "inference-header-content-length"
 
 
 class BadRequest(Exception):
@@ -23,24 +29,55 @@ class BadRequest(Exception):
         self.status = status
 
 
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON request and the binary tensor data after it (empty without the extension's header)."""
+    if header_length is None:
+        return body, b""
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise BadRequest(f"{BINARY_HEADER} must be the JSON header's length in bytes, at most the body's")
+    return body[: int(header_length)], body[int(header_length) :]
+
+
+def _binary_inputs(inputs: list[Any], binary: bytes) -> None:
+    """Put each binary input's values in its ``data``, in the order the inputs come."""
+    offset = 0
+    for tensor in inputs:
+        size = ((tensor.get("parameters") or {}) if isinstance(tensor, dict) else {}).get("binary_data_size")
+        if size is None:
+            continue
+        if tensor.get("datatype") not in NUMERIC or not isinstance(size, int) or offset + size > len(binary):
+            raise BadRequest(f"input {tensor.get('name')}: binary_data_size does not match the numeric data sent")
+        dtype = np.dtype(tensor["datatype"].lower().replace("fp", "float")).newbyteorder("<")
+        if size % dtype.itemsize:
+            raise BadRequest(f"input {tensor['name']}: {size} bytes are not whole {tensor['datatype']} values")
+        tensor["data"] = np.frombuffer(binary, dtype, size // dtype.itemsize, offset)
+        offset += size
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+
+
 def _array(data: Any, what: str) -> npt.NDArray[np.float32]:
-    if not isinstance(data, list):
+    if isinstance(data, np.ndarray):  # binary data
+        array = data.astype(np.float32)
+    elif not isinstance(data, list):
         raise BadRequest(f"{what}: data must be a JSON array")
-    try:
-        # None (JSON null) is a missing value, which the model's imputer fills.
-        array = np.array(data, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{what}: data must be numbers (or null for a missing value), nested regularly") from None
+    else:
+        try:
+            # None (JSON null) is a missing value, which the model's imputer fills.
+            array = np.array(data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise BadRequest(f"{what}: data must be numbers (or null for a missing value), nested regularly") from None
     if np.isinf(array).any():
         raise BadRequest(f"{what}: data must be finite (use null for a missing value)")
     return array
 
 
-def v2_inputs(body: Any, features: list[str]) -> npt.NDArray[np.float32]:
+def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArray[np.float32]:
     """An (n, features) matrix from an OIP v2 request: one [n, features] tensor, or one tensor per feature."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise BadRequest('the request must be a JSON object with a non-empty "inputs" array')
     inputs = body["inputs"]
+    _binary_inputs(inputs, binary)
     for tensor in inputs:
         if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
             raise BadRequest("each input needs name, shape, datatype and data")
