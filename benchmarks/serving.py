@@ -1,6 +1,6 @@
 """Serving throughput and latency, side by side, on this machine. Prints a table; asserts nothing.
 
-    python benchmarks/serving.py [--seconds 10] [--connections 8] [--mlserver-python PATH]
+    python benchmarks/serving.py [--seconds 10] [--warmup 2] [--connections 8] [--mlserver-python PATH]
 
 Each server gets one worker pinned to CPU 0; wrk (Debian's package) drives it from CPU 1 over loopback,
 with the same OIP v2 request (iris, batch 1 and 32). Compared:
@@ -131,12 +131,17 @@ def in_process(model: OnnxModel, batch: int, seconds: float) -> tuple[float, flo
     return len(times) / ms.sum() * 1e3, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each measured run")
     parser.add_argument("--mlserver-python", help="python of a virtualenv with mlserver and mlserver-sklearn")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="regrow-bench-"))
@@ -157,6 +162,7 @@ def main() -> None:
         try:
             for batch in (1, 32):
                 wait_up(url, body(batch))
+                wrk(url, body(batch), args.warmup, args.connections, work)  # first-request and allocator costs
                 rps, p50, p99, errors = wrk(url, body(batch), args.seconds, args.connections, work)
                 rows.append((name, batch, rps, p50, p99, errors))
         finally:
