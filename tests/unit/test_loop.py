@@ -4,6 +4,7 @@ and what happens on a lost race or an error."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -112,6 +113,15 @@ def test_unobserved_generations_are_due_at_once_observed_ones_after_their_period
     assert controller.due[KEY] == clock.now + 5
     controller.observe("modeldeployments", "DELETED", _body(2, observed=2))
     assert KEY not in controller.due and KEY not in controller.objects
+
+
+def test_a_deleted_object_is_forgotten_by_its_reconciler_too() -> None:
+    forgotten: list[str] = []
+    kind = replace(_kind(READY), forget=lambda body: forgotten.append(body["metadata"]["uid"]))
+    controller, _, _ = _controller(kind)
+    controller.observe("modeldeployments", None, _body())
+    controller.observe("modeldeployments", "DELETED", _body())
+    assert forgotten == ["u1"]
 
 
 def test_a_finished_object_waits_for_a_spec_change() -> None:

@@ -62,6 +62,11 @@ class Memory:
     histories: dict[str, History] = field(default_factory=dict)
     profiles: dict[str, tuple[Profile, Layout]] = field(default_factory=dict)
 
+    def forget(self, body: Obj) -> None:
+        """A deleted policy's readings."""
+        self.histories.pop(body["metadata"]["uid"], None)
+        self.profiles.pop(body["metadata"]["uid"], None)
+
 
 def _seconds_since(stamp: str | None) -> float:
     if not stamp:

@@ -104,6 +104,7 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
             DRIFT_POLICY.plural,
             lambda body: driftpolicy.reconcile(body, memo.kube, memo.fetch, memo.drift_memory),
             driftpolicy.next_check_in,
+            memo.drift_memory.forget,
         ),
     ]
 

@@ -44,6 +44,7 @@ class Kind:
     plural: str
     reconcile: Callable[[Obj], Result]
     next_in: Callable[[Obj], float | None]  # seconds to the next level check; None: only when the spec changes
+    forget: Callable[[Obj], None] = lambda body: None  # drop what the reconciler keeps about a deleted object
 
 
 def wait_for(kind: Kind, body: Obj) -> float | None:
@@ -117,6 +118,7 @@ class Controller:
         if event_type == "DELETED":
             for table in (self.objects, self.due, self.failures, self.last_run):
                 table.pop(key, None)
+            self.kinds[plural].forget(body)
             return
         self.objects[key] = body
         self._schedule(key, body)
