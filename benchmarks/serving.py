@@ -8,6 +8,8 @@ with the same OIP v2 request (iris, batch 1 and 32). Compared:
   mlserver          MLServer + mlserver-sklearn serving the same scikit-learn pipeline (another virtualenv:
                     python -m venv V && V/bin/pip install mlserver mlserver-sklearn; pass --mlserver-python)
   bare-uvicorn      uvicorn + httptools + uvloop answering constant JSON: the HTTP ceiling
+  minimal OIP       the same, but parsing the request and running the ONNX session first: what any Python
+                    OIP server over onnxruntime costs at least (no validation, metrics or logging)
   onnxruntime       the same ONNX model called in-process: the compute floor
 """
 
@@ -49,6 +51,29 @@ BARE_APP = textwrap.dedent(
         await send({"type": "http.response.body", "body": BODY})
     """
 )
+# The least any Python OIP server over ONNX does: parse the JSON, run the session, answer. No validation,
+# metrics or logging: the floor under the ceiling, for what the framework around the model costs.
+MINIMAL_APP = textwrap.dedent(
+    """
+    import os, numpy as np, onnxruntime as ort, orjson
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(os.environ["MODEL"], options, providers=["CPUExecutionProvider"])
+    BODY = b'{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"BYTES","data":["versicolor"]}]}'
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        tensor = orjson.loads(body)["inputs"][0]
+        session.run(None, {"input": np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": BODY})
+    """
+)
+MINIMAL = "minimal OIP + onnxruntime"
 MLSERVER_TRAIN = textwrap.dedent(
     """
     import sys, joblib, pandas as pd
@@ -221,29 +246,20 @@ def main() -> None:
             f"http://127.0.0.1:{port}/v2/models/iris/infer",
         )
 
-    (work / "bare.py").write_text(BARE_APP)
-    port = free_port()
-    bare = serve(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bare:app",
-            "--port",
-            str(port),
-            "--http",
-            "httptools",
-            "--loop",
-            "uvloop",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=work,
-    )
-    measure("bare-uvicorn", bare, f"http://127.0.0.1:{port}/v2/models/iris/infer")
+    model_bytes = registry.read("iris", version, MODEL)
+    (work / "model.onnx").write_bytes(model_bytes)
+    for name, module, text in (
+        ("bare-uvicorn", "bare", BARE_APP),
+        ("minimal OIP + onnxruntime", "minimal", MINIMAL_APP),
+    ):
+        (work / f"{module}.py").write_text(text)
+        port = free_port()
+        uvicorn = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port), "--http", "httptools",
+                   "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+        proc = serve(uvicorn, env={"MODEL": str(work / "model.onnx")}, cwd=work)
+        measure(name, proc, f"http://127.0.0.1:{port}/v2/models/iris/infer")
 
-    model = OnnxModel(registry.read("iris", version, MODEL))
+    model = OnnxModel(model_bytes)
     floor = {batch: in_process(model, batch, 3.0) for batch in (1, 32)}
 
     print(
@@ -262,7 +278,8 @@ def main() -> None:
     for batch in (1, 32):
         regrow_rps = by[("regrow", batch)]
         print(
-            f"batch {batch}: regrow = {regrow_rps / by[('bare-uvicorn', batch)]:.0%} of the bare-HTTP ceiling; "
+            f"batch {batch}: regrow = {regrow_rps / by[('bare-uvicorn', batch)]:.0%} of the bare-HTTP ceiling "
+            f"(a minimal OIP app over the same session: {by[(MINIMAL, batch)] / by[('bare-uvicorn', batch)]:.0%}); "
             f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
             + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
         )
