@@ -53,6 +53,9 @@ wheels: $(BIN)/.installed  ## the wheelhouse the image installs from, offline
 image: wheels  ## the runtime image (serving and training pods) and the operator's, built offline from the wheelhouse
 	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f serving_image/Dockerfile .
 	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(OPERATOR_IMAGE) -f operator/Dockerfile .
+	@# Our stages and superseded images, untagged: left to pile up, they fill the disk until the kubelet's image
+	@# garbage collection deletes what no pod uses, the cluster's base image included.
+	docker image prune --force --filter label=dev.regrow.build
 
 # `cluster up` rewrites kube-proxy's configuration, which makes a running kube-proxy exit: when everything
 # already runs, only the environment is written.
