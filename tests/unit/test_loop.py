@@ -20,10 +20,13 @@ class Api:
         self.patches: list[tuple[str, Obj]] = []
         self.created: list[Obj] = []
         self.conflict = False
+        self.unreachable = False
         self.stored: Obj | None = None
 
     def get(self, path: str) -> Obj | None:
         assert path == PATH
+        if self.unreachable:
+            raise ConnectionRefusedError(path)
         return self.stored
 
     def create(self, path: str, body: Obj) -> Obj:
@@ -152,6 +155,15 @@ def test_a_lost_race_reads_the_object_again_and_posts_nothing() -> None:
     assert api.created == []
     assert controller.objects[KEY]["metadata"]["resourceVersion"] == "9"
     assert controller.due[KEY] == clock.now + MIN_REPEAT_SECONDS
+
+
+def test_a_lost_race_whose_read_fails_backs_off() -> None:
+    controller, api, clock = _controller(_kind(READY))
+    controller.observe("modeldeployments", None, _body())
+    api.conflict = api.unreachable = True
+    _run_due(controller)
+    assert api.created == [] and controller.due[KEY] == clock.now + 2.0
+    assert controller.objects[KEY]["metadata"]["resourceVersion"] == "7"  # still what the watch said
 
 
 def test_errors_back_off_exponentially_and_do_not_stop_the_loop(caplog: pytest.LogCaptureFixture) -> None:

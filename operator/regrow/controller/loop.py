@@ -158,50 +158,52 @@ class Controller:
 
     async def _reconcile(self, key: Key) -> None:
         body = self.objects.get(key)
-        counter = self.instruments.reconciles.labels(self.kinds[key[0]].kind, "ok")
+        kind = self.kinds[key[0]].kind
+        result = "error"
         try:
             if body is None:
                 return
-            updated = await asyncio.to_thread(self._step, self.kinds[key[0]], body)
-        except Conflict:
-            counter = self.instruments.reconciles.labels(self.kinds[key[0]].kind, "conflict")
-            fresh = await asyncio.to_thread(self.api.get, self._path(key))
-            if fresh is not None and key in self.objects:
-                self.objects[key] = fresh
-                self._schedule(key, fresh)
-        except Exception:
+            updated, written = await asyncio.to_thread(self._step, self.kinds[key[0]], body)
+        except Exception:  # one object's failure (the API, the registry, a bug) must not stop the loop
             failures = self.failures[key] = self.failures.get(key, 0) + 1
             delay = min(MAX_BACKOFF_SECONDS, 2.0**failures)
             log.exception("Failed to reconcile %s %s/%s; retrying in %.0fs", self.kinds[key[0]].kind, *key[1:], delay)
             if key in self.objects:
                 self._schedule(key, self.objects[key], delay)
         else:
+            result = "ok" if written else "conflict"
             self.failures.pop(key, None)
-            if self.objects.get(key) is body:
+            if updated is not None and self.objects.get(key) is body:  # no newer event came meanwhile
                 self.objects[key] = updated
             if key in self.objects:
                 self._schedule(key, self.objects[key])
         finally:
             self.busy.discard(key)
-            counter.inc()
+            if body is not None:
+                self.instruments.reconciles.labels(kind, result).inc()
 
     def _path(self, key: Key) -> str:
         plural, namespace, name = key
         return path(API_VERSION, plural, namespace, name)
 
-    def _step(self, kind: Kind, body: Obj) -> Obj:
-        """Reconcile, write the status, post the Events; return the object as written (blocking: in a thread)."""
+    def _step(self, kind: Kind, body: Obj) -> tuple[Obj | None, bool]:
+        """Reconcile, write the status, post the Events (blocking: in a thread). Returns the object as written
+        and True; or, when the object changed since it was read, the object read again (None: deleted) and
+        False, having written and posted nothing."""
         result = kind.reconcile(body)
         patch = status_patch(body, result.status)
         key = (kind.plural, body["metadata"]["namespace"], body["metadata"]["name"])
-        updated = body if patch is None else self.api.patch(self._path(key) + "/status", patch)
+        try:
+            updated = body if patch is None else self.api.patch(self._path(key) + "/status", patch)
+        except Conflict:
+            return self.api.get(self._path(key)), False
         for event in result.events:
             log.info("%s %s/%s: %s: %s", kind.kind, *key[1:], event.reason, event.message)
             try:
                 self.api.create(path("v1", "events", key[1]), event_manifest(body, event, self.component))
             except ApiException as error:
                 log.warning("Could not post Event %s on %s/%s: %s", event.reason, *key[1:], error)
-        return updated
+        return updated, True
 
     async def stop(self) -> None:
         """Stop dispatching, let running reconciles finish, and give the Lease up."""
