@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from kubernetes import client
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, TRAINING_JOB
+from regrow.controller.driftpolicy import http_query
 from regrow.controller.kube import Kube, path
 from regrow.training.sample_data import sample_csv
 from tests.cluster import free_port
@@ -30,8 +29,7 @@ pytestmark = pytest.mark.usefixtures("no_kubelet")
 
 
 def _series(url: str, promql: str) -> list[Any]:
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}") as response:
-        return list(json.load(response)["data"]["result"])
+    return list(json.loads(http_query(url, promql))["data"]["result"])
 
 
 def _iris() -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from regrow.clock import now
+
 Status = Literal["True", "False", "Unknown"]
 
 
@@ -14,6 +16,13 @@ class Cond:
     status: Status
     reason: str
     message: str = ""
+
+
+def status(body: dict[str, Any], updates: list[Cond], **fields: Any) -> dict[str, Any]:
+    """A status for ``body`` now: its generation observed, its conditions updated, and ``fields``."""
+    generation = body["metadata"].get("generation", 1)
+    previous = (body.get("status") or {}).get("conditions") or []
+    return {"observedGeneration": generation, "conditions": merge(previous, updates, generation, now()), **fields}
 
 
 def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from regrow import API_VERSION, GROUP
 from regrow.api import InvalidSpec, parse_spec
@@ -88,20 +87,10 @@ def next_check_in(body: Obj) -> float:
     return max(0.0, interval - _seconds_since((status.get("lastCheck") or {}).get("time")))
 
 
-def _status(body: Obj, conds: list[Cond], **fields: Any) -> Obj:
-    generation = body["metadata"].get("generation", 1)
-    previous = (body.get("status") or {}).get("conditions") or []
-    return {
-        "observedGeneration": generation,
-        "conditions": conditions.merge(previous, conds, generation, now()),
-        **fields,
-    }
-
-
 def _waiting(body: Obj, reason: str, message: str) -> Result:
     cond = Cond(READY, "False" if reason in ("InvalidSpec", "TargetNotFound") else "Unknown", reason, message)
     previous = (body.get("status") or {}).get("conditions") or []
-    return Result(_status(body, [cond]), transition_event(previous, cond))
+    return Result(conditions.status(body, [cond]), transition_event(previous, cond))
 
 
 def http_query(url: str, promql: str) -> bytes:
@@ -209,7 +198,7 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = 
     if drift.status == "True" and spec.retrain is not None:
         events += _retrain(body, api, spec, owner, last_check, fields)
     ready = Cond(READY, "True", "Watching", f"checked {version} from {source}")
-    return Result(_status(body, [ready, drift], **fields), events + transition_event(previous, drift))
+    return Result(conditions.status(body, [ready, drift], **fields), events + transition_event(previous, drift))
 
 
 def _last_check(profile: Profile, version: str, result: Check) -> Obj:

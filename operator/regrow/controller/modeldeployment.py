@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from regrow.api import MODEL_DEPLOYMENT, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.clock import now
 from regrow.controller import conditions
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
@@ -210,7 +209,6 @@ def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Con
 
 def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober: Prober) -> Result:
     owner = Owner.of(body)
-    generation = body["metadata"].get("generation", 1)
     previous_status = body.get("status") or {}
     previous = previous_status.get("conditions") or []
     try:
@@ -218,11 +216,7 @@ def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober
         (spec.storage or StorageSpec()).check_file_uris(spec.model.registry)
     except (InvalidSpec, ValueError) as error:
         cond = Cond(READY, "False", "InvalidSpec", str(error))
-        invalid = {
-            "observedGeneration": generation,
-            "conditions": conditions.merge(previous, [cond], generation, now()),
-        }
-        return Result(invalid, transition_event(previous, cond))
+        return Result(conditions.status(body, [cond]), transition_event(previous, cond))
 
     reports = [report(p, spec.model.name, prober) for p in serving_pods(api, owner.namespace, owner.name)]
     name = owner.child_name(COMPONENT)
@@ -243,14 +237,15 @@ def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober
         events.append(Event("Normal", "Created", f"Created Deployment {name}"))
 
     conds = assess(applied.obj, reports, version)
-    status: Obj = {
-        "observedGeneration": generation,
-        "conditions": conditions.merge(previous, conds, generation, now()),
-        "replicas": (applied.obj.get("status") or {}).get("replicas", 0),
-        "readyReplicas": (applied.obj.get("status") or {}).get("readyReplicas", 0),
-        "updatedReplicas": (applied.obj.get("status") or {}).get("updatedReplicas", 0),
-        "url": f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
-    }
+    live_status = applied.obj.get("status") or {}
+    status = conditions.status(
+        body,
+        conds,
+        replicas=live_status.get("replicas", 0),
+        readyReplicas=live_status.get("readyReplicas", 0),
+        updatedReplicas=live_status.get("updatedReplicas", 0),
+        url=f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
+    )
     if version:
         status["desiredVersion"] = version
     serving = {(r.serving, r.uri) for r in reports if r.ready and r.serving and r.uri}

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.clock import now
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
@@ -94,12 +93,7 @@ def _failed(condition: Obj, message: str | None) -> Outcome:
 
 
 def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
-    generation = body["metadata"].get("generation", 1)
-    previous = (body.get("status") or {}).get("conditions") or []
-    status: Obj = {
-        "observedGeneration": generation,
-        "conditions": conditions.merge(previous, [result.cond], generation, now()),
-    }
+    status = conditions.status(body, [result.cond])
     if job is not None:
         status["jobName"] = job["metadata"]["name"]
         job_status = job.get("status") or {}
