@@ -8,6 +8,7 @@ with the same OIP v2 request (iris, batch 1 and 32). Compared:
   mlserver          MLServer + mlserver-sklearn serving the same scikit-learn pipeline (another virtualenv:
                     python -m venv V && V/bin/pip install mlserver mlserver-sklearn; pass --mlserver-python)
   bare-uvicorn      uvicorn + httptools + uvloop answering constant JSON: the HTTP ceiling
+  bare regrow HTTP  the same constant JSON from regrow's own HTTP layer (regrow.serving.httpserver)
   minimal OIP       the same, but parsing the request and running the ONNX session first: what any Python
                     OIP server over onnxruntime costs at least (no validation, metrics or logging)
   onnxruntime       the same ONNX model called in-process: the compute floor
@@ -39,9 +40,10 @@ from regrow.training.sample_data import sample_csv
 from regrow.training.trainer import train
 
 ROW = [5.9, 3.0, 4.2, 1.5]
-BARE_APP = textwrap.dedent(
+RESPONSE = b'{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"BYTES","data":["versicolor"]}]}'
+CONSTANT = f"BODY = {RESPONSE!r}\n"
+BARE_APP = CONSTANT + textwrap.dedent(
     """
-    BODY = b'{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"BYTES","data":["versicolor"]}]}'
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
@@ -53,13 +55,18 @@ BARE_APP = textwrap.dedent(
 )
 # The least any Python OIP server over ONNX does: parse the JSON, run the session, answer. No validation,
 # metrics or logging: the floor under the ceiling, for what the framework around the model costs.
-MINIMAL_APP = textwrap.dedent(
-    """
+MINIMAL_APP = (
+    textwrap.dedent(
+        """
     import os, numpy as np, onnxruntime as ort, orjson
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(os.environ["MODEL"], options, providers=["CPUExecutionProvider"])
-    BODY = b'{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"BYTES","data":["versicolor"]}]}'
+    """
+    )
+    + CONSTANT
+    + textwrap.dedent(
+        """
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
@@ -71,6 +78,18 @@ MINIMAL_APP = textwrap.dedent(
         session.run(None, {"input": np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])})
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": BODY})
+    """
+    )
+)
+BARE_REGROW_APP = CONSTANT + textwrap.dedent(
+    """
+    import asyncio, sys, uvloop
+    from regrow.serving.httpserver import HttpServer, Response
+    async def main():
+        constant = Response(200, BODY)
+        await HttpServer(lambda request: constant, 1 << 20).start("127.0.0.1", int(sys.argv[1]))
+        await asyncio.Event().wait()
+    uvloop.run(main())
     """
 )
 MINIMAL = "minimal OIP + onnxruntime"
@@ -165,6 +184,23 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def mlserver(python: str, work: Path) -> tuple[list[str], int]:
+    """MLServer's command line and port, serving the same pipeline as scikit-learn's joblib file."""
+    models = work / "mlserver" / "iris"
+    models.mkdir(parents=True)
+    subprocess.run([python, "-c", MLSERVER_TRAIN, str(work / "iris.csv"), str(models / "model.joblib")], check=True)
+    port = free_port()
+    settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0}
+    (work / "mlserver" / "settings.json").write_text(json.dumps(settings))
+    model = {
+        "name": "iris",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "v1"},
+    }
+    (models / "model-settings.json").write_text(json.dumps(model))
+    return [str(Path(python).with_name("mlserver")), "start", str(work / "mlserver")], port
+
+
 def main() -> None:
     args = parse_args()
     if shutil.which("wrk") is None:
@@ -213,38 +249,8 @@ def main() -> None:
         measure(name, serve([*regrow, "--port", str(port), *extra]), f"http://127.0.0.1:{port}/v2/models/iris/infer")
 
     if args.mlserver_python:
-        models = work / "mlserver" / "iris"
-        models.mkdir(parents=True)
-        subprocess.run(
-            [args.mlserver_python, "-c", MLSERVER_TRAIN, str(work / "iris.csv"), str(models / "model.joblib")],
-            check=True,
-        )
-        port = free_port()
-        (work / "mlserver" / "settings.json").write_text(
-            json.dumps(
-                {
-                    "http_port": port,
-                    "grpc_port": free_port(),
-                    "metrics_port": free_port(),
-                    "parallel_workers": 0,
-                }
-            )
-        )
-        (models / "model-settings.json").write_text(
-            json.dumps(
-                {
-                    "name": "iris",
-                    "implementation": "mlserver_sklearn.SKLearnModel",
-                    "parameters": {"uri": "./model.joblib", "version": "v1"},
-                }
-            )
-        )
-        mlserver = str(Path(args.mlserver_python).with_name("mlserver"))
-        measure(
-            "mlserver",
-            serve([mlserver, "start", str(work / "mlserver")]),
-            f"http://127.0.0.1:{port}/v2/models/iris/infer",
-        )
+        argv, port = mlserver(args.mlserver_python, work)
+        measure("mlserver", serve(argv), f"http://127.0.0.1:{port}/v2/models/iris/infer")
 
     model_bytes = registry.read("iris", version, MODEL)
     (work / "model.onnx").write_bytes(model_bytes)
@@ -258,6 +264,10 @@ def main() -> None:
                    "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]  # fmt: skip
         proc = serve(uvicorn, env={"MODEL": str(work / "model.onnx")}, cwd=work)
         measure(name, proc, f"http://127.0.0.1:{port}/v2/models/iris/infer")
+    (work / "bare_regrow.py").write_text(BARE_REGROW_APP)
+    port = free_port()
+    measure("bare regrow HTTP", serve([sys.executable, str(work / "bare_regrow.py"), str(port)]),
+            f"http://127.0.0.1:{port}/v2/models/iris/infer")  # fmt: skip
 
     model = OnnxModel(model_bytes)
     floor = {batch: in_process(model, batch, 3.0) for batch in (1, 32)}
@@ -277,9 +287,11 @@ def main() -> None:
     print()
     for batch in (1, 32):
         regrow_rps = by[("regrow", batch)]
+        ceiling = by[("bare-uvicorn", batch)]
         print(
-            f"batch {batch}: regrow = {regrow_rps / by[('bare-uvicorn', batch)]:.0%} of the bare-HTTP ceiling "
-            f"(a minimal OIP app over the same session: {by[(MINIMAL, batch)] / by[('bare-uvicorn', batch)]:.0%}); "
+            f"batch {batch}: regrow = {regrow_rps / ceiling:.0%} of the bare-HTTP ceiling (uvicorn) and "
+            f"{regrow_rps / by[('bare regrow HTTP', batch)]:.0%} of a constant reply on its own HTTP layer "
+            f"(a minimal OIP app over the same session, on uvicorn: {by[(MINIMAL, batch)] / ceiling:.0%}); "
             f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
             + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
         )

@@ -1,8 +1,7 @@
-"""The inference server, for real: uvicorn on a loopback port the test picks, a model the trainer made."""
+"""The inference server, for real: on a loopback port the test picks, serving a model the trainer made."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import threading
@@ -16,11 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as oip
+import uvloop
 
 from regrow.api import TrainingJobSpec, parse_spec
 from regrow.inference import OnnxModel
 from regrow.serving.predlog import PredictionLog
-from regrow.serving.server import DrainingServer, ServeConfig
+from regrow.serving.server import InferenceServer, ServeConfig
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
@@ -65,9 +65,9 @@ class Server:
         return response.status, data.decode()
 
 
-def start(config: ServeConfig) -> tuple[Server, DrainingServer]:
-    uv_server = DrainingServer(config)
-    thread = threading.Thread(target=lambda: asyncio.run(uv_server.run_until_stopped()), daemon=True)
+def start(config: ServeConfig) -> tuple[Server, InferenceServer]:
+    inference = InferenceServer(config)
+    thread = threading.Thread(target=lambda: uvloop.run(inference.run()), daemon=True)  # as `regrow serve`
     thread.start()
     server = Server(config.port, thread)
     deadline = time.monotonic() + 30
@@ -77,11 +77,11 @@ def start(config: ServeConfig) -> tuple[Server, DrainingServer]:
                 break
         except OSError:
             time.sleep(0.05)
-    return server, uv_server
+    return server, inference
 
 
-def stop(uv_server: DrainingServer, server: Server) -> None:
-    uv_server.should_exit = True
+def stop(inference: InferenceServer, server: Server) -> None:
+    inference.stop()
     server.thread.join(10)
 
 
@@ -98,11 +98,11 @@ def local(root: Path, **options: Any) -> ServeConfig:
 
 @contextmanager
 def running(config: ServeConfig) -> Iterator[Server]:
-    server, uv_server = start(config)
+    server, inference = start(config)
     try:
         yield server
     finally:
-        stop(uv_server, server)
+        stop(inference, server)
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +110,10 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pat
     root = tmp_path_factory.mktemp("serve")
     version = publish_iris(root)
     config = local(root, alias="champion", max_body=64 * 1024)
-    server, uv_server = start(config)
+    server, inference = start(config)
     wait_ready(server)
     yield server, root, version
-    stop(uv_server, server)
+    stop(inference, server)
 
 
 def wait_ready(server: Server, timeout: float = 30) -> None:
@@ -348,9 +348,9 @@ def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> 
 def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
     publish_iris(tmp_path)
     config = local(tmp_path, alias="champion", drain_seconds=1.0)
-    server, uv_server = start(config)
+    server, inference = start(config)
     wait_ready(server)
-    uv_server.handle_exit(15, None)
+    inference.drain()
     assert server.call("GET", "/v2/health/ready") == (503, {"ready": False, "error": "the server is shutting down"})
     assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200  # still answering while draining
     server.thread.join(10)

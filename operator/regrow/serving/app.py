@@ -1,4 +1,4 @@
-"""The ASGI application: OIP v2 and v1 routes, health, and /metrics, with no framework in the way.
+"""The request handler: OIP v2 and v1 routes, health, and /metrics, with no framework in the way.
 
 Every client error is a 4xx with a JSON body ``{"error": "..."}``; nothing a client sends can make it
 answer 500 or stop the process.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.inference import Prediction
+from regrow.serving.httpserver import Request, Response, error_response, json_response
 from regrow.serving.metrics import ServingMetrics
 from regrow.serving.model import LoadedModel
 from regrow.serving.predlog import PredictionLog
@@ -35,13 +36,6 @@ from regrow.serving.protocol import (
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-JSON = [(b"content-type", b"application/json")]
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
-
 
 @dataclass
 class State:
@@ -55,12 +49,12 @@ class State:
     draining: bool = False
     alias: str | None = None
     alias_version: str | None = None
-    max_body: int = DEFAULT_MAX_BODY
     feature_bins: bool = True
     predictions: PredictionLog | None = None
+    in_flight: Callable[[], int] = lambda: 0  # the HTTP server's count of requests not answered yet
 
     def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
-        self.metrics = ServingMetrics(model, self.feature_bins)
+        self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins)
         if predictions is not None:
             self.metrics.registry.register(predictions)
         self.predictions = predictions
@@ -73,54 +67,46 @@ class State:
 
 
 class App:
+    """Answers one complete request; the HTTP server calls it, on the event loop."""
+
     def __init__(self, state: State) -> None:
         self.state = state
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        method, path = scope["method"], scope["path"]
+    def __call__(self, request: Request) -> Response:
         try:
-            if method == "POST":
-                await self._post(path, scope, receive, send)
-            elif method == "GET":
-                await self._get(path, send)
-            else:
-                raise BadRequest(f"method {method} is not allowed", 405)
+            if request.method == "POST":
+                return self._post(request)
+            if request.method == "GET":
+                return self._get(request.path)
+            raise BadRequest(f"method {request.method} is not allowed", 405)
         except BadRequest as error:
-            await respond(send, error.status, {"error": str(error)})
+            return error_response(error.status, str(error))
 
-    async def _get(self, path: str, send: Send) -> None:
+    def _get(self, path: str) -> Response:
         state = self.state
         if path == "/v2/health/live":
-            await respond(send, 200, {"live": True})
-        elif path == "/v2/health/ready":
-            await respond(send, 200 if state.ready else 503, {"ready": state.ready, **self._why()})
-        elif path == "/metrics":
+            return json_response(200, {"live": True})
+        if path == "/v2/health/ready":
+            return json_response(200 if state.ready else 503, {"ready": state.ready, **self._why()})
+        if path == "/metrics":
             body = generate_latest(state.metrics.registry) if state.metrics else b""
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
-        elif path == "/v2":
-            await respond(send, 200, {"name": "regrow", "version": __version__, "extensions": []})
-        elif path.startswith("/v2/models/"):
-            rest = self._model_path(path[len("/v2/models/") :])
-            if rest == "":
-                await respond(send, 200, self._metadata())
-            elif rest == "/profile" and state.model is not None:  # the reference profile, for drift checks
-                await send({"type": "http.response.start", "status": 200, "headers": JSON})
-                await send({"type": "http.response.body", "body": state.model.profile.to_json()})
-            elif rest == "/ready":
-                await respond(
-                    send, 200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why()}
-                )
-            else:
-                raise BadRequest(f"no such endpoint: GET {path}", 404)
-        else:
-            raise BadRequest(f"no such endpoint: GET {path}", 404)
+            return Response(200, body, CONTENT_TYPE_LATEST.encode())
+        if path == "/v2":
+            return json_response(200, {"name": "regrow", "version": __version__, "extensions": []})
+        if path.startswith("/v2/models/"):
+            return self._get_model(path)
+        raise BadRequest(f"no such endpoint: GET {path}", 404)
+
+    def _get_model(self, path: str) -> Response:
+        state = self.state
+        rest = self._model_path(path[len("/v2/models/") :])
+        if rest == "":
+            return json_response(200, self._metadata())
+        if rest == "/profile" and state.model is not None:  # the reference profile, for drift checks
+            return Response(200, state.model.profile.to_json())
+        if rest == "/ready":
+            return json_response(200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why()})
+        raise BadRequest(f"no such endpoint: GET {path}", 404)
 
     def _why(self) -> dict[str, str]:
         if self.state.draining:
@@ -176,13 +162,13 @@ class App:
             },
         }
 
-    async def _post(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+    def _post(self, request: Request) -> Response:
+        path = request.path
         if path.startswith("/v2/models/"):
             protocol = "v2"
             rest = self._model_path(path[len("/v2/models/") :])
             if rest == "/feedback":
-                await self._feedback(receive, send)
-                return
+                return self._feedback(request.body)
             if rest != "/infer":
                 raise BadRequest(f"no such endpoint: POST {path}", 404)
         elif path == f"/v1/models/{self.state.name}:predict":
@@ -191,62 +177,58 @@ class App:
             raise BadRequest(f"model {path[len('/v1/models/') : -len(':predict')]} is not served here", 404)
         else:
             raise BadRequest(f"no such endpoint: POST {path}", 404)
-        binary_header = next((v.decode() for k, v in scope["headers"] if k == BINARY_HEADER.encode()), None)
-        await self._infer(protocol, binary_header, receive, send)
+        return self._infer(protocol, request)
 
-    async def _infer(self, protocol: str, binary_header: str | None, receive: Receive, send: Send) -> None:
+    def _infer(self, protocol: str, request: Request) -> Response:
         state = self.state
         model, metrics = state.model, state.metrics
         if model is None or metrics is None:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
-        started = time.perf_counter()
         code, x = 500, None
-        metrics.in_flight.inc()
         try:
-            body, binary = split_binary(await read_body(receive, state.max_body), binary_header)
+            body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             try:
-                request = orjson.loads(body)
+                parsed = orjson.loads(body)
             except orjson.JSONDecodeError as error:
                 raise BadRequest(f"the body is not valid JSON: {error}") from None
             if protocol == "v2":
-                x = v2_inputs(request, model.features, binary)
+                x = v2_inputs(parsed, model.features, binary)
                 prediction = model.session.predict(x)
                 response: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
                                             "outputs": v2_outputs(prediction)}  # fmt: skip
-                if isinstance(request.get("id"), str):
-                    response["id"] = request["id"]
+                if isinstance(parsed.get("id"), str):
+                    response["id"] = parsed["id"]
             else:
-                x = v1_inputs(request, model.features)
+                x = v1_inputs(parsed, model.features)
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
             if state.predictions is not None and state.predictions.sampled():
                 response["id"] = log_prediction(state.predictions, response.get("id"), x, prediction)
             code = 200
-            await respond(send, 200, response)
+            return json_response(200, response)
         except BadRequest as error:
             code, x = error.status, None
             raise
         finally:
-            metrics.in_flight.dec()
-            metrics.request(protocol, code, time.perf_counter() - started, x)
+            metrics.request(protocol, code, time.perf_counter() - request.started, x)
 
-    async def _feedback(self, receive: Receive, send: Send) -> None:
+    def _feedback(self, body: bytes) -> Response:
         """Labels for logged predictions: {"id": ..., "label": ...} or {"feedback": [{"id": ..., "label": ...}]}."""
         predictions = self.state.predictions
         if predictions is None:
             raise BadRequest("feedback needs the prediction log (spec.predictionLog.samplePercent above 0)", 404)
         try:
-            body = orjson.loads(await read_body(receive, self.state.max_body))
+            parsed = orjson.loads(body)
         except orjson.JSONDecodeError as error:
             raise BadRequest(f"the body is not valid JSON: {error}") from None
-        items = body.get("feedback") if isinstance(body, dict) and "feedback" in body else [body]
+        items = parsed.get("feedback") if isinstance(parsed, dict) and "feedback" in parsed else [parsed]
         if not isinstance(items, list) or not all(
             isinstance(i, dict) and isinstance(i.get("id"), str) and "label" in i for i in items
         ):
             raise BadRequest('feedback is {"id": "<request id>", "label": ...} or {"feedback": [such objects]}')
         now = time.time()
         accepted = sum(predictions.offer("feedback", {"id": i["id"], "label": i["label"], "time": now}) for i in items)
-        await respond(send, 202, {"accepted": accepted, "dropped": len(items) - accepted})
+        return json_response(202, {"accepted": accepted, "dropped": len(items) - accepted})
 
 
 def log_prediction(
@@ -266,33 +248,3 @@ def log_prediction(
         record["probabilities"] = prediction.probabilities.tolist()
     log.offer("predictions", record)
     return request_id
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("the client went away", 499)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"the body exceeds the limit of {limit} bytes", 413)
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def respond(send: Send, status: int, body: Any) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -7,12 +7,17 @@ on the request path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+import collections
+import itertools
+import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from regrow.serving.model import LoadedModel
 
@@ -61,41 +66,68 @@ class FeatureBins:
         return []
 
 
-class ServingMetrics:
-    def __init__(self, model: LoadedModel, feature_bins: bool = True) -> None:
-        self.registry = CollectorRegistry()
-        labels = ["model", "version"]
-        self.requests = Counter(
-            "regrow_inference_requests", "Inference requests by protocol and status code.",
-            [*labels, "protocol", "code"], registry=self.registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "regrow_inference_request_duration_seconds", "Time to answer an inference request.",
-            labels, buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.rows = Counter("regrow_inference_rows", "Rows predicted.", labels, registry=self.registry)
-        self.in_flight = Gauge(
-            "regrow_inference_in_flight_requests", "Requests being answered.", registry=self.registry
-        )
-        info = Gauge(
-            "regrow_model_info", "The model version this process serves.", [*labels, "uri"], registry=self.registry
-        )
-        info.labels(model.name, model.version, model.uri).set(1)
-        self.bins = FeatureBins(model) if feature_bins else None
-        if self.bins is not None:
-            self.registry.register(self.bins)
-        self._latency = self.latency.labels(model.name, model.version)
-        self._rows = self.rows.labels(model.name, model.version)
-        self._label_values = (model.name, model.version)
-        self._requests: dict[tuple[str, int], Counter] = {}
+class RequestStats:
+    """Requests by protocol and code, their latency and the rows predicted, for one model version.
+
+    Kept in plain Python numbers by the event loop (the only writer) and turned into metric families at
+    each scrape: no lock and no metric child per request.
+    """
+
+    def __init__(self, model: LoadedModel, bins: FeatureBins | None) -> None:
+        self.labels = [model.name, model.version]
+        self.bins = bins
+        self.codes: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.seconds = 0.0
+        self.rows = 0
 
     def request(self, protocol: str, code: int, seconds: float, x: npt.NDArray[np.float32] | None) -> None:
-        counter = self._requests.get((protocol, code))
-        if counter is None:
-            counter = self._requests[protocol, code] = self.requests.labels(*self._label_values, protocol, str(code))
-        counter.inc()
-        self._latency.observe(seconds)
+        self.codes[protocol, code] += 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: upper bounds are inclusive
+        self.seconds += seconds
         if x is not None:
-            self._rows.inc(len(x))
+            self.rows += len(x)
             if self.bins is not None:
                 self.bins.observe(x)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "regrow_inference_requests", "Inference requests by protocol and status code.",
+            labels=["model", "version", "protocol", "code"],
+        )  # fmt: skip
+        for (protocol, code), count in sorted(self.codes.items()):
+            requests.add_metric([*self.labels, protocol, str(code)], count)
+        latency = HistogramMetricFamily(
+            "regrow_inference_request_duration_seconds",
+            "Time to answer an inference request, from its first byte.",
+            labels=["model", "version"],
+        )
+        bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS, math.inf)]  # type: ignore[no-untyped-call]
+        latency.add_metric(
+            self.labels, list(zip(bounds, itertools.accumulate(self.buckets), strict=True)), self.seconds
+        )
+        rows = CounterMetricFamily("regrow_inference_rows", "Rows predicted.", labels=["model", "version"])
+        rows.add_metric(self.labels, self.rows)
+        yield from (requests, latency, rows)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+class ServingMetrics:
+    def __init__(self, model: LoadedModel, in_flight: Callable[[], int], feature_bins: bool = True) -> None:
+        self.registry = CollectorRegistry()
+        bins = FeatureBins(model) if feature_bins else None
+        self.stats = RequestStats(model, bins)
+        self.registry.register(self.stats)
+        if bins is not None:
+            self.registry.register(bins)
+        Gauge(
+            "regrow_inference_in_flight_requests", "HTTP requests received in part or whole, not answered yet.",
+            registry=self.registry,
+        ).set_function(in_flight)  # fmt: skip
+        Gauge(
+            "regrow_model_info", "The model version this process serves.", ["model", "version", "uri"],
+            registry=self.registry,
+        ).labels(model.name, model.version, model.uri).set(1)  # fmt: skip
+        self.request = self.stats.request

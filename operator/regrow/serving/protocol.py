@@ -10,6 +10,7 @@ Responses are always JSON, which those clients read as well.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy.typing as npt
 from regrow.inference import Prediction
 
 NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-BINARY_HEADER = "inference-header-content-length"
+BINARY_HEADER = b"inference-header-content-length"
 
 
 class BadRequest(Exception):
@@ -29,12 +30,12 @@ class BadRequest(Exception):
         self.status = status
 
 
-def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def split_binary(body: bytes, header_length: bytes | None) -> tuple[bytes, bytes]:
     """The JSON request and the binary tensor data after it (empty without the extension's header)."""
     if header_length is None:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise BadRequest(f"{BINARY_HEADER} must be the JSON header's length in bytes, at most the body's")
+        raise BadRequest(f"{BINARY_HEADER.decode()} must be the JSON header's length in bytes, at most the body's")
     return body[: int(header_length)], body[int(header_length) :]
 
 
@@ -67,7 +68,7 @@ def _array(data: Any, what: str) -> npt.NDArray[np.float32]:
             array = np.array(data, dtype=np.float32)
         except (TypeError, ValueError):
             raise BadRequest(f"{what}: data must be numbers (or null for a missing value), nested regularly") from None
-    if np.isinf(array).any():
+    if np.count_nonzero(np.isinf(array)):
         raise BadRequest(f"{what}: data must be finite (use null for a missing value)")
     return array
 
@@ -77,7 +78,8 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArra
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise BadRequest('the request must be a JSON object with a non-empty "inputs" array')
     inputs = body["inputs"]
-    _binary_inputs(inputs, binary)
+    if binary:
+        _binary_inputs(inputs, binary)
     for tensor in inputs:
         if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
             raise BadRequest("each input needs name, shape, datatype and data")
@@ -90,7 +92,7 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArra
         tensor = inputs[0]
         array = _array(tensor["data"], f"input {tensor['name']}")
         shape = tensor["shape"]
-        if array.size != int(np.prod(shape)):
+        if array.size != math.prod(shape):
             raise BadRequest(f"input {tensor['name']}: {array.size} values do not fill shape {shape}")
         if len(shape) != 2 or shape[1] != len(features):
             raise BadRequest(
@@ -125,14 +127,14 @@ def _labels(outputs: npt.NDArray[np.generic]) -> tuple[list[Any], str]:
 
 
 def v2_outputs(prediction: Prediction) -> list[dict[str, Any]]:
+    """The response's output tensors; FP32 data stays a numpy array, which orjson writes as float32."""
     values, datatype = _labels(prediction.outputs)
-    rows = len(values)
-    outputs = [{"name": "label" if prediction.probabilities is not None else "value", "shape": [rows],
-                "datatype": datatype, "data": values}]  # fmt: skip
+    name = "label" if prediction.probabilities is not None else "value"
+    outputs: list[dict[str, Any]] = [{"name": name, "shape": [len(values)], "datatype": datatype, "data": values}]
     if prediction.probabilities is not None:
         probabilities = prediction.probabilities
         outputs.append({"name": "probabilities", "shape": list(probabilities.shape), "datatype": "FP32",
-                        "data": probabilities.ravel().tolist()})  # fmt: skip
+                        "data": np.ascontiguousarray(probabilities).ravel()})  # fmt: skip
     return outputs
 
 

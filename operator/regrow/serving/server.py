@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 
-import uvicorn
-
-from regrow.serving.app import DEFAULT_MAX_BODY, App, State
+from regrow.serving.app import App, State
+from regrow.serving.httpserver import HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+SHUTDOWN_SECONDS = 10.0  # for requests still arriving when the drain ends (each is answered the moment it is whole)
 
 
 @dataclass(frozen=True)
@@ -39,45 +42,52 @@ class ServeConfig:
     region: str | None = None
 
 
-class DrainingServer(uvicorn.Server):
-    """On the first SIGTERM, report not ready for ``drain_seconds`` (so endpoints drop this pod) while still
-    answering; then stop accepting and let in-flight requests finish. A second signal stops at once."""
+class InferenceServer:
+    """The HTTP server, the model it serves, and its shutdown.
+
+    On the first SIGTERM (or ``drain()``) it reports not ready for ``drain_seconds`` (so that endpoints drop
+    this pod) while it still answers; then it stops accepting and lets requests in progress finish. A second
+    signal (or ``stop()``) stops at once. ``drain()`` and ``stop()`` may be called from any thread.
+    """
 
     def __init__(self, config: ServeConfig) -> None:
-        self.serve_config = config
-        self.state = State(
-            name=config.model, alias=config.alias, max_body=config.max_body, feature_bins=config.feature_bins
-        )
+        self.config = config
+        self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins)
+        self.http = HttpServer(App(self.state), config.max_body)
+        self.state.in_flight = self.http.in_flight
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
-        super().__init__(
-            uvicorn.Config(
-                App(self.state),
-                host=config.host,
-                port=config.port,
-                http="httptools",
-                loop="uvloop",
-                lifespan="on",
-                access_log=False,
-                log_level="warning",
-                timeout_graceful_shutdown=30,
-            )
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one run() runs on
+        self._stop = asyncio.Event()
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        drain = self.serve_config.drain_seconds
-        if self.state.draining or drain <= 0:
-            super().handle_exit(sig, frame)
+    def drain(self) -> None:
+        if self.state.draining or self.config.drain_seconds <= 0:
+            self.stop()
             return
-        log.info("Received signal %s: draining for %.1fs before shutting down", sig, drain)
+        log.info("Draining for %.1fs before shutting down", self.config.drain_seconds)
         self.state.draining = True
-        threading.Timer(drain, super().handle_exit, (sig, frame)).start()
+        self._threadsafe(lambda loop: loop.call_later(self.config.drain_seconds, self._stop.set))
 
-    async def run_until_stopped(self) -> None:
-        loader = asyncio.create_task(keep_model(self.state, self.registry, self.serve_config))
+    def stop(self) -> None:
+        self._threadsafe(lambda _: self._stop.set())
+
+    def _threadsafe(self, call: Callable[[asyncio.AbstractEventLoop], object]) -> None:
+        if self._loop is None:
+            raise RuntimeError("the server is not running")
+        self._loop.call_soon_threadsafe(call, self._loop)
+
+    async def run(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.drain)
+        await self.http.start(self.config.host, self.config.port)
+        log.info("Listening on %s:%d", self.config.host, self.config.port)
+        loader = asyncio.create_task(keep_model(self.state, self.registry, self.config))
         try:
-            await self.serve()
+            await self._stop.wait()
         finally:
             loader.cancel()
+            await self.http.shutdown(SHUTDOWN_SECONDS)
             if self.state.predictions is not None:
                 await asyncio.to_thread(self.state.predictions.close)
 
@@ -118,4 +128,4 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
 def run(config: ServeConfig) -> None:
     import uvloop  # noqa: PLC0415
 
-    uvloop.run(DrainingServer(config).run_until_stopped())
+    uvloop.run(InferenceServer(config).run())

@@ -1,0 +1,237 @@
+"""The HTTP/1.1 server under the inference endpoints: asyncio and httptools (llhttp, uvicorn's parser too),
+answering each complete request synchronously.
+
+An inference request is CPU work that runs to completion on the event loop. An ASGI server's task per
+request, its message dicts and its awaits buy nothing then, and on this workload they cost more than the
+model does. A constant reply takes 26 µs per request through uvicorn on the benchmark machine, and 8 µs
+here (``benchmarks/serving.py``).
+
+Kept from a full server is what one behind a Kubernetes Service needs:
+- keep-alive and pipelined requests; HTTP/1.0 (one request per connection);
+- chunked request bodies and ``Expect: 100-continue``;
+- a body size limit: 413, before the body when ``Content-Length`` says so;
+- a timeout for silent connections (idle or stalled mid-request) and back-pressure on clients that do not read;
+- a ``Date`` header;
+- a graceful shutdown: stop accepting, close idle connections, let requests in progress finish.
+
+A connection that is closed after an error is half-closed: the response goes out, then whatever the client
+still sends is read and dropped until it hangs up, so that a reset does not destroy the response before
+the client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+import orjson
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_SECONDS = 5.0  # uvicorn's keep-alive default
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+JSON = b"application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str  # percent-decoded, without the query
+    headers: dict[bytes, bytes]  # names in lower case
+    body: bytes
+    started: float  # time.perf_counter() at its first byte
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+
+
+def json_response(status: int, body: object) -> Response:
+    return Response(status, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
+
+
+Handler = Callable[[Request], Response]
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, max_body: int, idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self.date = b""
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    def in_flight(self) -> int:
+        """Requests received in part or whole and not answered yet."""
+        return sum(connection.started is not None for connection in self.connections)
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._tick()
+        self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_address=True)
+        self._ticker = loop.create_task(self._every_second())
+
+    async def _every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._tick()
+
+    def _tick(self) -> None:
+        """Refresh the Date header, and close connections silent for longer than the idle timeout."""
+        self.date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        silent_since = time.monotonic() - self.idle_timeout
+        for connection in [c for c in self.connections if c.last_read < silent_since]:
+            connection.transport.close()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, close idle connections, give requests in progress ``timeout`` seconds, close the rest."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for connection in [c for c in self.connections if c.started is None]:
+            connection.transport.close()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.transport.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parse its requests as bytes arrive, answer each as soon as it is complete."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.last_read = time.monotonic()
+        self.started: float | None = None  # the request in progress, if any
+        self.ending = False  # answered for the last time: read and drop the rest
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.keep_alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TCP transports do not subclass it
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+
+    def pause_writing(self) -> None:  # the client does not read its responses: stop reading its requests
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ending:
+            return
+        self.last_read = time.monotonic()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # no protocol switch is offered; what came before it is answered
+            self._end()
+        except httptools.HttpParserError as error:
+            if not self.ending:
+                self._respond(error_response(400, f"malformed HTTP request: {error}"), last=True)
+
+    # httptools callbacks, in the order the parser makes them.
+
+    def on_message_begin(self) -> None:
+        self.started = time.perf_counter()
+        self.url, self.headers, self.body, self.size = b"", {}, [], 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        length = self.headers.get(b"content-length")
+        if length is not None and int(length) > self.server.max_body:
+            self._too_large()
+        elif self.headers.get(b"expect", b"").lower() == b"100-continue":
+            self.transport.write(CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.ending:
+            return
+        self.size += len(chunk)
+        if self.size > self.server.max_body:
+            self._too_large()
+        else:
+            self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.ending or self.started is None:
+            return
+        path = self.url.partition(b"?")[0].decode("latin-1")
+        request = Request(
+            self.parser.get_method().decode(),
+            urllib.parse.unquote(path) if "%" in path else path,
+            self.headers,
+            b"".join(self.body),
+            self.started,
+        )
+        try:
+            response = self.server.handler(request)
+        except Exception:
+            log.exception("Failed to answer %s %s", request.method, request.path)
+            response = error_response(500, "the server failed to answer; its log says why")
+        self._respond(response, last=not self.keep_alive or self.server.closing, head=request.method == "HEAD")
+
+    def _too_large(self) -> None:
+        self._respond(error_response(413, f"the body exceeds the limit of {self.server.max_body} bytes"), last=True)
+
+    def _respond(self, response: Response, last: bool, head: bool = False) -> None:
+        self.started = None
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s"
+            % (
+                response.status,
+                REASONS.get(response.status, b""),
+                response.content_type,
+                len(response.body),
+                self.server.date,
+                b"connection: close\r\n" if last else b"",
+                b"" if head else response.body,
+            )
+        )
+        if last:
+            self._end()
+
+    def _end(self) -> None:
+        """Send what is written, then FIN; drop what the client still sends until it hangs up (or goes silent)."""
+        self.ending = True
+        self.started = None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()

@@ -1,0 +1,203 @@
+"""The HTTP/1.1 layer of the inference server, spoken to byte by byte over a real loopback socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import uvloop
+
+from regrow.serving.httpserver import HttpServer, Request, Response, json_response
+from tests.cluster import free_port
+
+MAX_BODY = 1024
+
+
+def echo(request: Request) -> Response:
+    """What the server made of the request, as JSON; /fail raises, as a bug in a handler would."""
+    if request.path == "/fail":
+        raise RuntimeError("a bug")
+    return json_response(200, {"method": request.method, "path": request.path, "body": request.body.decode(),
+                               "type": request.headers.get(b"content-type", b"").decode()})  # fmt: skip
+
+
+@dataclass
+class Running:
+    server: HttpServer
+    loop: asyncio.AbstractEventLoop
+    port: int
+
+    def connect(self) -> Client:
+        return Client(self.port)
+
+    def wait_in_flight(self, count: int) -> None:
+        deadline = time.monotonic() + 5
+        while self.server.in_flight() != count:
+            assert time.monotonic() < deadline, f"{self.server.in_flight()} requests in flight, not {count}"
+            time.sleep(0.01)
+
+    def shutdown(self, timeout: float) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.shutdown(timeout), self.loop)
+
+
+@pytest.fixture
+def http() -> Iterator[Running]:
+    server = HttpServer(echo, MAX_BODY, idle_timeout=0.5)
+    port = free_port()
+    started = threading.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.start("127.0.0.1", port)
+        started.set()
+        while not server.closing or server.connections:
+            await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=uvloop.run, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    running = Running(server, loops[0], port)
+    yield running
+    if not server.closing:
+        running.shutdown(1)
+    thread.join(5)
+
+
+class Client:
+    """A raw HTTP/1.1 connection: send bytes, read responses by their content-length."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buffer = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+
+    def recv(self) -> bytes:
+        try:
+            return self.sock.recv(65536)
+        except ConnectionResetError:
+            return b""
+
+    def response(self, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+        """The next response: status, headers (lower-case names) and body (none for a HEAD request)."""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.recv()
+            assert chunk, f"the server closed the connection mid-response: {self.buffer!r}"
+            self.buffer += chunk
+        top, _, rest = self.buffer.partition(b"\r\n\r\n")
+        status_line, *lines = top.decode().split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        length = 0 if head else int(headers["content-length"])
+        while len(rest) < length:
+            chunk = self.recv()
+            assert chunk, "the server closed the connection mid-body"
+            rest += chunk
+        self.buffer = rest[length:]
+        return int(status_line.split()[1]), headers, rest[:length]
+
+    def closed_by_server(self) -> bool:
+        return self.buffer == b"" and self.recv() == b""
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(post("/a", b"one"))
+        status, headers, body = sock.response()
+        assert status == 200 and json.loads(body)["body"] == "one"
+        assert headers["content-type"] == "application/json" and "connection" not in headers
+        assert headers["date"].endswith(" GMT")
+        sock.send(post("/b", b"two") + post("/c?x=1", b"three") + b"GET /d%20e HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert [json.loads(sock.response()[2])["path"] for _ in range(2)] == ["/b", "/c"]
+        assert json.loads(sock.response()[2]) == {"method": "GET", "path": "/d e", "body": "", "type": ""}
+
+
+def test_http_1_0_gets_one_response_then_the_connection_closes(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(b"GET /old HTTP/1.0\r\n\r\n")
+        status, headers, _ = sock.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.closed_by_server()
+    with http.connect() as sock:
+        sock.send(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert sock.response()[1]["connection"] == "close" and sock.closed_by_server()
+
+
+def test_chunked_bodies_and_expect_100_continue(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        assert json.loads(sock.response()[2])["body"] == "abcde"
+        sock.send(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv() == b"HTTP/1.1 100 Continue\r\n\r\n"  # before the client sends the body
+        sock.send(b"body")
+        assert json.loads(sock.response()[2])["body"] == "body"
+
+
+def test_a_body_over_the_limit_gets_413_and_the_client_still_reads_it(http: Running) -> None:
+    with http.connect() as sock:  # the length announced: refused before the body, even one sent anyway
+        sock.send(post("/big", b"x" * (MAX_BODY + 1)))
+        status, headers, body = sock.response()
+        assert status == 413 and f"limit of {MAX_BODY} bytes" in json.loads(body)["error"]
+        assert headers["connection"] == "close" and sock.closed_by_server()
+    with http.connect() as sock:  # chunked: found out while reading
+        chunk = b"%x\r\n%s\r\n" % (600, b"y" * 600)
+        sock.send(b"POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3)
+        assert sock.response()[0] == 413 and sock.closed_by_server()
+
+
+def test_malformed_http_gets_400_and_a_failing_handler_500(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(b"NOT HTTP AT ALL\r\n\r\n")
+        status, _, body = sock.response()
+        assert status == 400 and "malformed HTTP request" in json.loads(body)["error"]
+        assert sock.closed_by_server()
+    with http.connect() as sock:
+        sock.send(b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = sock.response()
+        assert status == 500 and "its log says why" in json.loads(body)["error"]
+        sock.send(b"HEAD /after HTTP/1.1\r\nHost: t\r\n\r\n")  # the connection still works
+        status, headers, body = sock.response(head=True)
+        assert status == 200 and int(headers["content-length"]) > 0 and body == b""  # HEAD: no body
+
+
+def test_silent_connections_are_closed_and_in_flight_counts_unanswered_requests(http: Running) -> None:
+    with http.connect() as idle, http.connect() as busy:
+        busy.send(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab")
+        http.wait_in_flight(1)
+        busy.send(b"cd")
+        assert busy.response()[0] == 200 and http.server.in_flight() == 0
+        started = time.monotonic()
+        assert idle.closed_by_server() and busy.closed_by_server()  # after 0.5 s of silence, on the next tick
+        assert time.monotonic() - started < 3
+
+
+def test_shutdown_closes_idle_connections_and_finishes_requests_in_progress(http: Running) -> None:
+    with http.connect() as idle, http.connect() as busy:
+        idle.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert idle.response()[0] == 200
+        busy.send(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab")
+        http.wait_in_flight(1)
+        http.shutdown(timeout=5)
+        assert idle.closed_by_server()
+        with pytest.raises(OSError):
+            http.connect()  # no longer accepting
+        busy.send(b"cd")
+        status, headers, body = busy.response()
+        assert status == 200 and json.loads(body)["body"] == "abcd" and headers["connection"] == "close"
