@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import uvloop
@@ -27,11 +27,17 @@ def echo(request: Request) -> Response:
                                "type": request.headers.get(b"content-type", b"").decode()})  # fmt: skip
 
 
-@dataclass
 class Running:
-    server: HttpServer
-    loop: asyncio.AbstractEventLoop
-    port: int
+    """An HttpServer on a loopback port, on a uvloop loop in a thread of its own."""
+
+    def __init__(self) -> None:
+        self.server = HttpServer(echo, MAX_BODY, idle_timeout=0.5)
+        self.port = free_port()
+        self.loop = uvloop.new_event_loop()
+        self.loop.run_until_complete(self.server.start("127.0.0.1", self.port))
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.stopping: concurrent.futures.Future[None] | None = None
 
     def connect(self) -> Client:
         return Client(self.port)
@@ -43,31 +49,23 @@ class Running:
             time.sleep(0.01)
 
     def shutdown(self, timeout: float) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.shutdown(timeout), self.loop)
+        self.stopping = asyncio.run_coroutine_threadsafe(self.server.shutdown(timeout), self.loop)
+
+    def close(self) -> None:
+        if self.stopping is None:
+            self.shutdown(1)
+        assert self.stopping is not None
+        self.stopping.result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
 
 
 @pytest.fixture
 def http() -> Iterator[Running]:
-    server = HttpServer(echo, MAX_BODY, idle_timeout=0.5)
-    port = free_port()
-    started = threading.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    async def main() -> None:
-        loops.append(asyncio.get_running_loop())
-        await server.start("127.0.0.1", port)
-        started.set()
-        while not server.closing or server.connections:
-            await asyncio.sleep(0.05)
-
-    thread = threading.Thread(target=uvloop.run, args=(main(),), daemon=True)
-    thread.start()
-    assert started.wait(10)
-    running = Running(server, loops[0], port)
+    running = Running()
     yield running
-    if not server.closing:
-        running.shutdown(1)
-    thread.join(5)
+    running.close()
 
 
 class Client:
@@ -186,6 +184,19 @@ def test_silent_connections_are_closed_and_in_flight_counts_unanswered_requests(
         started = time.monotonic()
         assert idle.closed_by_server() and busy.closed_by_server()  # after 0.5 s of silence, on the next tick
         assert time.monotonic() - started < 3
+
+
+def test_draining_closes_each_connection_after_its_response(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert "connection" not in sock.response()[1]
+        http.server.draining = True
+        sock.send(b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _ = sock.response()
+        assert status == 200 and headers["connection"] == "close" and sock.closed_by_server()
+    with http.connect() as sock:  # still accepting: the endpoints may not have dropped this server yet
+        sock.send(b"GET /new HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.response()[0] == 200
 
 
 def test_shutdown_closes_idle_connections_and_finishes_requests_in_progress(http: Running) -> None:

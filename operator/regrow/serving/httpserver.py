@@ -12,7 +12,9 @@ Kept from a full server is what one behind a Kubernetes Service needs:
 - a body size limit: 413, before the body when ``Content-Length`` says so;
 - a timeout for silent connections (idle or stalled mid-request) and back-pressure on clients that do not read;
 - a ``Date`` header;
-- a graceful shutdown: stop accepting, close idle connections, let requests in progress finish.
+- a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
+  reconnect (to other pods, once the endpoints have changed); then stop accepting, close idle connections,
+  and let requests in progress finish.
 
 A connection that is closed after an error is half-closed: the response goes out, then whatever the client
 still sends is read and dropped until it hangs up, so that a reset does not destroy the response before
@@ -75,7 +77,7 @@ class HttpServer:
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.connections: set[Connection] = set()
-        self.closing = False
+        self.draining = False  # answer each request, then close its connection (clients reconnect elsewhere)
         self.date = b""
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -104,7 +106,7 @@ class HttpServer:
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, close idle connections, give requests in progress ``timeout`` seconds, close the rest."""
-        self.closing = True
+        self.draining = True
         if self._server is not None:
             self._server.close()
         for connection in [c for c in self.connections if c.started is None]:
@@ -163,6 +165,8 @@ class Connection(asyncio.Protocol):
     # httptools callbacks, in the order the parser makes them.
 
     def on_message_begin(self) -> None:
+        if self.ending:
+            return
         self.started = time.perf_counter()
         self.url, self.headers, self.body, self.size = b"", {}, [], 0
 
@@ -205,7 +209,7 @@ class Connection(asyncio.Protocol):
         except Exception:
             log.exception("Failed to answer %s %s", request.method, request.path)
             response = error_response(500, "the server failed to answer; its log says why")
-        self._respond(response, last=not self.keep_alive or self.server.closing, head=request.method == "HEAD")
+        self._respond(response, last=not self.keep_alive or self.server.draining, head=request.method == "HEAD")
 
     def _too_large(self) -> None:
         self._respond(error_response(413, f"the body exceeds the limit of {self.server.max_body} bytes"), last=True)

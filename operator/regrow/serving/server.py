@@ -64,7 +64,7 @@ class InferenceServer:
             self.stop()
             return
         log.info("Draining for %.1fs before shutting down", self.config.drain_seconds)
-        self.state.draining = True
+        self.state.draining = self.http.draining = True
         self._threadsafe(lambda loop: loop.call_later(self.config.drain_seconds, self._stop.set))
 
     def stop(self) -> None:
