@@ -30,10 +30,14 @@ LOAD_SECONDS_MAX = 240
 
 
 class Load:
-    """Sequential OIP requests through the Service until stopped (or LOAD_SECONDS_MAX), counting outcomes."""
+    """Sequential OIP requests through the Service until stopped (or LOAD_SECONDS_MAX), counting outcomes.
 
-    def __init__(self, host: str) -> None:
+    Each on a new connection, or all on one kept alive, which a client reopens only when the server
+    closes it: a roll must not fail those either (draining pods close them after a response)."""
+
+    def __init__(self, host: str, keep_alive: bool) -> None:
         self.host = host
+        self.keep_alive = keep_alive
         self.outcomes: Counter[str] = Counter()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -41,16 +45,20 @@ class Load:
     def _run(self) -> None:
         deadline = time.monotonic() + LOAD_SECONDS_MAX
         body = json.dumps(v2(ROWS))
+        connection = None
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
-                connection = http.client.HTTPConnection(self.host, 80, timeout=5)
+                if connection is None:
+                    connection = http.client.HTTPConnection(self.host, 80, timeout=5)
                 connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
                 response = connection.getresponse()
-                payload = response.read()
-                connection.close()
+                payload = response.read()  # a response with "connection: close" closes it; request() reopens
                 key = json.loads(payload)["model_version"] if response.status == 200 else f"HTTP {response.status}"
             except (OSError, http.client.HTTPException) as error:
                 key = f"error {type(error).__name__}"
+            if connection is not None and (not self.keep_alive or key.startswith("error")):
+                connection.close()
+                connection = None
             self.outcomes[key] += 1
             time.sleep(0.01)
 
@@ -98,17 +106,19 @@ def test_serves_through_the_service_and_rolls_to_a_moved_alias_without_errors(
         cluster_ip = (service or {})["spec"]["clusterIP"]
         assert obj["status"]["model"]["uri"].endswith(f"/registry/iris/versions/{first}")
 
-        with Load(str(cluster_ip)) as load:
-            wait_for(lambda: load.outcomes[first] >= 20, 60, "the first answers through the Service")
+        with Load(str(cluster_ip), keep_alive=False) as fresh, Load(str(cluster_ip), keep_alive=True) as kept:
+            outcomes = lambda: fresh.outcomes + kept.outcomes  # noqa: E731
+            wait_for(lambda: outcomes()[first] >= 20, 60, "the first answers through the Service")
             second = publish_iris(node_store, algorithm="randomForest", alias="challenger")
             moved = time.monotonic()
             registry.set_alias("iris", "champion", second)
             wait_for(lambda: serving(second), 180, f"the roll to {second}")
             rolled = time.monotonic() - moved
-            wait_for(lambda: load.outcomes[second] >= 20, 60, "answers from the new version")
-    failures = {k: v for k, v in load.outcomes.items() if k not in (first, second)}
+            wait_for(lambda: outcomes()[second] >= 20, 60, "answers from the new version")
+    failures = {k: v for k, v in outcomes().items() if k not in (first, second)}
     print(f"\nModelDeployment apply -> Ready: {to_ready:.1f}s; alias moved -> every pod serves it: {rolled:.1f}s; "
-          f"requests during the roll: {dict(load.outcomes)}")  # fmt: skip
+          f"requests during the roll, a connection each: {dict(fresh.outcomes)}; "
+          f"on a kept-alive connection: {dict(kept.outcomes)}")  # fmt: skip
     assert failures == {}
     assert md()["status"]["desiredVersion"] == second
     # The example logs 10% of requests: the first version's pods wrote theirs, at the latest on shutdown.
