@@ -107,15 +107,14 @@ def test_serves_through_the_service_and_rolls_to_a_moved_alias_without_errors(
         assert obj["status"]["model"]["uri"].endswith(f"/registry/iris/versions/{first}")
 
         with Load(str(cluster_ip), keep_alive=False) as fresh, Load(str(cluster_ip), keep_alive=True) as kept:
-            outcomes = lambda: fresh.outcomes + kept.outcomes  # noqa: E731
-            wait_for(lambda: outcomes()[first] >= 20, 60, "the first answers through the Service")
+            wait_for(lambda: (fresh.outcomes + kept.outcomes)[first] >= 20, 60, "the first answers through the Service")
             second = publish_iris(node_store, algorithm="randomForest", alias="challenger")
             moved = time.monotonic()
             registry.set_alias("iris", "champion", second)
             wait_for(lambda: serving(second), 180, f"the roll to {second}")
             rolled = time.monotonic() - moved
-            wait_for(lambda: outcomes()[second] >= 20, 60, "answers from the new version")
-    failures = {k: v for k, v in outcomes().items() if k not in (first, second)}
+            wait_for(lambda: (fresh.outcomes + kept.outcomes)[second] >= 20, 60, "answers from the new version")
+    failures = {k: v for k, v in (fresh.outcomes + kept.outcomes).items() if k not in (first, second)}
     print(f"\nModelDeployment apply -> Ready: {to_ready:.1f}s; alias moved -> every pod serves it: {rolled:.1f}s; "
           f"requests during the roll, a connection each: {dict(fresh.outcomes)}; "
           f"on a kept-alive connection: {dict(kept.outcomes)}")  # fmt: skip
