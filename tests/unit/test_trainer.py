@@ -115,6 +115,13 @@ def test_quality_gate_promotes_only_a_better_model(tmp_path: Path) -> None:
     assert strong.gate.previous_version == weak.version
     assert registry.resolve("m", "champion") == strong.version
 
+    strong_again = attempt({"C": "1.0"}, "0.01")
+    assert strong_again.version == strong.version and strong_again.gate is not None
+    assert strong_again.gate.outcome == "Promoted" and strong_again.gate.previous_version == strong.version
+    assert strong_again.gate.message == "the same model was trained again"
+    # The alias record is untouched, so it still names the version to roll back to.
+    assert json.loads((tmp_path / "registry/m/aliases/champion.json").read_text())["previous"] == weak.version
+
     again_weak = attempt({"C": "0.0001", "max_iter": 20}, "0")
     assert again_weak.gate is not None and again_weak.gate.outcome == "Rejected"
     assert again_weak.version == weak.version  # same content, same version

@@ -152,6 +152,19 @@ def test_outcome_of_a_job(job: Obj, pods: list[Obj], expected: tuple[str, str]) 
     assert (cond.status, cond.reason) == expected
 
 
+@pytest.mark.parametrize(
+    ("previous", "gate", "expected"),
+    [
+        ("v0", "better", "version v1 is now champion: better"),
+        ("v1", "the same model was trained again", "version v1 stays champion: the same model was trained again"),
+    ],
+)
+def test_a_promotion_says_whether_the_alias_moved(previous: str, gate: str, expected: str) -> None:
+    promotion = {"outcome": "Promoted", "alias": "champion", "previousVersion": previous, "message": gate}
+    cond = outcome(_job(("Complete", "")), [_pod(json.dumps({**REPORT, "promotion": promotion}))]).cond
+    assert (cond.status, cond.reason, cond.message) == ("True", "Promoted", expected)
+
+
 def test_a_crash_reports_the_log_tail_of_the_newest_attempt() -> None:
     pods = [_pod("old crash", "2026-01-01T00:00:00Z"), _pod("Traceback ...\nMemoryError", "2026-01-01T00:05:00Z")]
     cond = outcome(_job(("Failed", "BackoffLimitExceeded")), pods).cond

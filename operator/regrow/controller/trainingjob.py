@@ -76,7 +76,8 @@ def _completed(report: Obj | None) -> Outcome:
             Cond(SUCCEEDED, "True", "GateRejected", f"version {version}: {promotion.get('message')}"), report
         )
     if promotion.get("outcome") == "Promoted":
-        message = f"version {version} is now {promotion.get('alias')}: {promotion.get('message')}"
+        verb = "stays" if promotion.get("previousVersion") == version else "is now"
+        message = f"version {version} {verb} {promotion.get('alias')}: {promotion.get('message')}"
         return Outcome(Cond(SUCCEEDED, "True", "Promoted", message), report)
     return Outcome(Cond(SUCCEEDED, "True", "Completed", f"published version {version}"), report)
 

@@ -80,6 +80,8 @@ class Registry:
         if not self.store.exists(f"{model}/versions/{version}/{METADATA}"):
             raise NotFound(f"{model} has no complete version {version}")
         previous = self.resolve(model, alias)
+        if previous == version:  # already there: keep the record, and with it the version to roll back to
+            return
         record = {"version": version, "previous": previous, "updated": now()}
         self.store.put(f"{model}/aliases/{alias}.json", _json(record))
 

@@ -197,16 +197,19 @@ def improvement(metric: Metric, candidate: float, current: float) -> Decimal:
 
 
 def gate(
-    spec: TrainingJobSpec, registry: Registry, x: npt.NDArray[np.float64], y: npt.NDArray[Any],
+    spec: TrainingJobSpec, registry: Registry, version: str, x: npt.NDArray[np.float64], y: npt.NDArray[Any],
     features: list[str], candidate: float,
 ) -> Gate | None:  # fmt: skip
-    """Decide whether the new model replaces the alias's current one, scoring both on the same holdout."""
+    """Decide whether the new model (``version``) replaces the alias's current one, scoring both on the same
+    holdout."""
     if spec.promote is None:
         return None
     alias, model_name, metric = spec.promote.alias, spec.output.model_name, spec.metric
     current_version = registry.resolve(model_name, alias)
     if current_version is None:
         return Gate(alias, "Promoted", candidate, None, None, f"{alias} did not exist")
+    if current_version == version:  # the same content trained again: nothing to compare, nothing changes
+        return Gate(alias, "Promoted", candidate, candidate, version, "the same model was trained again")
     current_meta = registry.metadata(model_name, current_version)
     if current_meta.get("features") != features or current_meta.get("task") != spec.model.algorithm.task.value:
         return Gate(
@@ -301,7 +304,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         "frameworks": {p: package_version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime")},
     }
     published = registry.publish(spec.output.model_name, onnx_bytes, profile.to_json(), metadata)
-    decision = gate(spec, registry, x_test, y_test, data.features, metrics[metric.value])
+    decision = gate(spec, registry, published.version, x_test, y_test, data.features, metrics[metric.value])
     if decision is not None and decision.outcome == "Promoted":
         registry.set_alias(spec.output.model_name, decision.alias, published.version)
     result = RunResult(
