@@ -160,6 +160,18 @@ def test_a_body_over_the_limit_gets_413_and_the_client_still_reads_it(http: Runn
         assert sock.response()[0] == 413 and sock.closed_by_server()
 
 
+def test_endless_headers_get_431(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        for n in range(10000):  # a client that never ends its headers: 40 bytes at a time, all different
+            try:
+                sock.send(b"x-header-%05d: %s\r\n" % (n, b"v" * 20))
+            except OSError:  # the server answered and stopped reading
+                break
+        status, headers, body = sock.response()
+        assert status == 431 and "exceed 65536 bytes" in json.loads(body)["error"] and headers["connection"] == "close"
+
+
 def test_malformed_http_gets_400_and_a_failing_handler_500(http: Running) -> None:
     with http.connect() as sock:
         sock.send(b"NOT HTTP AT ALL\r\n\r\n")

@@ -9,7 +9,7 @@ here (``benchmarks/serving.py``).
 Kept from a full server is what one behind a Kubernetes Service needs:
 - keep-alive and pipelined requests; HTTP/1.0 (one request per connection);
 - chunked request bodies and ``Expect: 100-continue``;
-- a body size limit: 413, before the body when ``Content-Length`` says so;
+- a body size limit: 413, before the body when ``Content-Length`` says so; 431 for over 64 KiB of headers;
 - a timeout for silent connections (idle or stalled mid-request) and back-pressure on clients that do not read;
 - a ``Date`` header;
 - a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
@@ -39,6 +39,7 @@ import orjson
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_SECONDS = 5.0  # uvicorn's keep-alive default
+MAX_HEAD = 64 * 1024  # request line and headers, in bytes
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON = b"application/json"
@@ -134,7 +135,7 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
-        self.size = 0
+        self.size = self.head_size = 0
         self.keep_alive = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -168,13 +169,20 @@ class Connection(asyncio.Protocol):
         if self.ending:
             return
         self.started = time.perf_counter()
-        self.url, self.headers, self.body, self.size = b"", {}, [], 0
+        self.url, self.headers, self.body, self.size, self.head_size = b"", {}, [], 0, 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+        self._head(len(name) + len(value))
+
+    def _head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD and not self.ending:
+            self._respond(error_response(431, f"the request line and headers exceed {MAX_HEAD} bytes"), last=True)
 
     def on_headers_complete(self) -> None:
         self.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
