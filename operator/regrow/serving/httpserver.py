@@ -185,6 +185,8 @@ class Connection(asyncio.Protocol):
             self._respond(error_response(431, f"the request line and headers exceed {MAX_HEAD} bytes"), last=True)
 
     def on_headers_complete(self) -> None:
+        if self.ending:
+            return
         self.keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         length = self.headers.get(b"content-length")
         if length is not None and int(length) > self.server.max_body:
