@@ -6,7 +6,6 @@ answer 500 or stop the process.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -33,8 +32,6 @@ from regrow.serving.protocol import (
     v2_inputs,
     v2_outputs,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -232,7 +229,7 @@ class App:
 
 
 def log_prediction(
-    log: PredictionLog, request_id: str | None, x: npt.NDArray[np.float32], prediction: Prediction
+    predictions: PredictionLog, request_id: str | None, x: npt.NDArray[np.float32], prediction: Prediction
 ) -> str:
     """Queue one request's inputs and outputs; return the id that feedback will name it by."""
     request_id = request_id or uuid.uuid4().hex
@@ -246,5 +243,5 @@ def log_prediction(
     }
     if prediction.probabilities is not None:
         record["probabilities"] = prediction.probabilities.tolist()
-    log.offer("predictions", record)
+    predictions.offer("predictions", record)
     return request_id
