@@ -260,14 +260,51 @@ def test_unchanged_open_inference_protocol_clients_work(iris: tuple[Server, Path
     for binary in (True, False):
         tensor = oip.InferInput("input", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=binary)
+        # Naming no outputs, the client asks for all of them in binary, as bytes for BYTES.
         result = client.infer("iris", [tensor], model_version=version, request_id="r-1")
         assert result.get_response()["id"] == "r-1" and result.get_response()["model_version"] == version
-        assert result.as_numpy("label").tolist() == expected[0]["data"]
-        assert np.allclose(result.as_numpy("probabilities").reshape(-1), expected[1]["data"])
+        assert [label.decode() for label in result.as_numpy("label")] == expected[0]["data"]
+        assert result.as_numpy("probabilities").tolist() == np.float32(expected[1]["data"]).reshape(3, 3).tolist()
+        only = client.infer("iris", [tensor], outputs=[oip.InferRequestedOutput("probabilities", binary_data=binary)])
+        assert [o["name"] for o in only.get_response()["outputs"]] == ["probabilities"]
+        assert only.as_numpy("probabilities").tolist() == result.as_numpy("probabilities").tolist()
     columns = [oip.InferInput(name, [3], "FP64") for name in FEATURES]  # one tensor per feature, as float64
     for column, values in zip(columns, x.T, strict=True):
         column.set_data_from_numpy(values.astype(np.float64))
-    assert client.infer("iris", columns).as_numpy("label").tolist() == expected[0]["data"]
+    assert [label.decode() for label in client.infer("iris", columns).as_numpy("label")] == expected[0]["data"]
+
+
+def test_binary_outputs_follow_the_json_header(iris: tuple[Server, Path, str]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", iris[0].port, timeout=10)
+    request = v2(ROWS, parameters={"binary_data_output": True}, outputs=[{"name": "label"}, {"name": "probabilities"}])
+    request["outputs"][0]["parameters"] = {"binary_data": False}  # an output's own choice wins
+    connection.request("POST", "/v2/models/iris/infer", json.dumps(request))
+    response = connection.getresponse()
+    body = response.read()
+    assert response.status == 200 and response.getheader("content-type") == "application/octet-stream"
+    length = int(response.getheader("inference-header-content-length") or 0)
+    header, data = json.loads(body[:length]), body[length:]
+    labels, probabilities = header["outputs"]
+    assert labels["data"] == iris[0].call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["outputs"][0]["data"]
+    assert "data" not in probabilities and probabilities["parameters"] == {"binary_data_size": 9 * 4} == {
+        "binary_data_size": len(data)
+    }
+    values = np.frombuffer(data, "<f4").reshape(3, 3)
+    assert np.allclose(values.sum(axis=1), 1, atol=1e-6) and values.argmax(axis=1).tolist() == [0, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"outputs": [{"name": "nope"}]}, "there is no output nope (outputs: label, probabilities)"),
+        ({"outputs": "label"}, '"outputs" must be a list of objects with a "name"'),
+        ({"parameters": ["binary_data_output"]}, '"parameters" must be a JSON object'),
+        ({"outputs": [{"name": "label", "parameters": 1}]}, '"parameters" must be a JSON object'),
+    ],
+)
+def test_bad_output_requests_get_a_400(iris: tuple[Server, Path, str], extra: dict[str, Any], message: str) -> None:
+    status, got = iris[0].call("POST", "/v2/models/iris/infer", v2(ROWS, **extra))
+    assert (status, got["error"]) == (400, message)
 
 
 @pytest.mark.parametrize(
@@ -291,6 +328,10 @@ def test_bad_binary_requests_get_a_400(
     extra, headers = _binary([("input", [1, 4], "FP32", b"\0" * 16)])
     status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=extra + b"\0" * 4, headers=headers)
     assert status == 400 and "belong to no input" in got["error"]
+    odd = json.dumps(v2(ROWS[:1]) | {"inputs": [{"name": "input", "parameters": [16]}]}).encode()
+    status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=odd + b"\0" * 16,
+                               headers={"Inference-Header-Content-Length": str(len(odd))})  # fmt: skip
+    assert (status, got["error"]) == (400, '"parameters" must be a JSON object')
 
 
 def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> None:

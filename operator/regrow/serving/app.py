@@ -26,6 +26,7 @@ from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
     BINARY_HEADER,
     BadRequest,
+    requested_outputs,
     split_binary,
     v1_inputs,
     v1_predictions,
@@ -181,7 +182,7 @@ class App:
         model, metrics = state.model, state.metrics
         if model is None or metrics is None:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
-        code, x = 500, None
+        code, x, binary_outputs = 500, None, b""
         try:
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             try:
@@ -191,8 +192,9 @@ class App:
             if protocol == "v2":
                 x = v2_inputs(parsed, model.features, binary)
                 prediction = model.session.predict(x)
+                outputs, binary_outputs = requested_outputs(parsed, v2_outputs(prediction))
                 response: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
-                                            "outputs": v2_outputs(prediction)}  # fmt: skip
+                                            "outputs": outputs}  # fmt: skip
                 if isinstance(parsed.get("id"), str):
                     response["id"] = parsed["id"]
             else:
@@ -202,7 +204,7 @@ class App:
             if state.predictions is not None and state.predictions.sampled():
                 response["id"] = log_prediction(state.predictions, response.get("id"), x, prediction)
             code = 200
-            return json_response(200, response)
+            return binary_response(response, binary_outputs) if binary_outputs else json_response(200, response)
         except BadRequest as error:
             code, x = error.status, None
             raise
@@ -226,6 +228,12 @@ class App:
         now = time.time()
         accepted = sum(predictions.offer("feedback", {"id": i["id"], "label": i["label"], "time": now}) for i in items)
         return json_response(202, {"accepted": accepted, "dropped": len(items) - accepted})
+
+
+def binary_response(header: dict[str, Any], data: bytes) -> Response:
+    """The JSON header, then the binary tensor data; the Inference-Header-Content-Length header splits them."""
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(200, head + data, b"application/octet-stream", b"%s: %d\r\n" % (BINARY_HEADER, len(head)))
 
 
 def log_prediction(

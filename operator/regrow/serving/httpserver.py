@@ -59,6 +59,7 @@ class Response:
     status: int
     body: bytes
     content_type: bytes = JSON
+    headers: bytes = b""  # more header lines, each ending in CRLF
 
 
 def json_response(status: int, body: object) -> Response:
@@ -227,12 +228,13 @@ class Connection(asyncio.Protocol):
     def _respond(self, response: Response, last: bool, head: bool = False) -> None:
         self.started = None
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n%s"
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s%s\r\n%s"
             % (
                 response.status,
                 REASONS.get(response.status, b""),
                 response.content_type,
                 len(response.body),
+                response.headers,
                 self.server.date,
                 b"connection: close\r\n" if last else b"",
                 b"" if head else response.body,

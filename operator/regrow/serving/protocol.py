@@ -5,12 +5,14 @@ https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 Input tensors may also come in the binary tensor data extension that Triton's and KServe's clients use
 by default: the body is the JSON request (``Inference-Header-Content-Length`` bytes long) followed by each
 binary input's raw little-endian values, whose length the input's ``parameters.binary_data_size`` gives.
-Responses are always JSON, which those clients read as well.
+Outputs come back the same way when the request asks (Triton's client does unless told otherwise), else
+as JSON; a request may also name the outputs it wants.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -39,16 +41,29 @@ def split_binary(body: bytes, header_length: bytes | None) -> tuple[bytes, bytes
     return body[: int(header_length)], body[int(header_length) :]
 
 
+def _parameters(obj: Any) -> dict[str, Any]:
+    """The ``parameters`` object of a request, input or output ({} when it has none)."""
+    parameters = obj.get("parameters", {}) if isinstance(obj, dict) else {}
+    if not isinstance(parameters, dict):
+        raise BadRequest('"parameters" must be a JSON object')
+    return parameters
+
+
+def _dtype(datatype: str) -> np.dtype[Any]:
+    """The little-endian numpy type of a numeric OIP datatype (FP32, INT64, ...)."""
+    return np.dtype(datatype.lower().replace("fp", "float")).newbyteorder("<")
+
+
 def _binary_inputs(inputs: list[Any], binary: bytes) -> None:
     """Put each binary input's values in its ``data``, in the order the inputs come."""
     offset = 0
     for tensor in inputs:
-        size = ((tensor.get("parameters") or {}) if isinstance(tensor, dict) else {}).get("binary_data_size")
+        size = _parameters(tensor).get("binary_data_size")
         if size is None:
             continue
         if tensor.get("datatype") not in NUMERIC or not isinstance(size, int) or offset + size > len(binary):
             raise BadRequest(f"input {tensor.get('name')}: binary_data_size does not match the numeric data sent")
-        dtype = np.dtype(tensor["datatype"].lower().replace("fp", "float")).newbyteorder("<")
+        dtype = _dtype(tensor["datatype"])
         if size % dtype.itemsize:
             raise BadRequest(f"input {tensor['name']}: {size} bytes are not whole {tensor['datatype']} values")
         tensor["data"] = np.frombuffer(binary, dtype, size // dtype.itemsize, offset)
@@ -136,6 +151,43 @@ def v2_outputs(prediction: Prediction) -> list[dict[str, Any]]:
         outputs.append({"name": "probabilities", "shape": list(probabilities.shape), "datatype": "FP32",
                         "data": np.ascontiguousarray(probabilities).ravel()})  # fmt: skip
     return outputs
+
+
+def requested_outputs(body: dict[str, Any], outputs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bytes]:
+    """The outputs a v2 request asks for (all when it names none), and the binary data of those wanted binary.
+
+    Per the binary tensor data extension, an output's ``parameters.binary_data`` asks for its values as raw
+    little-endian bytes after the JSON (BYTES: each element's length as 4 bytes, then the element), and
+    the request's ``parameters.binary_data_output`` is the default, which Triton's client sends."""
+    default = _parameters(body).get("binary_data_output") is True
+    asked = body.get("outputs")
+    if asked is None:
+        chosen = [(output, default) for output in outputs]
+    else:
+        if not isinstance(asked, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("name"), str) for a in asked
+        ):
+            raise BadRequest('"outputs" must be a list of objects with a "name"')
+        by_name = {output["name"]: output for output in outputs}
+        for wanted in asked:
+            if wanted["name"] not in by_name:
+                raise BadRequest(f"there is no output {wanted['name']} (outputs: {', '.join(by_name)})")
+        chosen = [(by_name[a["name"]], _parameters(a).get("binary_data", default) is True) for a in asked]
+    selected, blobs = [], []
+    for output, binary in chosen:
+        if binary:
+            blobs.append(_tensor_bytes(output))
+            selected.append({**{k: v for k, v in output.items() if k != "data"},
+                             "parameters": {"binary_data_size": len(blobs[-1])}})  # fmt: skip
+        else:
+            selected.append(output)
+    return selected, b"".join(blobs)
+
+
+def _tensor_bytes(output: dict[str, Any]) -> bytes:
+    if output["datatype"] == "BYTES":
+        return b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode() for v in output["data"]))
+    return np.asarray(output["data"], dtype=_dtype(output["datatype"])).tobytes()
 
 
 def v1_predictions(prediction: Prediction) -> list[Any]:
