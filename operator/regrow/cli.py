@@ -148,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
         ServeConfig(
             registry=args.registry, model=args.model, alias=args.alias, version=args.version, port=args.port,
             threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
+            idle_timeout=args.idle_timeout_seconds,
             max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
             log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
         )
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
     serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
     serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
+    serve.add_argument("--idle-timeout-seconds", type=float, default=float(_env("REGROW_IDLE_TIMEOUT_SECONDS") or 75),
+                       help="close connections silent this long (above a pooling proxy's idle timeout)")  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
     serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
                        help="share of requests written to the prediction log")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -398,6 +399,13 @@ def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
     assert not server.thread.is_alive()
     with pytest.raises(OSError):
         server.call("GET", "/v2/health/live")
+
+
+def test_silent_connections_close_after_the_configured_idle_timeout(tmp_path: Path) -> None:
+    with running(local(tmp_path, idle_timeout=0.5)) as server:
+        connection = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        assert connection.recv(1) == b""  # closed by the server within a tick of the timeout, not after 75 s
+        connection.close()
 
 
 def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:

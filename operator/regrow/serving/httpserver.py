@@ -10,7 +10,7 @@ Kept from a full server is what one behind a Kubernetes Service needs:
 - keep-alive and pipelined requests; HTTP/1.0 (one request per connection);
 - chunked request bodies and ``Expect: 100-continue``;
 - a body size limit: 413, before the body when ``Content-Length`` says so; 431 for over 64 KiB of headers;
-- a timeout for silent connections (idle or stalled mid-request) and back-pressure on clients that do not read;
+- a timeout for silent connections (idle, or stalled mid-request) and back-pressure on clients that do not read;
 - a ``Date`` header;
 - a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
   reconnect (to other pods, once the endpoints have changed); then stop accepting, close idle connections,
@@ -38,7 +38,9 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_SECONDS = 5.0  # uvicorn's keep-alive default
+# Longer than the idle timeouts of the proxies that pool connections to pods (nginx ingress and AWS load
+# balancers: 60 s), so that a proxy never sends a request on a connection the server is closing (nginx: 75 s).
+IDLE_TIMEOUT_SECONDS = 75.0
 MAX_HEAD = 64 * 1024  # request line and headers, in bytes
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

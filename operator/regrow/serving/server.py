@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from regrow.serving.app import App, State
-from regrow.serving.httpserver import HttpServer
+from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
@@ -33,6 +33,7 @@ class ServeConfig:
     threads: int = 1
     refresh_seconds: float = 30.0
     drain_seconds: float = 5.0
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS
     max_body: int = DEFAULT_MAX_BODY
     feature_bins: bool = True
     log_percent: int = 0
@@ -53,7 +54,7 @@ class InferenceServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins)
-        self.http = HttpServer(App(self.state), config.max_body)
+        self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout)
         self.state.in_flight = self.http.in_flight
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
         self._loop: asyncio.AbstractEventLoop | None = None  # the one run() runs on
