@@ -68,12 +68,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _operator(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-    import uuid  # noqa: PLC0415
 
     import kopf  # noqa: PLC0415
 
     import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from regrow.controller.lease import new_identity  # noqa: PLC0415
 
     kopf.configure(log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
     logging.getLogger().setLevel(args.log_level)
@@ -82,7 +81,7 @@ def _operator(args: argparse.Namespace) -> int:
     lease_namespace = None
     if not args.standalone:
         lease_namespace = args.leader_election_namespace or (args.namespace or ["default"])[0]
-    identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"  # kopf's default needs a passwd entry
+    identity = new_identity()  # kopf's default needs a passwd entry
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import uuid
 from typing import Any
 
 import kopf
@@ -17,7 +15,7 @@ from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.controller import driftpolicy, modeldeployment, trainingjob
 from regrow.controller.kube import Kube
-from regrow.controller.lease import Lease
+from regrow.controller.lease import Lease, new_identity
 from regrow.controller.loop import Controller, Kind
 from regrow.controller.metrics import DriftCollector, Instruments
 from regrow.manifests.common import Images
@@ -53,7 +51,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", Images.pull_policy),
         )
     namespace = memo.get("lease_namespace")
-    identity = memo.get("identity") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    identity = memo.get("identity") or new_identity()
     lease = Lease(memo.kube, namespace, LEASE_NAME, identity) if namespace else None
     registry = CollectorRegistry()
     memo.controller = Controller.of(memo.kube, kinds(memo), lease, Instruments(registry))

@@ -10,7 +10,9 @@ up, so a standby takes over at its next retry instead of after ``duration``.
 from __future__ import annotations
 
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,6 +21,11 @@ from kubernetes.client.exceptions import ApiException
 from regrow.controller.kube import Api, Conflict, Obj, path
 
 log = logging.getLogger(__name__)
+
+
+def new_identity() -> str:
+    """This process's name as a Lease holder (and kopf's identity): its host name and a random suffix."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
 def micro_now() -> str:
