@@ -149,7 +149,7 @@ def v2_outputs(prediction: Prediction) -> list[dict[str, Any]]:
     if prediction.probabilities is not None:
         probabilities = prediction.probabilities
         outputs.append({"name": "probabilities", "shape": list(probabilities.shape), "datatype": "FP32",
-                        "data": np.ascontiguousarray(probabilities).ravel()})  # fmt: skip
+                        "data": probabilities.ravel()})  # fmt: skip
     return outputs
 
 
@@ -159,8 +159,6 @@ def requested_outputs(body: dict[str, Any], outputs: list[dict[str, Any]]) -> tu
     Per the binary tensor data extension, an output's ``parameters.binary_data`` asks for its values as raw
     little-endian bytes after the JSON (BYTES: each element's length as 4 bytes, then the element), and
     the request's ``parameters.binary_data_output`` is the default, which Triton's client sends."""
-    if "outputs" not in body and "parameters" not in body:  # the usual request: all of them, as JSON
-        return outputs, b""
     default = _parameters(body).get("binary_data_output") is True
     asked = body.get("outputs")
     if asked is None:
