@@ -26,6 +26,7 @@ from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
     BINARY_HEADER,
     BadRequest,
+    parse_json,
     requested_outputs,
     split_binary,
     v1_inputs,
@@ -185,10 +186,7 @@ class App:
         code, x, binary_outputs = 500, None, b""
         try:
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
-            try:
-                parsed = orjson.loads(body)
-            except orjson.JSONDecodeError as error:
-                raise BadRequest(f"the body is not valid JSON: {error}") from None
+            parsed = parse_json(body)
             if protocol == "v2":
                 x = v2_inputs(parsed, model.features, binary)
                 prediction = model.session.predict(x)
@@ -216,10 +214,7 @@ class App:
         predictions = self.state.predictions
         if predictions is None:
             raise BadRequest("feedback needs the prediction log (spec.predictionLog.samplePercent above 0)", 404)
-        try:
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise BadRequest(f"the body is not valid JSON: {error}") from None
+        parsed = parse_json(body)
         items = parsed.get("feedback") if isinstance(parsed, dict) and "feedback" in parsed else [parsed]
         if not isinstance(items, list) or not all(
             isinstance(i, dict) and isinstance(i.get("id"), str) and "label" in i for i in items
