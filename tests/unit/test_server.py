@@ -363,7 +363,11 @@ def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> No
 def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
     config = local(tmp_path, alias="champion", refresh_seconds=0.2)
     with running(config) as server:
-        status, body = server.call("GET", "/v2/health/ready")
+        deadline = time.monotonic() + 10
+        while (reply := server.call("GET", "/v2/health/ready"))[1]["error"] == "the model is loading":
+            assert time.monotonic() < deadline  # the first lookup has not answered yet
+            time.sleep(0.05)
+        status, body = reply
         assert status == 503 and "alias champion of model iris does not exist" in body["error"]
         assert body["reason"] == "ModelNotPublished"
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
