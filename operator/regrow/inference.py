@@ -11,7 +11,7 @@ import onnxruntime as ort
 INPUT_NAME = "input"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prediction:
     """What a model returns for a batch: labels (classifiers) or values (regressors), and probabilities."""
 
@@ -33,7 +33,7 @@ class OnnxModel:
 
     def predict(self, x: npt.ArrayLike) -> Prediction:
         batch = np.ascontiguousarray(x, dtype=np.float32)
-        results = self.session.run(None, {INPUT_NAME: batch})
+        results = self.session.run(self.output_names, {INPUT_NAME: batch})
         if len(results) == 2:  # classifier: label, probabilities
             return Prediction(np.asarray(results[0]), np.asarray(results[1], dtype=np.float32))
         return Prediction(np.asarray(results[0]).reshape(-1), None)

@@ -47,7 +47,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON = b"application/json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass takes 2.5x as long to build, on every request
 class Request:
     method: str
     path: str  # percent-decoded, without the query
@@ -56,7 +56,7 @@ class Request:
     started: float  # time.perf_counter() at its first byte
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Response:
     status: int
     body: bytes

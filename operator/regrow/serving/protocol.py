@@ -142,8 +142,8 @@ def v1_inputs(body: Any, features: list[str]) -> npt.NDArray[np.float32]:
 
 
 def _labels(outputs: npt.NDArray[np.generic]) -> tuple[list[Any], str]:
-    if outputs.dtype.kind in "USO":
-        return [str(v) for v in outputs.tolist()], "BYTES"
+    if outputs.dtype.kind in "OU":  # onnxruntime returns string tensors as arrays of str
+        return outputs.tolist(), "BYTES"
     if outputs.dtype.kind in "iu":
         return outputs.astype(np.int64).tolist(), "INT64"
     return outputs.astype(np.float64).tolist(), "FP64"
