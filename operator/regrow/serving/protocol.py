@@ -23,6 +23,7 @@ from regrow.inference import Prediction
 
 NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BINARY_HEADER = b"inference-header-content-length"
+TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})  # what every input tensor has
 
 
 class BadRequest(Exception):
@@ -104,7 +105,7 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArra
     if binary:
         _binary_inputs(inputs, binary)
     for tensor in inputs:
-        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
+        if not isinstance(tensor, dict) or not tensor.keys() >= TENSOR_KEYS:
             raise BadRequest("each input needs name, shape, datatype and data")
         if tensor["datatype"] not in NUMERIC:
             raise BadRequest(f"input {tensor['name']}: datatype {tensor['datatype']} is not numeric")
@@ -170,7 +171,9 @@ def requested_outputs(body: dict[str, Any], outputs: list[dict[str, Any]]) -> tu
     default = _parameters(body).get("binary_data_output") is True
     asked = body.get("outputs")
     if asked is None:
-        chosen = [(output, default) for output in outputs]
+        if not default:  # the usual request: every output, as JSON
+            return outputs, b""
+        chosen = [(output, True) for output in outputs]
     else:
         if not isinstance(asked, list) or not all(
             isinstance(a, dict) and isinstance(a.get("name"), str) for a in asked
