@@ -106,6 +106,7 @@ def test_counting_by_sorting_matches_counting_by_comparing() -> None:
     x[::7, 3] = np.nan
     x[:50, 0] = 1e6  # overflow
     x[50:100, 1] = -1e6  # underflow
+    x[100:110, 2], x[110:120, 2] = np.inf, -np.inf  # sorted next to NaN, and not missing
     profile = fit_profile(_data(rows=2000, seed=5), ["a", "b", "c", "d"])
     by_comparing = np.bincount((profile.bin_indices(x) + profile.offsets).ravel(), minlength=int(profile.sizes.sum()))
     assert len(x) >= SORT_ROWS

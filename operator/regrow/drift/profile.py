@@ -100,18 +100,18 @@ class Profile:
         return self._counts_by_sorting(values)
 
     def _counts_by_sorting(self, values: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-        columns = np.sort(values, axis=0)  # NaN sorts last
-        missing = np.isnan(values).sum(axis=0)
+        # One contiguous row per feature: sorting (and counting NaN along) strided columns costs 3x as much.
+        rows = np.sort(np.ascontiguousarray(values.T), axis=1)
         parts = []
-        for j, feature in enumerate(self.features):
-            present = len(values) - int(missing[j])
-            column = columns[:present, j]
+        for feature, row in zip(self.features, rows, strict=True):
+            present = int(np.searchsorted(row, np.inf, side="right"))  # NaN sorts after +inf: the missing values
+            column = row[:present]
             edges = np.asarray(feature.edges, dtype=np.float32)
             reached = present - np.searchsorted(column, edges, side="left")  # values >= each edge
             above = present - int(np.searchsorted(column, edges[-1], side="right"))
             regular = reached[:-1] - reached[1:]
             regular[-1] += reached[-1] - above  # the maximum belongs to the last regular bin
-            parts.append(np.concatenate([[present - reached[0]], regular, [above, missing[j]]]))
+            parts.append(np.concatenate([[present - reached[0]], regular, [above, len(row) - present]]))
         return np.concatenate(parts).astype(np.int64)
 
     def split(self, flat: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
