@@ -9,8 +9,9 @@ with the same OIP v2 request (iris, batch 1 and 32). Compared:
                     python -m venv V && V/bin/pip install mlserver mlserver-sklearn; pass --mlserver-python)
   bare-uvicorn      uvicorn + httptools + uvloop answering constant JSON: the HTTP ceiling
   bare regrow HTTP  the same constant JSON from regrow's own HTTP layer (regrow.serving.httpserver)
-  minimal OIP       the same, but parsing the request and running the ONNX session first: what any Python
-                    OIP server over onnxruntime costs at least (no validation, metrics or logging)
+  minimal OIP       parse the request, run the ONNX session, write its outputs, on uvicorn and on regrow's
+                    HTTP layer: what any Python OIP server over onnxruntime costs at least (no validation,
+                    metrics or logging), and what regrow adds to that
   onnxruntime       the same ONNX model called in-process: the compute floor
 """
 
@@ -53,20 +54,26 @@ BARE_APP = CONSTANT + textwrap.dedent(
         await send({"type": "http.response.body", "body": BODY})
     """
 )
-# The least any Python OIP server over ONNX does: parse the JSON, run the session, answer. No validation,
-# metrics or logging: the floor under the ceiling, for what the framework around the model costs.
-MINIMAL_APP = (
-    textwrap.dedent(
-        """
+# The least any Python OIP server over ONNX does: parse the JSON, run the session, write its outputs. No
+# validation, metrics or logging: what the framework around the model costs, and what regrow adds to it.
+SESSION = textwrap.dedent(
+    """
     import os, numpy as np, onnxruntime as ort, orjson
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(os.environ["MODEL"], options, providers=["CPUExecutionProvider"])
+
+    def answer(body):
+        tensor = orjson.loads(body)["inputs"][0]
+        labels, probabilities = session.run(
+            None, {"input": np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])}
+        )
+        outputs = [{"name": "label", "data": labels.tolist()}, {"name": "probabilities", "data": probabilities}]
+        return orjson.dumps({"model_name": "iris", "outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY)
     """
-    )
-    + CONSTANT
-    + textwrap.dedent(
-        """
+)
+MINIMAL_APP = SESSION + textwrap.dedent(
+    """
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
@@ -74,25 +81,25 @@ MINIMAL_APP = (
         while more:
             message = await receive()
             body, more = body + message.get("body", b""), message.get("more_body", False)
-        tensor = orjson.loads(body)["inputs"][0]
-        session.run(None, {"input": np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])})
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": BODY})
+        await send({"type": "http.response.body", "body": answer(body)})
     """
-    )
 )
-BARE_REGROW_APP = CONSTANT + textwrap.dedent(
+# An app on regrow's HTTP layer: the module defines handler(request) -> Response, then runs this.
+REGROW_HTTP = textwrap.dedent(
     """
     import asyncio, sys, uvloop
     from regrow.serving.httpserver import HttpServer, Response
+
     async def main():
-        constant = Response(200, BODY)
-        await HttpServer(lambda request: constant, 1 << 20).start("127.0.0.1", int(sys.argv[1]))
+        await HttpServer(handler, 1 << 20).start("127.0.0.1", int(sys.argv[1]))
         await asyncio.Event().wait()
-    uvloop.run(main())
     """
 )
+BARE_REGROW_APP = CONSTANT + REGROW_HTTP + "handler = lambda request, c=Response(200, BODY): c\nuvloop.run(main())\n"
+MINIMAL_REGROW_APP = SESSION + REGROW_HTTP + "handler = lambda r: Response(200, answer(r.body))\nuvloop.run(main())\n"
 MINIMAL = "minimal OIP + onnxruntime"
+MINIMAL_REGROW = "minimal OIP, regrow HTTP"
 MLSERVER_TRAIN = textwrap.dedent(
     """
     import sys, joblib, pandas as pd
@@ -256,7 +263,7 @@ def main() -> None:
     (work / "model.onnx").write_bytes(model_bytes)
     for name, module, text in (
         ("bare-uvicorn", "bare", BARE_APP),
-        ("minimal OIP + onnxruntime", "minimal", MINIMAL_APP),
+        (MINIMAL, "minimal", MINIMAL_APP),
     ):
         (work / f"{module}.py").write_text(text)
         port = free_port()
@@ -264,10 +271,12 @@ def main() -> None:
                    "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]  # fmt: skip
         proc = serve(uvicorn, env={"MODEL": str(work / "model.onnx")}, cwd=work)
         measure(name, proc, f"http://127.0.0.1:{port}/v2/models/iris/infer")
-    (work / "bare_regrow.py").write_text(BARE_REGROW_APP)
-    port = free_port()
-    measure("bare regrow HTTP", serve([sys.executable, str(work / "bare_regrow.py"), str(port)]),
-            f"http://127.0.0.1:{port}/v2/models/iris/infer")  # fmt: skip
+    for name, module, text in (("bare regrow HTTP", "bare_regrow", BARE_REGROW_APP),
+                               (MINIMAL_REGROW, "minimal_regrow", MINIMAL_REGROW_APP)):  # fmt: skip
+        (work / f"{module}.py").write_text(text)
+        port = free_port()
+        proc = serve([sys.executable, str(work / f"{module}.py"), str(port)], env={"MODEL": str(work / "model.onnx")})
+        measure(name, proc, f"http://127.0.0.1:{port}/v2/models/iris/infer")
 
     model = OnnxModel(model_bytes)
     floor = {batch: in_process(model, batch, 3.0) for batch in (1, 32)}
@@ -291,7 +300,8 @@ def main() -> None:
         print(
             f"batch {batch}: regrow = {regrow_rps / ceiling:.0%} of the bare-HTTP ceiling (uvicorn) and "
             f"{regrow_rps / by[('bare regrow HTTP', batch)]:.0%} of a constant reply on its own HTTP layer "
-            f"(a minimal OIP app over the same session, on uvicorn: {by[(MINIMAL, batch)] / ceiling:.0%}); "
+            f"(a minimal OIP app over the same session: {by[(MINIMAL, batch)] / ceiling:.0%} on uvicorn, "
+            f"{by[(MINIMAL_REGROW, batch)] / ceiling:.0%} on regrow's HTTP layer); "
             f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
             + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
         )
