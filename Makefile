@@ -48,7 +48,7 @@ crds: $(BIN)/.installed  ## regenerate crds/ and the chart's CRDs from the API m
 
 wheels: $(BIN)/.installed  ## the wheelhouse the image installs from, offline
 	rm -rf build/wheels
-	$(BIN)/pip wheel --quiet -w build/wheels '.[training,serving]'
+	$(BIN)/pip wheel --quiet -w build/wheels '.[operator,training,serving]'
 
 image: wheels  ## the runtime image (serving and training pods) and the operator's, built offline from the wheelhouse
 	DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f serving_image/Dockerfile .

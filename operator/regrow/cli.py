@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
 def _operator(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
-    import kopf  # noqa: PLC0415
+    import kopf  # noqa: PLC0415 - needs [operator]
 
     import regrow.controller.handlers  # noqa: F401, PLC0415 - registers the handlers
     from regrow.controller.lease import new_identity  # noqa: PLC0415
@@ -96,7 +96,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from kubernetes import config  # noqa: PLC0415
+    from kubernetes import config  # noqa: PLC0415 - needs [operator]
 
     from regrow import API_VERSION  # noqa: PLC0415
     from regrow.api import DRIFT_POLICY  # noqa: PLC0415
