@@ -223,9 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The extra each subcommand's lazy imports come from (the core distribution has the others' dependencies).
+EXTRAS = {
+    "operator": "operator",
+    "approve": "operator",
+    "serve": "serving",
+    "train": "training",
+    "sample-data": "training",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as error:
+        extra = EXTRAS.get(args.command)
+        if extra is None or not error.name or error.name.startswith("regrow"):
+            raise
+        print(f"regrow {args.command} needs {error.name}: pip install 'regrow[{extra}]'", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from regrow.cli import main
+
 OPERATOR_ONLY = ("kopf", "kubernetes")
 
 
@@ -23,3 +27,19 @@ def test_serving_and_training_load_no_kubernetes_client() -> None:
 
 def test_the_operator_loads_them() -> None:
     assert loaded_top_level(["regrow.controller.handlers"]) >= set(OPERATOR_ONLY)
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing", "extra"),
+    [(["approve", "iris"], "kubernetes", "operator"), (["sample-data", "iris"], "sklearn", "training")],
+)
+def test_a_missing_extra_is_named(
+    argv: list[str], missing: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == missing or m.startswith(f"{missing}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ModuleNotFoundError
+    for name in [m for m in sys.modules if m.startswith(("regrow.controller", "regrow.training"))]:
+        monkeypatch.delitem(sys.modules, name)  # so that the subcommand imports its dependencies again
+    assert main(argv) == 1
+    assert f"regrow {argv[0]} needs {missing}: pip install 'regrow[{extra}]'" in capsys.readouterr().err
