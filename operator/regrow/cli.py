@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
     serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
     serve.add_argument("--idle-timeout-seconds", type=float, default=float(_env("REGROW_IDLE_TIMEOUT_SECONDS") or 75),
-                       help="close connections silent this long (above a pooling proxy's idle timeout)")  # fmt: skip
+                       help="close connections silent this long (above a pooling proxy's idle timeout); "
+                       "408 for a request not whole this long after its first byte")  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
     serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
                        help="share of requests written to the prediction log")  # fmt: skip

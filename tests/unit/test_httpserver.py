@@ -198,6 +198,28 @@ def test_silent_connections_are_closed_and_in_flight_counts_unanswered_requests(
         assert time.monotonic() - started < 3
 
 
+def test_a_request_trickling_in_gets_408_and_then_the_connection_closes(http: Running) -> None:
+    refused = threading.Event()
+
+    def trickle(client: Client) -> None:  # a byte every 0.2 s: never silent for the 0.5 s idle timeout
+        try:
+            for _ in range(50):
+                client.send(b"x")
+                time.sleep(0.2)
+        except OSError:  # the server closed the connection
+            refused.set()
+
+    with http.connect() as slow:
+        slow.send(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        started = time.monotonic()
+        threading.Thread(target=trickle, args=(slow,), daemon=True).start()
+        status, headers, body = slow.response()
+        assert status == 408 and headers["connection"] == "close"
+        assert json.loads(body) == {"error": "the request did not arrive whole within 0.5 s"}
+        assert 0.5 <= time.monotonic() - started < 3
+        assert refused.wait(5)  # what it sends after the 408 does not keep the connection open
+
+
 def test_draining_closes_each_connection_after_its_response(http: Running) -> None:
     with http.connect() as sock:
         sock.send(b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n")

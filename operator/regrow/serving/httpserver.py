@@ -10,7 +10,8 @@ Kept from a full server is what one behind a Kubernetes Service needs:
 - keep-alive and pipelined requests; HTTP/1.0 (one request per connection);
 - chunked request bodies and ``Expect: 100-continue``;
 - a body size limit: 413, before the body when ``Content-Length`` says so; 431 for over 64 KiB of headers;
-- a timeout for silent connections (idle, or stalled mid-request) and back-pressure on clients that do not read;
+- a timeout for silent connections, 408 for a request that does not arrive whole within it (however slowly
+  it trickles in), and back-pressure on clients that do not read;
 - a ``Date`` header;
 - a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
   reconnect (to other pods, once the endpoints have changed); then stop accepting, close idle connections,
@@ -102,11 +103,16 @@ class HttpServer:
             self._tick()
 
     def _tick(self) -> None:
-        """Refresh the Date header, and close connections silent for longer than the idle timeout."""
+        """Refresh the Date header; answer 408 to requests not whole within the idle timeout of their first
+        byte, however slowly they trickle in, and close connections silent for longer than it."""
         self.date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        silent_since = time.monotonic() - self.idle_timeout
-        for connection in [c for c in self.connections if c.last_read < silent_since]:
-            connection.transport.close()
+        begun_before, silent_since = time.perf_counter() - self.idle_timeout, time.monotonic() - self.idle_timeout
+        for connection in list(self.connections):
+            if connection.started is not None and connection.started < begun_before:
+                message = f"the request did not arrive whole within {self.idle_timeout:g} s"
+                connection._respond(error_response(408, message), last=True)
+            elif connection.last_read < silent_since:
+                connection.transport.close()
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, close idle connections, give requests in progress ``timeout`` seconds, close the rest."""
