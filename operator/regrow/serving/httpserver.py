@@ -18,8 +18,8 @@ Kept from a full server is what one behind a Kubernetes Service needs:
   and let requests in progress finish.
 
 A connection that is closed after an error is half-closed: the response goes out, then whatever the client
-still sends is read and dropped until it hangs up, so that a reset does not destroy the response before
-the client reads it.
+still sends is read and dropped until it hangs up (for the idle timeout at most), so that a reset does not
+destroy the response before the client reads it.
 """
 
 from __future__ import annotations
