@@ -106,12 +106,11 @@ class HttpServer:
         """Refresh the Date header; answer 408 to requests not whole within the idle timeout of their first
         byte, however slowly they trickle in, and close connections silent for longer than it."""
         self.date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
-        begun_before, silent_since = time.perf_counter() - self.idle_timeout, time.monotonic() - self.idle_timeout
+        cutoff = time.perf_counter() - self.idle_timeout  # the clock of both last_read and started
         for connection in list(self.connections):
-            if connection.started is not None and connection.started < begun_before:
-                message = f"the request did not arrive whole within {self.idle_timeout:g} s"
-                connection._respond(error_response(408, message), last=True)
-            elif connection.last_read < silent_since:
+            if connection.started is not None and connection.started < cutoff:
+                connection.refuse(408, f"the request did not arrive whole within {self.idle_timeout:g} s")
+            elif connection.last_read < cutoff:
                 connection.transport.close()
 
     async def shutdown(self, timeout: float) -> None:
@@ -138,7 +137,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
-        self.last_read = time.monotonic()
+        self.last_read = time.perf_counter()
         self.started: float | None = None  # the request in progress, if any
         self.ending = False  # answered for the last time: read and drop the rest
         self.url = b""
@@ -163,14 +162,14 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.ending:
             return
-        self.last_read = time.monotonic()
+        self.last_read = time.perf_counter()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # no protocol switch is offered; what came before it is answered
             self._end()
         except httptools.HttpParserError as error:
             if not self.ending:
-                self._respond(error_response(400, f"malformed HTTP request: {error}"), last=True)
+                self.refuse(400, f"malformed HTTP request: {error}")
 
     # httptools callbacks, in the order the parser makes them.
 
@@ -191,7 +190,7 @@ class Connection(asyncio.Protocol):
     def _head(self, size: int) -> None:
         self.head_size += size
         if self.head_size > MAX_HEAD and not self.ending:
-            self._respond(error_response(431, f"the request line and headers exceed {MAX_HEAD} bytes"), last=True)
+            self.refuse(431, f"the request line and headers exceed {MAX_HEAD} bytes")
 
     def on_headers_complete(self) -> None:
         if self.ending:
@@ -231,7 +230,11 @@ class Connection(asyncio.Protocol):
         self._respond(response, last=not self.keep_alive or self.server.draining, head=request.method == "HEAD")
 
     def _too_large(self) -> None:
-        self._respond(error_response(413, f"the body exceeds the limit of {self.server.max_body} bytes"), last=True)
+        self.refuse(413, f"the body exceeds the limit of {self.server.max_body} bytes")
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer the request in progress with an error, as the last response on this connection."""
+        self._respond(error_response(status, message), last=True)
 
     def _respond(self, response: Response, last: bool, head: bool = False) -> None:
         self.started = None
