@@ -85,7 +85,8 @@ MINIMAL_APP = SESSION + textwrap.dedent(
         await send({"type": "http.response.body", "body": answer(body)})
     """
 )
-# An app on regrow's HTTP layer: the module defines handler(request) -> Response, then runs this.
+# An app on regrow's HTTP layer: main() serves handler(request) -> Response, which each app defines after
+# this text, before it calls uvloop.run(main()).
 REGROW_HTTP = textwrap.dedent(
     """
     import asyncio, sys, uvloop
