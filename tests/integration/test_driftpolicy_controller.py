@@ -96,7 +96,7 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
     rng = np.random.default_rng(0)
     pod = FakePod(fit_profile(rng.normal(0, 1, (5000, 3)), FEATURES))
     policy = _policy(interval="1s", window="10m", minSamples=200, consecutiveBreaches=2,
-                     tests=[{"type": "psi", "threshold": "0.2"}])  # fmt: skip
+                     tests=[{"type": "psi", "threshold": "0.2"}, {"type": "ks"}])  # set, and calibrated  # fmt: skip
     metrics_port = free_port()
     with operator(fetch=pod.fetch, metrics_port=metrics_port, metrics_address="127.0.0.1"):
         _serve_v1(api, namespace)
@@ -128,8 +128,11 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
 
     obj = get_custom(api, namespace, DRIFT_POLICY.plural, "iris")
     features = {f["name"]: f for f in obj["status"]["lastCheck"]["features"]}
-    assert features["a"]["drifted"] and features["b"]["drifted"] and not features["c"]["drifted"]
-    assert float(features["a"]["scores"]["psi"]) > 0.2
+    assert features["a"]["drifted"] and features["b"]["drifted"]
+    assert float(features["a"]["scores"]["psi"]) > 0.2 > float(features["c"]["scores"]["psi"])
+    assert {f["thresholds"]["psi"] for f in features.values()} == {"0.2"}
+    ks_a = float(features["a"]["thresholds"]["ks"])  # calibrated to 5,000 reference rows and the window's
+    assert 0 < ks_a < 0.1 < float(features["a"]["scores"]["ks"])
     tjs = Kube(api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, namespace), "regrow.dev/driftpolicy=iris")
     assert [tj["metadata"]["name"] for tj in tjs] == ["iris-retrain-1"]
     assert [r["name"] for r in obj["status"]["trainingJobs"]] == ["iris-retrain-1"]
@@ -143,8 +146,13 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
     ids = (("deployment", "iris"), ("namespace", namespace), ("policy", "iris"))
     assert metrics[("regrow_retrains_total", ids)] == 1
     assert metrics[("regrow_operator_leader", ())] == 1
-    psi_a = ("regrow_drift_score", tuple(sorted((*ids, ("version", "v1"), ("feature", "a"), ("test", "psi")))))
-    assert metrics[psi_a] > 0.2
+
+    def series(name: str, test: str) -> float:
+        return metrics[(name, tuple(sorted((*ids, ("version", "v1"), ("feature", "a"), ("test", test)))))]
+
+    assert series("regrow_drift_score", "psi") > 0.2
+    assert series("regrow_drift_threshold", "psi") == 0.2
+    assert series("regrow_drift_threshold", "ks") == ks_a
     assert metrics[("regrow_operator_reconciles_total", (("kind", "DriftPolicy"), ("result", "ok")))] >= 3
 
 

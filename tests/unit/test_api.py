@@ -69,7 +69,7 @@ def test_defaults_fill_what_the_user_left_out() -> None:
     assert spec.backoff_limit == 1
     assert spec.metric is Metric.RMSE  # regression default
     policy = parse_spec(DriftPolicySpec, {"targetRef": {"name": "iris"}})
-    assert [(t.type.value, t.threshold) for t in policy.tests] == [("psi", "0.2")]
+    assert [(t.type.value, t.threshold) for t in policy.tests] == [("psi", None)]  # calibrated
     assert policy.source.type == "Pods"
 
 

@@ -1,4 +1,5 @@
-"""Drift statistics against scipy's reference implementations, and the policy's false-alarm rate."""
+"""Drift statistics against scipy's reference implementations, and the policy's verdicts. The calibration
+sweep over feature shapes and sample sizes is in test_drift_calibration.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from scipy.spatial.distance import jensenshannon  # type: ignore[import-untyped]
 
 from regrow.api.driftpolicy import DriftTestType as T
 from regrow.drift import stats
-from regrow.drift.policy import DEFAULT_THRESHOLDS, Layout, check, scores
+from regrow.drift.policy import Layout, check, on_ladder, scores
 from regrow.drift.profile import Profile, fit_profile
 
 NAMES = ["a", "b", "c", "d"]
@@ -71,16 +72,16 @@ def test_jensen_shannon_matches_scipy(fitted: tuple[Profile, Layout]) -> None:
         assert got[j] == pytest.approx(jensenshannon(p, q, base=2), abs=1e-12)
 
 
-def test_chi_square_matches_scipy(fitted: tuple[Profile, Layout]) -> None:
+def test_chi_square_is_scipys_test_of_homogeneity(fitted: tuple[Profile, Layout]) -> None:
     profile, layout = fitted
     live = live_counts(profile, shifted(800, np.random.default_rng(3), 0.2))
-    statistic, pvalue = stats.chi_square(layout.reference, live, layout.mask)
-    floor = stats.floored(stats.frequencies(layout.reference, layout.mask), layout.mask)
+    statistic, dof = stats.chi_square(layout.reference, live, layout.mask)
+    pvalue = scores(layout, live, [T.CHI_SQUARE])[T.CHI_SQUARE]
     for j in range(len(NAMES)):
-        keep = layout.mask[j]
-        observed = live[j][keep]
-        want = sst.chisquare(observed, f_exp=floor[j][keep] * observed.sum())
+        table = np.stack([layout.reference[j], live[j]])[:, layout.mask[j]]
+        want = sst.chi2_contingency(table[:, table.sum(axis=0) > 0], correction=False)
         assert statistic[j] == pytest.approx(want.statistic, rel=1e-10)
+        assert dof[j] == want.dof
         assert pvalue[j] == pytest.approx(want.pvalue, rel=1e-8, abs=1e-300)
 
 
@@ -115,13 +116,18 @@ def test_same_distribution_scores_no_drift_and_empty_bins_stay_finite(fitted: tu
     same = scores(layout, layout.reference.copy(), list(T))
     assert np.allclose(same[T.PSI], 0) and np.allclose(same[T.JENSEN_SHANNON], 0)
     assert np.allclose(same[T.KS], 0) and np.allclose(same[T.WASSERSTEIN], 0)
-    assert (same[T.CHI_SQUARE] > 0.9).all()  # only the floored empty bins add a little
+    assert (same[T.CHI_SQUARE] == 1).all()
     one_value = live_counts(profile, np.full((50, 4), 1e9))  # everything in the overflow bins
     for values in scores(layout, one_value, list(T)).values():
         assert np.isfinite(values).all()
 
 
-def _rate(layout: Layout, profile: Profile, thresholds: dict[T, Decimal], sigmas: float, rows: int = 500) -> float:
+CALIBRATED: dict[T, Decimal | None] = dict.fromkeys(T)
+
+
+def _rate(
+    layout: Layout, profile: Profile, thresholds: dict[T, Decimal | None], sigmas: float, rows: int = 500
+) -> float:
     rng = np.random.default_rng(11)
     hits = 0
     for _ in range(100):
@@ -132,19 +138,56 @@ def _rate(layout: Layout, profile: Profile, thresholds: dict[T, Decimal], sigmas
 
 def test_no_false_alarms_at_min_samples_and_drift_is_caught(fitted: tuple[Profile, Layout]) -> None:
     profile, layout = fitted
-    default_spec = {T.PSI: Decimal("0.2")}
-    every_test = dict(DEFAULT_THRESHOLDS)
-    assert _rate(layout, profile, default_spec, 0) < 0.05
-    assert _rate(layout, profile, every_test, 0) < 0.05
-    assert _rate(layout, profile, default_spec, 2.0) >= 0.95
-    assert _rate(layout, profile, every_test, 2.0) >= 0.95
-    alarms = (_rate(layout, profile, default_spec, 0), _rate(layout, profile, every_test, 0))
+    psi_only: dict[T, Decimal | None] = {T.PSI: None}
+    assert _rate(layout, profile, psi_only, 0) < 0.05
+    assert _rate(layout, profile, CALIBRATED, 0) < 0.05
+    assert _rate(layout, profile, psi_only, 2.0) >= 0.95
+    assert _rate(layout, profile, CALIBRATED, 2.0) >= 0.95
+    alarms = (_rate(layout, profile, psi_only, 0), _rate(layout, profile, CALIBRATED, 0))
     print(f"\nfalse alarms in 100 windows of 500: psi {alarms[0]:.0%}, all five tests {alarms[1]:.0%}")
 
 
 def test_too_few_samples_never_breach(fitted: tuple[Profile, Layout]) -> None:
     profile, layout = fitted
-    result = check(layout, live_counts(profile, shifted(499, np.random.default_rng(7), 3.0)), dict(DEFAULT_THRESHOLDS),
-                   Decimal("0.5"), 500)  # fmt: skip
+    live = live_counts(profile, shifted(499, np.random.default_rng(7), 3.0))
+    result = check(layout, live, CALIBRATED, Decimal("0.5"), 500)
     assert result.samples == 499 and not result.breached and result.drifted_count == 0
     assert result.scores[T.PSI][0] > 1  # the scores are there, the verdict waits for more samples
+
+
+def test_an_explicit_threshold_keeps_its_meaning(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    live = live_counts(profile, shifted(3000, np.random.default_rng(8), 0.3))
+    explicit = {T.PSI: Decimal("0.05"), T.CHI_SQUARE: Decimal("0.001"), T.KS: None}
+    result = check(layout, live, explicit, Decimal("0.5"), 1)
+    psi, pvalue = result.scores[T.PSI], result.scores[T.CHI_SQUARE]
+    assert (result.thresholds[T.PSI] == 0.05).all() and (result.thresholds[T.CHI_SQUARE] == 0.001).all()
+    calibrated = check(layout, live, {T.KS: None}, Decimal("0.5"), 1)
+    want = (psi > 0.05) | (pvalue < 0.001) | calibrated.drifted
+    assert (result.drifted == want).all()
+    assert want.any() and not want.all()  # the example decides both ways
+
+
+def test_calibrated_thresholds_are_reported_and_follow_the_window(fitted: tuple[Profile, Layout]) -> None:
+    profile, layout = fitted
+    x = shifted(200_000, np.random.default_rng(9), 0.06)  # features a and b move, c and d do not
+    for test in T:
+        small = check(layout, live_counts(profile, x[:1000]), {test: None}, Decimal("0.5"), 1)
+        large = check(layout, live_counts(profile, x), {test: None}, Decimal("0.5"), 1)
+        for result in (small, large):  # the verdict is the reported score against the reported threshold
+            score, limit = result.scores[test], result.thresholds[test]
+            assert (result.drifted == (score < limit if test is T.CHI_SQUARE else score > limit)).all()
+        assert not small.drifted[:2].any() and large.drifted[:2].all()  # 0.06 sd shows in 200,000 rows only
+        if test is not T.CHI_SQUARE:
+            # The reference (20,000 rows) is a sample too: more live rows shrink the threshold, not to zero.
+            assert (large.thresholds[test] < small.thresholds[test]).all()
+            assert (large.thresholds[test] > 0).all()
+        again = check(layout, live_counts(profile, x[:1000]), {test: None}, Decimal("0.5"), 1)
+        assert (again.thresholds[test] == small.thresholds[test]).all()  # a fixed seed: the same verdict
+
+
+def test_window_sizes_round_down_to_a_ladder() -> None:
+    steps = [on_ladder(n) for n in range(0, 5_000_000, 997)]
+    assert all(0 <= s <= n for s, n in zip(steps, range(0, 5_000_000, 997), strict=True))
+    assert all(s >= 0.9 * n for s, n in zip(steps, range(0, 5_000_000, 997), strict=True) if n > 16)
+    assert len(set(steps)) < 200  # few steps, so steady traffic reuses its thresholds

@@ -48,9 +48,23 @@ def test_fit_counts_the_training_data_like_numpy_histogram() -> None:
         assert feature.counts[0] == 0 and feature.counts[-2] == 0  # no under/overflow in its own data
     assert profile.names == names
     assert len(profile.features[0].edges) == 11
-    assert profile.features[1].edges == (0.0, 1.0, 2.0, 3.0)
+    # Duplicate quantiles collapse; the maximum, a quarter of the data, gets a bin of its own (3 to 3 + ulp).
+    assert profile.features[1].edges == (0.0, 1.0, 2.0, 3.0, float(np.nextafter(np.float32(3), np.float32(4))))
+    assert list(profile.features[1].counts[1:-2]) == [int((x[:, 1] == v).sum()) for v in range(4)]
     assert profile.features[2].edges == (7.0, 7.0)
     assert profile.features[0].counts[-1] == int(np.isnan(x[:, 0]).sum())
+
+
+def test_a_heavy_value_gets_a_bin_of_its_own() -> None:
+    rng = np.random.default_rng(3)
+    zeros = np.where(rng.random(10_000) < 0.9, 0.0, rng.exponential(1.0, 10_000))
+    ones = np.where(rng.random(10_000) < 0.8, 1.0, rng.uniform(0, 1, 10_000))  # a heavy maximum
+    profile = fit_profile(np.column_stack([zeros, ones]), ["zeros", "ones"])
+    for feature, column, value in zip(profile.features, (zeros, ones), (0.0, 1.0), strict=True):
+        alone = feature.edges.index(value) + 1  # the bin that starts at the value (after underflow)
+        assert feature.counts[alone] == int((column == value).sum())
+    # Quantiles alone would cut the zeros' feature at [0, max]: a change in the share of zeros unseen.
+    assert len(profile.features[0].edges) >= 3
 
 
 def test_bins_of_edge_values() -> None:

@@ -31,10 +31,24 @@ class DriftTestType(StrEnum):
 
 
 class DriftTest(ApiModel):
-    """A statistical test and the score above which a feature counts as drifted."""
+    """A statistical test of each feature's live bins against the reference profile's bins, and the score at
+    which a feature counts as drifted."""
 
-    type: DriftTestType
-    threshold: DecimalString
+    type: DriftTestType = Field(
+        description="psi: population stability index, drift above the threshold. "
+        "ks: Kolmogorov-Smirnov distance between the binned distributions, drift above. "
+        "jensenShannon: Jensen-Shannon distance (base 2, from 0 to 1), drift above. "
+        "chiSquare: the p-value of Pearson's chi-square test that the reference and the window come from one "
+        "distribution, drift BELOW the threshold. "
+        "wasserstein: earth mover's distance in standard deviations of the reference, drift above."
+    )
+    threshold: DecimalString | None = Field(
+        default=None,
+        description="Left out (recommended): calibrated at every check for the reference's rows, the window's "
+        "rows and the feature's bins, as the score that windows without drift pass 5% of the time, so that a "
+        "feature that has not drifted is flagged in at most 5% of checks at any traffic volume. Set: a fixed "
+        "score on the test's own scale, whatever the sample sizes (see type for its direction).",
+    )
 
 
 class PrometheusSource(ApiModel):
@@ -86,7 +100,7 @@ class RetrainSpec(ApiModel):
 
 
 def _default_tests() -> list[DriftTest]:
-    return [DriftTest(type=DriftTestType.PSI, threshold="0.2")]
+    return [DriftTest(type=DriftTestType.PSI)]
 
 
 class DriftPolicySpec(ApiModel):
@@ -117,7 +131,10 @@ class DriftPolicySpec(ApiModel):
 
 class FeatureDrift(ApiModel):
     name: str
-    scores: dict[str, str] = Field(default_factory=dict)
+    scores: dict[str, str] = Field(default_factory=dict, description="Each test's score, by test type.")
+    thresholds: dict[str, str] = Field(
+        default_factory=dict, description="The threshold each score was held against: calibrated or as set."
+    )
     drifted: bool
 
 

@@ -23,7 +23,7 @@ from decimal import Decimal
 from regrow import API_VERSION, GROUP
 from regrow.api import InvalidSpec, parse_spec
 from regrow.api.common import parse_duration
-from regrow.api.driftpolicy import DriftPolicySpec
+from regrow.api.driftpolicy import DriftCheck, DriftPolicySpec, FeatureDrift
 from regrow.api.kinds import MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.clock import now
 from regrow.controller import conditions
@@ -184,7 +184,7 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = 
     if live is None:
         return _waiting(body, "Baseline", f"took the first reading of {source}; the next check scores it")
 
-    thresholds = {t.type: Decimal(t.threshold) for t in spec.tests}
+    thresholds = {t.type: None if t.threshold is None else Decimal(t.threshold) for t in spec.tests}
     result = check(layout, Layout.pad(profile, live), thresholds, Decimal(spec.drift_share), spec.min_samples)
     streak = status.get("consecutiveBreaches", 0) + 1 if result.breached else 0
     last_check = _last_check(profile, version, result)
@@ -201,19 +201,29 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = 
     return Result(conditions.status(body, [ready, drift], **fields), events + transition_event(previous, drift))
 
 
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
 def _last_check(profile: Profile, version: str, result: Check) -> Obj:
-    features = []
-    for j, feature in enumerate(profile.features[:256]):
-        scores = {test.value: f"{values[j]:.4g}" for test, values in result.scores.items()}
-        features.append({"name": feature.name, "scores": scores, "drifted": bool(result.drifted[j])})
-    return {
-        "time": now(),
-        "version": version,
-        "samples": result.samples,
-        "driftedFeatures": result.drifted_count,
-        "breached": result.breached,
-        "features": features,
-    }
+    features = [
+        FeatureDrift(
+            name=feature.name,
+            scores={test.value: _number(values[j]) for test, values in result.scores.items()},
+            thresholds={test.value: _number(values[j]) for test, values in result.thresholds.items()},
+            drifted=bool(result.drifted[j]),
+        )
+        for j, feature in enumerate(profile.features[:256])
+    ]
+    check = DriftCheck(
+        time=now(),
+        version=version,
+        samples=result.samples,
+        drifted_features=result.drifted_count,
+        breached=result.breached,
+        features=features,
+    )
+    return check.to_wire()
 
 
 def _drift_condition(result: Check, streak: int, spec: DriftPolicySpec) -> Cond:

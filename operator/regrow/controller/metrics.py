@@ -34,18 +34,27 @@ class Instruments:
 
 
 class DriftCollector(Collector):
-    """``regrow_drift_score`` and ``regrow_retrains_total`` from the DriftPolicies' status."""
+    """``regrow_drift_score``, ``regrow_drift_threshold`` and ``regrow_retrains_total`` from the DriftPolicies'
+    status."""
 
     def __init__(self, objects: dict[tuple[str, str, str], Obj]) -> None:
         self.objects = objects
 
     def collect(self) -> Iterator[Metric]:
         labels = ["namespace", "policy", "deployment"]
-        score = GaugeMetricFamily(
-            "regrow_drift_score",
-            "The last drift check's score per feature and test, against the serving version's reference profile.",
-            labels=[*labels, "version", "feature", "test"],
-        )
+        per_feature = [*labels, "version", "feature", "test"]
+        families = {
+            "scores": GaugeMetricFamily(
+                "regrow_drift_score",
+                "The last drift check's score per feature and test, against the serving version's reference profile.",
+                labels=per_feature,
+            ),
+            "thresholds": GaugeMetricFamily(
+                "regrow_drift_threshold",
+                "The threshold the last check held each score against: calibrated to its sample sizes, or as set.",
+                labels=per_feature,
+            ),
+        }
         retrains = CounterMetricFamily("regrow_retrains", "TrainingJobs a DriftPolicy has created.", labels=labels)
         for (plural, namespace, name), body in self.objects.copy().items():
             if plural != DRIFT_POLICY.plural:
@@ -55,9 +64,10 @@ class DriftCollector(Collector):
             retrains.add_metric(ids, status.get("retrains", 0))
             check = status.get("lastCheck") or {}
             for feature in check.get("features") or []:
-                for test, value in (feature.get("scores") or {}).items():
-                    number = float(value)
-                    if math.isfinite(number):
-                        score.add_metric([*ids, check.get("version", ""), feature["name"], test], number)
-        yield score
+                for field, family in families.items():
+                    for test, value in (feature.get(field) or {}).items():
+                        number = float(value)
+                        if math.isfinite(number):
+                            family.add_metric([*ids, check.get("version", ""), feature["name"], test], number)
+        yield from families.values()
         yield retrains

@@ -1,8 +1,19 @@
-"""One drift check: live bin counts against the reference profile, scored by the policy's tests."""
+"""One drift check: live bin counts against the reference profile, scored by the policy's tests.
+
+A test given a threshold compares its score with it. A test without one is calibrated: its threshold is
+the score that windows of the reference's own distribution exceed 5% of the time (``FALSE_FLAG_RATE``),
+for this feature's reference and this window's number of rows. It is found by simulation
+(``stats.null_counts``, ``NULL_DRAWS`` windows, a fixed seed, so the same check gets the same threshold)
+and taken as the order statistic that makes a Monte Carlo test of exact size: a drift-free window is
+flagged in at most 5% of checks, whatever the feature's shape and the two sample sizes. Window sizes are
+rounded down to a ladder of eight steps per doubling (at most 9% fewer rows: a slightly higher threshold),
+and the thresholds of each step are kept with the layout, so steady traffic reuses them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
@@ -12,15 +23,13 @@ from regrow.api.driftpolicy import DriftTestType
 from regrow.drift import stats
 from regrow.drift.profile import Profile
 
+Vector = npt.NDArray[np.float64]
 # Tests whose score is a p-value drift when it falls below the threshold; the others when it exceeds it.
 BELOW_IS_DRIFT = frozenset({DriftTestType.CHI_SQUARE})
-DEFAULT_THRESHOLDS = {
-    DriftTestType.PSI: Decimal("0.2"),
-    DriftTestType.KS: Decimal("0.1"),
-    DriftTestType.JENSEN_SHANNON: Decimal("0.1"),
-    DriftTestType.CHI_SQUARE: Decimal("0.01"),
-    DriftTestType.WASSERSTEIN: Decimal("0.1"),
-}
+FALSE_FLAG_RATE = 0.05
+NULL_DRAWS = 499
+SEED = 20261130
+LADDER_STEPS = 8  # per doubling of the window's rows
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,10 @@ class Layout:
     mask: npt.NDArray[np.bool_]  # real bins
     ordinal: npt.NDArray[np.bool_]  # real bins but missing
     positions: npt.NDArray[np.float64]
+    # Calibrated critical statistics, by (rows per feature on the ladder, test).
+    critical: dict[tuple[tuple[int, ...], DriftTestType], Vector] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, profile: Profile) -> Layout:
@@ -52,24 +65,67 @@ class Layout:
         return out
 
 
-def scores(
-    layout: Layout, live: npt.NDArray[np.float64], tests: list[DriftTestType]
-) -> dict[DriftTestType, npt.NDArray[np.float64]]:
+def statistics(layout: Layout, live: Vector, tests: list[DriftTestType]) -> dict[DriftTestType, Vector]:
+    """Each test's distance per feature, larger meaning further from the reference (chi-square's statistic
+    rather than its p-value). ``live`` may hold a stack of windows, (..., features, bins)."""
     ref = layout.reference
     compute = {
         DriftTestType.PSI: lambda: stats.psi(ref, live, layout.mask),
         DriftTestType.KS: lambda: stats.ks(ref, live, layout.ordinal),
         DriftTestType.JENSEN_SHANNON: lambda: stats.jensen_shannon(ref, live, layout.mask),
-        DriftTestType.CHI_SQUARE: lambda: stats.chi_square(ref, live, layout.mask)[1],
+        DriftTestType.CHI_SQUARE: lambda: stats.chi_square(ref, live, layout.mask)[0],
         DriftTestType.WASSERSTEIN: lambda: stats.wasserstein(ref, live, layout.ordinal, layout.positions),
     }
     return {test: compute[test]() for test in tests}
 
 
+def _degrees(layout: Layout, live: Vector) -> npt.NDArray[np.int64]:
+    return stats.chi_square(layout.reference, live, layout.mask)[1]
+
+
+def to_scores(layout: Layout, live: Vector, values: dict[DriftTestType, Vector]) -> dict[DriftTestType, Vector]:
+    """Statistics as the scores a policy states thresholds in: chi-square's as its p-value."""
+    out = dict(values)
+    if DriftTestType.CHI_SQUARE in out:
+        out[DriftTestType.CHI_SQUARE] = stats.chi2_sf(out[DriftTestType.CHI_SQUARE], _degrees(layout, live))
+    return out
+
+
+def scores(layout: Layout, live: Vector, tests: list[DriftTestType]) -> dict[DriftTestType, Vector]:
+    return to_scores(layout, live, statistics(layout, live, tests))
+
+
+def on_ladder(rows: int) -> int:
+    """The largest step of the ladder at or below ``rows`` (rows themselves up to 16)."""
+    if rows <= 16:
+        return max(rows, 0)
+    return math.floor(2 ** (math.floor(LADDER_STEPS * math.log2(rows)) / LADDER_STEPS))
+
+
+def critical_values(
+    layout: Layout, rows: npt.NDArray[np.int64], tests: list[DriftTestType]
+) -> dict[DriftTestType, Vector]:
+    """Per feature, the statistic that a drift-free window of ``rows`` exceeds with probability at most
+    ``FALSE_FLAG_RATE`` (NaN where the window is empty)."""
+    steps = tuple(on_ladder(int(n)) for n in rows)
+    missing = [test for test in tests if (steps, test) not in layout.critical]
+    if missing:
+        rng = np.random.default_rng(SEED)
+        counts = stats.null_counts(layout.reference, layout.mask, layout.ordinal, np.array(steps), NULL_DRAWS, rng)
+        simulated = statistics(layout, counts.astype(np.float64), missing)  # (draws, features) each
+        # Flag when fewer than FALSE_FLAG_RATE x (draws + 1) simulated windows reach the observed statistic.
+        rank = math.ceil((1 - FALSE_FLAG_RATE) * (NULL_DRAWS + 1)) - 1
+        empty = np.array(steps) == 0
+        for test, values in simulated.items():
+            layout.critical[(steps, test)] = np.where(empty, np.nan, np.partition(values, rank, axis=0)[rank])
+    return {test: layout.critical[(steps, test)] for test in tests}
+
+
 @dataclass(frozen=True)
 class Check:
     samples: int
-    scores: dict[DriftTestType, npt.NDArray[np.float64]]
+    scores: dict[DriftTestType, Vector]
+    thresholds: dict[DriftTestType, Vector]  # per feature: the threshold each score was held against
     drifted: npt.NDArray[np.bool_]  # per feature: any test past its threshold
     breached: bool  # enough samples, and at least driftShare of the features drifted
 
@@ -79,16 +135,28 @@ class Check:
 
 
 def check(
-    layout: Layout, live: npt.NDArray[np.float64], thresholds: dict[DriftTestType, Decimal], drift_share: Decimal,
+    layout: Layout, live: Vector, thresholds: dict[DriftTestType, Decimal | None], drift_share: Decimal,
     min_samples: int,
 ) -> Check:  # fmt: skip
-    """Score ``live`` (padded counts, as ``Layout.pad`` makes them) and apply the policy's thresholds."""
-    samples = int(live.sum(axis=1).max(initial=0))
-    values = scores(layout, live, list(thresholds))
-    drifted = np.zeros(layout.reference.shape[0], dtype=bool)
+    """Score ``live`` (padded counts, as ``Layout.pad`` makes them) against the policy's thresholds, each
+    test without one calibrated to this window (see the module's docstring)."""
+    rows = live.sum(axis=1).round().astype(np.int64)
+    samples = int(rows.max(initial=0))
+    values = statistics(layout, live, list(thresholds))
+    calibrated = [test for test, limit in thresholds.items() if limit is None]
+    critical = critical_values(layout, rows, calibrated) if calibrated else {}
+    out = to_scores(layout, live, values)
+    used = to_scores(layout, live, critical) | {
+        test: np.full(len(rows), float(limit)) for test, limit in thresholds.items() if limit is not None
+    }
+    drifted = np.zeros(len(rows), dtype=bool)
     for test, value in values.items():
-        limit = float(thresholds[test])
-        drifted |= value < limit if test in BELOW_IS_DRIFT else value > limit
+        if test in critical:  # on the statistic: exact even where a p-value underflows to 0
+            drifted |= value > critical[test]
+        elif test in BELOW_IS_DRIFT:
+            drifted |= out[test] < used[test]
+        else:
+            drifted |= out[test] > used[test]
     enough = samples >= min_samples
     breached = bool(enough and drifted.sum() >= float(drift_share) * len(drifted) and drifted.any())
-    return Check(samples, values, drifted & enough, breached)
+    return Check(samples, out, used, drifted & enough, breached)

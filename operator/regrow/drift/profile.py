@@ -141,6 +141,21 @@ class Profile:
         return cls(features, int(body["rows"]))
 
 
+def _isolate_point_masses(
+    present: npt.NDArray[np.float32], cuts: npt.NDArray[np.float32], bins: int
+) -> npt.NDArray[np.float32]:
+    """Quantile cuts, plus an edge just above every value that holds more than a bin's share of the data
+    and shares its bin with other values, so that the value has a bin of its own. Without it, a feature
+    that is 90% zeros gets the edges [0, max], and a change in its share of zeros never shows."""
+    lo, hi = np.searchsorted(present, cuts, side="left"), np.searchsorted(present, cuts, side="right")
+    heavy = (hi - lo) * bins > present.size
+    shared = np.empty(len(cuts), dtype=bool)
+    shared[:-1] = lo[1:] > hi[:-1]  # a value between this cut and the next
+    shared[-1] = len(cuts) > 1 and lo[-1] > lo[-2]  # the last bin is closed: values below the maximum in it
+    above = np.nextafter(cuts[heavy & shared], np.float32(np.inf))
+    return np.unique(np.concatenate([cuts, above]))
+
+
 def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) -> Profile:
     """The reference profile of training data: quantile edges per feature and the data's own counts."""
     values = np.asarray(x, dtype=np.float32)
@@ -148,12 +163,12 @@ def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) ->
         raise ValueError(f"expected an array of shape (n, {len(names)}), got {values.shape}")
     edges = []
     for column in values.T:
-        present = column[~np.isnan(column)]
+        present = np.sort(column[~np.isnan(column)])
         if present.size == 0:
             cuts = np.zeros(2, dtype=np.float32)
         else:
             quantiles = np.quantile(present.astype(np.float64), np.linspace(0.0, 1.0, bins + 1))
-            cuts = np.unique(quantiles.astype(np.float32))
+            cuts = _isolate_point_masses(present, np.unique(quantiles.astype(np.float32)), bins)
             if cuts.size == 1:
                 cuts = np.repeat(cuts, 2)  # a constant feature still gets one regular bin
         edges.append(tuple(float(e) for e in cuts))

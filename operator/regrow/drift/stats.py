@@ -4,9 +4,13 @@ Inputs are count matrices of shape (features, bins) laid out as in ``regrow.drif
 the regular bins, overflow, missing, then zero padding up to the widest feature. ``positions`` gives
 each ordinal bin a location on the feature's axis (NaN for the missing bin and for padding).
 
-Empty bins: PSI and chi-square need a non-zero reference frequency in every bin, so reference
-frequencies are floored at ``EPSILON`` (1e-4) and renormalised; live frequencies of empty bins are
-floored the same way for PSI. Jensen-Shannon, KS and Wasserstein need no floor.
+Empty bins: PSI needs a non-zero frequency in every bin, so frequencies are floored at ``EPSILON``
+(1e-4) and renormalised. Chi-square compares the two samples (a test of homogeneity over the bins either
+one reached); Jensen-Shannon, KS and Wasserstein need no floor.
+
+The reference is a sample too, and its bins are cut at its own quantiles. ``null_counts`` draws the live
+counts that a window of the reference's own distribution could bring, which is what calibrated thresholds
+are taken from (see ``regrow.drift.policy``).
 """
 
 from __future__ import annotations
@@ -27,20 +31,20 @@ def _f64(value: object) -> npt.NDArray[np.float64]:
 def frequencies(counts: Matrix, mask: npt.NDArray[np.bool_]) -> Matrix:
     """Each row's counts over the bins in ``mask``, as frequencies that sum to 1 over those bins."""
     kept = np.where(mask, counts, 0.0)
-    totals = kept.sum(axis=1, keepdims=True)
+    totals = kept.sum(axis=-1, keepdims=True)
     return _f64(np.divide(kept, totals, out=np.zeros_like(kept), where=totals > 0))
 
 
 def floored(freq: Matrix, mask: npt.NDArray[np.bool_]) -> Matrix:
     out = np.where(mask, np.maximum(freq, EPSILON), 0.0)
-    return _f64(out / out.sum(axis=1, keepdims=True))
+    return _f64(out / out.sum(axis=-1, keepdims=True))
 
 
 def psi(ref: Matrix, live: Matrix, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """Population stability index: sum of (q - p) ln(q / p) over bins."""
     p, q = floored(frequencies(ref, mask), mask), floored(frequencies(live, mask), mask)
     terms = np.where(mask, (q - p) * np.log(np.where(mask, q, 1.0) / np.where(mask, p, 1.0)), 0.0)
-    return _f64(terms.sum(axis=1))
+    return _f64(terms.sum(axis=-1))
 
 
 def jensen_shannon(ref: Matrix, live: Matrix, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
@@ -49,32 +53,34 @@ def jensen_shannon(ref: Matrix, live: Matrix, mask: npt.NDArray[np.bool_]) -> np
     m = (p + q) / 2
 
     def kl(a: Matrix) -> npt.NDArray[np.float64]:
-        return _f64(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=1))
+        return _f64(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0).sum(axis=-1))
 
     divergence = (kl(p) + kl(q)) / 2 / math.log(2)
     return np.sqrt(np.clip(divergence, 0.0, None))
 
 
-def chi_square(
-    ref: Matrix, live: Matrix, mask: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Pearson's chi-square of the live counts against the (floored) reference frequencies: statistic and
-    p-value, with bins - 1 degrees of freedom."""
-    n = live.sum(axis=1, keepdims=True)
-    expected = floored(frequencies(ref, mask), mask) * n
-    statistic = np.where(mask, (live - expected) ** 2 / np.where(mask, expected, 1.0), 0.0).sum(axis=1)
-    dof = mask.sum(axis=1) - 1
-    return statistic, chi2_sf(statistic, dof)
+def chi_square(ref: Matrix, live: Matrix, mask: npt.NDArray[np.bool_]) -> tuple[Matrix, npt.NDArray[np.int64]]:
+    """Pearson's chi-square test of homogeneity of the two samples over the bins that either reached:
+    the statistic, sum over bins of (r N_l - l N_r)^2 / (N_r N_l (r + l)), and its degrees of freedom
+    (those bins - 1). Zero when either sample is empty."""
+    r, q = np.where(mask, ref, 0.0), np.where(mask, live, 0.0)
+    n_r, n_l = r.sum(axis=-1, keepdims=True), q.sum(axis=-1, keepdims=True)
+    total = r + q
+    reached = total > 0
+    terms = (r * n_l - q * n_r) ** 2 / np.where(reached, total, 1.0)
+    scale = n_r * n_l
+    statistic = np.divide(terms.sum(axis=-1, keepdims=True), scale, out=np.zeros_like(scale), where=scale > 0)
+    return _f64(statistic[..., 0]), (reached.sum(axis=-1) - 1).astype(np.int64)
 
 
 def _cdfs(ref: Matrix, live: Matrix, ordinal: npt.NDArray[np.bool_]) -> tuple[Matrix, Matrix]:
-    return np.cumsum(frequencies(ref, ordinal), axis=1), np.cumsum(frequencies(live, ordinal), axis=1)
+    return np.cumsum(frequencies(ref, ordinal), axis=-1), np.cumsum(frequencies(live, ordinal), axis=-1)
 
 
 def ks(ref: Matrix, live: Matrix, ordinal: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """Kolmogorov-Smirnov statistic on the binned CDFs of the present (non-missing) values."""
     f, g = _cdfs(ref, live, ordinal)
-    return _f64(np.where(ordinal, np.abs(f - g), 0.0).max(axis=1))
+    return _f64(np.where(ordinal, np.abs(f - g), 0.0).max(axis=-1))
 
 
 def wasserstein(
@@ -85,12 +91,12 @@ def wasserstein(
     f, g = _cdfs(ref, live, ordinal)
     x = np.where(ordinal, positions, np.nan)
     # Between consecutive ordinal bins the CDFs are flat; padding and missing come after the last one.
-    steps = np.nan_to_num(np.diff(x, axis=1), nan=0.0)
-    distance = (np.abs(f - g)[:, :-1] * steps).sum(axis=1)
+    steps = np.nan_to_num(np.diff(x, axis=-1), nan=0.0)
+    distance = (np.abs(f - g)[..., :-1] * steps).sum(axis=-1)
     p = frequencies(ref, ordinal)
     xs = np.nan_to_num(x)
-    mean = (p * xs).sum(axis=1, keepdims=True)
-    std = np.sqrt((p * (xs - mean) ** 2).sum(axis=1))
+    mean = (p * xs).sum(axis=-1, keepdims=True)
+    std = np.sqrt((p * (xs - mean) ** 2).sum(axis=-1))
     return _f64(np.divide(distance, std, out=np.zeros_like(distance), where=std > 0))
 
 
@@ -127,3 +133,30 @@ def chi2_sf(x: npt.NDArray[np.float64], dof: npt.NDArray[np.int64]) -> npt.NDArr
     upper = np.exp(log_prefix) * h
     result = np.where(series, 1 - lower, upper)
     return np.where(z > 0, np.clip(result, 0.0, 1.0), 1.0)
+
+
+def null_counts(
+    ref: Matrix, mask: npt.NDArray[np.bool_], ordinal: npt.NDArray[np.bool_], rows: npt.NDArray[np.int64],
+    draws: int, rng: np.random.Generator,
+) -> npt.NDArray[np.int64]:  # fmt: skip
+    """``draws`` windows of ``rows`` (one per feature) from the reference's own distribution, as counts of
+    shape (draws, features, bins): the bins' true masses drawn from what the reference tells of them,
+    then the window's rows from those masses (a Dirichlet-multinomial).
+
+    Bins cut at the reference's quantiles hold masses distributed as the spacings of its order statistics,
+    Dirichlet(reference counts) whatever the feature's distribution; underflow and overflow, empty in the
+    reference by construction, hold a spacing each (1); the missing bin and bins the reference left empty
+    get Jeffreys' 1/2. Discrete features (ties) are counted like categories, to which the same posterior
+    applies."""
+    width = ref.shape[1]
+    last = np.arange(width)[None, :] == (ordinal.sum(axis=-1) - 1)[:, None]
+    tails = (np.arange(width)[None, :] == 0) | last
+    jeffreys = (mask & ~ordinal) | (mask & (ref == 0))
+    prior = np.where(tails, 1.0, np.where(jeffreys, 0.5, 0.0))
+    regular = mask & ~tails & ~(mask & ~ordinal)
+    present = np.where(regular, ref, 0.0).sum(axis=-1, keepdims=True)
+    spacings = np.divide(present - 1, present, out=np.ones_like(present), where=present > 1)
+    alpha = np.where(regular, ref * spacings, np.where(mask, ref, 0.0)) + prior
+    masses = rng.standard_gamma(np.broadcast_to(alpha, (draws, *alpha.shape)))
+    masses /= masses.sum(axis=2, keepdims=True)
+    return rng.multinomial(rows[None, :], masses).astype(np.int64)
