@@ -224,6 +224,63 @@ def test_entrypoint_reports_failures_with_a_reason(
     assert not (tmp_path / "registry").exists() or not list((tmp_path / "registry").rglob("model.onnx"))
 
 
+SECRET = "s3cr3t-T0ken-9f8e"
+ROWS = "".join(f"{i % 3},{i}.5,{i * 2}\n" for i in range(30))
+NOT_DATA = {
+    "a process environment": f"AWS_SECRET_ACCESS_KEY={SECRET}\0HOME=/root\0".encode(),
+    "the secret as the header": f"{SECRET},b,c\n1,2,3\n".encode(),
+    "the secret as a feature's name": f"species,{SECRET},c\n{ROWS}x,abc,1\n".encode(),
+    "the secret in a feature's cell": f"species,b,c\n{ROWS}1,{SECRET},3\n".encode(),
+    "the secret in a label, for regression": f"species,b,c\n{ROWS}{SECRET},1,2\n".encode(),
+    "bytes": bytes(range(256)) * 3 + SECRET.encode() + b"\xff\xfe\x00",
+    "an unterminated quote": f'species,b,c\n1,"{SECRET},2\n'.encode(),
+    "ragged rows": f"species,b\n1,2\n1,2,3,{SECRET}\n".encode(),
+    "json": json.dumps({"credentials": SECRET}).encode(),
+}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("content", list(NOT_DATA), ids=list(NOT_DATA))
+def test_a_report_never_quotes_the_file(
+    tmp_path: Path, content: str, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The URI may reach a file it should not (another tenant's, a process's environment): what the
+    file holds never reaches the report, which becomes status and an Event."""
+    data = tmp_path / f"data.{fmt}"
+    data.write_bytes(NOT_DATA[content])
+    algorithm = "ridge" if "regression" in content else "logisticRegression"
+    wire = _spec_body(f"file://{data}")
+    wire["dataset"]["format"] = fmt
+    wire["model"]["algorithm"] = algorithm
+    status, report = _run(wire, tmp_path)
+    assert status == 1 and report["reason"] == "InvalidDataset", report
+    assert SECRET not in json.dumps(report) and SECRET not in capsys.readouterr().out
+
+
+def test_a_file_uri_stays_on_the_claim(tmp_path: Path) -> None:
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    store.mkdir()
+    outside.mkdir()
+    write_dataset(outside, "iris")
+    (store / "iris.csv").symlink_to(outside / "iris.csv")
+    claim = {"volumeClaimName": "data", "mountPath": str(store)}
+    traversal = f"file://{store}/../outside/iris.csv"
+    with pytest.raises(ValueError, match=r"\. or \.\. segments"):
+        parse_spec(TrainingJobSpec, {**_spec_body(traversal), "storage": claim}).storage.check_file_uris(traversal)  # type: ignore[union-attr]
+    wire = {**_spec_body(f"file://{store}/iris.csv"), "storage": claim}
+    status, report = _run(wire, tmp_path)
+    assert status == 1 and report["reason"] == "InvalidDataset"
+    assert "leads outside storage.mountPath" in report["message"]
+
+
+def _spec_body(uri: str) -> dict[str, Any]:
+    return {
+        "dataset": {"uri": uri, "target": "species"},
+        "model": {"algorithm": "logisticRegression"},
+        "output": {"registry": f"file://{Path(uri[7:]).parent}/registry", "modelName": "m"},
+    }
+
+
 def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
     """What the serving pods logged and clients labelled, joined and added: the retrain learns the moved world."""
     data = write_dataset(tmp_path, "iris")

@@ -150,5 +150,7 @@ class StorageSpec(ApiModel):
                 continue
             if self.volume_claim_name is None:
                 raise ValueError(f"{uri}: a file:// URI needs storage.volumeClaimName so that pods can reach it")
+            if {".", ".."} & set(uri[len("file://") :].split("/")):
+                raise ValueError(f"{uri}: a file:// URI may not contain . or .. segments")
             if not (uri[len("file://") :] + "/").startswith(self.mount_path + "/"):
                 raise ValueError(f"{uri}: a file:// URI must lie under storage.mountPath ({self.mount_path})")

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
+from sklearn.utils._param_validation import InvalidParameterError  # no public name (1.2+)
 
 from regrow.api.common import parse_decimal
 from regrow.api.trainingjob import Metric, Task, TrainingJobSpec
@@ -98,18 +100,38 @@ class RunResult:
         return out
 
 
+def _columns(spec: TrainingJobSpec, frame: pd.DataFrame, bad: list[str]) -> str:
+    """Columns for a message: by name when the spec named them, else by position. A column the spec did not
+    name is the file's content, which a message must not echo (the URI may reach a file it should not)."""
+    if spec.dataset.features is not None:
+        return ", ".join(repr(name) for name in bad)
+    positions = [str(list(frame.columns).index(name) + 1) for name in bad]
+    return f"{len(bad)} column(s): number {', '.join(positions[:20])} of the file's {len(frame.columns)}"
+
+
 def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
-    frame = pd.read_parquet(io.BytesIO(raw)) if spec.dataset.format == "parquet" else pd.read_csv(io.BytesIO(raw))
+    """The dataset's features and labelled target. Errors name what the spec asked for and counts, never
+    what the file holds (its header, cells or bytes)."""
+    fmt = spec.dataset.format
+    try:
+        frame = pd.read_parquet(io.BytesIO(raw)) if fmt == "parquet" else pd.read_csv(io.BytesIO(raw))
+    except (ValueError, OSError) as error:  # pandas' and pyarrow's parse errors quote the data
+        raise TrainingError(
+            "InvalidDataset", f"the dataset is not a readable {fmt} file ({type(error).__name__})"
+        ) from None
+    frame.columns = [str(c) for c in frame.columns]
     target = spec.dataset.target
     if target not in frame.columns:
-        raise TrainingError("InvalidDataset", f"target column {target!r} is not in the dataset: {list(frame.columns)}")
-    features = spec.dataset.features or [str(c) for c in frame.columns if c != target]
+        raise TrainingError(
+            "InvalidDataset", f"target column {target!r} is not among the dataset's {len(frame.columns)} columns"
+        )
+    features = spec.dataset.features or [c for c in frame.columns if c != target]
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise TrainingError("InvalidDataset", f"feature columns not in the dataset: {missing}")
     non_numeric = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
     if non_numeric:
-        raise TrainingError("InvalidDataset", f"feature columns must be numeric: {non_numeric}")
+        raise TrainingError("InvalidDataset", f"feature columns must be numeric: {_columns(spec, frame, non_numeric)}")
     frame = frame[frame[target].notna()]
     if len(frame) < 10:
         raise TrainingError("InvalidDataset", f"need at least 10 labelled rows, found {len(frame)}")
@@ -265,8 +287,15 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     try:
         pipeline = build_pipeline(spec.model, spec.evaluation.seed)
         pipeline.fit(x_train, y_train)
-    except (ParamError, ValueError, TypeError) as error:
+    except (ParamError, InvalidParameterError) as error:  # about the spec's params alone: safe to quote
         raise TrainingError("InvalidParams", str(error)) from None
+    except (ValueError, TypeError) as error:  # scikit-learn's messages may quote the data (labels, values)
+        log.error("Fitting %s failed: %s", spec.model.algorithm.value, error)
+        raise TrainingError(
+            "InvalidParams",
+            f"scikit-learn could not fit {spec.model.algorithm.value} with these params on this dataset "
+            f"({type(error).__name__}; the training pod's log has the details)",
+        ) from None
     train_seconds = time.perf_counter() - started
     onnx_bytes = export_onnx(pipeline, len(data.features))
     model = OnnxModel(onnx_bytes)
@@ -324,6 +353,12 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
 
 def read_dataset(spec: TrainingJobSpec) -> bytes:
     storage = spec.storage
+    uri = spec.dataset.uri
+    if uri.startswith("file://") and storage is not None and storage.volume_claim_name:
+        # In a pod, within the mounted claim even after links: a link on the volume must not lead out of it.
+        mount = Path(storage.mount_path).resolve()
+        if not Path(uri[len("file://") :]).resolve().is_relative_to(mount):
+            raise TrainingError("InvalidDataset", f"{uri} leads outside storage.mountPath ({mount})")
     try:
         return read_uri(
             spec.dataset.uri,
