@@ -155,8 +155,77 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drift(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from regrow.api.driftpolicy import DriftPolicySpec  # noqa: PLC0415
+    from regrow.drift.backtest import BacktestError, feature_matrix, load_registry_profile, windows  # noqa: PLC0415
+    from regrow.drift.profile import Profile  # noqa: PLC0415
+
+    try:
+        spec = (
+            _policy_spec(args.policy)
+            if args.policy
+            else DriftPolicySpec.model_validate({"targetRef": {"name": "backtest"}})
+        )
+        if "://" in args.profile:
+            profile = load_registry_profile(args.profile, endpoint_url=args.endpoint_url, region=args.region)
+        else:
+            profile = Profile.from_json(Path(args.profile).read_bytes())
+        data = Path(args.data)
+        x = feature_matrix(data.read_bytes(), data.suffix in (".parquet", ".pq"), profile)
+        breached = False
+        for window in windows(profile, x, spec, args.window_rows):
+            breached |= window.result.breached
+            print(json.dumps(window.record(profile)), flush=True)
+    except (BacktestError, InvalidSpec, OSError, ValueError) as error:
+        print(f"regrow drift: {error}", file=sys.stderr)
+        return 2
+    return 1 if breached and args.fail_on_breach else 0
+
+
+def _policy_spec(path: str) -> Any:
+    from regrow.api import parse_spec  # noqa: PLC0415
+    from regrow.api.driftpolicy import DriftPolicySpec  # noqa: PLC0415
+
+    docs = [doc for doc in yaml.safe_load_all(Path(path).read_text()) if isinstance(doc, dict)]
+    policy = next((doc for doc in docs if doc.get("kind") == "DriftPolicy"), None)
+    if policy is None:
+        raise InvalidSpec(f"{path} holds no DriftPolicy")
+    return parse_spec(DriftPolicySpec, policy.get("spec"))
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name) or default
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of rows")
+    return value
+
+
+def _add_drift(commands: Any) -> None:
+    drift = commands.add_parser(
+        "drift",
+        help="backtest a DriftPolicy on recorded data: one JSON line per window",
+        description="Score recorded traffic against a reference profile with a DriftPolicy's tests (psi, calibrated, "
+        "when no policy is given) and print one JSON object per window, with the verdict the policy would reach.",
+    )
+    drift.add_argument("--profile", required=True,
+                       help="a profile.json, or <registry-uri>/<model>@<alias or version>")  # fmt: skip
+    drift.add_argument(
+        "--data", required=True, help="CSV or Parquet (.parquet) rows; columns not in the profile are ignored"
+    )
+    drift.add_argument(
+        "--policy", help="a DriftPolicy YAML file: its tests, driftShare, minSamples, consecutiveBreaches"
+    )
+    drift.add_argument("--window-rows", type=_positive, help="rows per window; default: the whole file is one window")
+    drift.add_argument("--fail-on-breach", action="store_true", help="exit 1 if any window breached")
+    drift.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
+    drift.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
+    drift.set_defaults(func=_drift)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--output", help="file to write; standard output if unset")
     sample.set_defaults(func=_sample_data)
 
+    _add_drift(commands)
+
     train = commands.add_parser("train", help="run one training (what a TrainingJob's pod runs)")
     train.add_argument("--spec-file", help="TrainingJob spec as JSON; default: $REGROW_TRAINING_SPEC")
     train.add_argument("--termination-log", type=Path, help="default: /dev/termination-log when present")
@@ -231,6 +302,7 @@ EXTRAS = {
     "serve": "serving",
     "train": "training",
     "sample-data": "training",
+    "drift": "training",
 }
 
 

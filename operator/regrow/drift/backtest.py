@@ -1,0 +1,112 @@
+"""``regrow drift``: what a DriftPolicy would have decided on recorded traffic, one window of rows at a time.
+
+The same check as in the cluster (``regrow.drift.policy.check``): the policy's tests with their thresholds
+(calibrated when left out), ``driftShare``, ``minSamples``, and ``consecutiveBreaches`` for the verdict.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from regrow.api.driftpolicy import DriftPolicySpec
+from regrow.drift.policy import Check, Layout, check
+from regrow.drift.profile import Profile
+from regrow.storage import NotFound, open_store
+from regrow.storage.registry import Registry
+
+PROFILE = "profile.json"
+
+
+class BacktestError(Exception):
+    """Input the backtest cannot score (exit status 2): the message says which."""
+
+
+def load_registry_profile(reference: str, *, endpoint_url: str | None = None, region: str | None = None) -> Profile:
+    """The profile of ``<registry-uri>/<model>@<alias or version>``: an alias if the registry has one by
+    that name, else a version."""
+    where, _, ref = reference.rpartition("@")
+    registry_uri, _, model = where.rstrip("/").rpartition("/")
+    if not (ref and model and registry_uri):
+        raise BacktestError(f"{reference}: expected <registry-uri>/<model>@<alias or version>")
+    registry = Registry(open_store(registry_uri, endpoint_url=endpoint_url, region=region))
+    version = registry.resolve(model, ref) or ref
+    try:
+        return Profile.from_json(registry.read(model, version, PROFILE))
+    except NotFound:
+        raise BacktestError(f"{model} has no alias or version {ref!r} in {registry_uri}") from None
+
+
+def feature_matrix(raw: bytes, parquet: bool, profile: Profile) -> npt.NDArray[np.float64]:
+    """The profile's features from a CSV or Parquet file, in the profile's order; other columns ignored."""
+    import pandas as pd  # noqa: PLC0415 - needs [training]
+
+    try:
+        frame = pd.read_parquet(io.BytesIO(raw)) if parquet else pd.read_csv(io.BytesIO(raw))
+    except (ValueError, OSError) as error:
+        raise BacktestError(f"the data is not a readable {'parquet' if parquet else 'csv'} file: {error}") from None
+    frame.columns = [str(c) for c in frame.columns]
+    missing = [name for name in profile.names if name not in frame.columns]
+    if missing:
+        raise BacktestError(f"the data has no column for the profile's feature(s) {', '.join(missing)}")
+    non_numeric = [name for name in profile.names if not pd.api.types.is_numeric_dtype(frame[name])]
+    if non_numeric:
+        raise BacktestError(f"feature column(s) {', '.join(non_numeric)} are not numeric")
+    return np.asarray(frame[profile.names].to_numpy(dtype=np.float64))
+
+
+def _number(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    first: int
+    last: int
+    result: Check
+    drift_detected: bool
+
+    def record(self, profile: Profile) -> dict[str, Any]:
+        """The window as one JSON object: scores and thresholds as numbers, null where undefined."""
+        result = self.result
+        features = [
+            {
+                "name": feature.name,
+                "drifted": bool(result.drifted[j]),
+                "scores": {test.value: _number(values[j]) for test, values in result.scores.items()},
+                "thresholds": {test.value: _number(values[j]) for test, values in result.thresholds.items()},
+            }
+            for j, feature in enumerate(profile.features)
+        ]
+        return {
+            "window": self.index,
+            "rows": [self.first, self.last],
+            "samples": result.samples,
+            "breached": result.breached,
+            "driftDetected": self.drift_detected,
+            "driftedFeatures": result.drifted_count,
+            "features": features,
+        }
+
+
+def windows(profile: Profile, x: npt.NDArray[np.float64], spec: DriftPolicySpec, rows: int | None) -> Iterator[Window]:
+    """Consecutive windows of ``rows`` rows (the whole data when None; the last may be shorter), each
+    checked as the policy would, with its breach streak carried from one window to the next."""
+    layout = Layout.of(profile)
+    thresholds = {t.type: None if t.threshold is None else Decimal(t.threshold) for t in spec.tests}
+    size = rows or max(len(x), 1)
+    streak = 0
+    for index, first in enumerate(range(0, max(len(x), 1), size)):
+        chunk = x[first : first + size]
+        live = Layout.pad(profile, profile.bin_counts(chunk))
+        result = check(layout, live, thresholds, Decimal(spec.drift_share), spec.min_samples)
+        streak = streak + 1 if result.breached else 0
+        yield Window(index, first, first + len(chunk) - 1, result, streak >= spec.consecutive_breaches)
