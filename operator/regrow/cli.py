@@ -150,6 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout_seconds,
             max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
             log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
+            feedback_key=os.environ.get("REGROW_FEEDBACK_KEY"),
         )
     )  # fmt: skip
     return 0

@@ -43,11 +43,12 @@ def _post(host: str, url_path: str, body: Any) -> tuple[int, Any]:
 
 
 def _infer(host: str, rows: list[list[float]]) -> str:
-    """The request id the server logged the prediction under."""
-    status, answer = _post(host, "/v2/models/iris/infer", {"inputs": [
+    """The id the server issued, and logged the prediction under."""
+    status, answer = _post(host, "/v2/models/iris/infer", {"id": "client-1", "inputs": [
         {"name": "input", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]})  # fmt: skip
     assert status == 200, answer
-    return str(answer["id"])
+    assert answer["id"] == "client-1"  # the request's id, echoed: never what feedback names
+    return str(answer["parameters"]["prediction_id"])
 
 
 def _send_labelled(host: str, frame: np.ndarray, species: np.ndarray, picks: np.ndarray) -> None:
@@ -58,6 +59,9 @@ def _send_labelled(host: str, frame: np.ndarray, species: np.ndarray, picks: np.
         label = {"id": _infer(host, rows.tolist()), "label": truth.tolist()}
         status, answer = _post(host, "/v2/models/iris/feedback", label)
         assert status == 202 and answer["accepted"] == 1, answer
+    forged = {"id": "client-1", "label": ["virginica"] * 32}  # an id the server did not issue
+    status, answer = _post(host, "/v2/models/iris/feedback", forged)
+    assert status == 400 and "not a prediction id" in answer["error"], answer
 
 
 def _logged(root: Path, kind: str) -> int:

@@ -3,6 +3,7 @@ the test plays its part where pods must fail)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -80,6 +81,12 @@ def test_children_are_built_once_and_follow_the_spec(api: client.ApiClient, name
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 4)
     assert hpa["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
     assert children["Service"][0]["spec"]["ports"][0]["targetPort"] == "http"
+    # The key that signs prediction ids: made once (a restart keeps it), owned, read by the pods from the Secret.
+    secret = Kube(api).get(path("v1", "secrets", namespace, "iris-feedback-key")) or {}
+    assert len(base64.b64decode(secret["data"]["key"])) >= 43
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    key_ref = {e["name"]: e.get("valueFrom") for e in container["env"]}["REGROW_FEEDBACK_KEY"]
+    assert key_ref == {"secretKeyRef": {"name": "iris-feedback-key", "key": "key"}}
 
     with operator():
         patch = {"spec": {"replicas": {"max": 6}, "model": {"alias": None, "version": "0123456789abcdef"}}}

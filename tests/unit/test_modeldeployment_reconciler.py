@@ -6,8 +6,15 @@ from dataclasses import replace
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
-from regrow.controller.kube import Obj
-from regrow.controller.modeldeployment import PodReport, assess, desired_version, discover, report
+from regrow.controller.kube import Conflict, Obj
+from regrow.controller.modeldeployment import (
+    PodReport,
+    _feedback_key,
+    assess,
+    desired_version,
+    discover,
+    report,
+)
 from regrow.manifests.common import Images, Owner
 from regrow.manifests.serving import autoscaler, deployment, disruption_budget
 from tests.unit.test_api import _example, _with
@@ -142,3 +149,41 @@ def test_the_prediction_log_gets_its_settings_and_a_writable_store() -> None:
     quiet = container(_spec(spec__predictionLog=...))
     assert "REGROW_PREDICTION_LOG_PERCENT" not in {e["name"] for e in quiet["env"]}
     assert [m["readOnly"] for m in quiet["volumeMounts"] if m["name"] == "store"] == [True]
+
+
+class Secrets:
+    """The Secret calls of the API: create only (the operator may not read Secrets)."""
+
+    def __init__(self, exists: bool = False) -> None:
+        self.exists = exists
+        self.created: list[Obj] = []
+
+    def create(self, path: str, body: Obj) -> Obj:
+        assert path == "/api/v1/namespaces/ml/secrets" and body["kind"] == "Secret"
+        self.created.append(body)
+        if self.exists:
+            raise Conflict(path)
+        return body
+
+
+def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() -> None:
+    spec = _spec()  # the example logs 10% of its predictions
+    manifest = deployment(OWNER, spec, Images(), None)
+    env = {e["name"]: e for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REGROW_FEEDBACK_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "iris-feedback-key", "key": "key"}}
+    api = Secrets()
+    _feedback_key(api, OWNER, spec, None)  # type: ignore[arg-type]
+    _feedback_key(api, OWNER, spec, None)  # type: ignore[arg-type]
+    first, second = (s["stringData"]["key"] for s in api.created)
+    assert len(first) >= 43 and first != second  # 32 random bytes each time: only the first create wins
+    assert api.created[0]["metadata"]["ownerReferences"][0]["uid"] == "uid-9"
+    _feedback_key(api, OWNER, spec, manifest)  # type: ignore[arg-type]
+    assert len(api.created) == 2  # the Deployment already reads it: nothing more to create
+    _feedback_key(Secrets(exists=True), OWNER, spec, None)  # type: ignore[arg-type]  # Conflict: kept as it is
+
+    quiet = _spec(spec__predictionLog=...)
+    api = Secrets()
+    _feedback_key(api, OWNER, quiet, None)  # type: ignore[arg-type]
+    assert api.created == []
+    containers = deployment(OWNER, quiet, Images(), None)["spec"]["template"]["spec"]["containers"]
+    assert "REGROW_FEEDBACK_KEY" not in {e["name"] for e in containers[0]["env"]}

@@ -431,17 +431,18 @@ def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
 
 def test_prediction_log_and_feedback(tmp_path: Path) -> None:
     version = publish_iris(tmp_path)
-    config = local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2)
+    config = local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2, feedback_key="k")
     with running(config) as server:
         wait_ready(server)
-        ids = [server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["id"] for _ in range(3)]
+        ids = [
+            server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["parameters"]["prediction_id"] for _ in range(3)
+        ]
         named = server.call("POST", "/v2/models/iris/infer", v2([[5.0, None, 1.0, 0.2]], id="mine"))[1]
-        assert named["id"] == "mine"
-        assert server.call("POST", "/v1/models/iris:predict", {"instances": ROWS[:1]})[1]["id"]
-        status, body = server.call(
-            "POST", "/v2/models/iris/feedback", {"feedback": [{"id": i, "label": "setosa"} for i in ids]}
-        )
-        assert (status, body) == (202, {"accepted": 3, "dropped": 0})
+        assert named["id"] == "mine" and named["parameters"]["prediction_id"] not in ("mine", *ids)  # id: an echo
+        assert server.call("POST", "/v1/models/iris:predict", {"instances": ROWS[:1]})[1]["prediction_id"]
+        labels = [{"id": i, "label": ["setosa", "virginica", "versicolor"]} for i in ids]
+        status, body = server.call("POST", "/v2/models/iris/feedback", {"feedback": labels})
+        assert (status, body) == (202, {"accepted": 3})
         assert server.call("POST", "/v2/models/iris/feedback", {"id": 5})[0] == 400
         records: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
@@ -453,11 +454,17 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
         metrics = server.call("GET", "/metrics")[1]
     assert [r["id"] for r in records[:3]] == ids
     assert records[0]["inputs"] == [pytest.approx(r) for r in ROWS] and records[0]["outputs"][0] == "setosa"
-    assert records[3]["id"] == "mine" and records[3]["inputs"][0][1] is None
+    assert records[3]["id"] == named["parameters"]["prediction_id"] and records[3]["inputs"][0][1] is None
     feedback = [json.loads(line) for f in (tmp_path / "registry/iris/feedback" / version).glob("*.jsonl")
                 for line in f.read_text().splitlines()]  # fmt: skip
     assert sorted(f["id"] for f in feedback) == sorted(ids)
-    assert f'regrow_prediction_log_records_total{{model="iris",outcome="written",version="{version}"}} 8.0' in metrics
+    written = 'kind="predictions",model="iris",outcome="written"'
+    assert f'regrow_prediction_log_records_total{{{written},version="{version}"}} 5.0' in metrics
+    assert f'regrow_feedback_total{{model="iris",outcome="accepted",reason="ok",version="{version}"}} 3.0' in metrics
+    assert (
+        f'regrow_feedback_total{{model="iris",outcome="rejected",reason="bad_request",version="{version}"}} 1.0'
+        in metrics
+    )
 
 
 def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:
@@ -474,8 +481,10 @@ def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:
     started = time.perf_counter()
     accepted = [log.offer("predictions", {"id": str(i)}) for i in range(10)]
     assert time.perf_counter() - started < 0.05
-    assert sum(accepted) <= 4 and log.dropped >= 6
+    counts = log.counts
+    assert sum(accepted) <= 4 and counts[("predictions", "dropped")] >= 6
     store.released.set()
     log.close()
-    assert log.written == log.queued and log.written + log.dropped == 10
+    assert counts[("predictions", "written")] == counts[("predictions", "queued")]
+    assert counts[("predictions", "written")] + counts[("predictions", "dropped")] == 10
     assert not PredictionLog(store, "iris", "v1", 0, 3).sampled()  # type: ignore[arg-type]

@@ -17,11 +17,13 @@ from regrow.api.trainingjob import Algorithm, Task
 from regrow.drift.profile import Profile
 from regrow.inference import OnnxModel
 from regrow.serving.app import log_prediction
+from regrow.serving.feedback import Signer
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
 from regrow.storage.registry import MODEL, Registry
 from regrow.training.entrypoint import run
 from regrow.training.estimators import build_pipeline
+from regrow.training.feedback import labelled_rows
 from regrow.training.sample_data import TARGETS, sample_csv
 from regrow.training.trainer import TrainingError, export_onnx, parity_error, train
 
@@ -296,15 +298,19 @@ def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
     served = OnnxModel(registry.read("iris", v1.version, MODEL))
 
     log = PredictionLog(store, "iris", v1.version, sample_percent=100, max_queue=1000, flush_seconds=60)
+    signer = Signer(b"key")
     order = np.random.default_rng(0).permutation(150)  # the data set is sorted by species
-    ids = [log_prediction(log, None, live[[i]], served.predict(live[[i]])) for i in order[:140]]
-    log_prediction(log, "batch", live[order[140:143]], served.predict(live[order[140:143]]))
-    log_prediction(log, "misfit", live[order[143:145]], served.predict(live[order[143:145]]))
+
+    def logged(rows: Any) -> str:
+        return log_prediction(log, signer.issue(v1.version, len(rows), 0), live[rows], served.predict(live[rows]))
+
+    ids = [logged([i]) for i in order[:140]]
+    batch, misfit = logged(order[140:143]), logged(order[143:145])
     for request, i in zip(ids[:120], order[:120], strict=True):  # 20 requests never get a label
         log.offer("feedback", {"id": request, "label": "wrong", "time": 0.0})
         log.offer("feedback", {"id": request, "label": species[i], "time": 1.0})  # the latest label wins
-    log.offer("feedback", {"id": "batch", "label": species[order[140:143]].tolist(), "time": 1.0})
-    log.offer("feedback", {"id": "misfit", "label": "setosa", "time": 1.0})  # one label for two rows
+    log.offer("feedback", {"id": batch, "label": species[order[140:143]].tolist(), "time": 1.0})
+    log.offer("feedback", {"id": misfit, "label": "setosa", "time": 1.0})  # one label for two rows
     log.close()
 
     wire = spec.to_wire()
@@ -312,7 +318,9 @@ def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
     v2 = train(with_live, data.read_bytes(), registry, {})
     meta = json.loads(registry.read("iris", v2.version, "metadata.json"))
     assert meta["dataset"]["rows"] == 150 + 123
-    assert meta["dataset"]["feedback"] == {"model": "iris", "rows": 123, "predictions": 142, "unlabelled": 19 + 2}
+    assert meta["dataset"]["feedback"] == {
+        "model": "iris", "rows": 123, "predictions": 142, "unlabelled": 20, "dropped": {"label": 1}
+    }  # fmt: skip
     assert v2.version != v1.version and meta["dataset"]["sha256"] != json.loads(
         registry.read("iris", v1.version, "metadata.json"))["dataset"]["sha256"]  # fmt: skip
 
@@ -323,3 +331,49 @@ def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
 
     print(f"\naccuracy on unlabelled live traffic: v1 {accuracy(v1.version):.2f}, v2 {accuracy(v2.version):.2f}")
     assert accuracy(v2.version) > accuracy(v1.version)
+
+
+def _lines(*records: Any) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records).encode()
+
+
+def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_path: Path) -> None:
+    """Hostile or broken records are left out and counted; the newest predictions (by the time in their
+    file's name, not by their version's name) are read first, and reading stops at maxRows."""
+    data = write_dataset(tmp_path, "iris")
+    uri = f"file://{tmp_path}/registry"
+    store = open_store(uri)
+    registry = Registry(store)
+    spec = make_spec(data, uri, "logisticRegression", model_name="iris")
+    train(spec, data.read_bytes(), registry, {})
+
+    def prediction(i: int, row: Any = None) -> dict[str, Any]:
+        return {"id": f"p{i}", "time": i, "inputs": [row or [5.0 + i / 10, 3.0, 1.5, 0.2]], "outputs": ["setosa"]}
+
+    old, new = range(0, 5), range(10, 15)
+    store.put("iris/predictions/vz/20260101T000000Z-h-000001.jsonl", _lines(*map(prediction, old)))
+    store.put("iris/predictions/va/20261130T000000Z-h-000001.jsonl", _lines(
+        *map(prediction, new), "not json", {"inputs": [[1, 2, 3, 4]]}, prediction(20, [1.0, 2.0, 3.0]),
+        prediction(21, [1.0, "2", 3.0, 4.0]), prediction(22), prediction(23), prediction(24)))  # fmt: skip
+    labels = [{"id": f"p{i}", "label": "virginica", "time": 1} for i in [*old, *new, 20, 21]]
+    hostile = [{"id": "p22", "label": 7, "time": 1}, {"id": "p23", "label": ["setosa", "setosa"], "time": 1},
+               {"id": "p24", "label": {"x": 1}, "time": 1}]  # fmt: skip
+    store.put("iris/feedback/va/20261130T000001Z-h-000002.jsonl", _lines(*labels, *hostile, "{broken"))
+
+    wire = spec.to_wire()
+    live = parse_spec(TrainingJobSpec, {**wire, "dataset": {**wire["dataset"], "feedback": {"maxRows": 5}}})
+    result = train(live, data.read_bytes(), registry, {})  # an int among string labels used to crash np.unique
+    meta = registry.metadata("iris", result.version)
+    assert meta["dataset"]["feedback"] == {
+        "model": "iris", "rows": 5, "predictions": 10, "unlabelled": 0,
+        "dropped": {"malformed": 3, "shape": 2, "label": 3},
+    }  # fmt: skip
+    assert meta["dataset"]["rows"] == 150 + 5
+    rows = labelled_rows(store, "iris", 4, 5, lambda label: isinstance(label, str))
+    assert sorted(rows.x[:, 0].round(2)) == [
+        6.0,
+        6.1,
+        6.2,
+        6.3,
+        6.4,
+    ]  # the newest file's, though its version sorts first

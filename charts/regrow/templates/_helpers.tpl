@@ -58,6 +58,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   resources: [poddisruptionbudgets]
   verbs: [get, create, patch]
 - apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+- apiGroups: [""]
   resources: [events]
   verbs: [create]
 {{- end -}}

@@ -8,7 +8,9 @@ rolls (``maxUnavailable: 0``). ``status.model`` names a version only once every 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,16 +21,18 @@ from regrow.api.common import StorageSpec
 from regrow.controller import conditions
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
-from regrow.controller.kube import Api, Obj, path
+from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.result import Event, Result, transition_event
 from regrow.manifests.common import Images, Owner
 from regrow.manifests.serving import (
     COMPONENT,
+    FEEDBACK_ENV,
     PORT,
     VERSION_ANNOTATION,
     autoscaler,
     deployment,
     disruption_budget,
+    feedback_key,
     selector,
     service,
 )
@@ -207,6 +211,18 @@ def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Con
     return [ready, resolved, available, progressing]
 
 
+def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj | None) -> None:
+    """Create the Secret whose key signs prediction ids before the first Deployment that reads it. The
+    operator may create Secrets but not read them: an existing one answers Conflict, and is kept."""
+    if spec.prediction_log is None or spec.prediction_log.sample_percent == 0:
+        return
+    containers = (live or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+    if any(e.get("name") == FEEDBACK_ENV for e in containers[0].get("env") or []):
+        return  # created before this Deployment
+    with contextlib.suppress(Conflict):
+        api.create(path("v1", "secrets", owner.namespace), feedback_key(owner, secrets.token_urlsafe(32)))
+
+
 def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober: Prober) -> Result:
     owner = Owner.of(body)
     previous_status = body.get("status") or {}
@@ -229,6 +245,7 @@ def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober
     if version != pinned and live is not None:
         events.append(Event("Normal", "RollingOut", f"Rolling out {spec.model.name} version {version}"))
 
+    _feedback_key(api, owner, spec, live)
     applied = ensure(api, deployment(owner, spec, images, version), unmanaged=("replicas",))
     ensure(api, service(owner))
     ensure(api, autoscaler(owner, spec, versions.hpa))

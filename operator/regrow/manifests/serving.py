@@ -1,4 +1,5 @@
-"""The children of a ModelDeployment: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget."""
+"""The children of a ModelDeployment: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget, and
+with a prediction log the Secret whose key signs its prediction ids."""
 
 from __future__ import annotations
 
@@ -20,10 +21,28 @@ COMPONENT = "predictor"
 CONTAINER = "server"
 PORT = 8080
 VERSION_ANNOTATION = f"{GROUP}/model-version"
+FEEDBACK_KEY = "key"
+FEEDBACK_ENV = "REGROW_FEEDBACK_KEY"
 # After SIGTERM a pod answers, reporting not ready, for this long: the time for its removal from the
 # Service's endpoints to reach every node's kube-proxy. 5 s lost 2 of 832 requests in a roll on a busy node
 # (rules updated late, the old pod's IP already reused by another pod).
 DRAIN_SECONDS = 10
+
+
+def feedback_key_name(owner: Owner) -> str:
+    return owner.child_name("feedback-key")
+
+
+def feedback_key(owner: Owner, key: str) -> Manifest:
+    """The Secret that holds the key every replica signs and verifies prediction ids with (see
+    ``regrow.serving.feedback``). The operator creates it once and never reads it back."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": owner.metadata("feedback-key"),
+        "type": "Opaque",
+        "stringData": {FEEDBACK_KEY: key},
+    }
 
 
 def selector(owner: Owner) -> dict[str, str]:
@@ -49,7 +68,9 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
         *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
           if spec.storage and spec.storage.endpoint_url else []),
         *([{"name": "REGROW_PREDICTION_LOG_PERCENT", "value": str(spec.prediction_log.sample_percent)},
-           {"name": "REGROW_PREDICTION_LOG_MAX_QUEUE", "value": str(spec.prediction_log.max_queue)}]
+           {"name": "REGROW_PREDICTION_LOG_MAX_QUEUE", "value": str(spec.prediction_log.max_queue)},
+           {"name": FEEDBACK_ENV, "valueFrom": {"secretKeyRef": {
+               "name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}]
           if logging and spec.prediction_log else []),
         {"name": "REGROW_THREADS", "valueFrom": {"resourceFieldRef": {
             "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},

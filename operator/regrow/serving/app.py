@@ -7,9 +7,8 @@ answer 500 or stop the process.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.inference import Prediction
+from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
 from regrow.serving.metrics import ServingMetrics
 from regrow.serving.model import LoadedModel
@@ -51,11 +51,15 @@ class State:
     feature_bins: bool = True
     predictions: PredictionLog | None = None
     in_flight: Callable[[], int] = lambda: 0  # the HTTP server's count of requests not answered yet
+    signer: Signer = field(default_factory=lambda: Signer.from_env(None))
+    feedback: FeedbackCounts | None = None
 
     def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
         self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins)
         if predictions is not None:
+            self.feedback = FeedbackCounts(model.name)
             self.metrics.registry.register(predictions)
+            self.metrics.registry.register(self.feedback)
         self.predictions = predictions
         self.model = model
         self.error = ""
@@ -200,7 +204,12 @@ class App:
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
             if state.predictions is not None and state.predictions.sampled():
-                response["id"] = log_prediction(state.predictions, response.get("id"), x, prediction)
+                issued = log_prediction(state.predictions, state.signer.issue(model.version, len(x), time.time()),
+                                        x, prediction)  # fmt: skip
+                if protocol == "v2":
+                    response["parameters"] = {"prediction_id": issued}
+                else:
+                    response["prediction_id"] = issued
             code = 200
             return binary_response(response, binary_outputs) if binary_outputs else json_response(200, response)
         except BadRequest as error:
@@ -210,19 +219,25 @@ class App:
             metrics.request(protocol, code, time.perf_counter() - request.started, x)
 
     def _feedback(self, body: bytes) -> Response:
-        """Labels for logged predictions: {"id": ..., "label": ...} or {"feedback": [{"id": ..., "label": ...}]}."""
-        predictions = self.state.predictions
-        if predictions is None:
+        """Labels for logged predictions, all or none: {"id": <prediction_id>, "label": ...} or
+        {"feedback": [such objects]} (see regrow.serving.feedback)."""
+        state = self.state
+        predictions, counts, model = state.predictions, state.feedback, state.model
+        if predictions is None or counts is None or model is None:
             raise BadRequest("feedback needs the prediction log (spec.predictionLog.samplePercent above 0)", 404)
-        parsed = parse_json(body)
-        items = parsed.get("feedback") if isinstance(parsed, dict) and "feedback" in parsed else [parsed]
-        if not isinstance(items, list) or not all(
-            isinstance(i, dict) and isinstance(i.get("id"), str) and "label" in i for i in items
-        ):
-            raise BadRequest('feedback is {"id": "<request id>", "label": ...} or {"feedback": [such objects]}')
-        now = time.time()
-        accepted = sum(predictions.offer("feedback", {"id": i["id"], "label": i["label"], "time": now}) for i in items)
-        return json_response(202, {"accepted": accepted, "dropped": len(items) - accepted})
+        classes = model.classes if model.task == "classification" else None
+        try:
+            items = parse_feedback(parse_json(body), state.signer, classes, time.time())
+        except Rejected as error:
+            counts.add(model.version, "rejected", error.reason)
+            raise BadRequest(str(error)) from None
+        if not predictions.offer_all("feedback", [(i.claims.version, i.record) for i in items]):
+            for item in items:
+                counts.add(item.claims.version, "dropped", "queue_full")
+            raise BadRequest("the feedback queue is full: send the request again later", 503)
+        for item in items:
+            counts.add(item.claims.version, "accepted", "ok")
+        return json_response(202, {"accepted": len(items)})
 
 
 def binary_response(header: dict[str, Any], data: bytes) -> Response:
@@ -232,14 +247,13 @@ def binary_response(header: dict[str, Any], data: bytes) -> Response:
 
 
 def log_prediction(
-    predictions: PredictionLog, request_id: str | None, x: npt.NDArray[np.float32], prediction: Prediction
+    predictions: PredictionLog, prediction_id: str, x: npt.NDArray[np.float32], prediction: Prediction
 ) -> str:
-    """Queue one request's inputs and outputs; return the id that feedback will name it by."""
-    request_id = request_id or uuid.uuid4().hex
+    """Queue one request's inputs and outputs under the id the server issued; return the id."""
     inputs = x.astype(object)
     inputs[np.isnan(x)] = None  # a missing value as null
     record: dict[str, Any] = {
-        "id": request_id,
+        "id": prediction_id,
         "time": time.time(),
         "inputs": inputs.tolist(),
         "outputs": v1_predictions(prediction),
@@ -247,4 +261,4 @@ def log_prediction(
     if prediction.probabilities is not None:
         record["probabilities"] = prediction.probabilities.tolist()
     predictions.offer("predictions", record)
-    return request_id
+    return prediction_id

@@ -1,8 +1,10 @@
 """The sampled, bounded prediction log, and the feedback that joins real outcomes to it.
 
-Requests hand records to a bounded in-memory queue and never wait: when the queue is full the record is
-dropped and counted. A writer thread writes what has queued, in batches of JSON lines, to the registry:
-``<model>/predictions/<version>/<time>-<host>-<n>.jsonl`` and ``<model>/feedback/<version>/...``.
+Requests hand records to bounded in-memory queues and never wait: one queue for predictions and one for
+feedback, each bounded in records and in bytes, so that neither can crowd the other out; a record that does
+not fit is dropped and counted. A writer thread writes what has queued, in batches of JSON lines, to the
+registry: ``<model>/predictions/<version>/<time>-<host>-<n>.jsonl`` and ``<model>/feedback/<version>/...``
+(feedback under the version that made the prediction it labels).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,17 +27,25 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 
 
+KINDS = ("predictions", "feedback")
+MAX_QUEUE_BYTES = 16 * 1024 * 1024  # per queue
+
+
 class PredictionLog:
     def __init__(
-        self, store: Store, model: str, version: str, sample_percent: int, max_queue: int, flush_seconds: float = 5.0
-    ) -> None:
+        self, store: Store, model: str, version: str, sample_percent: int, max_queue: int, flush_seconds: float = 5.0,
+        max_bytes: int = MAX_QUEUE_BYTES,
+    ) -> None:  # fmt: skip
         self.store = store
         self.prefix = (model, version)
         self.fraction = sample_percent / 100
-        self.max_queue = max_queue
+        self.max_queue, self.max_bytes = max_queue, max_bytes
         self.flush_seconds = flush_seconds
-        self.queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self.queued = self.dropped = self.written = self.failed = 0  # dropped: queue full; failed: store errors
+        self.queues: dict[str, deque[tuple[str, str]]] = {kind: deque() for kind in KINDS}  # (version, line)
+        # Bytes queued and bytes taken out, each written by one thread only (the event loop, the writer).
+        self.bytes_in, self.bytes_out = dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
+        # queued, dropped (queue full), written, failed (store errors), per kind
+        self.counts: Counter[tuple[str, str]] = Counter()
         self.host = socket.gethostname()
         self.sequence = 0
         self.wake = threading.Event()
@@ -47,13 +57,25 @@ class PredictionLog:
         return self.fraction > 0 and (self.fraction >= 1 or random.random() < self.fraction)
 
     def offer(self, kind: str, record: dict[str, Any]) -> bool:
-        """Queue a record (kind: predictions | feedback) without waiting; False if it was dropped."""
-        if len(self.queue) >= self.max_queue:
-            self.dropped += 1
+        """Queue a record (kind: predictions | feedback) of the version served, without waiting; False if its
+        queue is full."""
+        return self.offer_all(kind, [(self.prefix[1], record)])
+
+    def offer_all(self, kind: str, records: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Queue (version, record) pairs, all or none (none when they do not fit), without waiting."""
+        lines = [(version, json.dumps(record, separators=(",", ":"))) for version, record in records]
+        queue = self.queues[kind]
+        size = sum(len(line) for _, line in lines)
+        if (
+            len(queue) + len(lines) > self.max_queue
+            or self.bytes_in[kind] - self.bytes_out[kind] + size > self.max_bytes
+        ):
+            self.counts[(kind, "dropped")] += len(lines)
             return False
-        self.queue.append((kind, record))
-        self.queued += 1
-        if len(self.queue) >= BATCH:
+        queue.extend(lines)
+        self.bytes_in[kind] += size
+        self.counts[(kind, "queued")] += len(lines)
+        if len(queue) >= BATCH:
             self.wake.set()
         return True
 
@@ -65,21 +87,26 @@ class PredictionLog:
 
     def flush(self) -> None:
         """Write everything queued so far; a failed write is logged and its records counted as failed."""
-        while self.queue:
-            batch: dict[str, list[str]] = {}
-            for _ in range(min(BATCH, len(self.queue))):
-                kind, record = self.queue.popleft()
-                batch.setdefault(kind, []).append(json.dumps(record, separators=(",", ":")))
-            for kind, lines in batch.items():
-                self.sequence += 1
-                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-                key = f"{self.prefix[0]}/{kind}/{self.prefix[1]}/{stamp}-{self.host}-{self.sequence:06d}.jsonl"
-                try:
-                    self.store.put(key, ("\n".join(lines) + "\n").encode())
-                    self.written += len(lines)
-                except Exception:  # the store is down: the log is best effort, serving goes on
-                    log.exception("Could not write %d %s records to %s", len(lines), kind, key)
-                    self.failed += len(lines)
+        for kind, queue in self.queues.items():
+            while queue:
+                batch: dict[str, list[str]] = {}
+                for _ in range(min(BATCH, len(queue))):
+                    version, line = queue.popleft()
+                    self.bytes_out[kind] += len(line)
+                    batch.setdefault(version, []).append(line)
+                for version, lines in batch.items():
+                    self._write(kind, version, lines)
+
+    def _write(self, kind: str, version: str, lines: list[str]) -> None:
+        self.sequence += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        key = f"{self.prefix[0]}/{kind}/{version}/{stamp}-{self.host}-{self.sequence:06d}.jsonl"
+        try:
+            self.store.put(key, ("\n".join(lines) + "\n").encode())
+            self.counts[(kind, "written")] += len(lines)
+        except Exception:  # the store is down: the log is best effort, serving goes on
+            log.exception("Could not write %d %s records to %s", len(lines), kind, key)
+            self.counts[(kind, "failed")] += len(lines)
 
     def close(self) -> None:
         self.stopped.set()
@@ -90,12 +117,13 @@ class PredictionLog:
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "regrow_prediction_log_records",
-            "Prediction log records by outcome.",
-            labels=["model", "version", "outcome"],
+            "Prediction log records by kind (predictions, feedback) and outcome (queued, dropped: its queue was "
+            "full, written, failed: the store refused).",
+            labels=["model", "version", "kind", "outcome"],
         )
-        for outcome, value in (("queued", self.queued), ("dropped", self.dropped), ("written", self.written),
-                               ("failed", self.failed)):  # fmt: skip
-            family.add_metric([*self.prefix, outcome], value)
+        for kind in KINDS:
+            for outcome in ("queued", "dropped", "written", "failed"):
+                family.add_metric([*self.prefix, kind, outcome], self.counts[(kind, outcome)])
         yield family
 
     def describe(self) -> list[Metric]:

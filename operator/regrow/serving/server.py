@@ -7,9 +7,10 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from regrow.serving.app import App, State
+from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
@@ -41,6 +42,7 @@ class ServeConfig:
     log_flush_seconds: float = 5.0
     endpoint_url: str | None = None
     region: str | None = None
+    feedback_key: str | None = field(default=None, repr=False)  # signs prediction ids (REGROW_FEEDBACK_KEY)
 
 
 class InferenceServer:
@@ -53,7 +55,10 @@ class InferenceServer:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins)
+        self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
+                           signer=Signer.from_env(config.feedback_key))  # fmt: skip
+        if config.log_percent > 0 and not config.feedback_key:
+            log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
         self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout)
         self.state.in_flight = self.http.in_flight
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))

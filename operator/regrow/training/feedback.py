@@ -1,25 +1,34 @@
-"""Labelled live traffic: the predictions serving pods logged, joined on their request id to the labels
+"""Labelled live traffic: the predictions serving pods logged, joined on their prediction id to the labels
 posted to ``/v2/models/<model>/feedback``, as training rows.
 
-The prediction log writes ``<model>/predictions/<version>/*.jsonl`` (``{"id", "time", "inputs", "outputs"}``,
-``inputs`` one row per input row, ``null`` for a missing value) and ``<model>/feedback/<version>/*.jsonl``
-(``{"id", "label", "time"}``). A request of one row takes one label; a request of n rows takes a list of n
-labels. The latest label for an id wins; predictions with no label, or a label that does not fit, are
-counted and left out.
+The prediction log writes ``<model>/predictions/<version>/<time>-<host>-<n>.jsonl`` (``{"id", "time",
+"inputs", "outputs"}``, ``inputs`` one row per input row, ``null`` for a missing value) and
+``<model>/feedback/<version>/...`` (``{"id", "label", "time"}``). A request of one row takes one label; a
+request of n rows a list of n labels. The latest label for an id wins.
+
+Predictions are read newest first (by the time in their file's name, across versions) until ``max_rows``
+rows are labelled, so the whole history is never held. A record that does not fit is left out and counted
+by reason, never fatal: ``malformed`` (not a record the log writes), ``shape`` (not as many inputs as the
+model's features), ``label`` (a label of another kind than the dataset's, or not one per row); a prediction
+with no label is counted as ``unlabelled``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from regrow.storage import Store
+
+Fits = Callable[[object], bool]  # whether one label is of the kind the dataset's target holds
 
 
 @dataclass(frozen=True)
@@ -28,34 +37,96 @@ class Feedback:
     y: npt.NDArray[Any]
     digest: str  # of the records joined, so that the same feedback makes the same dataset
     predictions: int  # logged predictions read
-    unlabelled: int  # of those, without a label that fits
+    unlabelled: int  # of those, without a label
+    dropped: dict[str, int] = field(default_factory=dict)  # of those, left out, by reason
 
 
-def _records(store: Store, prefix: str) -> Iterator[dict[str, Any]]:
-    for key in store.list(prefix):
-        if key.endswith(".jsonl"):
-            for line in store.get(key).splitlines():
-                if line.strip():
-                    yield json.loads(line)
+def label_kind(value: object) -> str | None:
+    """A label's JSON kind: str, bool or number (finite); None for anything else."""
+    if isinstance(value, str | bool):
+        return type(value).__name__
+    if isinstance(value, int | float) and math.isfinite(value):
+        return "number"
+    return None
 
 
-def labelled_rows(store: Store, model: str, n_features: int, max_rows: int) -> Feedback:
-    """The newest ``max_rows`` labelled rows of ``model``'s live traffic."""
-    labels = {record["id"]: record["label"] for record in _records(store, f"{model}/feedback/")}
-    rows: list[list[Any]] = []
+def _newest_first(store: Store, prefix: str) -> list[str]:
+    keys = [key for key in store.list(prefix) if key.endswith(".jsonl")]
+    return sorted(keys, key=lambda key: key.rsplit("/", 1)[-1], reverse=True)
+
+
+def _records(store: Store, key: str, problems: Counter[str]) -> Iterator[dict[str, Any]]:
+    """A file's records, newest (last written) first; lines that are not JSON objects are counted."""
+    for line in reversed(store.get(key).splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            yield record
+        else:
+            problems["malformed"] += 1
+
+
+def _labels(store: Store, model: str, problems: Counter[str]) -> dict[str, Any]:
+    """The latest label of every id (by the record's time; among equal times, the newest file's)."""
+    latest: dict[str, tuple[float, Any]] = {}
+    for key in _newest_first(store, f"{model}/feedback/"):
+        for record in _records(store, key, problems):
+            stamp = record.get("time")
+            when = float(stamp) if isinstance(stamp, int | float) and not isinstance(stamp, bool) else 0.0
+            if "label" in record and (record["id"] not in latest or when > latest[record["id"]][0]):
+                latest[record["id"]] = (when, record["label"])
+    return {key: label for key, (_, label) in latest.items()}
+
+
+def _row(values: object, n_features: int) -> list[float] | None:
+    if not isinstance(values, list) or len(values) != n_features:
+        return None
+    out = []
+    for v in values:
+        if v is None:
+            out.append(math.nan)
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out.append(float(v))
+        else:
+            return None
+    return out
+
+
+def labelled_rows(store: Store, model: str, n_features: int, max_rows: int, fits: Fits) -> Feedback:
+    """The newest labelled rows of ``model``'s live traffic, at most ``max_rows`` (whole requests)."""
+    dropped: Counter[str] = Counter()
+    labels = _labels(store, model, dropped)
+    rows: list[list[float]] = []
     targets: list[Any] = []
     predictions = unlabelled = 0
-    for record in _records(store, f"{model}/predictions/"):
-        predictions += 1
-        inputs = record.get("inputs") or []
-        label = labels.get(record.get("id"))
-        fitted = label if isinstance(label, list) else [label] if label is not None else []
-        if len(fitted) != len(inputs) or any(len(row) != n_features for row in inputs):
-            unlabelled += 1
-            continue
-        rows.extend(inputs)
-        targets.extend(fitted)
-    rows, targets = rows[-max_rows:], targets[-max_rows:]
-    x = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
-    digest = hashlib.sha256(json.dumps([rows, targets], separators=(",", ":")).encode()).hexdigest()
-    return Feedback(x.reshape(len(rows), n_features), np.array(targets, dtype=object), digest, predictions, unlabelled)
+    for key in _newest_first(store, f"{model}/predictions/"):
+        for record in _records(store, key, dropped):
+            predictions += 1
+            inputs = record.get("inputs")
+            parsed = [_row(values, n_features) for values in inputs] if isinstance(inputs, list) and inputs else [None]
+            label = labels.get(record["id"])
+            given = label if isinstance(label, list) else [label]
+            if any(row is None for row in parsed):
+                dropped["shape"] += 1
+            elif record["id"] not in labels:
+                unlabelled += 1
+            elif len(given) != len(parsed) or not all(fits(item) for item in given):
+                dropped["label"] += 1
+            elif len(rows) + len(parsed) > max_rows:  # full: older traffic is not read
+                return _feedback(rows, targets, n_features, predictions - 1, unlabelled, dropped)
+            else:
+                rows.extend(row for row in parsed if row is not None)
+                targets.extend(given)
+    return _feedback(rows, targets, n_features, predictions, unlabelled, dropped)
+
+
+def _feedback(rows: list[list[float]], targets: list[Any], n_features: int, predictions: int, unlabelled: int,
+              dropped: Counter[str]) -> Feedback:  # fmt: skip
+    x = np.array(rows, dtype=np.float64).reshape(len(rows), n_features)
+    body = json.dumps([[[None if math.isnan(v) else v for v in row] for row in rows], targets], separators=(",", ":"))
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return Feedback(x, np.array(targets, dtype=object), digest, predictions, unlabelled, dict(dropped))

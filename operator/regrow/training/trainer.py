@@ -30,7 +30,7 @@ from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, Registry
 from regrow.training.estimators import ParamError, build_pipeline
-from regrow.training.feedback import labelled_rows
+from regrow.training.feedback import label_kind, labelled_rows
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,14 @@ def with_feedback(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[D
     if wanted is None:
         return data, {}
     model = wanted.model_name or spec.output.model_name
-    live = labelled_rows(store, model, len(data.features), wanted.max_rows)
-    added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled}
+    kinds: set[str | None]
+    if spec.model.algorithm.task is Task.REGRESSION:
+        kinds = {"number"}
+    else:  # labels of the kind the dataset's own are (str, number or bool), so that they can be compared
+        kinds = {label_kind(v.item() if isinstance(v, np.generic) else v) for v in data.y} - {None}
+    live = labelled_rows(store, model, len(data.features), wanted.max_rows, lambda label: label_kind(label) in kinds)
+    added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled,
+             "dropped": live.dropped}  # fmt: skip
     log.info("Added %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
              len(live.y), model, live.predictions, live.unlabelled)  # fmt: skip
     if not len(live.y):

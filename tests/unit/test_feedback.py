@@ -1,0 +1,188 @@
+"""Feedback that cannot be forged or flooded: server-signed prediction ids, labels checked against the model,
+all-or-nothing batches, and a feedback queue of its own."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from regrow.serving.feedback import MAX_AGE_SECONDS, MAX_ITEMS, Rejected, Signer, check_label, parse_feedback
+from regrow.serving.predlog import PredictionLog
+
+SIGNER = Signer(b"the deployment's key")
+NOW = 1_800_000_000.0
+SPECIES = ["setosa", "versicolor", "virginica"]
+SECRET = "s3cr3t-in-a-label"
+
+
+def issued(rows: int = 1, version: str = "v1", at: float = NOW) -> str:
+    return SIGNER.issue(version, rows, at)
+
+
+def _tampered_payload(token: str) -> str:
+    prefix, payload, tag = token.split(".")
+    body = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    body[1] = 500  # claim more rows
+    forged = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).rstrip(b"=").decode()
+    return f"{prefix}.{forged}.{tag}"
+
+
+FORGED: dict[str, Any] = {
+    "made up": "4f1c2a9e0b7d",
+    "the client's own request id": "req-1",
+    "a uuid": "0b5f0c3e-8a57-4d6e-9a4f-8c1d2e3f4a5b",
+    "another deployment's": Signer(b"another key").issue("v1", 1, NOW),
+    "payload tampered": _tampered_payload(issued()),
+    "tag tampered": issued()[:-2] + ("AA" if not issued().endswith("AA") else "BB"),
+    "tag cut": issued()[:-4],
+    "prefix changed": "rg2" + issued()[3:],
+    "non-ascii tag": issued()[:-1] + "é",
+    "overlong": issued() + "x" * 600,
+    "empty": "",
+    "a number": 12345,
+    "null": None,
+    "a list": [issued()],
+    "an object": {"id": issued()},
+    "true": True,
+}
+
+
+@pytest.mark.parametrize("token", list(FORGED.values()), ids=list(FORGED))
+def test_an_id_the_server_did_not_issue_is_refused(token: Any) -> None:
+    with pytest.raises(Rejected) as error:
+        SIGNER.verify(token, NOW)
+    assert error.value.reason == "bad_id"
+
+
+def test_an_issued_id_verifies_on_any_replica_until_it_expires() -> None:
+    token = issued(rows=3, version="v7")
+    replica = Signer(b"the deployment's key")  # another pod, same Secret
+    claims = replica.verify(token, NOW + 3600)
+    assert (claims.version, claims.rows, claims.issued) == ("v7", 3, int(NOW))
+    assert issued() != issued()  # a nonce: two predictions never share an id
+    with pytest.raises(Rejected) as error:
+        replica.verify(token, NOW + MAX_AGE_SECONDS + 1)
+    assert error.value.reason == "expired"
+
+
+LABELS: list[tuple[list[Any] | None, int, Any, bool]] = [
+    # (classes; None for a regressor), rows, label, accepted
+    (SPECIES, 1, "setosa", True),
+    (SPECIES, 1, ["virginica"], True),
+    (SPECIES, 2, ["setosa", "versicolor"], True),
+    (SPECIES, 1, "virginica ", False),
+    (SPECIES, 1, "Setosa", False),
+    (SPECIES, 1, 1, False),
+    (SPECIES, 1, True, False),
+    (SPECIES, 1, None, False),
+    (SPECIES, 1, {"label": "setosa"}, False),
+    (SPECIES, 1, [["setosa"]], False),
+    (SPECIES, 1, "x" * 2_000_000, False),
+    (SPECIES, 2, "setosa", False),  # one label for two rows
+    (SPECIES, 2, ["setosa"], False),
+    (SPECIES, 2, ["setosa", "setosa", "setosa"], False),
+    (SPECIES, 2, ["setosa", 2], False),  # an int among strings
+    (SPECIES, 1, [], False),
+    ([0, 1, 2], 1, 1, True),
+    ([0, 1, 2], 1, 3, False),
+    ([0, 1, 2], 1, "1", False),
+    ([0, 1, 2], 1, 1.0, False),
+    ([0, 1, 2], 1, True, False),  # a boolean is not the class 1
+    ([True, False], 1, True, True),
+    ([True, False], 1, 1, False),
+    (None, 1, 3.25, True),
+    (None, 1, -7, True),
+    (None, 3, [1.5, 2, -0.5], True),
+    (None, 1, "3.25", False),
+    (None, 1, False, False),
+    (None, 1, None, False),
+    (None, 1, float("inf"), False),
+    (None, 1, float("nan"), False),
+    (None, 2, [1.0, "2"], False),
+]
+
+
+@pytest.mark.parametrize(("classes", "rows", "label", "accepted"), LABELS)
+def test_only_labels_the_model_can_have(classes: list[Any] | None, rows: int, label: Any, accepted: bool) -> None:
+    if accepted:
+        check_label(label, classes, rows)
+        return
+    with pytest.raises(Rejected) as error:
+        check_label(label, classes, rows)
+    assert error.value.reason == "bad_label"
+
+
+def test_a_batch_is_accepted_whole_or_refused_naming_its_first_bad_item() -> None:
+    good: list[dict[str, Any]] = [
+        {"id": issued(), "label": "setosa"},
+        {"id": issued(2, "v2"), "label": ["virginica", "setosa"]},
+    ]
+    accepted = parse_feedback({"feedback": good}, SIGNER, SPECIES, NOW)
+    assert [(a.claims.version, a.record["label"]) for a in accepted] == [
+        ("v1", "setosa"),
+        ("v2", ["virginica", "setosa"]),
+    ]
+    assert accepted[0].record == {"id": good[0]["id"], "label": "setosa", "time": NOW}
+    bad_items = [
+        ({"id": "forged", "label": "setosa"}, "bad_id"),
+        ({"id": issued(), "label": SECRET}, "bad_label"),
+        ({"id": issued(), "label": "setosa", "extra": SECRET}, "bad_request"),
+        ({"id": issued()}, "bad_request"),
+        ("setosa", "bad_request"),
+    ]
+    for bad, reason in bad_items:
+        with pytest.raises(Rejected) as error:
+            parse_feedback({"feedback": [*good, bad, {"id": "also forged", "label": 1}]}, SIGNER, SPECIES, NOW)
+        assert error.value.reason == reason
+        assert str(error.value).startswith("feedback[2]: ") and SECRET not in str(error.value)
+    single = parse_feedback({"id": issued(), "label": "versicolor"}, SIGNER, SPECIES, NOW)
+    assert len(single) == 1
+    with pytest.raises(Rejected, match=r"^feedback: "):
+        parse_feedback({"id": issued(), "label": "rose"}, SIGNER, SPECIES, NOW)
+
+
+@pytest.mark.parametrize("body", [[], {"feedback": []}, {"feedback": "x"}, {"feedback": None}, 7, "id", None])
+def test_malformed_feedback_is_a_bad_request(body: Any) -> None:
+    with pytest.raises(Rejected) as error:
+        parse_feedback(body, SIGNER, SPECIES, NOW)
+    assert error.value.reason == "bad_request"
+
+
+def test_a_request_holds_a_bounded_number_of_items() -> None:
+    items = [{"id": issued(), "label": "setosa"}] * (MAX_ITEMS + 1)
+    with pytest.raises(Rejected) as error:
+        parse_feedback({"feedback": items}, SIGNER, SPECIES, NOW)
+    assert error.value.reason == "too_many_items"
+    assert len(parse_feedback({"feedback": items[:MAX_ITEMS]}, SIGNER, SPECIES, NOW)) == MAX_ITEMS
+
+
+def test_predictions_cannot_crowd_out_feedback() -> None:
+    """Each queue is bounded in records and in bytes: a flood of logged predictions fills its own queue,
+    and feedback still fits in its own; a batch that does not fit is not queued at all."""
+
+    class HangingStore:
+        uri = "hanging://"
+        released = threading.Event()
+
+        def put(self, key: str, data: bytes) -> None:
+            self.released.wait(10)
+
+    store = HangingStore()
+    log = PredictionLog(store, "iris", "v1", 100, max_queue=100_000, flush_seconds=0.05, max_bytes=20_000)  # type: ignore[arg-type]
+    time.sleep(0.1)  # the writer waits on the store from now on
+    row = {"id": issued(), "inputs": [[5.1, 3.5, 1.4, 0.2]] * 10, "outputs": ["setosa"] * 10}
+    flood = sum(log.offer("predictions", row) for _ in range(1000))
+    assert flood < 1000 and log.counts[("predictions", "dropped")] == 1000 - flood
+    label = ("v1", {"id": issued(), "label": "setosa", "time": NOW})
+    assert log.offer_all("feedback", [label] * 50)
+    too_big = [label] * 1000
+    assert not log.offer_all("feedback", too_big)
+    assert log.counts[("feedback", "queued")] == 50 and log.counts[("feedback", "dropped")] == 1000
+    store.released.set()
+    log.close()
+    assert log.counts[("feedback", "written")] == 50
