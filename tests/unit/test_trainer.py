@@ -210,6 +210,11 @@ def test_entrypoint_trains_from_s3_to_s3(tmp_path: Path, s3_bucket: str, s3_endp
             "no dataset",
         ),
         ({"evaluation": {"metric": "rmse"}}, "InvalidSpec", "metric rmse is for regression"),
+        (  # the store refuses: reported, never a traceback in the log's tail as the termination message
+            {"output": {"registry": "file:///dev/null/registry", "modelName": "m"}},
+            "TrainerError",
+            "the trainer failed with NotADirectoryError",
+        ),
     ],
 )
 def test_entrypoint_reports_failures_with_a_reason(

@@ -29,7 +29,9 @@ def report(outcome: dict[str, Any], termination_log: Path | None) -> None:
 
 
 def run(spec_text: str, run_info: dict[str, str], termination_log: Path | None) -> int:
-    """Exit status 0 on success, 1 when the run failed (the reason is in the report)."""
+    """Exit status 0 on success, 1 when the run failed (the reason is in the report). Whatever happens, the
+    report is written, so the kubelet never falls back to the log's tail (which may quote data) for the
+    termination message that becomes the TrainingJob's status."""
     try:
         spec = parse_spec(TrainingJobSpec, json.loads(spec_text))
         storage = spec.storage
@@ -44,6 +46,11 @@ def run(spec_text: str, run_info: dict[str, str], termination_log: Path | None) 
         return 1
     except TrainingError as error:
         report({"succeeded": False, "reason": error.reason, "message": str(error)}, termination_log)
+        return 1
+    except Exception as error:  # a bug or a store failure: its message may quote data, so the log gets it
+        log.exception("Training failed")
+        message = f"the trainer failed with {type(error).__name__}; the training pod's log has the details"
+        report({"succeeded": False, "reason": "TrainerError", "message": message}, termination_log)
         return 1
     report({"succeeded": True, **result.summary()}, termination_log)
     return 0
