@@ -107,11 +107,39 @@ def _prometheus_source(
     return {"type": "Prometheus", "prometheus": {"url": url}}
 
 
-@pytest.mark.parametrize("source", ["Pods", "Prometheus"])
+def _poison(host: str, frame: np.ndarray, rng: np.random.Generator) -> None:
+    """A hostile client: 160 setosa-like rows, in four requests, all labelled virginica."""
+    for _ in range(4):
+        rows = frame[rng.integers(0, 50, 40)] + rng.normal(0, 0.05, (40, 4))
+        status, answer = _post(host, "/v2/models/iris/feedback",
+                               {"id": _infer(host, rows.tolist()), "label": ["virginica"] * 40})  # fmt: skip
+        assert status == 202, answer
+
+
+def _promoted(tj: dict[str, Any], registry: Registry, v1: str, poisoned: bool) -> str | None:
+    """The retrain's version if the gate promoted it; None when it refused the one a poisoner labelled."""
+    cond = condition(tj, "Succeeded")
+    promotion = tj["status"]["promotion"]
+    assert promotion["improvement"]["holdout"] == "live" and promotion["regression"]["holdout"] == "curated"
+    if poisoned:
+        assert cond is not None and (cond["status"], cond["reason"]) == ("True", "GateRejected"), cond
+        assert not promotion["regression"]["passed"] and registry.resolve("iris", "champion") == v1
+        print(f"\npoisoned: {promotion['message']}")
+        return None
+    assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Promoted"), cond
+    v2 = str(tj["status"]["artifact"]["version"])
+    assert v2 != v1 and registry.resolve("iris", "champion") == v2
+    return v2
+
+
+@pytest.mark.parametrize(("source", "poisoned"), [("Pods", False), ("Prometheus", False), ("Pods", True)],
+                         ids=["Pods", "Prometheus", "Pods-poisoned"])  # fmt: skip
 def test_drift_retrains_and_the_better_model_rolls_out(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path, source: str,
-    prometheus: Callable[[list[str], dict[str, str]], str],
+    poisoned: bool, prometheus: Callable[[list[str], dict[str, str]], str],
 ) -> None:  # fmt: skip
+    """The loop closes on drift; with a poisoning client among the labellers, the retrain trained on its
+    labels loses too much on the curated holdout, which no client labels, and is not promoted."""
     data, registry, v1 = _weak_champion(node_store)
     policy = _policy()
     objects = client.CustomObjectsApi(node_api)
@@ -154,24 +182,26 @@ def test_drift_retrains_and_the_better_model_rolls_out(
 
         first_drifted = time.monotonic()
         _send_labelled(host, frame, species, rng.integers(0, len(frame), (40, 32)))
+        if poisoned:
+            _poison(host, frame, rng)
         wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - first_drifted
         wait_for(lambda: dp()["status"].get("pendingApproval") == "iris-retrain-1", 30, "a retrain to approve")
         assert not Kube(node_api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace))
-        wait_for(lambda: _logged(node_store, "feedback") >= 40, 60, "the labels written to the registry")
+        wait_for(lambda: _logged(node_store, "feedback") >= 40 + 4 * poisoned, 60, "the labels written to the registry")
         approved = time.monotonic()
         assert main(["approve", "iris", "--namespace", node_namespace]) == 0
         tj = wait_for(lambda: finished("iris-retrain-1"), 300, "the retrain to finish")
-        cond = condition(tj, "Succeeded")
-        assert cond is not None and (cond["status"], cond["reason"]) == ("True", "Promoted"), cond
-        v2 = tj["status"]["artifact"]["version"]
-        assert v2 != v1 and registry.resolve("iris", "champion") == v2
+        v2 = _promoted(tj, registry, v1, poisoned)
+        if v2 is None:
+            assert serving() == v1
+            return
         wait_for(lambda: serving() == v2, 180, f"{v2} serving")
         rolled = time.monotonic() - approved
     lineage = dp()["status"]["trainingJobs"][0]
     assert lineage["name"] == "iris-retrain-1"
     live = json.loads((node_store / "registry/iris/versions" / v2 / "metadata.json").read_text())["dataset"]["feedback"]
     assert live["rows"] == 40 * 32 and live["unlabelled"] == live["predictions"] - 40
-    promotion = tj["status"]["promotion"]["message"]
+    message = tj["status"]["promotion"]["message"]
     print(f"\n{source}: first drifted request -> DriftDetected {detected:.1f}s; approval -> v2 serving {rolled:.1f}s; "
-          f"v2 trained on 150 + {live['rows']} live rows; promotion: {promotion}")  # fmt: skip
+          f"v2 trained on 150 + {live['rows']} live rows; promotion: {message}")  # fmt: skip

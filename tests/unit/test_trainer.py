@@ -382,3 +382,60 @@ def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_p
         6.3,
         6.4,
     ]  # the newest file's, though its version sorts first
+
+
+def _weak_champion(tmp_path: Path) -> tuple[Path, Registry, TrainingJobSpec, Any]:
+    """iris in a file:// registry with a deliberately weak champion, and a retrain spec that learns from
+    the live traffic and may promote."""
+    data = write_dataset(tmp_path, "iris")
+    uri = f"file://{tmp_path}/registry"
+    registry = Registry(open_store(uri))
+    weak = make_spec(data, uri, "logisticRegression", model_name="iris", params={"C": "0.0001", "max_iter": 20},
+                     promote={"alias": "champion"})  # fmt: skip
+    champion = train(weak, data.read_bytes(), registry, {})
+    wire = make_spec(data, uri, "logisticRegression", model_name="iris", promote={"alias": "champion",
+                     "minImprovement": "0.01"}).to_wire()  # fmt: skip
+    retrain = parse_spec(TrainingJobSpec, {**wire, "dataset": {**wire["dataset"], "feedback": {}}})
+    return data, registry, retrain, champion
+
+
+def _client(registry: Registry, version: str, rows: Any, labels: list[Any], per_request: int) -> None:
+    """A client of the served champion: requests of ``per_request`` rows, each labelled through feedback."""
+    log = PredictionLog(registry.store, "iris", version, sample_percent=100, max_queue=10_000, flush_seconds=60)
+    served, signer = OnnxModel(registry.read("iris", version, MODEL)), Signer(b"key")
+    for start in range(0, len(rows), per_request):
+        batch = rows[start : start + per_request]
+        issued = log_prediction(log, signer.issue(version, len(batch), 0), batch, served.predict(batch))
+        label = labels[start : start + per_request]
+        log.offer("feedback", {"id": issued, "label": label if len(batch) > 1 else label[0], "time": 1.0})
+    log.close()
+
+
+@pytest.mark.parametrize("poisoned", [False, True], ids=["honest", "poisoned"])
+def test_live_labels_cannot_poison_the_gate(tmp_path: Path, poisoned: bool) -> None:
+    """Drifted traffic labelled honestly gets the retrain promoted; one request labelling 40 setosa-like rows
+    'virginica' on top of it does not, because the curated holdout, which no client labels, grades (b)."""
+    data, registry, retrain, champion = _weak_champion(tmp_path)
+    frame = pd.read_csv(data)
+    x, species = frame.iloc[:, :4].to_numpy(np.float32), frame["species"].tolist()
+    rng = np.random.default_rng(3)
+    picks = rng.integers(0, 150, 240)
+    drifted = x[picks] + np.array([1.6, 0.9, 0, 0], dtype=np.float32)  # the sepals moved by 2 sd
+    _client(registry, champion.version, drifted, [species[i] for i in picks], per_request=2)
+    if poisoned:
+        setosa = x[rng.integers(0, 50, 40)] + rng.normal(0, 0.05, (40, 4)).astype(np.float32)
+        _client(registry, champion.version, setosa, ["virginica"] * 40, per_request=40)
+
+    result = train(retrain, data.read_bytes(), registry, {"name": "retrain"})
+    assert result.gate is not None and result.gate.improvement and result.gate.regression
+    better, kept = result.gate.improvement, result.gate.regression
+    print(f"\n{'poisoned' if poisoned else 'honest'}: {result.gate.outcome}: {result.gate.message}")
+    assert better.holdout == "live" and better.rows > 0 and better.passed  # drift: either retrain beats the champion
+    assert kept.holdout == "curated" and kept.rows == 38 and kept.baseline is not None
+    assert result.gate.outcome == ("Rejected" if poisoned else "Promoted")
+    assert kept.passed is not poisoned
+    record = registry.read_run("iris", result.version)["promotion"]  # the run record says which rows graded what
+    assert record["improvement"]["holdout"] == "live" and record["regression"]["holdout"] == "curated"
+    assert registry.resolve("iris", "champion") == (champion.version if poisoned else result.version)
+    meta = registry.metadata("iris", result.version)
+    assert meta["holdout"]["liveRows"] == better.rows and meta["holdout"]["liveRequests"] >= 1

@@ -11,7 +11,7 @@ from regrow.api import TrainingJobSpec, parse_spec
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Conflict, Obj
-from regrow.controller.trainingjob import finished, outcome, reconcile
+from regrow.controller.trainingjob import finished, outcome, reconcile, status_for
 from regrow.manifests.common import Images, Owner
 from regrow.manifests.training import training_job
 from tests.unit.test_api import _example, _with
@@ -163,6 +163,24 @@ def test_a_promotion_says_whether_the_alias_moved(previous: str, gate: str, expe
     promotion = {"outcome": "Promoted", "alias": "champion", "previousVersion": previous, "message": gate}
     cond = outcome(_job(("Complete", "")), [_pod(json.dumps({**REPORT, "promotion": promotion}))]).cond
     assert (cond.status, cond.reason, cond.message) == ("True", "Promoted", expected)
+
+
+def test_the_promotion_reaches_status_through_its_model() -> None:
+    """Which rows graded each part of the gate, as the trainer reported them; a report that does not fit
+    PromotionStatus is left out of status rather than copied."""
+    check = {"holdout": "curated", "rows": 38, "candidateScore": "0.58", "currentScore": "0.39",
+             "baselineScore": "0.89", "limit": "0.05", "passed": False}  # fmt: skip
+    promotion = {"outcome": "Rejected", "alias": "champion", "metric": "accuracy", "candidateScore": "0.85",
+                 "message": "beyond", "regression": check,
+                 "improvement": {**check, "holdout": "live", "rows": 60}}  # fmt: skip
+    body = {"metadata": {"generation": 1}, "status": {}}
+    job = _job(("Complete", ""))
+    result = outcome(job, [_pod(json.dumps({**REPORT, "promotion": promotion}))])
+    status = status_for(body, job, result)
+    assert status["promotion"]["regression"] == check and status["promotion"]["improvement"]["rows"] == 60
+    forged = {**promotion, "outcome": "Maybe", "extra": "x"}
+    result = outcome(job, [_pod(json.dumps({**REPORT, "promotion": forged}))])
+    assert "promotion" not in status_for(body, job, result)
 
 
 def test_a_crash_reports_the_log_tail_of_the_newest_attempt() -> None:

@@ -110,12 +110,26 @@ class OutputSpec(ApiModel):
     model_name: Name
 
 
+DEFAULT_MAX_REGRESSION = "0.05"
+
+
 class PromoteSpec(ApiModel):
-    """Move an alias to the new version when it beats the alias's current model on the same holdout."""
+    """Move an alias to the new version when it passes the gate: it beats the alias's current model on the
+    live holdout (held-out labelled live traffic, split by prediction id; the curated holdout when there is
+    none), and it scores no worse than allowed on the curated dataset's holdout, which live labels cannot
+    reach."""
 
     alias: Name
     min_improvement: DecimalString = Field(
-        default="0", description="How much better the new model's metric must be than the current one's."
+        default="0",
+        description="How much better the new model's metric must be than the current one's, on the live holdout "
+        "(the curated one when no labelled live rows were held out).",
+    )
+    max_regression: DecimalString = Field(
+        default=DEFAULT_MAX_REGRESSION,
+        description="How much worse, in the metric's units, the new model may score on the curated dataset's "
+        "holdout than the better of the current model and the same training without live rows. Live labels that "
+        "contradict the curated data (a poisoning client) cost more than this, and the gate refuses the model.",
     )
 
 
@@ -154,14 +168,32 @@ class ArtifactStatus(ApiModel):
     metrics: dict[str, str] = Field(default_factory=dict, description="Holdout metrics, as decimal strings.")
 
 
+class GateCheck(ApiModel):
+    """One part of the promotion decision: the rows that graded it and each model's score on them."""
+
+    holdout: Literal["live", "curated"] = Field(
+        description="live: held-out labelled live traffic (whole requests); curated: the dataset's own holdout."
+    )
+    rows: int
+    candidate_score: str
+    current_score: str | None = None
+    baseline_score: str | None = Field(
+        default=None, description="The same training on the curated rows alone (the regression check, with live rows)."
+    )
+    limit: str = Field(description="minImprovement (the improvement check) or maxRegression (the regression check).")
+    passed: bool
+
+
 class PromotionStatus(ApiModel):
     alias: Name
     outcome: Literal["Promoted", "Rejected"]
     metric: str
-    candidate_score: str
+    candidate_score: str = Field(description="The new model's score on the rows that graded the improvement.")
     current_score: str | None = None
     previous_version: str | None = None
     message: str = ""
+    improvement: GateCheck | None = Field(default=None, description="Does it beat the current model?")
+    regression: GateCheck | None = Field(default=None, description="Does it keep its score on the curated holdout?")
 
 
 class TrainingJobStatus(ApiModel):

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
+
+from pydantic import ValidationError
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
+from regrow.api.trainingjob import PromotionStatus
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.result import Event, Result, transition_event
 from regrow.manifests.common import Images, Owner
 from regrow.manifests.training import CONTAINER, training_job
+
+log = logging.getLogger(__name__)
 
 SUCCEEDED = "Succeeded"
 
@@ -102,8 +108,11 @@ def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
     report = result.report
     if report is not None:
         status["artifact"] = {"uri": report["uri"], "version": report["version"], "metrics": report.get("metrics", {})}
-        if report.get("promotion"):
-            status["promotion"] = report["promotion"]
+        if report.get("promotion"):  # the trainer's report, through the one model of its promotion
+            try:
+                status["promotion"] = PromotionStatus.model_validate(report["promotion"]).to_wire()
+            except ValidationError:
+                log.warning("Ignored a promotion report that does not fit PromotionStatus")
     return status
 
 

@@ -3,7 +3,7 @@
 Requests hand records to bounded in-memory queues and never wait: one queue for predictions and one for
 feedback, each bounded in records and in bytes, so that neither can crowd the other out; a record that does
 not fit is dropped and counted. A writer thread writes what has queued, in batches of JSON lines, to the
-registry: ``<model>/predictions/<version>/<time>-<host>-<n>.jsonl`` and ``<model>/feedback/<version>/...``
+registry: ``<model>/predictions/<version>/<time>-<host>-<token>-<n>.jsonl`` and ``<model>/feedback/<version>/...``
 (feedback under the version that made the prediction it labels).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import socket
 import threading
 import time
@@ -46,7 +47,8 @@ class PredictionLog:
         self.bytes_in, self.bytes_out = dict.fromkeys(KINDS, 0), dict.fromkeys(KINDS, 0)
         # queued, dropped (queue full), written, failed (store errors), per kind
         self.counts: Counter[tuple[str, str]] = Counter()
-        self.host = socket.gethostname()
+        # A log of its own in the file names: a restarted container keeps its host name and counts from 1 again.
+        self.writer = f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.sequence = 0
         self.wake = threading.Event()
         self.stopped = threading.Event()
@@ -100,7 +102,7 @@ class PredictionLog:
     def _write(self, kind: str, version: str, lines: list[str]) -> None:
         self.sequence += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        key = f"{self.prefix[0]}/{kind}/{version}/{stamp}-{self.host}-{self.sequence:06d}.jsonl"
+        key = f"{self.prefix[0]}/{kind}/{version}/{stamp}-{self.writer}-{self.sequence:06d}.jsonl"
         try:
             self.store.put(key, ("\n".join(lines) + "\n").encode())
             self.counts[(kind, "written")] += len(lines)

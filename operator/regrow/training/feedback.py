@@ -39,6 +39,7 @@ class Feedback:
     predictions: int  # logged predictions read
     unlabelled: int  # of those, without a label
     dropped: dict[str, int] = field(default_factory=dict)  # of those, left out, by reason
+    groups: npt.NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype=str))  # each row's prediction id
 
 
 def label_kind(value: object) -> str | None:
@@ -102,6 +103,7 @@ def labelled_rows(store: Store, model: str, n_features: int, max_rows: int, fits
     labels = _labels(store, model, dropped)
     rows: list[list[float]] = []
     targets: list[Any] = []
+    groups: list[str] = []
     predictions = unlabelled = 0
     for key in _newest_first(store, f"{model}/predictions/"):
         for record in _records(store, key, dropped):
@@ -117,16 +119,18 @@ def labelled_rows(store: Store, model: str, n_features: int, max_rows: int, fits
             elif len(given) != len(parsed) or not all(fits(item) for item in given):
                 dropped["label"] += 1
             elif len(rows) + len(parsed) > max_rows:  # full: older traffic is not read
-                return _feedback(rows, targets, n_features, predictions - 1, unlabelled, dropped)
+                return _feedback(rows, targets, groups, n_features, predictions - 1, unlabelled, dropped)
             else:
                 rows.extend(row for row in parsed if row is not None)
                 targets.extend(given)
-    return _feedback(rows, targets, n_features, predictions, unlabelled, dropped)
+                groups.extend([record["id"]] * len(given))
+    return _feedback(rows, targets, groups, n_features, predictions, unlabelled, dropped)
 
 
-def _feedback(rows: list[list[float]], targets: list[Any], n_features: int, predictions: int, unlabelled: int,
-              dropped: Counter[str]) -> Feedback:  # fmt: skip
+def _feedback(rows: list[list[float]], targets: list[Any], groups: list[str], n_features: int, predictions: int,
+              unlabelled: int, dropped: Counter[str]) -> Feedback:  # fmt: skip
     x = np.array(rows, dtype=np.float64).reshape(len(rows), n_features)
     body = json.dumps([[[None if math.isnan(v) else v for v in row] for row in rows], targets], separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
-    return Feedback(x, np.array(targets, dtype=object), digest, predictions, unlabelled, dict(dropped))
+    labels = np.array(targets, dtype=object)
+    return Feedback(x, labels, digest, predictions, unlabelled, dict(dropped), np.array(groups, dtype=str))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib.metadata import version as package_version
@@ -23,14 +25,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError  # no public name (1.2+)
 
 from regrow.api.common import parse_decimal
-from regrow.api.trainingjob import Metric, Task, TrainingJobSpec
+from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec
 from regrow.clock import now
 from regrow.drift.profile import fit_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, Registry
 from regrow.training.estimators import ParamError, build_pipeline
-from regrow.training.feedback import label_kind, labelled_rows
+from regrow.training.feedback import Feedback, label_kind, labelled_rows
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,39 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    """Rows that grade models: the curated dataset's holdout, or held-out labelled live traffic."""
+
+    name: str  # curated | live
+    x: npt.NDArray[np.float64]
+    y: npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One part of the gate: which rows graded it, each model's score, the limit, the verdict."""
+
+    holdout: str
+    rows: int
+    candidate: float
+    current: float
+    limit: Decimal
+    passed: bool
+    baseline: float | None = None
+
+    def status(self) -> GateCheck:
+        return GateCheck(
+            holdout=self.holdout,
+            rows=self.rows,
+            candidate_score=_fmt(self.candidate),
+            current_score=_fmt(self.current),
+            baseline_score=None if self.baseline is None else _fmt(self.baseline),
+            limit=str(self.limit),
+            passed=self.passed,
+        )
+
+
+@dataclass(frozen=True)
 class Gate:
     alias: str
     outcome: str  # Promoted | Rejected
@@ -62,6 +97,25 @@ class Gate:
     current_score: float | None
     previous_version: str | None
     message: str
+    improvement: Check | None = None
+    regression: Check | None = None
+
+    def status(self, metric: str) -> PromotionStatus:
+        return PromotionStatus(
+            alias=self.alias,
+            outcome=self.outcome,
+            metric=metric,
+            candidate_score=_fmt(self.candidate_score),
+            current_score=None if self.current_score is None else _fmt(self.current_score),
+            previous_version=self.previous_version,
+            message=self.message,
+            improvement=None if self.improvement is None else self.improvement.status(),
+            regression=None if self.regression is None else self.regression.status(),
+        )
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
 
 
 @dataclass(frozen=True)
@@ -88,15 +142,7 @@ class RunResult:
             "trainSeconds": f"{self.train_seconds:.3f}",
         }
         if self.gate is not None:
-            out["promotion"] = {
-                "alias": self.gate.alias,
-                "outcome": self.gate.outcome,
-                "metric": self.metric,
-                "candidateScore": f"{self.gate.candidate_score:.6g}",
-                **({"currentScore": f"{self.gate.current_score:.6g}"} if self.gate.current_score is not None else {}),
-                **({"previousVersion": self.gate.previous_version} if self.gate.previous_version else {}),
-                "message": self.gate.message,
-            }
+            out["promotion"] = self.gate.status(self.metric).to_wire()
         return out
 
 
@@ -218,46 +264,92 @@ def improvement(metric: Metric, candidate: float, current: float) -> Decimal:
     return Decimal(repr(delta))
 
 
-def gate(
-    spec: TrainingJobSpec, registry: Registry, version: str, x: npt.NDArray[np.float64], y: npt.NDArray[Any],
-    features: list[str], candidate: float,
-) -> Gate | None:  # fmt: skip
-    """Decide whether the new model (``version``) replaces the alias's current one, scoring both on the same
-    holdout."""
+Predict = Callable[[npt.NDArray[np.float64]], Prediction]
+
+
+@dataclass(frozen=True)
+class Graders:
+    """What the gate scores with: the holdouts, and the models it compares."""
+
+    curated: Holdout
+    live: Holdout | None  # None: no labelled live rows were held out
+    candidate: Predict
+    baseline: Predict | None  # the same training without live rows; None when none were added
+    classes: list[Any]
+
+
+def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list[str], graders: Graders) -> Gate | None:
+    """Decide whether the new model (``version``) replaces the alias's current one: (a) it must beat it by
+    ``minImprovement`` on the live holdout (the curated one without live rows), and (b) lose no more than
+    ``maxRegression`` on the curated holdout, against the better of the current model and the baseline.
+    Live labels grade (a) only; (b) is graded by rows no client can label."""
     if spec.promote is None:
         return None
-    alias, model_name, metric = spec.promote.alias, spec.output.model_name, spec.metric
+    alias, model_name, metric, task = spec.promote.alias, spec.output.model_name, spec.metric, spec.model.algorithm.task
+    graded = graders.live or graders.curated
+    candidate = _metric(task, metric, graded, graders.candidate, graders.classes)
     current_version = registry.resolve(model_name, alias)
     if current_version is None:
-        return Gate(alias, "Promoted", candidate, None, None, f"{alias} did not exist")
+        return Gate(alias, "Promoted", candidate or math.nan, None, None, f"{alias} did not exist")
     if current_version == version:  # the same content trained again: nothing to compare, nothing changes
-        return Gate(alias, "Promoted", candidate, candidate, version, "the same model was trained again")
+        return Gate(alias, "Promoted", candidate or math.nan, candidate, version, "the same model was trained again")
     current_meta = registry.metadata(model_name, current_version)
-    if current_meta.get("features") != features or current_meta.get("task") != spec.model.algorithm.task.value:
+    if current_meta.get("features") != features or current_meta.get("task") != task.value:
         return Gate(
-            alias, "Rejected", candidate, None, current_version,
+            alias, "Rejected", candidate or math.nan, None, current_version,
             f"{alias} ({current_version}) takes other features or task; it cannot be scored on this holdout",
         )  # fmt: skip
-    current_model = OnnxModel(registry.read(model_name, current_version, MODEL))
-    current = score(spec.model.algorithm.task, y, current_model.predict(x), current_meta.get("classes", []))
-    current_score = current.get(metric.value)
-    if current_score is None:
-        return Gate(alias, "Rejected", candidate, None, current_version, f"{metric.value} undefined on this holdout")
-    gain = improvement(metric, candidate, current_score)
+    champion = OnnxModel(registry.read(model_name, current_version, MODEL)).predict
+    current = _metric(task, metric, graded, champion, current_meta.get("classes", []))
+    if candidate is None or current is None:
+        return Gate(alias, "Rejected", candidate or math.nan, current, current_version,
+                    f"{metric.value} is undefined on the {graded.name} holdout")  # fmt: skip
     needed = parse_decimal(spec.promote.min_improvement)
-    verdict = "Promoted" if gain >= needed else "Rejected"
-    message = (
-        f"{metric.value} {candidate:.6g} vs {current_score:.6g} for {current_version}: "
-        f"improvement {gain:.6g} {'>=' if verdict == 'Promoted' else '<'} required {needed}"
+    gain = improvement(metric, candidate, current)
+    better = Check(graded.name, len(graded.y), candidate, current, needed, gain >= needed)
+    kept, best = _regression(spec, graders, champion, current_meta.get("classes", []))
+    verdict = "Promoted" if better.passed and kept.passed else "Rejected"
+    versus = (
+        current_version if kept.baseline is None else f"the better of {current_version} and training without live rows"
     )
-    return Gate(alias, verdict, candidate, current_score, current_version, message)
+    message = (
+        f"{metric.value} on the {graded.name} holdout ({better.rows} rows) {candidate:.6g} vs {current:.6g} for "
+        f"{current_version}: improvement {gain:.6g} {'>=' if better.passed else '<'} required {needed}; on the "
+        f"curated holdout ({kept.rows} rows) {kept.candidate:.6g} vs {best:.6g} for {versus}: "
+        f"{'within' if kept.passed else 'beyond'} the allowed regression {kept.limit}"
+    )
+    return Gate(alias, verdict, candidate, current, current_version, message, better, kept)
 
 
-def with_feedback(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Dataset, dict[str, Any]]:
-    """The dataset plus the labelled live traffic ``spec.dataset.feedback`` asks for, and what was added."""
+def _metric(task: Task, metric: Metric, holdout: Holdout, predict: Predict, classes: list[Any]) -> float | None:
+    return score(task, holdout.y, predict(holdout.x), classes).get(metric.value)
+
+
+def _regression(
+    spec: TrainingJobSpec, graders: Graders, champion: Predict, champion_classes: list[Any]
+) -> tuple[Check, float]:
+    """(b): the candidate's score on the curated holdout against the best of the champion's and the baseline's
+    (returned beside the check)."""
+    assert spec.promote is not None
+    task, metric, curated = spec.model.algorithm.task, spec.metric, graders.curated
+    candidate = _metric(task, metric, curated, graders.candidate, graders.classes)
+    current = _metric(task, metric, curated, champion, champion_classes)
+    baseline = None if graders.baseline is None else _metric(task, metric, curated, graders.baseline, graders.classes)
+    allowed = parse_decimal(spec.promote.max_regression)
+    if candidate is None or current is None:
+        undefined = Check(curated.name, len(curated.y), candidate or math.nan, current or math.nan, allowed, False)
+        return undefined, math.nan
+    references = [current] if baseline is None else [current, baseline]
+    best = max(references) if metric.higher_is_better else min(references)
+    loss = -improvement(metric, candidate, best)
+    return Check(curated.name, len(curated.y), candidate, current, allowed, loss <= allowed, baseline), best
+
+
+def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedback | None, dict[str, Any]]:
+    """The labelled live traffic ``spec.dataset.feedback`` asks for, and what was read, for metadata.json."""
     wanted = spec.dataset.feedback
     if wanted is None:
-        return data, {}
+        return None, {}
     model = wanted.model_name or spec.output.model_name
     kinds: set[str | None]
     if spec.model.algorithm.task is Task.REGRESSION:
@@ -267,32 +359,35 @@ def with_feedback(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[D
     live = labelled_rows(store, model, len(data.features), wanted.max_rows, lambda label: label_kind(label) in kinds)
     added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled,
              "dropped": live.dropped}  # fmt: skip
-    log.info("Added %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
+    log.info("Read %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
              len(live.y), model, live.predictions, live.unlabelled)  # fmt: skip
-    if not len(live.y):
-        return data, added
-    if spec.model.algorithm.task is Task.REGRESSION:
-        try:
-            y = np.concatenate([data.y, live.y.astype(np.float64)])
-        except (TypeError, ValueError):
-            raise TrainingError(
-                "InvalidDataset", f"feedback labels of {model} must be numeric for regression"
-            ) from None
-    else:  # labels as the clients sent them, beside the dataset's (no truncation to its string width)
-        y = np.concatenate([data.y.astype(object), live.y])
-    digest = hashlib.sha256(f"{data.digest}+{live.digest}".encode()).hexdigest()
-    return Dataset(np.vstack([data.x, live.x]), y, data.features, digest), added
+    return live, added
 
 
-def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: dict[str, str]) -> RunResult:
-    """Train, check, profile, publish; move the alias if the gate allows. ``run`` names the TrainingJob."""
-    data, feedback = with_feedback(spec, load_dataset(spec, raw_dataset), registry.store)
-    x_train, x_test, y_train, y_test = split(spec, data)
-    task = spec.model.algorithm.task
-    started = time.perf_counter()
+def split_live(spec: TrainingJobSpec, live: Feedback | None) -> tuple[npt.NDArray[np.bool_], int]:
+    """Which live rows are held out: whole requests (prediction ids), ``holdoutPercent`` of them, seeded;
+    none with fewer than two requests. Returns the mask and the number of requests held out."""
+    if live is None or not len(live.y):
+        return np.zeros(0, dtype=bool), 0
+    ids = np.unique(live.groups)
+    if len(ids) < 2:
+        return np.zeros(len(live.y), dtype=bool), 0
+    count = max(1, round(len(ids) * spec.evaluation.holdout_percent / 100))
+    held = np.random.default_rng(spec.evaluation.seed).choice(ids, size=count, replace=False)
+    return np.isin(live.groups, held), count
+
+
+def _targets(task: Task, *parts: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Labels joined: numbers for regression; for classification, as they are (no truncation to a width)."""
+    if task is Task.REGRESSION:
+        return np.concatenate([p.astype(np.float64) for p in parts])
+    return np.concatenate([p.astype(object) for p in parts])
+
+
+def _fit(spec: TrainingJobSpec, x: npt.NDArray[np.float64], y: npt.NDArray[Any]) -> Pipeline:
     try:
         pipeline = build_pipeline(spec.model, spec.evaluation.seed)
-        pipeline.fit(x_train, y_train)
+        pipeline.fit(x, y)
     except (ParamError, InvalidParameterError) as error:  # about the spec's params alone: safe to quote
         raise TrainingError("InvalidParams", str(error)) from None
     except (ValueError, TypeError) as error:  # scikit-learn's messages may quote the data (labels, values)
@@ -302,16 +397,46 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
             f"scikit-learn could not fit {spec.model.algorithm.value} with these params on this dataset "
             f"({type(error).__name__}; the training pod's log has the details)",
         ) from None
+    return pipeline
+
+
+def _sklearn(pipeline: Pipeline, task: Task) -> Predict:
+    def predict(x: npt.NDArray[np.float64]) -> Prediction:
+        x32 = x.astype(np.float32).astype(np.float64)  # what the served model sees
+        proba = None if task is Task.REGRESSION else pipeline.predict_proba(x32).astype(np.float32)
+        return Prediction(np.asarray(pipeline.predict(x32)), proba)
+
+    return predict
+
+
+def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: dict[str, str]) -> RunResult:
+    """Train, check, profile, publish; move the alias if the gate allows. ``run`` names the TrainingJob."""
+    data = load_dataset(spec, raw_dataset)
+    live, feedback = live_rows(spec, data, registry.store)
+    x_train, x_test, y_train, y_test = split(spec, data)
+    held, held_requests = split_live(spec, live)
+    task = spec.model.algorithm.task
+    fit_x, fit_y = x_train, y_train
+    live_holdout = None
+    if live is not None and len(live.y):
+        fit_x, fit_y = np.vstack([x_train, live.x[~held]]), _targets(task, y_train, live.y[~held])
+        if held.any():
+            live_holdout = Holdout("live", live.x[held], _targets(task, live.y[held]))
+    started = time.perf_counter()
+    pipeline = _fit(spec, fit_x, fit_y)
     train_seconds = time.perf_counter() - started
     onnx_bytes = export_onnx(pipeline, len(data.features))
     model = OnnxModel(onnx_bytes)
-    worst = parity_error(pipeline, model, x_test, task)
+    checked = x_test if live_holdout is None else np.vstack([x_test, live_holdout.x])
+    worst = parity_error(pipeline, model, checked, task)
     classes = [c.item() if hasattr(c, "item") else c for c in getattr(pipeline, "classes_", [])]
     metrics = score(task, y_test, model.predict(x_test), classes)
     metric = spec.metric
     if metric.value not in metrics:
         raise TrainingError("InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)")
-    profile = fit_profile(x_train, data.features)
+    live_metrics = {} if live_holdout is None else score(task, live_holdout.y, model.predict(live_holdout.x), classes)
+    profile = fit_profile(fit_x, data.features)
+    digest = data.digest if live is None else hashlib.sha256(f"{data.digest}+{live.digest}".encode()).hexdigest()
     metadata = {
         "model": spec.output.model_name,
         "task": task.value,
@@ -324,14 +449,17 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         "metrics": metrics,
         "dataset": {
             "uri": spec.dataset.uri,
-            "sha256": data.digest,
-            "rows": len(data.y),
+            "sha256": digest,
+            "rows": len(data.y) + (len(live.y) if live is not None else 0),
             **({"feedback": feedback} if feedback else {}),
         },
-        "holdout": {
+        "holdout": {  # which rows graded what: metrics on the curated rows, liveMetrics on the held-out live ones
             "percent": spec.evaluation.holdout_percent,
             "seed": spec.evaluation.seed,
             "rows": len(y_test),
+            "liveRows": 0 if live_holdout is None else len(live_holdout.y),
+            "liveRequests": held_requests,
+            **({"liveMetrics": live_metrics} if live_metrics else {}),
         },
         "parityError": worst,
         "created": now(),
@@ -339,7 +467,11 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         "frameworks": {p: package_version(p) for p in ("scikit-learn", "skl2onnx", "onnxruntime")},
     }
     published = registry.publish(spec.output.model_name, onnx_bytes, profile.to_json(), metadata)
-    decision = gate(spec, registry, published.version, x_test, y_test, data.features, metrics[metric.value])
+    baseline = None
+    if spec.promote is not None and len(fit_y) > len(y_train):  # live rows were trained on: what without them?
+        baseline = _sklearn(_fit(spec, x_train, y_train), task)
+    graders = Graders(Holdout("curated", x_test, y_test), live_holdout, model.predict, baseline, classes)
+    decision = gate(spec, registry, published.version, data.features, graders)
     if decision is not None and decision.outcome == "Promoted":
         registry.set_alias(spec.output.model_name, decision.alias, published.version)
     result = RunResult(
