@@ -183,6 +183,22 @@ def test_the_promotion_reaches_status_through_its_model() -> None:
     assert "promotion" not in status_for(body, job, result)
 
 
+def test_a_dataset_that_failed_validation_says_which_checks() -> None:
+    checks = [{"check": "columns", "passed": False, "message": "1 of v1's 4 feature columns missing ('b')"},
+              {"check": "ranges", "passed": True, "message": "0 feature(s) outside"}]  # fmt: skip
+    failure = {
+        "succeeded": False,
+        "reason": "DataValidationFailed",
+        "message": "1 of 2 checks failed",
+        "validation": checks,
+    }
+    job = _job(("Failed", "BackoffLimitExceeded"))
+    result = outcome(job, [_pod(json.dumps(failure))])
+    assert (result.cond.status, result.cond.reason) == ("False", "DataValidationFailed")
+    status = status_for({"metadata": {"generation": 1}, "status": {}}, job, result)
+    assert status["validation"] == checks and "artifact" not in status
+
+
 def test_a_crash_reports_the_log_tail_of_the_newest_attempt() -> None:
     pods = [_pod("old crash", "2026-01-01T00:00:00Z"), _pod("Traceback ...\nMemoryError", "2026-01-01T00:05:00Z")]
     cond = outcome(_job(("Failed", "BackoffLimitExceeded")), pods).cond

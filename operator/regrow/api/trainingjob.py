@@ -71,6 +71,33 @@ class FeedbackSpec(ApiModel):
     max_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="At most this many, the newest.")
 
 
+class ValidationSpec(ApiModel):
+    """The checks a dataset must pass before training. With promote, a contract taken from the alias's current
+    model comes first: the same feature columns, the same task and kind of labels, and no label it does not
+    know (hard checks unless contract is Report); missing values and value ranges are compared with its
+    training data and reported, failing only through the rules below, since a retrain is meant to see moved
+    data."""
+
+    contract: Literal["Enforce", "Report"] = Field(
+        default="Enforce", description="Enforce: a dataset that breaks the current model's contract fails."
+    )
+    min_rows: int | None = Field(default=None, ge=1, description="The fewest labelled rows the dataset may have.")
+    max_missing_percent: int | None = Field(
+        default=None, ge=0, le=100, description="The most missing values any feature may have, in percent of rows."
+    )
+    required_columns: list[ColumnName] = Field(default_factory=list, max_length=1024)
+    allowed_labels: list[Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        default=None, max_length=1000, description="The labels the target may hold, compared as text (classification)."
+    )
+    max_label_shift_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="How far any class's share of the rows may move from the current model's training data, in "
+        "percentage points (classification).",
+    )
+
+
 class DatasetSpec(ApiModel):
     """Where the training data is and which column is the target."""
 
@@ -83,6 +110,7 @@ class DatasetSpec(ApiModel):
     feedback: FeedbackSpec | None = Field(
         default=None, description="Add the labelled live traffic (in the features' order) to the dataset."
     )
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
 
 
 class ModelSpec(ApiModel):
@@ -196,6 +224,15 @@ class PromotionStatus(ApiModel):
     regression: GateCheck | None = Field(default=None, description="Does it keep its score on the curated holdout?")
 
 
+class ValidationCheck(ApiModel):
+    """One check of the dataset: its verdict and what it found, in counts and the names the spec or the
+    current model gave (never the file's content)."""
+
+    check: str
+    passed: bool
+    message: str = Field(default="", max_length=1024)
+
+
 class TrainingJobStatus(ApiModel):
     observed_generation: int | None = None
     conditions: Conditions
@@ -204,3 +241,6 @@ class TrainingJobStatus(ApiModel):
     completion_time: Time | None = None
     artifact: ArtifactStatus | None = None
     promotion: PromotionStatus | None = None
+    validation: list[ValidationCheck] | None = Field(
+        default=None, max_length=32, description="The dataset's checks before training (the Validation stage)."
+    )

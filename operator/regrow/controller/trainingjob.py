@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.api.trainingjob import PromotionStatus
+from regrow.api.trainingjob import PromotionStatus, ValidationCheck
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
@@ -35,7 +35,8 @@ def finished(body: Obj) -> bool:
 @dataclass(frozen=True)
 class Outcome:
     cond: Cond
-    report: Obj | None = None
+    report: Obj | None = None  # a successful run's
+    validation: list[Obj] | None = None  # the dataset's checks, whatever the outcome
 
 
 def last_message(pods: list[Obj]) -> str | None:
@@ -92,7 +93,8 @@ def _failed(condition: Obj, message: str | None) -> Outcome:
     """A failed Job: the trainer's own reason when it reported one, else the Job's with the log tail."""
     report = parse_report(message)
     if report is not None and not report.get("succeeded") and report.get("reason"):
-        return Outcome(Cond(SUCCEEDED, "False", str(report["reason"]), str(report.get("message", ""))))
+        cond = Cond(SUCCEEDED, "False", str(report["reason"]), str(report.get("message", "")))
+        return Outcome(cond, validation=report.get("validation"))
     detail = condition.get("message") or ""
     if message:
         detail += f"; trainer said: {message.strip()[-1000:]}"
@@ -113,6 +115,13 @@ def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
                 status["promotion"] = PromotionStatus.model_validate(report["promotion"]).to_wire()
             except ValidationError:
                 log.warning("Ignored a promotion report that does not fit PromotionStatus")
+    validation = result.validation or (report or {}).get("validation")
+    if validation:
+        try:
+            checks = [ValidationCheck.model_validate(c) for c in validation]
+            status["validation"] = [c.to_wire() for c in checks[:32]]
+        except ValidationError:
+            log.warning("Ignored validation checks that do not fit ValidationCheck")
     return status
 
 

@@ -19,8 +19,15 @@ MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
 
 
 def report(outcome: dict[str, Any], termination_log: Path | None) -> None:
+    """The outcome on stdout, and in the termination message: whole, or without the passed checks' messages,
+    or without the checks (the run record keeps them), so that it always parses."""
     text = json.dumps(outcome, sort_keys=True)
     print(text, flush=True)
+    if len(text) > MESSAGE_LIMIT and outcome.get("validation"):
+        brief = [c if not c.get("passed") else {**c, "message": ""} for c in outcome["validation"]]
+        text = json.dumps({**outcome, "validation": brief}, sort_keys=True)
+    if len(text) > MESSAGE_LIMIT:
+        text = json.dumps({k: v for k, v in outcome.items() if k != "validation"}, sort_keys=True)
     if termination_log is not None:
         try:
             termination_log.write_text(text[:MESSAGE_LIMIT])
@@ -45,7 +52,7 @@ def run(spec_text: str, run_info: dict[str, str], termination_log: Path | None) 
         report({"succeeded": False, "reason": "InvalidSpec", "message": str(error)}, termination_log)
         return 1
     except TrainingError as error:
-        report({"succeeded": False, "reason": error.reason, "message": str(error)}, termination_log)
+        report({"succeeded": False, "reason": error.reason, "message": str(error), **error.details}, termination_log)
         return 1
     except Exception as error:  # a bug or a store failure: its message may quote data, so the log gets it
         log.exception("Training failed")

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -25,14 +25,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError  # no public name (1.2+)
 
 from regrow.api.common import parse_decimal
-from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec
+from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec, ValidationCheck
 from regrow.clock import now
-from regrow.drift.profile import fit_profile
+from regrow.drift.profile import Profile, fit_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
-from regrow.storage.registry import MODEL, Registry
+from regrow.storage.registry import MODEL, PROFILE, Registry
 from regrow.training.estimators import ParamError, build_pipeline
 from regrow.training.feedback import Feedback, label_kind, labelled_rows
+from regrow.training.validation import Contract, Table, label_shares, validate
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,13 @@ REGRESSION_TOLERANCE = 1e-4  # relative, and absolute near zero
 
 
 class TrainingError(Exception):
-    """A run that cannot succeed with this spec or data; ``reason`` is the condition reason."""
+    """A run that cannot succeed with this spec or data; ``reason`` is the condition reason, ``details`` more
+    of the report (such as the validation checks)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.details = details or {}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Dataset:
     y: npt.NDArray[Any]
     features: list[str]
     digest: str
+    columns: list[str]  # all of the file's
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class RunResult:
     parity_error: float
     train_seconds: float
     gate: Gate | None = None
+    validation: list[ValidationCheck] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The run as the operator reads it (termination message and run record)."""
@@ -143,6 +148,8 @@ class RunResult:
         }
         if self.gate is not None:
             out["promotion"] = self.gate.status(self.metric).to_wire()
+        if self.validation:
+            out["validation"] = [check.to_wire() for check in self.validation]
         return out
 
 
@@ -184,7 +191,8 @@ def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
     y = frame[target].to_numpy()
     if spec.model.algorithm.task is Task.REGRESSION and not pd.api.types.is_numeric_dtype(frame[target]):
         raise TrainingError("InvalidDataset", f"target {target!r} must be numeric for regression")
-    return Dataset(frame[features].to_numpy(dtype=np.float64), y, features, hashlib.sha256(raw).hexdigest())
+    x = frame[features].to_numpy(dtype=np.float64)
+    return Dataset(x, y, features, hashlib.sha256(raw).hexdigest(), list(frame.columns))
 
 
 def split(spec: TrainingJobSpec, data: Dataset) -> tuple[Any, Any, Any, Any]:
@@ -345,6 +353,20 @@ def _regression(
     return Check(curated.name, len(curated.y), candidate, current, allowed, loss <= allowed, baseline), best
 
 
+def contract(spec: TrainingJobSpec, registry: Registry) -> Contract | None:
+    """What the alias's current model was trained on, the dataset's contract; None without promote or alias."""
+    if spec.promote is None:
+        return None
+    model = spec.output.model_name
+    version = registry.resolve(model, spec.promote.alias)
+    if version is None:
+        return None
+    meta = registry.metadata(model, version)
+    profile = Profile.from_json(registry.read(model, version, PROFILE))
+    return Contract(version, list(meta.get("features", [])), str(meta.get("task")), list(meta.get("classes", [])),
+                    meta.get("labelShares"), profile)  # fmt: skip
+
+
 def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedback | None, dict[str, Any]]:
     """The labelled live traffic ``spec.dataset.feedback`` asks for, and what was read, for metadata.json."""
     wanted = spec.dataset.feedback
@@ -412,6 +434,14 @@ def _sklearn(pipeline: Pipeline, task: Task) -> Predict:
 def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: dict[str, str]) -> RunResult:
     """Train, check, profile, publish; move the alias if the gate allows. ``run`` names the TrainingJob."""
     data = load_dataset(spec, raw_dataset)
+    checks = validate(spec, Table(data.columns, data.features, data.x, data.y), contract(spec, registry))
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        details = {"validation": [check.to_wire() for check in checks]}
+        registry.write_run(spec.output.model_name, run.get("uid") or data.digest[:16],
+                           {"succeeded": False, "reason": "DataValidationFailed", **details, "run": run})  # fmt: skip
+        summary = "; ".join(f"{check.check}: {check.message}" for check in failed)
+        raise TrainingError("DataValidationFailed", f"{len(failed)} of {len(checks)} checks failed: {summary}", details)
     live, feedback = live_rows(spec, data, registry.store)
     x_train, x_test, y_train, y_test = split(spec, data)
     held, held_requests = split_live(spec, live)
@@ -445,6 +475,8 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         "features": data.features,
         "target": spec.dataset.target,
         "classes": classes,
+        **({"labelShares": label_shares(data.y)} if task is Task.CLASSIFICATION else {}),
+        "validation": [check.to_wire() for check in checks],
         "metric": metric.value,
         "metrics": metrics,
         "dataset": {
@@ -476,7 +508,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         registry.set_alias(spec.output.model_name, decision.alias, published.version)
     result = RunResult(
         spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
-        worst, train_seconds, decision,
+        worst, train_seconds, decision, checks,
     )  # fmt: skip
     registry.write_run(spec.output.model_name, run.get("uid") or published.version, {**result.summary(), "run": run})
     log.info(
