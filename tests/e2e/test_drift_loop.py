@@ -116,6 +116,10 @@ def _poison(host: str, frame: np.ndarray, rng: np.random.Generator) -> None:
         assert status == 202, answer
 
 
+def _feature(policy: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f for f in policy["status"]["lastCheck"]["features"] if f["name"] == name)
+
+
 def _promoted(tj: dict[str, Any], registry: Registry, v1: str, poisoned: bool) -> str | None:
     """The retrain's version if the gate promoted it; None when it refused the one a poisoner labelled."""
     cond = condition(tj, "Succeeded")
@@ -151,8 +155,7 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         return get_custom(node_api, node_namespace, DRIFT_POLICY.plural, "iris")
 
     def drift(reason: str) -> bool:
-        cond = condition(dp(), "DriftDetected")
-        return cond is not None and cond["reason"] == reason
+        return bool((condition(dp(), "DriftDetected") or {}).get("reason") == reason)
 
     def finished(name: str) -> dict[str, Any] | None:
         obj = Kube(node_api).get(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace, name)) or {}
@@ -186,6 +189,7 @@ def test_drift_retrains_and_the_better_model_rolls_out(
             _poison(host, frame, rng)
         wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - first_drifted
+        assert "psi" in _feature(dp(), "__prediction__")["scores"]  # the predicted classes, scored like a feature
         wait_for(lambda: dp()["status"].get("pendingApproval") == "iris-retrain-1", 30, "a retrain to approve")
         assert not Kube(node_api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace))
         wait_for(lambda: _logged(node_store, "feedback") >= 40 + 4 * poisoned, 60, "the labels written to the registry")

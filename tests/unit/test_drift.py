@@ -3,6 +3,7 @@ sweep over feature shapes and sample sizes is in test_drift_calibration.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import numpy as np
@@ -14,7 +15,7 @@ from scipy.spatial.distance import jensenshannon  # type: ignore[import-untyped]
 from regrow.api.driftpolicy import DriftTestType as T
 from regrow.drift import stats
 from regrow.drift.policy import Layout, check, on_ladder, scores
-from regrow.drift.profile import Profile, fit_profile
+from regrow.drift.profile import PREDICTION, Profile, fit_profile, prediction_profile
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -191,3 +192,36 @@ def test_window_sizes_round_down_to_a_ladder() -> None:
     assert all(0 <= s <= n for s, n in zip(steps, range(0, 5_000_000, 997), strict=True))
     assert all(s >= 0.9 * n for s, n in zip(steps, range(0, 5_000_000, 997), strict=True) if n > 16)
     assert len(set(steps)) < 200  # few steps, so steady traffic reuses its thresholds
+
+
+def test_predictions_are_monitored_like_a_feature_but_count_apart() -> None:
+    """A classifier's predicted classes are a categorical feature, __prediction__: scored by psi,
+    jensenShannon and chiSquare (ks and wasserstein need an order), and left out of driftShare unless the
+    policy counts it."""
+    rng = np.random.default_rng(12)
+    inputs = fit_profile(rng.normal(0, 1, (5000, 2)), ["a", "b"])
+    classes = np.array(["cat", "dog", "eel"])
+    profile = replace(
+        inputs, prediction=prediction_profile(rng.choice(classes, 2000, p=[0.5, 0.3, 0.2]), list(classes))
+    )
+    assert Profile.from_json(profile.to_json()) == profile
+    monitored = profile.monitored()
+    layout = Layout.of(monitored)
+    assert monitored.names == ["a", "b", PREDICTION] and layout.inputs == 2
+    assert monitored.features[2].labels == ["cat", "dog", "eel"] and not layout.ordinal[2].any()
+
+    def window(shares: list[float]) -> npt.NDArray[np.float64]:
+        x = rng.normal(0, 1, (3000, 2))
+        predicted = np.bincount(rng.choice(3, 3000, p=shares), minlength=3)
+        return Layout.pad(monitored, np.concatenate([inputs.bin_counts(x), predicted]))
+
+    every: dict[T, Decimal | None] = dict.fromkeys(T)
+    same = check(layout, window([0.5, 0.3, 0.2]), every, Decimal("0.5"), 1)
+    moved = check(layout, window([0.2, 0.3, 0.5]), every, Decimal("0.5"), 1)
+    assert not same.drifted[2] and moved.drifted[2]
+    for result in (same, moved):
+        assert np.isnan(result.scores[T.KS][2]) and np.isnan(result.scores[T.WASSERSTEIN][2])
+        assert np.isfinite(result.scores[T.PSI][2]) and np.isfinite(result.thresholds[T.CHI_SQUARE][2])
+    assert not moved.breached and moved.counted == 2  # the inputs did not move
+    counted = check(layout, window([0.2, 0.3, 0.5]), every, Decimal("0.3"), 1, count_prediction=True)
+    assert counted.breached and counted.counted == 3

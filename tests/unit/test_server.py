@@ -356,6 +356,10 @@ def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> No
     assert bins["sepal_width_cm", "missing"] == 1
     assert bins["petal_length_cm", "overflow"] == 1
     assert bins["petal_width_cm", "underflow"] == 1
+    # The predicted classes, counted like a feature: ROWS are a setosa, a virginica and a versicolor.
+    predicted = {b: v for (f, b), v in bins.items() if f == "__prediction__"}
+    assert set(predicted) == {"setosa", "versicolor", "virginica"} and sum(predicted.values()) == 16
+    assert predicted["setosa"] >= 5 and predicted["virginica"] >= 5 and predicted["versicolor"] >= 5
     assert f'regrow_inference_requests_total{{code="400",model="iris",protocol="v2",version="{version}"}} 1.0' in text
     assert 'regrow_inference_rows_total{model="iris"' in text
 

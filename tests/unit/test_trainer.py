@@ -80,6 +80,9 @@ def test_every_algorithm_trains_exports_and_agrees_with_onnxruntime(
     assert meta["holdout"]["rows"] == round(len(pd.read_csv(data)) * 0.25 + 0.49)
     profile = Profile.from_json(registry.read("m", result.version, "profile.json"))
     assert profile.names == meta["features"]
+    # The predictions' reference: the new model's outputs on the curated holdout.
+    assert profile.prediction is not None and sum(profile.prediction.counts) == meta["holdout"]["rows"]
+    assert list(profile.prediction.categories) == [str(c) for c in meta["classes"]]  # none for a regressor
     assert profile.rows == len(pd.read_csv(data)) - meta["holdout"]["rows"]
     model = OnnxModel(registry.read("m", result.version, "model.onnx"))
     assert model.n_features == len(meta["features"])
@@ -439,3 +442,12 @@ def test_live_labels_cannot_poison_the_gate(tmp_path: Path, poisoned: bool) -> N
     assert registry.resolve("iris", "champion") == (champion.version if poisoned else result.version)
     meta = registry.metadata("iris", result.version)
     assert meta["holdout"]["liveRows"] == better.rows and meta["holdout"]["liveRequests"] >= 1
+
+
+def test_the_reserved_prediction_column_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "iris.csv"
+    pd.read_csv(io.BytesIO(sample_csv("iris"))).rename(columns={"sepal_width_cm": "__prediction__"}).to_csv(
+        data, index=False
+    )
+    status, report = _run(_spec_body(f"file://{data}"), tmp_path)
+    assert status == 1 and report["reason"] == "InvalidDataset" and "__prediction__ is reserved" in report["message"]

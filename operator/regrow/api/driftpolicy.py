@@ -112,7 +112,13 @@ class DriftPolicySpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     drift_share: FractionString = Field(
-        default="0.5", description="Share of features that must drift for the check to breach."
+        default="0.5", description="Share of the input features that must drift for the check to breach."
+    )
+    count_prediction_drift: bool = Field(
+        default=False,
+        description="Count the model's predictions (the feature __prediction__: class shares, or bins of a "
+        "regressor's outputs, against the training holdout's) among the features driftShare applies to. "
+        "Otherwise their drift is scored and reported only.",
     )
     window: Duration = "10m"
     interval: Duration = "1m"

@@ -11,6 +11,7 @@ and a retrain's name is derived from that status, so no breach creates two Train
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.parse
@@ -112,7 +113,7 @@ def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, versio
         for pod in ready:
             raw = fetch(pod["status"]["podIP"], f"/v2/models/{model}/profile")
             if raw:
-                profile = Profile.from_json(raw)
+                profile = Profile.from_json(raw).monitored()  # the inputs and the predictions
                 memory.profiles[key] = (profile, Layout.of(profile))
                 memory.histories[key] = History(version)
                 break
@@ -185,7 +186,8 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = 
         return _waiting(body, "Baseline", f"took the first reading of {source}; the next check scores it")
 
     thresholds = {t.type: None if t.threshold is None else Decimal(t.threshold) for t in spec.tests}
-    result = check(layout, Layout.pad(profile, live), thresholds, Decimal(spec.drift_share), spec.min_samples)
+    result = check(layout, Layout.pad(profile, live), thresholds, Decimal(spec.drift_share), spec.min_samples,
+                   spec.count_prediction_drift)  # fmt: skip
     streak = status.get("consecutiveBreaches", 0) + 1 if result.breached else 0
     last_check = _last_check(profile, version, result)
     previous = status.get("conditions") or []
@@ -209,8 +211,8 @@ def _last_check(profile: Profile, version: str, result: Check) -> Obj:
     features = [
         FeatureDrift(
             name=feature.name,
-            scores={test.value: _number(values[j]) for test, values in result.scores.items()},
-            thresholds={test.value: _number(values[j]) for test, values in result.thresholds.items()},
+            scores={test.value: _number(v[j]) for test, v in result.scores.items() if math.isfinite(v[j])},
+            thresholds={test.value: _number(v[j]) for test, v in result.thresholds.items() if math.isfinite(v[j])},
             drifted=bool(result.drifted[j]),
         )
         for j, feature in enumerate(profile.features[:256])
@@ -231,7 +233,7 @@ def _drift_condition(result: Check, streak: int, spec: DriftPolicySpec) -> Cond:
         return Cond(
             DRIFT, "Unknown", "InsufficientSamples", f"{result.samples} of {spec.min_samples} samples in the window"
         )
-    drifted = f"{result.drifted_count} of {len(result.drifted)} features drifted over {result.samples} samples"
+    drifted = f"{result.drifted_count} of {result.counted} features drifted over {result.samples} samples"
     if streak >= spec.consecutive_breaches:
         return Cond(DRIFT, "True", "DriftDetected", f"{drifted}; {streak} breaches in a row")
     if result.breached:

@@ -21,11 +21,13 @@ import numpy.typing as npt
 
 from regrow.api.driftpolicy import DriftTestType
 from regrow.drift import stats
-from regrow.drift.profile import Profile
+from regrow.drift.profile import PREDICTION, Profile
 
 Vector = npt.NDArray[np.float64]
 # Tests whose score is a p-value drift when it falls below the threshold; the others when it exceeds it.
 BELOW_IS_DRIFT = frozenset({DriftTestType.CHI_SQUARE})
+# Tests of an order (a CDF): they do not score categorical bins such as the predicted classes.
+ORDERED = frozenset({DriftTestType.KS, DriftTestType.WASSERSTEIN})
 FALSE_FLAG_RATE = 0.05
 NULL_DRAWS = 499
 SEED = 20261130
@@ -38,8 +40,9 @@ class Layout:
 
     reference: npt.NDArray[np.float64]
     mask: npt.NDArray[np.bool_]  # real bins
-    ordinal: npt.NDArray[np.bool_]  # real bins but missing
+    ordinal: npt.NDArray[np.bool_]  # real bins but missing (none for a categorical feature)
     positions: npt.NDArray[np.float64]
+    inputs: int  # the first rows are the model's inputs; a last one may be its predictions
     # Calibrated critical statistics, by (rows per feature on the ladder, test).
     critical: dict[tuple[tuple[int, ...], DriftTestType], Vector] = field(
         default_factory=dict, compare=False, repr=False
@@ -50,12 +53,16 @@ class Layout:
         width = int(profile.sizes.max())
         features = len(profile.features)
         mask = np.arange(width)[None, :] < profile.sizes[:, None]
-        ordinal = mask & (np.arange(width)[None, :] < (profile.sizes - 1)[:, None])
+        numeric = np.array([not f.categories for f in profile.features])
+        ordinal = mask & (np.arange(width)[None, :] < (profile.sizes - 1)[:, None]) & numeric[:, None]
         positions = np.full((features, width), np.nan)
         for j, feature in enumerate(profile.features):
+            if feature.categories:
+                continue
             edges = np.asarray(feature.edges)
             positions[j, : len(edges) + 1] = [edges[0], *((edges[:-1] + edges[1:]) / 2), edges[-1]]
-        return cls(cls.pad(profile, profile.reference_counts()), mask, ordinal, positions)
+        inputs = sum(f.name != PREDICTION for f in profile.features)
+        return cls(cls.pad(profile, profile.reference_counts()), mask, ordinal, positions, inputs)
 
     @staticmethod
     def pad(profile: Profile, flat: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -124,25 +131,31 @@ def critical_values(
 @dataclass(frozen=True)
 class Check:
     samples: int
-    scores: dict[DriftTestType, Vector]
+    scores: dict[DriftTestType, Vector]  # NaN where a test does not apply (ks, wasserstein on class shares)
     thresholds: dict[DriftTestType, Vector]  # per feature: the threshold each score was held against
     drifted: npt.NDArray[np.bool_]  # per feature: any test past its threshold
-    breached: bool  # enough samples, and at least driftShare of the features drifted
+    breached: bool  # enough samples, and at least driftShare of the counted features drifted
+    counted: int  # the features driftShare applies to: the first ones
 
     @property
     def drifted_count(self) -> int:
-        return int(self.drifted.sum())
+        """Drifted features among those driftShare applies to."""
+        return int(self.drifted[: self.counted].sum())
 
 
 def check(
     layout: Layout, live: Vector, thresholds: dict[DriftTestType, Decimal | None], drift_share: Decimal,
-    min_samples: int,
+    min_samples: int, count_prediction: bool = False,
 ) -> Check:  # fmt: skip
     """Score ``live`` (padded counts, as ``Layout.pad`` makes them) against the policy's thresholds, each
-    test without one calibrated to this window (see the module's docstring)."""
+    test without one calibrated to this window (see the module's docstring). ``driftShare`` applies to the
+    inputs, and to the predictions too with ``count_prediction``."""
     rows = live.sum(axis=1).round().astype(np.int64)
-    samples = int(rows.max(initial=0))
+    samples = int(rows[: layout.inputs].max(initial=0))
     values = statistics(layout, live, list(thresholds))
+    unordered = ~layout.ordinal.any(axis=1)  # categorical: no order, so no CDF to compare
+    for test in ORDERED & set(values):
+        values[test] = np.where(unordered, np.nan, values[test])
     calibrated = [test for test, limit in thresholds.items() if limit is None]
     critical = critical_values(layout, rows, calibrated) if calibrated else {}
     out = to_scores(layout, live, values)
@@ -157,6 +170,10 @@ def check(
             drifted |= out[test] < used[test]
         else:
             drifted |= out[test] > used[test]
+    for test in ORDERED & set(used):
+        used[test] = np.where(unordered, np.nan, used[test])
     enough = samples >= min_samples
-    breached = bool(enough and drifted.sum() >= float(drift_share) * len(drifted) and drifted.any())
-    return Check(samples, out, used, drifted & enough, breached)
+    counted = len(rows) if count_prediction else layout.inputs
+    share = drifted[:counted]
+    breached = bool(enough and share.sum() >= float(drift_share) * len(share) and share.any())
+    return Check(samples, out, used, drifted & enough, breached, counted)

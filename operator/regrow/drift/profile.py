@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 SCHEMA_VERSION = 1
+PREDICTION = "__prediction__"  # the reserved feature name the model's outputs are monitored under
 DEFAULT_BINS = 10
 _CHUNK_ROWS = 16384
 SORT_ROWS = 4096
@@ -26,19 +28,48 @@ SORT_ROWS = 4096
 
 @dataclass(frozen=True)
 class FeatureProfile:
+    """A numeric feature's edges and counts, or a categorical one's categories (then edges is empty) and
+    counts, one per category."""
+
     name: str
     edges: tuple[float, ...]
     counts: tuple[int, ...]
+    categories: tuple[str, ...] = ()
 
     @property
     def labels(self) -> list[str]:
+        if self.categories:
+            return list(self.categories)
         return ["underflow", *(f"b{i}" for i in range(len(self.edges) - 1)), "overflow", "missing"]
+
+    def to_dict(self) -> dict[str, object]:
+        if self.categories:
+            return {"name": self.name, "type": "categorical", "categories": list(self.categories),
+                    "counts": list(self.counts)}  # fmt: skip
+        return {"name": self.name, "type": "numeric", "edges": list(self.edges), "counts": list(self.counts)}
+
+    @classmethod
+    def from_dict(cls, f: dict[str, Any]) -> FeatureProfile:
+        counts = tuple(int(c) for c in f["counts"])
+        if f.get("type") == "categorical":
+            return cls(str(f["name"]), (), counts, tuple(str(c) for c in f["categories"]))
+        return cls(str(f["name"]), tuple(float(e) for e in f["edges"]), counts)
 
 
 @dataclass(frozen=True)
 class Profile:
+    """The inputs' reference bins, and the model's predictions' on the training holdout (``prediction``,
+    named ``__prediction__``: class shares, or bins of a regressor's outputs)."""
+
     features: tuple[FeatureProfile, ...]
     rows: int
+    prediction: FeatureProfile | None = None
+
+    def monitored(self) -> Profile:
+        """The profile of everything drift is measured on: the inputs, then the predictions."""
+        if self.prediction is None:
+            return self
+        return Profile((*self.features, self.prediction), self.rows)
 
     @property
     def names(self) -> list[str]:
@@ -122,10 +153,8 @@ class Profile:
         body = {
             "schemaVersion": SCHEMA_VERSION,
             "rows": self.rows,
-            "features": [
-                {"name": f.name, "type": "numeric", "edges": list(f.edges), "counts": list(f.counts)}
-                for f in self.features
-            ],
+            "features": [f.to_dict() for f in self.features],
+            **({"prediction": self.prediction.to_dict()} if self.prediction is not None else {}),
         }
         return json.dumps(body, indent=1).encode()
 
@@ -134,11 +163,9 @@ class Profile:
         body = json.loads(data)
         if body.get("schemaVersion") != SCHEMA_VERSION:
             raise ValueError(f"unsupported profile schemaVersion {body.get('schemaVersion')!r}")
-        features = tuple(
-            FeatureProfile(f["name"], tuple(float(e) for e in f["edges"]), tuple(int(c) for c in f["counts"]))
-            for f in body["features"]
-        )
-        return cls(features, int(body["rows"]))
+        features = tuple(FeatureProfile.from_dict(f) for f in body["features"])
+        prediction = FeatureProfile.from_dict(body["prediction"]) if body.get("prediction") else None
+        return cls(features, int(body["rows"]), prediction)
 
 
 def _isolate_point_masses(
@@ -154,6 +181,17 @@ def _isolate_point_masses(
     shared[-1] = len(cuts) > 1 and lo[-1] > lo[-2]  # the last bin is closed: values below the maximum in it
     above = np.nextafter(cuts[heavy & shared], np.float32(np.inf))
     return np.unique(np.concatenate([cuts, above]))
+
+
+def prediction_profile(outputs: npt.ArrayLike, classes: list[Any]) -> FeatureProfile:
+    """The reference of a model's predictions: each class's count (a classifier's), or a regressor's
+    outputs binned like a numeric feature."""
+    values = np.asarray(outputs)
+    if classes:
+        labels = [str(c) for c in classes]
+        found = dict(zip(*np.unique(values.astype(str), return_counts=True), strict=True))
+        return FeatureProfile(PREDICTION, (), tuple(int(found.get(c, 0)) for c in labels), tuple(labels))
+    return fit_profile(values.astype(np.float64).reshape(-1, 1), [PREDICTION]).features[0]
 
 
 def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) -> Profile:

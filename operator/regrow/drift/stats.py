@@ -146,11 +146,11 @@ def null_counts(
     Bins cut at the reference's quantiles hold masses distributed as the spacings of its order statistics,
     Dirichlet(reference counts) whatever the feature's distribution; underflow and overflow, empty in the
     reference by construction, hold a spacing each (1); the missing bin and bins the reference left empty
-    get Jeffreys' 1/2. Discrete features (ties) are counted like categories, to which the same posterior
-    applies."""
+    get Jeffreys' 1/2, and so does every class of a categorical feature beside its count. Discrete
+    features (ties) are counted like categories, to which the same posterior applies."""
     width = ref.shape[1]
     last = np.arange(width)[None, :] == (ordinal.sum(axis=-1) - 1)[:, None]
-    tails = (np.arange(width)[None, :] == 0) | last
+    tails = ((np.arange(width)[None, :] == 0) | last) & ordinal  # a categorical feature has none
     jeffreys = (mask & ~ordinal) | (mask & (ref == 0))
     prior = np.where(tails, 1.0, np.where(jeffreys, 0.5, 0.0))
     regular = mask & ~tails & ~(mask & ~ordinal)

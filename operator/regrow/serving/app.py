@@ -187,7 +187,7 @@ class App:
         model, metrics = state.model, state.metrics
         if model is None or metrics is None:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
-        code, x, binary_outputs = 500, None, b""
+        code, x, binary_outputs, predicted = 500, None, b"", None
         try:
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
@@ -203,6 +203,7 @@ class App:
                 x = v1_inputs(parsed, model.features)
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
+            predicted = prediction.outputs
             if state.predictions is not None and state.predictions.sampled():
                 issued = log_prediction(state.predictions, state.signer.issue(model.version, len(x), time.time()),
                                         x, prediction)  # fmt: skip
@@ -216,7 +217,7 @@ class App:
             code, x = error.status, None
             raise
         finally:
-            metrics.request(protocol, code, time.perf_counter() - request.started, x)
+            metrics.request(protocol, code, time.perf_counter() - request.started, x, predicted)
 
     def _feedback(self, body: bytes) -> Response:
         """Labels for logged predictions, all or none: {"id": <prediction_id>, "label": ...} or

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from regrow.drift.profile import FeatureProfile, Profile
 from regrow.serving.model import LoadedModel
 
 FLUSH_ROWS = 8192
@@ -26,38 +27,57 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class FeatureBins:
-    """Live counts of one model version's inputs in its reference profile's bins.
+    """Live counts of one model version's inputs, and of its predictions (``__prediction__``), in its
+    reference profile's bins.
 
-    Requests only queue their rows; the rows are binned together, vectorised, once ``FLUSH_ROWS`` have
-    queued and at every scrape. The serving event loop is the only caller, so no lock is needed.
+    Requests only queue their rows and outputs; they are binned together, vectorised, once ``FLUSH_ROWS``
+    have queued and at every scrape. The serving event loop is the only caller, so no lock is needed.
     """
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
-        self.counts = np.zeros(int(model.profile.sizes.sum()), dtype=np.int64)
-        self.pending: list[npt.NDArray[np.float32]] = []
+        profile = model.profile
+        self.counts = np.zeros(int(profile.sizes.sum()), dtype=np.int64)
+        self.predicted = Profile((profile.prediction,), 0) if profile.prediction is not None else None
+        self.predicted_counts = np.zeros(len(profile.prediction.counts) if profile.prediction else 0, dtype=np.int64)
+        self.pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.generic] | None]] = []
         self.pending_rows = 0
 
-    def observe(self, x: npt.NDArray[np.float32]) -> None:
-        self.pending.append(x)
+    def observe(self, x: npt.NDArray[np.float32], outputs: npt.NDArray[np.generic] | None = None) -> None:
+        self.pending.append((x, outputs))
         self.pending_rows += len(x)
         if self.pending_rows >= FLUSH_ROWS:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            batch = np.concatenate(self.pending)
-            self.pending, self.pending_rows = [], 0
-            self.counts += self.model.profile.bin_counts(batch)
+        if not self.pending:
+            return
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        self.counts += self.model.profile.bin_counts(np.concatenate([x for x, _ in pending]))
+        outputs = [o for _, o in pending if o is not None]
+        if self.predicted is not None and outputs:
+            self.predicted_counts += self._predictions(self.predicted.features[0], np.concatenate(outputs))
+
+    def _predictions(self, reference: FeatureProfile, outputs: npt.NDArray[np.generic]) -> npt.NDArray[np.int64]:
+        if not reference.categories:  # a regressor's outputs, binned like a feature
+            assert self.predicted is not None
+            return self.predicted.bin_counts(outputs.astype(np.float32).reshape(-1, 1))
+        found = dict(zip(*np.unique(outputs.astype(str), return_counts=True), strict=True))
+        return np.array([int(found.get(c, 0)) for c in reference.categories], dtype=np.int64)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "regrow_feature_bin",
-            "Input values counted into the bins of the model's reference profile.",
+            "Input values, and predictions (feature __prediction__), counted into the bins of the model's "
+            "reference profile.",
             labels=["model", "version", "feature", "bin"],
         )
         self.flush()
-        for feature, part in zip(self.model.profile.features, self.model.profile.split(self.counts), strict=True):
+        profile = self.model.profile
+        parts = [*zip(profile.features, profile.split(self.counts), strict=True)]
+        if profile.prediction is not None:
+            parts.append((profile.prediction, self.predicted_counts))
+        for feature, part in parts:
             for label, value in zip(feature.labels, part.tolist(), strict=True):
                 family.add_metric([self.model.name, self.model.version, feature.name, label], value)
         yield family
@@ -81,14 +101,17 @@ class RequestStats:
         self.seconds = 0.0
         self.rows = 0
 
-    def request(self, protocol: str, code: int, seconds: float, x: npt.NDArray[np.float32] | None) -> None:
+    def request(
+        self, protocol: str, code: int, seconds: float, x: npt.NDArray[np.float32] | None,
+        outputs: npt.NDArray[np.generic] | None = None,
+    ) -> None:  # fmt: skip
         self.codes[protocol, code] += 1
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: upper bounds are inclusive
         self.seconds += seconds
         if x is not None:
             self.rows += len(x)
             if self.bins is not None:
-                self.bins.observe(x)
+                self.bins.observe(x, outputs)
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -27,7 +27,7 @@ from sklearn.utils._param_validation import InvalidParameterError  # no public n
 from regrow.api.common import parse_decimal
 from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec, ValidationCheck
 from regrow.clock import now
-from regrow.drift.profile import Profile, fit_profile
+from regrow.drift.profile import PREDICTION, Profile, fit_profile, prediction_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, PROFILE, Registry
@@ -177,6 +177,10 @@ def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
     if target not in frame.columns:
         raise TrainingError(
             "InvalidDataset", f"target column {target!r} is not among the dataset's {len(frame.columns)} columns"
+        )
+    if PREDICTION in frame.columns or target == PREDICTION:
+        raise TrainingError(
+            "InvalidDataset", f"{PREDICTION} is reserved for the model's predictions: rename the column"
         )
     features = spec.dataset.features or [c for c in frame.columns if c != target]
     missing = [f for f in features if f not in frame.columns]
@@ -465,7 +469,10 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     if metric.value not in metrics:
         raise TrainingError("InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)")
     live_metrics = {} if live_holdout is None else score(task, live_holdout.y, model.predict(live_holdout.x), classes)
-    profile = fit_profile(fit_x, data.features)
+    # The inputs' reference from the rows trained on; the predictions' from the curated holdout.
+    profile = replace(
+        fit_profile(fit_x, data.features), prediction=prediction_profile(model.predict(x_test).outputs, classes)
+    )
     digest = data.digest if live is None else hashlib.sha256(f"{data.digest}+{live.digest}".encode()).hexdigest()
     metadata = {
         "model": spec.output.model_name,
