@@ -113,3 +113,20 @@ def test_inputs_it_cannot_score_exit_2_and_say_why(
     assert status == 2 and "driftShare" in err
     with pytest.raises(SystemExit):
         main(["drift", "--profile", "p", "--data", str(data), "--window-rows", "0"])
+
+
+def test_a_profile_from_an_s3_registry(
+    registry: str, tmp_path: Path, s3_bucket: str, s3_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """<registry-uri>/<model>@<version> on an S3-compatible store, named by --endpoint-url."""
+    local = Registry(open_store(registry))
+    version = local.resolve("m", "champion") or ""
+    s3 = open_store(f"s3://{s3_bucket}/models", endpoint_url=s3_endpoint)
+    for name in ("profile.json", "metadata.json", "model.onnx"):
+        s3.put(f"m/versions/{version}/{name}", local.read("m", version, name))
+    data = tmp_path / "traffic.csv"
+    traffic(1000, 0.0, 6).to_csv(data, index=False)
+    args = ["--profile", f"s3://{s3_bucket}/models/m@{version}", "--data", str(data), "--endpoint-url", s3_endpoint]
+    status, windows, err = run(capsys, *args)
+    assert status == 0, err
+    assert windows[0]["samples"] == 1000 and len(windows[0]["features"]) == 4
