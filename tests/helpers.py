@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -38,3 +39,15 @@ def events_for(api: client.ApiClient, namespace: str, name: str) -> list[tuple[s
     """(type, reason, message) of the Events about the object called ``name``."""
     items = client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
     return [(e.type or "", e.reason or "", e.message or "") for e in items]
+
+
+class HangingStore:
+    """A store whose writes hang until ``released`` is set (10 s at most)."""
+
+    uri = "hanging://"
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.released.wait(10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from regrow.serving.feedback import MAX_AGE_SECONDS, MAX_ITEMS, Rejected, Signer, check_label, parse_feedback
 from regrow.serving.predlog import PredictionLog
+from tests.helpers import HangingStore
 
 SIGNER = Signer(b"the deployment's key")
 NOW = 1_800_000_000.0
@@ -170,13 +170,6 @@ def test_a_request_holds_a_bounded_number_of_items() -> None:
 def test_predictions_cannot_crowd_out_feedback() -> None:
     """Each queue is bounded in records and in bytes: a flood of logged predictions fills its own queue,
     and feedback still fits in its own; a batch that does not fit is not queued at all."""
-
-    class HangingStore:
-        uri = "hanging://"
-        released = threading.Event()
-
-        def put(self, key: str, data: bytes) -> None:
-            self.released.wait(10)
 
     store = HangingStore()
     log = PredictionLog(store, "iris", "v1", 100, max_queue=100_000, flush_seconds=0.05, max_bytes=20_000)  # type: ignore[arg-type]

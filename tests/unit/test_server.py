@@ -27,6 +27,7 @@ from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
 from regrow.training.trainer import train
 from tests.cluster import free_port
+from tests.helpers import HangingStore
 
 FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -472,14 +473,7 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
 
 
 def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:
-    class SlowStore:
-        uri = "slow://"
-        released = threading.Event()
-
-        def put(self, key: str, data: bytes) -> None:
-            self.released.wait(10)
-
-    store = SlowStore()
+    store = HangingStore()
     log = PredictionLog(store, "iris", "v1", 100, max_queue=3, flush_seconds=0.05)  # type: ignore[arg-type]
     time.sleep(0.1)  # the writer is idle; the next records queue up behind a store that hangs
     started = time.perf_counter()
