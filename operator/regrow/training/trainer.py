@@ -302,19 +302,19 @@ def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list
     candidate = _metric(task, metric, graded, graders.candidate, graders.classes)
     current_version = registry.resolve(model_name, alias)
     if current_version is None:
-        return Gate(alias, "Promoted", candidate or math.nan, None, None, f"{alias} did not exist")
+        return Gate(alias, "Promoted", _nan(candidate), None, None, f"{alias} did not exist")
     if current_version == version:  # the same content trained again: nothing to compare, nothing changes
-        return Gate(alias, "Promoted", candidate or math.nan, candidate, version, "the same model was trained again")
+        return Gate(alias, "Promoted", _nan(candidate), candidate, version, "the same model was trained again")
     current_meta = registry.metadata(model_name, current_version)
     if current_meta.get("features") != features or current_meta.get("task") != task.value:
         return Gate(
-            alias, "Rejected", candidate or math.nan, None, current_version,
+            alias, "Rejected", _nan(candidate), None, current_version,
             f"{alias} ({current_version}) takes other features or task; it cannot be scored on this holdout",
         )  # fmt: skip
     champion = OnnxModel(registry.read(model_name, current_version, MODEL)).predict
     current = _metric(task, metric, graded, champion, current_meta.get("classes", []))
     if candidate is None or current is None:
-        return Gate(alias, "Rejected", candidate or math.nan, current, current_version,
+        return Gate(alias, "Rejected", _nan(candidate), current, current_version,
                     f"{metric.value} is undefined on the {graded.name} holdout")  # fmt: skip
     needed = parse_decimal(spec.promote.min_improvement)
     gain = improvement(metric, candidate, current)
@@ -333,6 +333,10 @@ def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list
     return Gate(alias, verdict, candidate, current, current_version, message, better, kept)
 
 
+def _nan(score: float | None) -> float:
+    return math.nan if score is None else score
+
+
 def _metric(task: Task, metric: Metric, holdout: Holdout, predict: Predict, classes: list[Any]) -> float | None:
     return score(task, holdout.y, predict(holdout.x), classes).get(metric.value)
 
@@ -349,7 +353,7 @@ def _regression(
     baseline = None if graders.baseline is None else _metric(task, metric, curated, graders.baseline, graders.classes)
     allowed = parse_decimal(spec.promote.max_regression)
     if candidate is None or current is None:
-        undefined = Check(curated.name, len(curated.y), candidate or math.nan, current or math.nan, allowed, False)
+        undefined = Check(curated.name, len(curated.y), _nan(candidate), _nan(current), allowed, False)
         return undefined, math.nan
     references = [current] if baseline is None else [current, baseline]
     best = max(references) if metric.higher_is_better else min(references)
