@@ -90,6 +90,11 @@ def test_chi2_survival_function_matches_scipy() -> None:
     x = np.array([0.0, 0.01, 0.5, 1.0, 3.0, 7.5, 12.0, 40.0, 150.0, 900.0, 3000.0])
     for dof in (1, 2, 5, 11, 12, 50, 200):
         assert stats.chi2_sf(x, np.full(len(x), dof)) == pytest.approx(sst.chi2.sf(x, dof), rel=1e-9, abs=1e-300)
+    # Both expansions stop once converged everywhere: a wide sweep of sizes and degrees of freedom, mixed.
+    rng = np.random.default_rng(0)
+    dofs = rng.integers(1, 600, 20_000)
+    xs = rng.uniform(0, 1, 20_000) * dofs * rng.choice([0.01, 0.5, 1, 2, 5], 20_000)
+    assert stats.chi2_sf(xs, dofs) == pytest.approx(sst.chi2.sf(xs, dofs), rel=1e-9, abs=1e-300)
 
 
 def test_wasserstein_matches_scipy_on_bin_positions(fitted: tuple[Profile, Layout]) -> None:

@@ -114,6 +114,8 @@ def chi2_sf(x: npt.NDArray[np.float64], dof: npt.NDArray[np.int64]) -> npt.NDArr
     for n in range(1, 500):
         term = term * zs / (a + n)
         total = total + term
+        if n % 8 == 0 and (term <= total * 1e-15).all():  # converged everywhere: later terms add nothing
+            break
     lower = total * np.exp(log_prefix)
     # Lentz's continued fraction for Q(a, z), likewise only where the series is not used.
     zc = np.where(series, a + 2, z)
@@ -130,6 +132,8 @@ def chi2_sf(x: npt.NDArray[np.float64], dof: npt.NDArray[np.int64]) -> npt.NDArr
         c = b + an / c
         c = np.where(np.abs(c) < tiny, tiny, c)
         h = h * d * c
+        if i % 8 == 0 and (np.abs(d * c - 1) <= 1e-15).all():
+            break
     upper = np.exp(log_prefix) * h
     result = np.where(series, 1 - lower, upper)
     return np.where(z > 0, np.clip(result, 0.0, 1.0), 1.0)
