@@ -189,7 +189,43 @@ BAD = [
         "/v2/models/iris/infer",
         {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]},
         400,
-        "is not numeric",
+        "datatype must be one of",
+    ),
+    # Each of these was a 500 (found by a review, then by tests/unit/test_protocol_fuzz.py).
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": ["FP32"], "data": [1, 2, 3, 4]}]},
+        400,
+        "datatype must be one of",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        400,
+        "needs name, shape, datatype and data",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": ["input"], "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        400,
+        "name must be a string",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": n, "shape": [1], "datatype": "FP32", "data": [1]} for n in (1, "sepal_length_cm")]},
+        400,
+        "name must be a string",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "input", "shape": [True, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        400,
+        "non-negative integers",
     ),
     (
         "POST",
@@ -314,7 +350,7 @@ def test_bad_output_requests_get_a_400(iris: tuple[Server, Path, str], extra: di
     [
         ([("input", [1, 4], "FP32", b"\0" * 16)], "9999", "at most the body's"),
         ([("input", [1, 4], "FP32", b"\0" * 15)], None, "are not whole FP32 values"),
-        ([("input", [1, 4], "BYTES", b"\0" * 16)], None, "binary_data_size does not match"),
+        ([("input", [1, 4], "BYTES", b"\0" * 16)], None, "datatype must be one of"),
         ([("input", [1, 4], "FP32", np.array([1, 2, 3, np.inf], np.float32).tobytes())], None, "finite"),
         ([("input", [2, 4], "FP32", b"\0" * 16)], None, "do not fill shape"),
     ],
@@ -330,10 +366,16 @@ def test_bad_binary_requests_get_a_400(
     extra, headers = _binary([("input", [1, 4], "FP32", b"\0" * 16)])
     status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=extra + b"\0" * 4, headers=headers)
     assert status == 400 and "belong to no input" in got["error"]
-    odd = json.dumps(v2(ROWS[:1]) | {"inputs": [{"name": "input", "parameters": [16]}]}).encode()
+    odd = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": [16]}]}).encode()
     status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=odd + b"\0" * 16,
                                headers={"Inference-Header-Content-Length": str(len(odd))})  # fmt: skip
     assert (status, got["error"]) == (400, '"parameters" must be a JSON object')
+    for size in (-4, -16, True):  # negative sizes read the buffer backwards; a boolean is no size (were 500s)
+        head = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": size}}]}).encode()  # fmt: skip
+        status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=head + b"\0" * 16,
+                                   headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
+        assert (status, got["error"]) == (400, "input input: binary_data_size does not match the numeric data sent")
 
 
 def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> None:

@@ -63,15 +63,28 @@ def _dtype(datatype: str) -> np.dtype[Any]:
     return np.dtype(datatype.lower().replace("fp", "float")).newbyteorder("<")
 
 
+def _checked(tensor: Any) -> str:
+    """The input's name, once it is an object with a string name, a shape and a numeric datatype."""
+    if not isinstance(tensor, dict) or not tensor.keys() >= TENSOR_KEYS - {"data"}:
+        raise BadRequest("each input needs name, shape, datatype and data")
+    if not isinstance(tensor["name"], str):
+        raise BadRequest("an input's name must be a string")
+    datatype = tensor["datatype"]
+    if not isinstance(datatype, str) or datatype not in NUMERIC:
+        raise BadRequest(f"input {tensor['name']}: datatype must be one of {', '.join(sorted(NUMERIC))}")
+    return str(tensor["name"])
+
+
 def _binary_inputs(inputs: list[Any], binary: bytes) -> None:
     """Put each binary input's values in its ``data``, in the order the inputs come."""
     offset = 0
     for tensor in inputs:
+        name = _checked(tensor)
         size = _parameters(tensor).get("binary_data_size")
         if size is None:
             continue
-        if tensor.get("datatype") not in NUMERIC or not isinstance(size, int) or offset + size > len(binary):
-            raise BadRequest(f"input {tensor.get('name')}: binary_data_size does not match the numeric data sent")
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise BadRequest(f"input {name}: binary_data_size does not match the numeric data sent")
         dtype = _dtype(tensor["datatype"])
         if size % dtype.itemsize:
             raise BadRequest(f"input {tensor['name']}: {size} bytes are not whole {tensor['datatype']} values")
@@ -105,13 +118,12 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArra
     if binary:
         _binary_inputs(inputs, binary)
     for tensor in inputs:
-        if not isinstance(tensor, dict) or not tensor.keys() >= TENSOR_KEYS:
-            raise BadRequest("each input needs name, shape, datatype and data")
-        if tensor["datatype"] not in NUMERIC:
-            raise BadRequest(f"input {tensor['name']}: datatype {tensor['datatype']} is not numeric")
+        name = _checked(tensor)
+        if "data" not in tensor:
+            raise BadRequest(f"input {name} needs name, shape, datatype and data")
         shape = tensor["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise BadRequest(f"input {tensor['name']}: shape must be a list of non-negative integers")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise BadRequest(f"input {name}: shape must be a list of non-negative integers")
     if len(inputs) == 1:
         tensor = inputs[0]
         array = _array(tensor["data"], f"input {tensor['name']}")
