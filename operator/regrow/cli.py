@@ -145,7 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     run(
         ServeConfig(
-            registry=args.registry, model=args.model, alias=args.alias, version=args.version, port=args.port,
+            registry=args.registry, model=args.model, alias=args.alias, version=args.version, host=args.host,
+            port=args.port,
             threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
             idle_timeout=args.idle_timeout_seconds,
             max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=_env("REGROW_MODEL_NAME"), help="$REGROW_MODEL_NAME")
     serve.add_argument("--alias", default=_env("REGROW_MODEL_ALIAS"), help="$REGROW_MODEL_ALIAS")
     serve.add_argument("--version", default=_env("REGROW_MODEL_VERSION"), help="$REGROW_MODEL_VERSION (wins)")
+    serve.add_argument("--host", default=_env("REGROW_HOST", "0.0.0.0"),
+                       help="address to listen on; $REGROW_HOST, else all (0.0.0.0)")  # fmt: skip
     serve.add_argument("--port", type=int, default=int(_env("REGROW_PORT", "8080") or 8080))
     serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
     serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))

@@ -187,3 +187,14 @@ def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() 
     assert api.created == []
     containers = deployment(OWNER, quiet, Images(), None)["spec"]["template"]["spec"]["containers"]
     assert "REGROW_FEEDBACK_KEY" not in {e["name"] for e in containers[0]["env"]}
+
+
+def test_a_spec_without_resources_gets_the_defaults() -> None:
+    """The HPA measures CPU against the request, and the server's threads come from the CPU limit."""
+    unset = deployment(OWNER, _spec(spec__resources=...), Images(), None)["spec"]["template"]["spec"]["containers"][0]
+    assert unset["resources"] == {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    own = deployment(OWNER, _spec(), Images(), None)["spec"]["template"]["spec"]["containers"][0]
+    assert own["resources"] == _spec().resources.to_wire()  # type: ignore[union-attr]  # the spec's win

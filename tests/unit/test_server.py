@@ -19,6 +19,7 @@ import tritonclient.http as oip
 import uvloop
 
 from regrow.api import TrainingJobSpec, parse_spec
+from regrow.cli import main
 from regrow.inference import OnnxModel
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.server import InferenceServer, ServeConfig
@@ -92,6 +93,7 @@ def local(root: Path, **options: Any) -> ServeConfig:
     defaults: dict[str, Any] = {
         "registry": f"file://{root}/registry",
         "model": "iris",
+        "host": "127.0.0.1",
         "port": free_port(),
         "drain_seconds": 0,
     }
@@ -528,3 +530,17 @@ def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:
     assert counts[("predictions", "written")] == counts[("predictions", "queued")]
     assert counts[("predictions", "written")] + counts[("predictions", "dropped")] == 10
     assert not PredictionLog(store, "iris", "v1", 0, 3).sampled()  # type: ignore[arg-type]
+
+
+def test_regrow_serve_listens_where_it_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--host, else $REGROW_HOST, else every address (as in a pod)."""
+    import regrow.serving.server  # noqa: PLC0415
+
+    configs: list[ServeConfig] = []
+    monkeypatch.setattr(regrow.serving.server, "run", configs.append)
+    base = ["serve", "--registry", "file:///r", "--model", "iris", "--version", "v1"]
+    monkeypatch.delenv("REGROW_HOST", raising=False)
+    assert main(base) == 0 and configs[-1].host == "0.0.0.0"
+    assert main([*base, "--host", "127.0.0.1"]) == 0 and configs[-1].host == "127.0.0.1"
+    monkeypatch.setenv("REGROW_HOST", "::1")
+    assert main(base) == 0 and configs[-1].host == "::1"

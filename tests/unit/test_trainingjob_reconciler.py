@@ -77,6 +77,13 @@ def test_job_manifest() -> None:
     assert training_job(OWNER, _spec(), IMAGES) == job  # deterministic
 
 
+def test_a_spec_without_resources_gets_the_defaults() -> None:
+    unset = training_job(OWNER, _spec(spec__resources=...), IMAGES)["spec"]["template"]["spec"]["containers"][0]
+    assert unset["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+    own = training_job(OWNER, _spec(), IMAGES)["spec"]["template"]["spec"]["containers"][0]
+    assert own["resources"] == _spec().resources.to_wire()  # type: ignore[union-attr]  # the spec's win
+
+
 def test_job_manifest_with_s3_credentials_and_own_image() -> None:
     spec = _spec(
         spec__storage={"endpointUrl": "http://minio:9000", "region": "eu-west-1", "secretRef": {"name": "s3"}},

@@ -70,7 +70,11 @@ class ModelDeploymentSpec(ApiModel):
     storage: StorageSpec | None = None
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
-    resources: ResourceRequirements | None = None
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="The server container's resources. Unset: requests cpu 500m and memory 256Mi, limits cpu 1 and "
+        "memory 1Gi (the HPA measures CPU against the request; the server's threads follow the CPU limit).",
+    )
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
         default=None, description="Serving image; the operator's default if unset."
     )

@@ -170,7 +170,11 @@ class TrainingJobSpec(ApiModel):
     image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
         default=None, description="Trainer image; the operator's default if unset."
     )
-    resources: ResourceRequirements | None = None
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="The trainer container's resources. Unset: requests cpu 1 and memory 1Gi, limits cpu 2 and "
+        "memory 4Gi.",
+    )
     backoff_limit: int = Field(default=1, ge=0, le=10)
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     storage: StorageSpec | None = None

@@ -89,8 +89,17 @@ def container_security_context() -> Manifest:
     }
 
 
-def resources(spec: ResourceRequirements | None) -> Manifest:
-    return spec.to_wire() if spec is not None else {}
+# What a pod gets when its spec sets no resources: the CPU HPA measures utilisation against the request,
+# and the server's onnxruntime threads come from the CPU limit (a pod without one would take the node's).
+SERVING_RESOURCES = ResourceRequirements(
+    requests={"cpu": "500m", "memory": "256Mi"}, limits={"cpu": "1", "memory": "1Gi"}
+)
+TRAINING_RESOURCES = ResourceRequirements(requests={"cpu": "1", "memory": "1Gi"}, limits={"cpu": "2", "memory": "4Gi"})
+
+
+def resources(spec: ResourceRequirements | None, default: ResourceRequirements) -> Manifest:
+    """The spec's resources, or the kind's defaults when it sets none."""
+    return (spec or default).to_wire()
 
 
 def storage_env(storage: StorageSpec | None) -> tuple[list[Manifest], list[Manifest]]:

@@ -7,6 +7,7 @@ from regrow import GROUP
 from regrow.api.common import parse_duration
 from regrow.api.modeldeployment import ModelDeploymentSpec
 from regrow.manifests.common import (
+    SERVING_RESOURCES,
     Images,
     Manifest,
     Owner,
@@ -108,7 +109,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
                         "timeoutSeconds": 2,
                         "failureThreshold": 3,
                     },
-                    "resources": resources(spec.resources),
+                    "resources": resources(spec.resources, SERVING_RESOURCES),
                     "securityContext": container_security_context(),
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
                 }

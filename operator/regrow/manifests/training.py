@@ -6,6 +6,7 @@ import json
 
 from regrow.api.trainingjob import TrainingJobSpec
 from regrow.manifests.common import (
+    TRAINING_RESOURCES,
     Images,
     Manifest,
     Owner,
@@ -48,7 +49,7 @@ def training_job(owner: Owner, spec: TrainingJobSpec, images: Images) -> Manifes
                             *env,
                         ],
                         "envFrom": env_from,
-                        "resources": resources(spec.resources),
+                        "resources": resources(spec.resources, TRAINING_RESOURCES),
                         "securityContext": container_security_context(),
                         "terminationMessagePolicy": "FallbackToLogsOnError",
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],

@@ -101,8 +101,10 @@ def _array(data: Any, what: str) -> npt.NDArray[np.float32]:
         raise BadRequest(f"{what}: data must be a JSON array")
     else:
         try:
-            # None (JSON null) is a missing value, which the model's imputer fills.
-            array = np.array(data, dtype=np.float32)
+            # None (JSON null) is a missing value, which the model's imputer fills; a number beyond float32
+            # becomes inf, refused below.
+            with np.errstate(over="ignore"):
+                array = np.array(data, dtype=np.float32)
         except (TypeError, ValueError):
             raise BadRequest(f"{what}: data must be numbers (or null for a missing value), nested regularly") from None
     if np.count_nonzero(np.isinf(array)):
