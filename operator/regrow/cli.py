@@ -208,6 +208,31 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve a registry model over the Open Inference Protocol")
+    serve.add_argument("--registry", default=_env("REGROW_REGISTRY"), help="$REGROW_REGISTRY")
+    serve.add_argument("--model", default=_env("REGROW_MODEL_NAME"), help="$REGROW_MODEL_NAME")
+    serve.add_argument("--alias", default=_env("REGROW_MODEL_ALIAS"), help="$REGROW_MODEL_ALIAS")
+    serve.add_argument("--version", default=_env("REGROW_MODEL_VERSION"), help="$REGROW_MODEL_VERSION (wins)")
+    serve.add_argument("--host", default=_env("REGROW_HOST", "0.0.0.0"),
+                       help="address to listen on; $REGROW_HOST, else all (0.0.0.0)")  # fmt: skip
+    serve.add_argument("--port", type=int, default=int(_env("REGROW_PORT", "8080") or 8080))
+    serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
+    serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
+    serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
+    serve.add_argument("--idle-timeout-seconds", type=float, default=float(_env("REGROW_IDLE_TIMEOUT_SECONDS") or 75),
+                       help="close connections silent this long (above a pooling proxy's idle timeout); "
+                       "408 for a request not whole this long after its first byte")  # fmt: skip
+    serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
+    serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
+                       help="share of requests written to the prediction log")  # fmt: skip
+    serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))
+    serve.add_argument("--no-feature-bins", action="store_true", help="do not count inputs into drift bins")
+    serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
+    serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
+    serve.set_defaults(func=_serve)
+
+
 def _add_drift(commands: Any) -> None:
     drift = commands.add_parser(
         "drift",
@@ -255,28 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--log-format", default="plain", choices=["plain", "json"], help="json: one object per line")
     op.set_defaults(func=_operator)
 
-    serve = commands.add_parser("serve", help="serve a registry model over the Open Inference Protocol")
-    serve.add_argument("--registry", default=_env("REGROW_REGISTRY"), help="$REGROW_REGISTRY")
-    serve.add_argument("--model", default=_env("REGROW_MODEL_NAME"), help="$REGROW_MODEL_NAME")
-    serve.add_argument("--alias", default=_env("REGROW_MODEL_ALIAS"), help="$REGROW_MODEL_ALIAS")
-    serve.add_argument("--version", default=_env("REGROW_MODEL_VERSION"), help="$REGROW_MODEL_VERSION (wins)")
-    serve.add_argument("--host", default=_env("REGROW_HOST", "0.0.0.0"),
-                       help="address to listen on; $REGROW_HOST, else all (0.0.0.0)")  # fmt: skip
-    serve.add_argument("--port", type=int, default=int(_env("REGROW_PORT", "8080") or 8080))
-    serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
-    serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
-    serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
-    serve.add_argument("--idle-timeout-seconds", type=float, default=float(_env("REGROW_IDLE_TIMEOUT_SECONDS") or 75),
-                       help="close connections silent this long (above a pooling proxy's idle timeout); "
-                       "408 for a request not whole this long after its first byte")  # fmt: skip
-    serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
-    serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
-                       help="share of requests written to the prediction log")  # fmt: skip
-    serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))
-    serve.add_argument("--no-feature-bins", action="store_true", help="do not count inputs into drift bins")
-    serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
-    serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
-    serve.set_defaults(func=_serve)
+    _add_serve(commands)
 
     approve = commands.add_parser("approve", help="approve the retrain a DriftPolicy with approval: Manual waits on")
     approve.add_argument("policy", help="the DriftPolicy's name")
