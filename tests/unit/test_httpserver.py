@@ -8,7 +8,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import uvloop
@@ -17,12 +18,16 @@ from regrow.serving.httpserver import HttpServer, Request, Response, json_respon
 from tests.cluster import free_port
 
 MAX_BODY = 1024
+T = TypeVar("T")
 
 
 def echo(request: Request) -> Response:
-    """What the server made of the request, as JSON; /fail raises, as a bug in a handler would."""
+    """What the server made of the request, as JSON; /fail raises, as a bug in a handler would; /big
+    answers 16 KiB."""
     if request.path == "/fail":
         raise RuntimeError("a bug")
+    if request.path == "/big":
+        return Response(200, b"x" * 16384)
     return json_response(200, {"method": request.method, "path": request.path, "body": request.body.decode(),
                                "type": request.headers.get(b"content-type", b"").decode()})  # fmt: skip
 
@@ -30,8 +35,8 @@ def echo(request: Request) -> Response:
 class Running:
     """An HttpServer on a loopback port, on a uvloop loop in a thread of its own."""
 
-    def __init__(self) -> None:
-        self.server = HttpServer(echo, MAX_BODY, idle_timeout=0.5)
+    def __init__(self, max_connections: int = 1000) -> None:
+        self.server = HttpServer(echo, MAX_BODY, idle_timeout=0.5, max_connections=max_connections)
         self.port = free_port()
         self.loop = uvloop.new_event_loop()
         self.loop.run_until_complete(self.server.start("127.0.0.1", self.port))
@@ -47,6 +52,14 @@ class Running:
         while self.server.in_flight() != count:
             assert time.monotonic() < deadline, f"{self.server.in_flight()} requests in flight, not {count}"
             time.sleep(0.01)
+
+    def on_loop(self, call: Callable[[], T]) -> T:
+        """``call``'s result, computed on the server's loop (its connections change only there)."""
+
+        async def run() -> T:
+            return call()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(5)
 
     def shutdown(self, timeout: float) -> None:
         self.stopping = asyncio.run_coroutine_threadsafe(self.server.shutdown(timeout), self.loop)
@@ -246,3 +259,52 @@ def test_shutdown_closes_idle_connections_and_finishes_requests_in_progress(http
         busy.send(b"cd")
         status, headers, body = busy.response()
         assert status == 200 and json.loads(body)["body"] == "abcd" and headers["connection"] == "close"
+
+
+def test_a_client_that_does_not_read_holds_a_bounded_buffer_and_blocks_no_one(http: Running) -> None:
+    """256 KiB of pipelined requests for 16 KiB each (266 MiB of answers), never read: once the unsent
+    answers pass the high-water mark the rest wait as requests, unanswered; others are answered at once;
+    the silent connection is aborted at the idle timeout, unsent answers and all."""
+    request = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
+    hog = socket.create_connection(("127.0.0.1", http.port), timeout=5)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.sendall(request * (256 * 1024 // len(request)))
+    time.sleep(0.3)
+    buffered, queued = http.on_loop(
+        lambda: max((c.transport.get_write_buffer_size(), len(c.queued)) for c in http.server.connections)
+    )
+    assert buffered < 1024 * 1024 and queued > 1000, (buffered, queued)  # before: every answer buffered
+    with http.connect() as sock:
+        started = time.perf_counter()
+        sock.send(b"GET /fine HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.response()[0] == 200 and time.perf_counter() - started < 0.5
+    deadline = time.monotonic() + 5
+    while http.on_loop(lambda: len(http.server.connections)):  # idle timeout 0.5 s, ticks every second
+        assert time.monotonic() < deadline, "a connection that does not read was kept"
+        time.sleep(0.1)
+    hog.close()
+
+
+def test_queued_requests_are_answered_in_order_once_the_client_reads(http: Running) -> None:
+    with http.connect() as sock:
+        sock.send(b"".join(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" for _ in range(2000)))  # 32 MiB of answers
+        sock.send(b"".join(f"GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(50)) + b"BAD\r\n\r\n")
+        time.sleep(0.3)  # more than the socket buffers take: the server pauses on this client's unread answers
+        assert http.on_loop(lambda: max(len(c.queued) for c in http.server.connections)) > 0
+        assert [sock.response()[0] for _ in range(2000)] == [200] * 2000
+        assert [json.loads(sock.response()[2])["path"] for _ in range(50)] == [f"/{i}" for i in range(50)]
+        status, headers, _ = sock.response()  # the malformed request's 400 comes last, as it came
+        assert status == 400 and headers["connection"] == "close"
+
+
+def test_connections_past_the_cap_get_503() -> None:
+    running = Running(max_connections=2)
+    try:
+        with running.connect() as one, running.connect() as two, running.connect() as three:
+            status, headers, body = three.response()
+            assert status == 503 and b"too many connections" in body and headers["connection"] == "close"
+            for sock in (one, two):
+                sock.send(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert sock.response()[0] == 200
+    finally:
+        running.close()

@@ -11,7 +11,11 @@ Kept from a full server is what one behind a Kubernetes Service needs:
 - chunked request bodies and ``Expect: 100-continue``;
 - a body size limit: 413, before the body when ``Content-Length`` says so; 431 for over 64 KiB of headers;
 - a timeout for silent connections, 408 for a request that does not arrive whole within it (however slowly
-  it trickles in), and back-pressure on clients that do not read;
+  it trickles in), and back-pressure on clients that do not read: once a connection's unsent responses pass
+  the transport's high-water mark, its requests are queued, unanswered, and no more are read until the
+  client has read; a connection that goes silent with responses unsent is aborted, not closed (a close
+  would wait for them for good);
+- a cap on connections: past it, a new one gets 503 and is closed;
 - a ``Date`` header;
 - a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
   reconnect (to other pods, once the endpoints have changed); then stop accepting, close idle connections,
@@ -25,6 +29,7 @@ destroy the response before the client reads it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import urllib.parse
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 # balancers: 60 s), so that a proxy never sends a request on a connection the server is closing (nginx: 75 s).
 IDLE_TIMEOUT_SECONDS = 75.0
 MAX_HEAD = 64 * 1024  # request line and headers, in bytes
+MAX_CONNECTIONS = 1000
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON = b"application/json"
@@ -77,10 +83,14 @@ Handler = Callable[[Request], Response]
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, max_body: int, idle_timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, handler: Handler, max_body: int, idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:  # fmt: skip
         self.handler = handler
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self.connections: set[Connection] = set()
         self.draining = False  # answer each request, then close its connection (clients reconnect elsewhere)
         self.date = b""
@@ -89,7 +99,7 @@ class HttpServer:
 
     def in_flight(self) -> int:
         """Requests received in part or whole and not answered yet."""
-        return sum(connection.started is not None for connection in self.connections)
+        return sum((c.started is not None) + len(c.queued) for c in self.connections)
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -108,7 +118,10 @@ class HttpServer:
         self.date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
         cutoff = time.perf_counter() - self.idle_timeout  # the clock of both last_read and started
         for connection in list(self.connections):
-            if connection.started is not None and connection.started < cutoff:
+            stuck = connection.queued or connection.transport.get_write_buffer_size()
+            if connection.last_read < cutoff and stuck:  # a client that does not read what it asked for
+                connection.transport.abort()
+            elif connection.started is not None and connection.started < cutoff:
                 connection.refuse(408, f"the request did not arrive whole within {self.idle_timeout:g} s")
             elif connection.last_read < cutoff:
                 connection.transport.close()
@@ -118,7 +131,7 @@ class HttpServer:
         self.draining = True
         if self._server is not None:
             self._server.close()
-        for connection in [c for c in self.connections if c.started is None]:
+        for connection in [c for c in self.connections if c.started is None and not c.queued]:
             connection.transport.close()
         deadline = time.monotonic() + timeout
         while self.connections and time.monotonic() < deadline:
@@ -145,19 +158,36 @@ class Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = self.head_size = 0
         self.keep_alive = True
+        self.paused = False  # its unsent responses passed the high-water mark
+        self.finished = False  # its last response is written
+        # What waits to be answered, in order, while paused: requests, or a final error response.
+        self.queued: collections.deque[Request | Response] = collections.deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's TCP transports do not subclass it
+        if len(self.server.connections) >= self.server.max_connections:
+            self.transport.write(_render(error_response(503, "too many connections: try again"), b"", last=True))
+            self.transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
 
     def pause_writing(self) -> None:  # the client does not read its responses: stop reading its requests
+        self.paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.transport.resume_reading()
+        self.paused = False
+        while self.queued and not self.paused and not self.finished:
+            item = self.queued.popleft()
+            if isinstance(item, Request):
+                self._answer(item)
+            else:
+                self._respond(item, last=True)
+        if not self.paused and not self.ending:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.ending:
@@ -222,43 +252,59 @@ class Connection(asyncio.Protocol):
             b"".join(self.body),
             self.started,
         )
+        self.started = None
+        if self.paused or self.queued:  # answered once the client has read what came before
+            self.queued.append(request)
+        else:
+            self._answer(request)
+
+    def _answer(self, request: Request) -> None:
         try:
             response = self.server.handler(request)
         except Exception:
             log.exception("Failed to answer %s %s", request.method, request.path)
             response = error_response(500, "the server failed to answer; its log says why")
-        self._respond(response, last=not self.keep_alive or self.server.draining, head=request.method == "HEAD")
+        last = not self.keep_alive or self.server.draining
+        self._respond(response, last=last, head=request.method == "HEAD")
 
     def _too_large(self) -> None:
         self.refuse(413, f"the body exceeds the limit of {self.server.max_body} bytes")
 
     def refuse(self, status: int, message: str) -> None:
-        """Answer the request in progress with an error, as the last response on this connection."""
-        self._respond(error_response(status, message), last=True)
+        """Answer the request in progress with an error, as the last response on this connection (after the
+        ones queued before it)."""
+        self.started = None
+        if self.queued:
+            self.ending = True  # read nothing more; the error goes out after the queue
+            self.queued.append(error_response(status, message))
+        else:
+            self._respond(error_response(status, message), last=True)
 
     def _respond(self, response: Response, last: bool, head: bool = False) -> None:
         self.started = None
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s%s\r\n%s"
-            % (
-                response.status,
-                REASONS.get(response.status, b""),
-                response.content_type,
-                len(response.body),
-                response.headers,
-                self.server.date,
-                b"connection: close\r\n" if last else b"",
-                b"" if head else response.body,
-            )
-        )
+        self.transport.write(_render(response, self.server.date, last, head))
         if last:
             self._end()
 
     def _end(self) -> None:
         """Send what is written, then FIN; drop what the client still sends until it hangs up (or goes silent)."""
-        self.ending = True
+        self.ending = self.finished = True
         self.started = None
+        self.queued.clear()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         else:
             self.transport.close()
+
+
+def _render(response: Response, date: bytes, last: bool, head: bool = False) -> bytes:
+    return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s%s\r\n%s" % (
+        response.status,
+        REASONS.get(response.status, b""),
+        response.content_type,
+        len(response.body),
+        response.headers,
+        date,
+        b"connection: close\r\n" if last else b"",
+        b"" if head else response.body,
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
-from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
+from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, MAX_CONNECTIONS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
@@ -36,6 +36,7 @@ class ServeConfig:
     drain_seconds: float = 5.0
     idle_timeout: float = IDLE_TIMEOUT_SECONDS
     max_body: int = DEFAULT_MAX_BODY
+    max_connections: int = MAX_CONNECTIONS
     feature_bins: bool = True
     log_percent: int = 0
     log_max_queue: int = 10000
@@ -59,7 +60,7 @@ class InferenceServer:
                            signer=Signer.from_env(config.feedback_key))  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
-        self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout)
+        self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout, config.max_connections)
         self.state.in_flight = self.http.in_flight
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
         self._loop: asyncio.AbstractEventLoop | None = None  # the one run() runs on
