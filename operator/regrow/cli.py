@@ -148,7 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
             registry=args.registry, model=args.model, alias=args.alias, version=args.version, host=args.host,
             port=args.port,
             threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
-            idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections, max_rows=args.max_rows,
             max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
             log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
             feedback_key=os.environ.get("REGROW_FEEDBACK_KEY"),
@@ -226,6 +226,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
     serve.add_argument("--max-connections", type=int, default=int(_env("REGROW_MAX_CONNECTIONS", "1000") or 1000),
                        help="open connections at most; past it a new one gets 503")  # fmt: skip
+    serve.add_argument("--max-rows", type=int, default=int(_env("REGROW_MAX_ROWS", "10000") or 10000),
+                       help="rows in one inference request at most; past it 413")  # fmt: skip
     serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
                        help="share of requests written to the prediction log")  # fmt: skip
     serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))

@@ -544,3 +544,21 @@ def test_regrow_serve_listens_where_it_is_told(monkeypatch: pytest.MonkeyPatch) 
     assert main([*base, "--host", "127.0.0.1"]) == 0 and configs[-1].host == "127.0.0.1"
     monkeypatch.setenv("REGROW_HOST", "::1")
     assert main(base) == 0 and configs[-1].host == "::1"
+
+
+def test_a_request_of_too_many_rows_gets_413_before_its_data_is_read(tmp_path: Path) -> None:
+    """Inference runs on the event loop, health probes too: a request is bounded in rows (--max-rows,
+    10,000 by default), judged from its shape or its length before any value is converted."""
+    version = publish_iris(tmp_path)
+    with running(local(tmp_path, version=version, max_rows=100)) as server:
+        wait_ready(server)
+        rows = [[5.1, 3.5, 1.4, 0.2]] * 100
+        assert server.call("POST", "/v2/models/iris/infer", v2(rows))[0] == 200
+        assert server.call("POST", "/v1/models/iris:predict", {"instances": rows})[0] == 200
+        for status, body in (
+            server.call("POST", "/v2/models/iris/infer", v2([*rows, rows[0]])),
+            server.call("POST", "/v1/models/iris:predict", {"instances": [*rows, rows[0]]}),
+            server.call("POST", "/v2/models/iris/infer", {"inputs": [  # one input per feature, 101 values each
+                {"name": f, "shape": [101], "datatype": "FP32", "data": [1.0] * 101} for f in FEATURES]}),
+        ):  # fmt: skip
+            assert (status, body["error"]) == (413, "at most 100 rows in one request: send 101 as several")

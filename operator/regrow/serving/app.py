@@ -25,6 +25,7 @@ from regrow.serving.model import LoadedModel
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
     BINARY_HEADER,
+    MAX_ROWS,
     BadRequest,
     parse_json,
     requested_outputs,
@@ -49,6 +50,7 @@ class State:
     alias: str | None = None
     alias_version: str | None = None
     feature_bins: bool = True
+    max_rows: int = MAX_ROWS
     predictions: PredictionLog | None = None
     in_flight: Callable[[], int] = lambda: 0  # the HTTP server's count of requests not answered yet
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
@@ -192,7 +194,7 @@ class App:
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             if protocol == "v2":
-                x = v2_inputs(parsed, model.features, binary)
+                x = v2_inputs(parsed, model.features, binary, state.max_rows)
                 prediction = model.session.predict(x)
                 outputs, binary_outputs = requested_outputs(parsed, v2_outputs(prediction))
                 response: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
@@ -200,7 +202,7 @@ class App:
                 if isinstance(parsed.get("id"), str):
                     response["id"] = parsed["id"]
             else:
-                x = v1_inputs(parsed, model.features)
+                x = v1_inputs(parsed, model.features, state.max_rows)
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
             predicted = prediction.outputs

@@ -112,8 +112,17 @@ def _array(data: Any, what: str) -> npt.NDArray[np.float32]:
     return array
 
 
-def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArray[np.float32]:
-    """An (n, features) matrix from an OIP v2 request: one [n, features] tensor, or one tensor per feature."""
+MAX_ROWS = 10_000  # rows in one request, by default: inference runs on the event loop, health probes too
+
+
+def _too_many(rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise BadRequest(f"at most {max_rows} rows in one request: send {rows} as several", 413)
+
+
+def v2_inputs(body: Any, features: list[str], binary: bytes = b"", max_rows: int = MAX_ROWS) -> npt.NDArray[np.float32]:
+    """An (n, features) matrix from an OIP v2 request: one [n, features] tensor, or one tensor per feature;
+    at most ``max_rows`` rows, judged from the shapes before any data is converted."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise BadRequest('the request must be a JSON object with a non-empty "inputs" array')
     inputs = body["inputs"]
@@ -126,6 +135,7 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArra
         shape = tensor["shape"]
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise BadRequest(f"input {name}: shape must be a list of non-negative integers")
+        _too_many(shape[0] if len(inputs) == 1 and shape else math.prod(shape), max_rows)
     if len(inputs) == 1:
         tensor = inputs[0]
         array = _array(tensor["data"], f"input {tensor['name']}")
@@ -146,10 +156,12 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"") -> npt.NDArra
     return np.column_stack(columns)
 
 
-def v1_inputs(body: Any, features: list[str]) -> npt.NDArray[np.float32]:
-    """An (n, features) matrix from a v1 predict request: {"instances": [[...], ...]}."""
+def v1_inputs(body: Any, features: list[str], max_rows: int = MAX_ROWS) -> npt.NDArray[np.float32]:
+    """An (n, features) matrix from a v1 predict request: {"instances": [[...], ...]}, at most ``max_rows``."""
     if not isinstance(body, dict) or "instances" not in body:
         raise BadRequest('the request must be a JSON object with an "instances" array')
+    if isinstance(body["instances"], list):
+        _too_many(len(body["instances"]), max_rows)
     array = _array(body["instances"], "instances")
     if array.ndim != 2 or array.shape[1] != len(features):
         raise BadRequest(f"instances must be rows of {len(features)} numbers (features: {', '.join(features)})")

@@ -14,6 +14,7 @@ from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, MAX_CONNECTIONS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
+from regrow.serving.protocol import MAX_ROWS
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 
@@ -37,6 +38,7 @@ class ServeConfig:
     idle_timeout: float = IDLE_TIMEOUT_SECONDS
     max_body: int = DEFAULT_MAX_BODY
     max_connections: int = MAX_CONNECTIONS
+    max_rows: int = MAX_ROWS
     feature_bins: bool = True
     log_percent: int = 0
     log_max_queue: int = 10000
@@ -57,7 +59,7 @@ class InferenceServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
-                           signer=Signer.from_env(config.feedback_key))  # fmt: skip
+                           max_rows=config.max_rows, signer=Signer.from_env(config.feedback_key))  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
         self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout, config.max_connections)
