@@ -198,3 +198,13 @@ def test_a_spec_without_resources_gets_the_defaults() -> None:
     }
     own = deployment(OWNER, _spec(), Images(), None)["spec"]["template"]["spec"]["containers"][0]
     assert own["resources"] == _spec().resources.to_wire()  # type: ignore[union-attr]  # the spec's win
+
+
+def test_the_server_bounds_reach_the_pods() -> None:
+    def env(spec: ModelDeploymentSpec) -> dict[str, str]:
+        container = deployment(OWNER, spec, Images(), None)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    assert (env(_spec())["REGROW_MAX_CONNECTIONS"], env(_spec())["REGROW_MAX_ROWS"]) == ("1000", "10000")
+    bounded = env(_spec(spec__server={"maxConnections": 50, "maxRows": 256}))
+    assert (bounded["REGROW_MAX_CONNECTIONS"], bounded["REGROW_MAX_ROWS"]) == ("50", "256")

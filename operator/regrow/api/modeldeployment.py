@@ -65,6 +65,19 @@ class PredictionLogSpec(ApiModel):
     max_queue: int = Field(default=10000, ge=1, le=1_000_000, description="Records held before new ones drop.")
 
 
+class ServerSpec(ApiModel):
+    """Bounds each serving pod keeps under hostile or heavy clients; the defaults suit a 1-CPU pod."""
+
+    max_connections: int = Field(
+        default=1000, ge=1, le=100_000, description="Open connections at most; past it a new one gets 503."
+    )
+    max_rows: int = Field(
+        default=10_000, ge=1, le=10_000_000,
+        description="Rows in one inference request at most; past it 413 (inference runs on the event loop, "
+        "health probes too).",
+    )  # fmt: skip
+
+
 class ModelDeploymentSpec(ApiModel):
     model: ModelSource
     storage: StorageSpec | None = None
@@ -80,6 +93,7 @@ class ModelDeploymentSpec(ApiModel):
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     prediction_log: PredictionLogSpec | None = None
+    server: ServerSpec = Field(default_factory=ServerSpec)
 
 
 class ServingModelStatus(ApiModel):

@@ -66,6 +66,8 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
         *([{"name": "REGROW_MODEL_VERSION", "value": pinned}] if pinned else []),
         {"name": "REGROW_REFRESH_SECONDS", "value": str(parse_duration(model.refresh_interval))},
         {"name": "REGROW_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
+        {"name": "REGROW_MAX_CONNECTIONS", "value": str(spec.server.max_connections)},
+        {"name": "REGROW_MAX_ROWS", "value": str(spec.server.max_rows)},
         *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
           if spec.storage and spec.storage.endpoint_url else []),
         *([{"name": "REGROW_PREDICTION_LOG_PERCENT", "value": str(spec.prediction_log.sample_percent)},
