@@ -149,6 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
             idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections, max_rows=args.max_rows,
+            shed_after=args.shed_after_ms / 1000,
             max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
             log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
             feedback_key=os.environ.get("REGROW_FEEDBACK_KEY"),
@@ -228,6 +229,8 @@ def _add_serve(commands: Any) -> None:
                        help="open connections at most; past it a new one gets 503")  # fmt: skip
     serve.add_argument("--max-rows", type=int, default=int(_env("REGROW_MAX_ROWS", "10000") or 10000),
                        help="rows in one inference request at most; past it 413")  # fmt: skip
+    serve.add_argument("--shed-after-ms", type=int, default=int(_env("REGROW_SHED_AFTER_MS", "250") or 250),
+                       help="inference requests get 429 while the event loop lags more than this")  # fmt: skip
     serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
                        help="share of requests written to the prediction log")  # fmt: skip
     serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import socket
@@ -562,3 +563,45 @@ def test_a_request_of_too_many_rows_gets_413_before_its_data_is_read(tmp_path: P
                 {"name": f, "shape": [101], "datatype": "FP32", "data": [1.0] * 101} for f in FEATURES]}),
         ):  # fmt: skip
             assert (status, body["error"]) == (413, "at most 100 rows in one request: send 101 as several")
+
+
+def test_an_overloaded_server_sheds_inference_and_keeps_answering_health(tmp_path: Path) -> None:
+    """Past the event loop's lag budget inference requests get 429 with Retry-After, cheap enough for the
+    loop to catch up; health probes are still answered, and the shed requests are counted."""
+    version = publish_iris(tmp_path)
+    with running(local(tmp_path, version=version, shed_after=0.005)) as server:
+        wait_ready(server)
+        body = json.dumps(v2([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]] * 1500)).encode()
+        codes: collections.Counter[tuple[int, str | None]] = collections.Counter()
+        probes: list[float] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            while not stop.is_set():
+                connection.request("POST", "/v2/models/iris/infer", body=body)
+                response = connection.getresponse()
+                response.read()
+                codes[response.status, response.getheader("retry-after")] += 1
+
+        def probe() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                assert server.call("GET", "/v2/health/ready")[0] == 200
+                probes.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=load) for _ in range(12)] + [threading.Thread(target=probe)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        metrics = server.call("GET", "/metrics")[1]
+    assert codes[200, None] > 0 and codes[429, "1"] > 0 and set(codes) == {(200, None), (429, "1")}, codes
+    assert max(probes) < 1.0 and len(probes) > 10
+    assert 'regrow_inference_requests_total{code="429"' in metrics and "regrow_event_loop_lag_seconds" in metrics
+    print(
+        f"\nshed {codes[429, '1']} of {sum(codes.values())} requests; slowest health probe {max(probes) * 1000:.0f} ms"
+    )

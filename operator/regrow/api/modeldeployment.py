@@ -76,6 +76,11 @@ class ServerSpec(ApiModel):
         description="Rows in one inference request at most; past it 413 (inference runs on the event loop, "
         "health probes too).",
     )  # fmt: skip
+    shed_after_milliseconds: int = Field(
+        default=250, ge=1, le=60_000,
+        description="While the server's event loop lags more than this, inference requests get 429 with "
+        "Retry-After: 1 (health and metrics are still answered).",
+    )  # fmt: skip
 
 
 class ModelDeploymentSpec(ApiModel):

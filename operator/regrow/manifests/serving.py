@@ -68,6 +68,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
         {"name": "REGROW_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
         {"name": "REGROW_MAX_CONNECTIONS", "value": str(spec.server.max_connections)},
         {"name": "REGROW_MAX_ROWS", "value": str(spec.server.max_rows)},
+        {"name": "REGROW_SHED_AFTER_MS", "value": str(spec.server.shed_after_milliseconds)},
         *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
           if spec.storage and spec.storage.endpoint_url else []),
         *([{"name": "REGROW_PREDICTION_LOG_PERCENT", "value": str(spec.prediction_log.sample_percent)},

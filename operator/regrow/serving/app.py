@@ -36,6 +36,9 @@ from regrow.serving.protocol import (
     v2_outputs,
 )
 
+SHED_AFTER_SECONDS = 0.25
+RETRY_AFTER = b"retry-after: 1\r\n"
+
 
 @dataclass
 class State:
@@ -53,11 +56,13 @@ class State:
     max_rows: int = MAX_ROWS
     predictions: PredictionLog | None = None
     in_flight: Callable[[], int] = lambda: 0  # the HTTP server's count of requests not answered yet
+    lag: Callable[[], float] = lambda: 0.0  # the event loop's lag, in seconds
+    shed_after: float = SHED_AFTER_SECONDS  # inference requests get 429 while the lag is past this
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
     feedback: FeedbackCounts | None = None
 
     def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
-        self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins)
+        self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins, self.lag)
         if predictions is not None:
             self.feedback = FeedbackCounts(model.name)
             self.metrics.registry.register(predictions)
@@ -72,7 +77,11 @@ class State:
 
 
 class App:
-    """Answers one complete request; the HTTP server calls it, on the event loop."""
+    """Answers one complete request; the HTTP server calls it, on the event loop.
+
+    Inference runs to completion on the loop, so load shows as the loop's lag: past ``shed_after`` inference
+    requests get 429 with ``Retry-After`` (counted with their code in ``regrow_inference_requests_total``)
+    while health, metadata and metrics are still answered."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -85,7 +94,10 @@ class App:
                 return self._get(request.path)
             raise BadRequest(f"method {request.method} is not allowed", 405)
         except BadRequest as error:
-            return error_response(error.status, str(error))
+            response = error_response(error.status, str(error))
+            if error.status == 429:
+                response.headers = RETRY_AFTER
+            return response
 
     def _get(self, path: str) -> Response:
         state = self.state
@@ -191,6 +203,8 @@ class App:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
         code, x, binary_outputs, predicted = 500, None, b"", None
         try:
+            if state.lag() > state.shed_after:  # shed: a 429 costs little, so the loop catches up
+                raise BadRequest(f"the server is overloaded (its event loop lags {state.lag():.2f} s): retry", 429)
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             if protocol == "v2":

@@ -16,6 +16,8 @@ Kept from a full server is what one behind a Kubernetes Service needs:
   client has read; a connection that goes silent with responses unsent is aborted, not closed (a close
   would wait for them for good);
 - a cap on connections: past it, a new one gets 503 and is closed;
+- the event loop's lag, measured every 20 ms (how late a timer runs: the time the loop spends on everything
+  else in between), for the handler to shed load by;
 - a ``Date`` header;
 - a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
   reconnect (to other pods, once the endpoints have changed); then stop accepting, close idle connections,
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT_SECONDS = 75.0
 MAX_HEAD = 64 * 1024  # request line and headers, in bytes
 MAX_CONNECTIONS = 1000
+LAG_INTERVAL = 0.02  # seconds between two measurements of the event loop's lag
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON = b"application/json"
@@ -94,8 +97,10 @@ class HttpServer:
         self.connections: set[Connection] = set()
         self.draining = False  # answer each request, then close its connection (clients reconnect elsewhere)
         self.date = b""
+        self.lag = 0.0  # seconds the last timer ran late
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._lag_timer: asyncio.TimerHandle | None = None
 
     def in_flight(self) -> int:
         """Requests received in part or whole and not answered yet."""
@@ -106,6 +111,13 @@ class HttpServer:
         self._tick()
         self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_address=True)
         self._ticker = loop.create_task(self._every_second())
+        self._measure_lag(loop.time())
+
+    def _measure_lag(self, expected: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.lag = max(0.0, now - expected)
+        self._lag_timer = loop.call_at(now + LAG_INTERVAL, self._measure_lag, now + LAG_INTERVAL)
 
     async def _every_second(self) -> None:
         while True:
@@ -140,6 +152,8 @@ class HttpServer:
             connection.transport.abort()
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
 
 
 class Connection(asyncio.Protocol):

@@ -138,7 +138,10 @@ class RequestStats:
 
 
 class ServingMetrics:
-    def __init__(self, model: LoadedModel, in_flight: Callable[[], int], feature_bins: bool = True) -> None:
+    def __init__(
+        self, model: LoadedModel, in_flight: Callable[[], int], feature_bins: bool = True,
+        lag: Callable[[], float] = lambda: 0.0,
+    ) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         bins = FeatureBins(model) if feature_bins else None
         self.stats = RequestStats(model, bins)
@@ -149,6 +152,10 @@ class ServingMetrics:
             "regrow_inference_in_flight_requests", "HTTP requests received in part or whole, not answered yet.",
             registry=self.registry,
         ).set_function(in_flight)  # fmt: skip
+        Gauge(
+            "regrow_event_loop_lag_seconds", "How late the server's event loop ran its last timer: the load on it.",
+            registry=self.registry,
+        ).set_function(lag)  # fmt: skip
         Gauge(
             "regrow_model_info", "The model version this process serves.", ["model", "version", "uri"],
             registry=self.registry,

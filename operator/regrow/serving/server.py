@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from regrow.serving.app import App, State
+from regrow.serving.app import SHED_AFTER_SECONDS, App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, MAX_CONNECTIONS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
@@ -39,6 +39,7 @@ class ServeConfig:
     max_body: int = DEFAULT_MAX_BODY
     max_connections: int = MAX_CONNECTIONS
     max_rows: int = MAX_ROWS
+    shed_after: float = SHED_AFTER_SECONDS  # event loop lag past which inference gets 429
     feature_bins: bool = True
     log_percent: int = 0
     log_max_queue: int = 10000
@@ -64,6 +65,8 @@ class InferenceServer:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
         self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout, config.max_connections)
         self.state.in_flight = self.http.in_flight
+        self.state.lag = lambda: self.http.lag
+        self.state.shed_after = config.shed_after
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
         self._loop: asyncio.AbstractEventLoop | None = None  # the one run() runs on
         self._stop = asyncio.Event()
