@@ -12,7 +12,7 @@ trainer, in the serving process and in the tests, whatever precision it arrived 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -41,6 +41,14 @@ class FeatureProfile:
         if self.categories:
             return list(self.categories)
         return ["underflow", *(f"b{i}" for i in range(len(self.edges) - 1)), "overflow", "missing"]
+
+    def count(self, values: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Counts of one-dimensional ``values`` in this feature's bins: by category (as text), or binned like
+        any numeric feature."""
+        if self.categories:
+            found = dict(zip(*np.unique(np.asarray(values).astype(str), return_counts=True), strict=True))
+            return np.array([int(found.get(c, 0)) for c in self.categories], dtype=np.int64)
+        return Profile((self,), 0).bin_counts(np.asarray(values, dtype=np.float32).reshape(-1, 1))
 
     def to_dict(self) -> dict[str, object]:
         if self.categories:
@@ -186,12 +194,10 @@ def _isolate_point_masses(
 def prediction_profile(outputs: npt.ArrayLike, classes: list[Any]) -> FeatureProfile:
     """The reference of a model's predictions: each class's count (a classifier's), or a regressor's
     outputs binned like a numeric feature."""
-    values = np.asarray(outputs)
     if classes:
-        labels = [str(c) for c in classes]
-        found = dict(zip(*np.unique(values.astype(str), return_counts=True), strict=True))
-        return FeatureProfile(PREDICTION, (), tuple(int(found.get(c, 0)) for c in labels), tuple(labels))
-    return fit_profile(values.astype(np.float64).reshape(-1, 1), [PREDICTION]).features[0]
+        categories = FeatureProfile(PREDICTION, (), (), tuple(str(c) for c in classes))
+        return replace(categories, counts=tuple(int(n) for n in categories.count(outputs)))
+    return fit_profile(np.asarray(outputs, dtype=np.float64).reshape(-1, 1), [PREDICTION]).features[0]
 
 
 def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) -> Profile:

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from regrow.drift.profile import FeatureProfile, Profile
 from regrow.serving.model import LoadedModel
 
 FLUSH_ROWS = 8192
@@ -38,7 +37,6 @@ class FeatureBins:
         self.model = model
         profile = model.profile
         self.counts = np.zeros(int(profile.sizes.sum()), dtype=np.int64)
-        self.predicted = Profile((profile.prediction,), 0) if profile.prediction is not None else None
         self.predicted_counts = np.zeros(len(profile.prediction.counts) if profile.prediction else 0, dtype=np.int64)
         self.pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.generic] | None]] = []
         self.pending_rows = 0
@@ -55,15 +53,8 @@ class FeatureBins:
         pending, self.pending, self.pending_rows = self.pending, [], 0
         self.counts += self.model.profile.bin_counts(np.concatenate([x for x, _ in pending]))
         outputs = [o for _, o in pending if o is not None]
-        if self.predicted is not None and outputs:
-            self.predicted_counts += self._predictions(self.predicted.features[0], np.concatenate(outputs))
-
-    def _predictions(self, reference: FeatureProfile, outputs: npt.NDArray[np.generic]) -> npt.NDArray[np.int64]:
-        if not reference.categories:  # a regressor's outputs, binned like a feature
-            assert self.predicted is not None
-            return self.predicted.bin_counts(outputs.astype(np.float32).reshape(-1, 1))
-        found = dict(zip(*np.unique(outputs.astype(str), return_counts=True), strict=True))
-        return np.array([int(found.get(c, 0)) for c in reference.categories], dtype=np.int64)
+        if self.model.profile.prediction is not None and outputs:
+            self.predicted_counts += self.model.profile.prediction.count(np.concatenate(outputs))
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
