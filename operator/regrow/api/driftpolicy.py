@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -126,6 +127,10 @@ class DriftPolicySpec(ApiModel):
     consecutive_breaches: int = Field(default=2, ge=1, le=100)
     source: DriftSource = Field(default_factory=DriftSource)
     retrain: RetrainSpec | None = None
+
+    def thresholds(self) -> dict[DriftTestType, Decimal | None]:
+        """Each test's threshold, None for a calibrated one."""
+        return {t.type: None if t.threshold is None else Decimal(t.threshold) for t in self.tests}
 
     @model_validator(mode="after")
     def _unique_tests(self) -> DriftPolicySpec:

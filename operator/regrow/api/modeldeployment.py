@@ -100,6 +100,11 @@ class ModelDeploymentSpec(ApiModel):
     prediction_log: PredictionLogSpec | None = None
     server: ServerSpec = Field(default_factory=ServerSpec)
 
+    @property
+    def logs_predictions(self) -> bool:
+        """Whether its pods log predictions (and so take feedback, signed with the deployment's key)."""
+        return self.prediction_log is not None and self.prediction_log.sample_percent > 0
+
 
 class ServingModelStatus(ApiModel):
     uri: str

@@ -185,8 +185,7 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = 
     if live is None:
         return _waiting(body, "Baseline", f"took the first reading of {source}; the next check scores it")
 
-    thresholds = {t.type: None if t.threshold is None else Decimal(t.threshold) for t in spec.tests}
-    result = check(layout, Layout.pad(profile, live), thresholds, Decimal(spec.drift_share), spec.min_samples,
+    result = check(layout, Layout.pad(profile, live), spec.thresholds(), Decimal(spec.drift_share), spec.min_samples,
                    spec.count_prediction_drift)  # fmt: skip
     streak = status.get("consecutiveBreaches", 0) + 1 if result.breached else 0
     last_check = _last_check(profile, version, result)

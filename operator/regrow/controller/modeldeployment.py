@@ -214,7 +214,7 @@ def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Con
 def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj | None) -> None:
     """Create the Secret whose key signs prediction ids before the first Deployment that reads it. The
     operator may create Secrets but not read them: an existing one answers Conflict, and is kept."""
-    if spec.prediction_log is None or spec.prediction_log.sample_percent == 0:
+    if not spec.logs_predictions:
         return
     containers = (live or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
     if any(e.get("name") == FEEDBACK_ENV for e in containers[0].get("env") or []):

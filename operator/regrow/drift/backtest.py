@@ -20,9 +20,7 @@ from regrow.api.driftpolicy import DriftPolicySpec
 from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import Profile
 from regrow.storage import NotFound, open_store
-from regrow.storage.registry import Registry
-
-PROFILE = "profile.json"
+from regrow.storage.registry import PROFILE, Registry
 
 
 class BacktestError(Exception):
@@ -101,7 +99,7 @@ def windows(profile: Profile, x: npt.NDArray[np.float64], spec: DriftPolicySpec,
     """Consecutive windows of ``rows`` rows (the whole data when None; the last may be shorter), each
     checked as the policy would, with its breach streak carried from one window to the next."""
     layout = Layout.of(profile)
-    thresholds = {t.type: None if t.threshold is None else Decimal(t.threshold) for t in spec.tests}
+    thresholds = spec.thresholds()
     size = rows or max(len(x), 1)
     streak = 0
     for index, first in enumerate(range(0, max(len(x), 1), size)):

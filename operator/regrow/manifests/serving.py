@@ -56,8 +56,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
     The version is in the pod template, so a new version rolls the pods."""
     model = spec.model
     env, env_from = storage_env(spec.storage)
-    logging = spec.prediction_log is not None and spec.prediction_log.sample_percent > 0
-    volumes, mounts = storage_volumes(spec.storage, read_only=not logging)  # the log writes to the store
+    volumes, mounts = storage_volumes(spec.storage, read_only=not spec.logs_predictions)  # the log writes to the store
     pinned = model.version or version
     model_env = [
         {"name": "REGROW_REGISTRY", "value": model.registry},
@@ -75,7 +74,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
            {"name": "REGROW_PREDICTION_LOG_MAX_QUEUE", "value": str(spec.prediction_log.max_queue)},
            {"name": FEEDBACK_ENV, "valueFrom": {"secretKeyRef": {
                "name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}]
-          if logging and spec.prediction_log else []),
+          if spec.logs_predictions and spec.prediction_log else []),
         {"name": "REGROW_THREADS", "valueFrom": {"resourceFieldRef": {
             "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
     ]  # fmt: skip
