@@ -42,8 +42,14 @@ class Feedback:
     groups: npt.NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype=str))  # each row's prediction id
 
 
+def plain(value: object) -> object:
+    """A numpy scalar (as a dataset's labels come) as the Python value it holds; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def label_kind(value: object) -> str | None:
     """A label's JSON kind: str, bool or number (finite); None for anything else."""
+    value = plain(value)
     if isinstance(value, str | bool):
         return type(value).__name__
     if isinstance(value, int | float) and math.isfinite(value):

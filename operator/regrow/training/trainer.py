@@ -32,7 +32,7 @@ from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, PROFILE, Registry
 from regrow.training.estimators import ParamError, build_pipeline
-from regrow.training.feedback import Feedback, label_kind, labelled_rows
+from regrow.training.feedback import Feedback, label_kind, labelled_rows, plain
 from regrow.training.validation import Contract, Table, label_shares, validate
 
 log = logging.getLogger(__name__)
@@ -381,11 +381,9 @@ def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedb
     if wanted is None:
         return None, {}
     model = wanted.model_name or spec.output.model_name
-    kinds: set[str | None]
-    if spec.model.algorithm.task is Task.REGRESSION:
-        kinds = {"number"}
-    else:  # labels of the kind the dataset's own are (str, number or bool), so that they can be compared
-        kinds = {label_kind(v.item() if isinstance(v, np.generic) else v) for v in data.y} - {None}
+    # A regressor's labels are numbers; a classifier's of the kind the dataset's own are (str, number or bool).
+    regression = spec.model.algorithm.task is Task.REGRESSION
+    kinds = {"number"} if regression else {label_kind(v) for v in data.y} - {None}
     live = labelled_rows(store, model, len(data.features), wanted.max_rows, lambda label: label_kind(label) in kinds)
     added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled,
              "dropped": live.dropped}  # fmt: skip
@@ -467,7 +465,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     model = OnnxModel(onnx_bytes)
     checked = x_test if live_holdout is None else np.vstack([x_test, live_holdout.x])
     worst = parity_error(pipeline, model, checked, task)
-    classes = [c.item() if hasattr(c, "item") else c for c in getattr(pipeline, "classes_", [])]
+    classes = [plain(c) for c in getattr(pipeline, "classes_", [])]
     metrics = score(task, y_test, model.predict(x_test), classes)
     metric = spec.metric
     if metric.value not in metrics:

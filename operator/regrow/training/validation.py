@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from regrow.api.trainingjob import Task, TrainingJobSpec, ValidationCheck
 from regrow.drift.profile import Profile
-from regrow.training.feedback import label_kind
+from regrow.training.feedback import label_kind, plain
 
 MESSAGE_CHARS = 240  # the report, checks included, must fit a termination message (4 KiB)
 
@@ -49,7 +49,7 @@ class Table:
 
 def label_shares(y: npt.NDArray[Any]) -> dict[str, float]:
     """Each class's share of the rows, by its label as text."""
-    counts = Counter(str(v.item() if isinstance(v, np.generic) else v) for v in y)
+    counts = Counter(str(plain(v)) for v in y)
     return {label: count / len(y) for label, count in sorted(counts.items())} if len(y) else {}
 
 
@@ -107,7 +107,7 @@ def _contract(table: Table, contract: Contract, task: Task, enforce: bool) -> li
         message += ", another order" if not lacking and not added else ""
     out.append(_check("columns", same or not enforce, message))
     kinds = {label_kind(c) for c in contract.classes}
-    found = {label_kind(v.item() if isinstance(v, np.generic) else v) for v in table.y}
+    found = {label_kind(v) for v in table.y}
     same_task = contract.task == task.value and (task is Task.REGRESSION or found <= kinds)
     out.append(_check("types", same_task or not enforce,
                       f"{task.value} with labels of kind {', '.join(sorted(str(k) for k in found))}; "
