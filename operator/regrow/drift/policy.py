@@ -90,16 +90,17 @@ def _degrees(layout: Layout, live: Vector) -> npt.NDArray[np.int64]:
     return stats.chi_square(layout.reference, live, layout.mask)[1]
 
 
-def to_scores(layout: Layout, live: Vector, values: dict[DriftTestType, Vector]) -> dict[DriftTestType, Vector]:
-    """Statistics as the scores a policy states thresholds in: chi-square's as its p-value."""
+def to_scores(values: dict[DriftTestType, Vector], degrees: npt.NDArray[np.int64]) -> dict[DriftTestType, Vector]:
+    """Statistics as the scores a policy states thresholds in: chi-square's as its p-value, with the
+    window's ``degrees`` of freedom."""
     out = dict(values)
     if DriftTestType.CHI_SQUARE in out:
-        out[DriftTestType.CHI_SQUARE] = stats.chi2_sf(out[DriftTestType.CHI_SQUARE], _degrees(layout, live))
+        out[DriftTestType.CHI_SQUARE] = stats.chi2_sf(out[DriftTestType.CHI_SQUARE], degrees)
     return out
 
 
 def scores(layout: Layout, live: Vector, tests: list[DriftTestType]) -> dict[DriftTestType, Vector]:
-    return to_scores(layout, live, statistics(layout, live, tests))
+    return to_scores(statistics(layout, live, tests), _degrees(layout, live))
 
 
 def on_ladder(rows: int) -> int:
@@ -158,8 +159,9 @@ def check(
         values[test] = np.where(unordered, np.nan, values[test])
     calibrated = [test for test, limit in thresholds.items() if limit is None]
     critical = critical_values(layout, rows, calibrated) if calibrated else {}
-    out = to_scores(layout, live, values)
-    used = to_scores(layout, live, critical) | {
+    degrees = _degrees(layout, live) if DriftTestType.CHI_SQUARE in values else np.zeros(0, dtype=np.int64)
+    out = to_scores(values, degrees)
+    used = to_scores(critical, degrees) | {
         test: np.full(len(rows), float(limit)) for test, limit in thresholds.items() if limit is not None
     }
     drifted = np.zeros(len(rows), dtype=bool)

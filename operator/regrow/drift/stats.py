@@ -155,9 +155,9 @@ def null_counts(
     width = ref.shape[1]
     last = np.arange(width)[None, :] == (ordinal.sum(axis=-1) - 1)[:, None]
     tails = ((np.arange(width)[None, :] == 0) | last) & ordinal  # a categorical feature has none
-    jeffreys = (mask & ~ordinal) | (mask & (ref == 0))
+    jeffreys = mask & (~ordinal | (ref == 0))
     prior = np.where(tails, 1.0, np.where(jeffreys, 0.5, 0.0))
-    regular = mask & ~tails & ~(mask & ~ordinal)
+    regular = ordinal & ~tails
     present = np.where(regular, ref, 0.0).sum(axis=-1, keepdims=True)
     spacings = np.divide(present - 1, present, out=np.ones_like(present), where=present > 1)
     alpha = np.where(regular, ref * spacings, np.where(mask, ref, 0.0)) + prior
