@@ -466,15 +466,14 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     checked = x_test if live_holdout is None else np.vstack([x_test, live_holdout.x])
     worst = parity_error(pipeline, model, checked, task)
     classes = [plain(c) for c in getattr(pipeline, "classes_", [])]
-    metrics = score(task, y_test, model.predict(x_test), classes)
+    predicted = model.predict(x_test)
+    metrics = score(task, y_test, predicted, classes)
     metric = spec.metric
     if metric.value not in metrics:
         raise TrainingError("InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)")
     live_metrics = {} if live_holdout is None else score(task, live_holdout.y, model.predict(live_holdout.x), classes)
     # The inputs' reference from the rows trained on; the predictions' from the curated holdout.
-    profile = replace(
-        fit_profile(fit_x, data.features), prediction=prediction_profile(model.predict(x_test).outputs, classes)
-    )
+    profile = replace(fit_profile(fit_x, data.features), prediction=prediction_profile(predicted.outputs, classes))
     digest = data.digest if live is None else hashlib.sha256(f"{data.digest}+{live.digest}".encode()).hexdigest()
     metadata = {
         "model": spec.output.model_name,
