@@ -285,7 +285,7 @@ class Graders:
 
     curated: Holdout
     live: Holdout | None  # None: no labelled live rows were held out
-    candidate: Predict
+    candidate: dict[str, dict[str, float]]  # the new model's metrics on each holdout, by its name
     baseline: Predict | None  # the same training without live rows; None when none were added
     classes: list[Any]
 
@@ -299,7 +299,7 @@ def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list
         return None
     alias, model_name, metric, task = spec.promote.alias, spec.output.model_name, spec.metric, spec.model.algorithm.task
     graded = graders.live or graders.curated
-    candidate = _metric(task, metric, graded, graders.candidate, graders.classes)
+    candidate = graders.candidate[graded.name].get(metric.value)
     current_version = registry.resolve(model_name, alias)
     if current_version is None:
         return Gate(alias, "Promoted", _nan(candidate), None, None, f"{alias} did not exist")
@@ -312,14 +312,18 @@ def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list
             f"{alias} ({current_version}) takes other features or task; it cannot be scored on this holdout",
         )  # fmt: skip
     champion = OnnxModel(registry.read(model_name, current_version, MODEL)).predict
-    current = _metric(task, metric, graded, champion, current_meta.get("classes", []))
+    holdouts = {holdout.name: holdout for holdout in (graded, graders.curated)}  # one, without live rows
+    champion_on = {
+        name: _metric(task, metric, h, champion, current_meta.get("classes", [])) for name, h in holdouts.items()
+    }
+    current = champion_on[graded.name]
     if candidate is None or current is None:
         return Gate(alias, "Rejected", _nan(candidate), current, current_version,
                     f"{metric.value} is undefined on the {graded.name} holdout")  # fmt: skip
     needed = parse_decimal(spec.promote.min_improvement)
     gain = improvement(metric, candidate, current)
     better = Check(graded.name, len(graded.y), candidate, current, needed, gain >= needed)
-    kept, best = _regression(spec, graders, champion, current_meta.get("classes", []))
+    kept, best = _regression(spec, graders, champion_on[graders.curated.name])
     verdict = "Promoted" if better.passed and kept.passed else "Rejected"
     versus = (
         current_version if kept.baseline is None else f"the better of {current_version} and training without live rows"
@@ -341,15 +345,12 @@ def _metric(task: Task, metric: Metric, holdout: Holdout, predict: Predict, clas
     return score(task, holdout.y, predict(holdout.x), classes).get(metric.value)
 
 
-def _regression(
-    spec: TrainingJobSpec, graders: Graders, champion: Predict, champion_classes: list[Any]
-) -> tuple[Check, float]:
-    """(b): the candidate's score on the curated holdout against the best of the champion's and the baseline's
-    (returned beside the check)."""
+def _regression(spec: TrainingJobSpec, graders: Graders, current: float | None) -> tuple[Check, float]:
+    """(b): the candidate's score on the curated holdout against the best of the champion's (``current``) and
+    the baseline's (returned beside the check)."""
     assert spec.promote is not None
     task, metric, curated = spec.model.algorithm.task, spec.metric, graders.curated
-    candidate = _metric(task, metric, curated, graders.candidate, graders.classes)
-    current = _metric(task, metric, curated, champion, champion_classes)
+    candidate = graders.candidate[curated.name].get(metric.value)
     baseline = None if graders.baseline is None else _metric(task, metric, curated, graders.baseline, graders.classes)
     allowed = parse_decimal(spec.promote.max_regression)
     if candidate is None or current is None:
@@ -510,7 +511,8 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     baseline = None
     if spec.promote is not None and len(fit_y) > len(y_train):  # live rows were trained on: what without them?
         baseline = _sklearn(_fit(spec, x_train, y_train), task)
-    graders = Graders(Holdout("curated", x_test, y_test), live_holdout, model.predict, baseline, classes)
+    scored = {"curated": metrics, **({"live": live_metrics} if live_holdout is not None else {})}
+    graders = Graders(Holdout("curated", x_test, y_test), live_holdout, scored, baseline, classes)
     decision = gate(spec, registry, published.version, data.features, graders)
     if decision is not None and decision.outcome == "Promoted":
         registry.set_alias(spec.output.model_name, decision.alias, published.version)
