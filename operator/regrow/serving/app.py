@@ -203,8 +203,9 @@ class App:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
         code, x, binary_outputs, predicted = 500, None, b"", None
         try:
-            if state.lag() > state.shed_after:  # shed: a 429 costs little, so the loop catches up
-                raise BadRequest(f"the server is overloaded (its event loop lags {state.lag():.2f} s): retry", 429)
+            lag = state.lag()
+            if lag > state.shed_after:  # shed: a 429 costs little, so the loop catches up
+                raise BadRequest(f"the server is overloaded (its event loop lags {lag:.2f} s): retry", 429)
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             if protocol == "v2":

@@ -146,8 +146,8 @@ class FeedbackCounts:
         self.model = model
         self.counts: Counter[tuple[str, str, str]] = Counter()
 
-    def add(self, version: str, outcome: str, reason: str, n: int = 1) -> None:
-        self.counts[(version, outcome, reason)] += n
+    def add(self, version: str, outcome: str, reason: str) -> None:
+        self.counts[(version, outcome, reason)] += 1
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(

@@ -180,7 +180,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's TCP transports do not subclass it
         if len(self.server.connections) >= self.server.max_connections:
-            self.transport.write(_render(error_response(503, "too many connections: try again"), b"", last=True))
+            refusal = error_response(503, "too many connections: try again")
+            self.transport.write(_render(refusal, self.server.date, last=True))
             self.transport.close()
             return
         self.server.connections.add(self)
