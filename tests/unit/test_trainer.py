@@ -451,3 +451,16 @@ def test_the_reserved_prediction_column_is_refused(tmp_path: Path) -> None:
     )
     status, report = _run(_spec_body(f"file://{data}"), tmp_path)
     assert status == 1 and report["reason"] == "InvalidDataset" and "__prediction__ is reserved" in report["message"]
+
+
+def test_a_non_numeric_feature_is_named_only_if_the_spec_named_it(tmp_path: Path) -> None:
+    data = tmp_path / "iris.csv"
+    frame = pd.read_csv(io.BytesIO(sample_csv("iris")))
+    frame.insert(1, "colour", "red")  # the file's second column
+    frame.to_csv(data, index=False)
+    status, report = _run(_spec_body(f"file://{data}"), tmp_path)
+    assert (status, report["message"]) == (1, "1 feature column(s) must be numeric: column 2")
+    wire = _spec_body(f"file://{data}")
+    wire["dataset"]["features"] = ["sepal_length_cm", "colour"]
+    status, report = _run(wire, tmp_path)
+    assert (status, report["message"]) == (1, "1 feature column(s) must be numeric: 'colour'")

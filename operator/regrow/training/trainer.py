@@ -33,7 +33,7 @@ from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, PROFILE, Registry
 from regrow.training.estimators import ParamError, build_pipeline
 from regrow.training.feedback import Feedback, label_kind, labelled_rows, plain
-from regrow.training.validation import Contract, Table, label_shares, validate
+from regrow.training.validation import Contract, Table, columns_named, label_shares, validate
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +153,6 @@ class RunResult:
         return out
 
 
-def _columns(spec: TrainingJobSpec, frame: pd.DataFrame, bad: list[str]) -> str:
-    """Columns for a message: by name when the spec named them, else by position. A column the spec did not
-    name is the file's content, which a message must not echo (the URI may reach a file it should not)."""
-    if spec.dataset.features is not None:
-        return ", ".join(repr(name) for name in bad)
-    positions = [str(list(frame.columns).index(name) + 1) for name in bad]
-    return f"{len(bad)} column(s): number {', '.join(positions[:20])} of the file's {len(frame.columns)}"
-
-
 def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
     """The dataset's features and labelled target. Errors name what the spec asked for and counts, never
     what the file holds (its header, cells or bytes)."""
@@ -188,7 +179,8 @@ def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
         raise TrainingError("InvalidDataset", f"feature columns not in the dataset: {missing}")
     non_numeric = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
     if non_numeric:
-        raise TrainingError("InvalidDataset", f"feature columns must be numeric: {_columns(spec, frame, non_numeric)}")
+        named = columns_named(non_numeric, list(frame.columns), set(spec.dataset.features or []))
+        raise TrainingError("InvalidDataset", f"{len(non_numeric)} feature column(s) must be numeric: {named}")
     frame = frame[frame[target].notna()]
     if len(frame) < 10:
         raise TrainingError("InvalidDataset", f"need at least 10 labelled rows, found {len(frame)}")

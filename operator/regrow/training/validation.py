@@ -53,15 +53,17 @@ def label_shares(y: npt.NDArray[Any]) -> dict[str, float]:
     return {label: count / len(y) for label, count in sorted(counts.items())} if len(y) else {}
 
 
+def columns_named(names: list[str], columns: list[str], known: set[str]) -> str:
+    """Columns for a message: by name where the spec or the current model named them (``known``), else by
+    position in the file's ``columns``. A name only the file gives is its content, which a message must not
+    echo: the URI may reach a file it should not."""
+    return ", ".join(repr(name) if name in known else f"column {columns.index(name) + 1}" for name in names[:10])
+
+
 def _named(spec: TrainingJobSpec, contract: Contract | None, table: Table, indices: list[int]) -> str:
-    """Features by name when the spec or the current model named them, else by their column's position."""
+    """Features, by their indices, as ``columns_named`` says them."""
     known = set(spec.dataset.features or []) | set(contract.features if contract else [])
-    return ", ".join(
-        repr(table.features[j])
-        if table.features[j] in known
-        else f"column {table.columns.index(table.features[j]) + 1}"
-        for j in indices[:10]
-    )
+    return columns_named([table.features[j] for j in indices], table.columns, known)
 
 
 def _check(name: str, passed: bool, message: str) -> ValidationCheck:
