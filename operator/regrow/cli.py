@@ -14,6 +14,9 @@ import yaml
 
 from regrow.api import InvalidSpec, validate_object
 from regrow.api.crd import crd_files
+from regrow.api.modeldeployment import ServerSpec
+
+BOUNDS = ServerSpec()  # what a ModelDeployment's pods get when its spec.server sets none
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -225,12 +228,14 @@ def _add_serve(commands: Any) -> None:
                        help="close connections silent this long (above a pooling proxy's idle timeout); "
                        "408 for a request not whole this long after its first byte")  # fmt: skip
     serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
-    serve.add_argument("--max-connections", type=int, default=int(_env("REGROW_MAX_CONNECTIONS", "1000") or 1000),
+    serve.add_argument("--max-connections", type=int,
+                       default=int(_env("REGROW_MAX_CONNECTIONS") or BOUNDS.max_connections),
                        help="open connections at most; past it a new one gets 503")  # fmt: skip
-    serve.add_argument("--max-rows", type=int, default=int(_env("REGROW_MAX_ROWS", "10000") or 10000),
+    serve.add_argument("--max-rows", type=int, default=int(_env("REGROW_MAX_ROWS") or BOUNDS.max_rows),
                        help="rows in one inference request at most; past it 413")  # fmt: skip
-    serve.add_argument("--shed-after-ms", type=int, default=int(_env("REGROW_SHED_AFTER_MS", "250") or 250),
-                       help="inference requests get 429 while the event loop lags more than this")  # fmt: skip
+    serve.add_argument("--shed-after-ms", type=int,
+                       default=int(_env("REGROW_SHED_AFTER_MS") or BOUNDS.shed_after_milliseconds),
+                       help="an inference request that waited longer than this behind others gets 429")  # fmt: skip
     serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
                        help="share of requests written to the prediction log")  # fmt: skip
     serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))

@@ -35,8 +35,8 @@ def echo(request: Request) -> Response:
 class Running:
     """An HttpServer on a loopback port, on a uvloop loop in a thread of its own."""
 
-    def __init__(self, max_connections: int = 1000) -> None:
-        self.server = HttpServer(echo, MAX_BODY, idle_timeout=0.5, max_connections=max_connections)
+    def __init__(self, max_connections: int = 1000, handler: Callable[[Request], Response] = echo) -> None:
+        self.server = HttpServer(handler, MAX_BODY, max_connections, idle_timeout=0.5)
         self.port = free_port()
         self.loop = uvloop.new_event_loop()
         self.loop.run_until_complete(self.server.start("127.0.0.1", self.port))
@@ -308,3 +308,54 @@ def test_connections_past_the_cap_get_503() -> None:
                 assert sock.response()[0] == 200
     finally:
         running.close()
+
+
+def test_a_crowd_of_new_connections_is_accepted_at_once_behind_busy_keep_alive_ones() -> None:
+    """libuv accepts one connection per loop iteration: behind keep-alive clients that keep the loop busy,
+    new connections (kubelet's probes among them) would wait in the kernel's queue, one more let in per
+    iteration, for seconds, and unseen by the lag that load is shed by. All that wait are let in at once."""
+    served: list[str] = []  # paths, in the order the loop answered them
+
+    def handler(request: Request) -> Response:
+        if request.path == "/busy":  # a millisecond of inference
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass
+        served.append(request.path)
+        return Response(200, b"")
+
+    running = Running(handler=handler)
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        with running.connect() as sock:
+            while not stop.is_set():
+                sock.send(b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert sock.response()[0] == 200
+
+    busy = [threading.Thread(target=keep_busy) for _ in range(10)]
+    try:
+        for thread in busy:
+            thread.start()
+        while len(served) < 100:
+            time.sleep(0.01)
+        napping = threading.Event()  # the loop, held while the crowd arrives in the kernel's queue, all at once
+
+        def nap() -> None:
+            napping.set()
+            time.sleep(0.5)
+
+        running.loop.call_soon_threadsafe(nap)
+        napping.wait(5)
+        crowd = [running.connect() for _ in range(200)]
+        for sock in crowd:
+            sock.send(b"GET /new HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert [sock.response()[0] for sock in crowd] == [200] * 200
+    finally:
+        stop.set()
+        for thread in busy:
+            thread.join(10)
+        running.close()
+    first, last = served.index("/new"), len(served) - served[::-1].index("/new")
+    # Accepted together, the crowd is answered within a few iterations: a few busy requests per client.
+    assert served[first:last].count("/busy") < 10 * len(busy)

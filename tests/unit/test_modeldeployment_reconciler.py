@@ -206,7 +206,7 @@ def test_the_server_bounds_reach_the_pods() -> None:
         return {e["name"]: e.get("value", "") for e in container["env"]}
 
     assert (env(_spec())["REGROW_MAX_CONNECTIONS"], env(_spec())["REGROW_MAX_ROWS"]) == ("1000", "10000")
-    assert env(_spec())["REGROW_SHED_AFTER_MS"] == "250"
+    assert env(_spec())["REGROW_SHED_AFTER_MS"] == "100"
     bounded = env(_spec(spec__server={"maxConnections": 50, "maxRows": 256, "shedAfterMilliseconds": 100}))
     assert (bounded["REGROW_MAX_CONNECTIONS"], bounded["REGROW_MAX_ROWS"], bounded["REGROW_SHED_AFTER_MS"]) == (
         "50", "256", "100"

@@ -77,9 +77,9 @@ class ServerSpec(ApiModel):
         "health probes too).",
     )  # fmt: skip
     shed_after_milliseconds: int = Field(
-        default=250, ge=1, le=60_000,
-        description="While the server's event loop lags more than this, inference requests get 429 with "
-        "Retry-After: 1 (health and metrics are still answered).",
+        default=100, ge=1, le=60_000,
+        description="An inference request that waited longer than this behind others gets 429 with "
+        "Retry-After: 1, which bounds the wait of those answered (health and metrics are still answered).",
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
+from regrow.api.modeldeployment import ServerSpec
 from regrow.inference import Prediction
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
@@ -25,7 +26,6 @@ from regrow.serving.model import LoadedModel
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
     BINARY_HEADER,
-    MAX_ROWS,
     BadRequest,
     parse_json,
     requested_outputs,
@@ -36,7 +36,7 @@ from regrow.serving.protocol import (
     v2_outputs,
 )
 
-SHED_AFTER_SECONDS = 0.25
+BOUNDS = ServerSpec()  # a ModelDeployment's spec.server when it sets none: the defaults
 RETRY_AFTER = b"retry-after: 1\r\n"
 
 
@@ -53,11 +53,12 @@ class State:
     alias: str | None = None
     alias_version: str | None = None
     feature_bins: bool = True
-    max_rows: int = MAX_ROWS
+    max_rows: int = BOUNDS.max_rows
     predictions: PredictionLog | None = None
     in_flight: Callable[[], int] = lambda: 0  # the HTTP server's count of requests not answered yet
     lag: Callable[[], float] = lambda: 0.0  # the event loop's lag, in seconds
-    shed_after: float = SHED_AFTER_SECONDS  # inference requests get 429 while the lag is past this
+    waited: Callable[[], float] = lambda: 0.0  # about how long the request being answered waited, in seconds
+    shed_after: float = BOUNDS.shed_after_milliseconds / 1000  # an inference request that waited longer gets 429
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
     feedback: FeedbackCounts | None = None
 
@@ -79,9 +80,10 @@ class State:
 class App:
     """Answers one complete request; the HTTP server calls it, on the event loop.
 
-    Inference runs to completion on the loop, so load shows as the loop's lag: past ``shed_after`` inference
-    requests get 429 with ``Retry-After`` (counted with their code in ``regrow_inference_requests_total``)
-    while health, metadata and metrics are still answered."""
+    Inference runs to completion on the loop, so under load requests wait behind one another: an inference
+    request that waited longer than ``shed_after`` gets 429 with ``Retry-After`` (counted with its code in
+    ``regrow_inference_requests_total``), which costs the loop little, so it catches up; health, metadata and
+    metrics are always answered."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -203,9 +205,9 @@ class App:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
         code, x, binary_outputs, predicted = 500, None, b"", None
         try:
-            lag = state.lag()
-            if lag > state.shed_after:  # shed: a 429 costs little, so the loop catches up
-                raise BadRequest(f"the server is overloaded (its event loop lags {lag:.2f} s): retry", 429)
+            waited = state.waited()
+            if waited > state.shed_after:  # shed: a 429 costs little, so the loop catches up
+                raise BadRequest(f"the server is overloaded (this request waited {waited:.2f} s): retry", 429)
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             if protocol == "v2":

@@ -15,9 +15,12 @@ Kept from a full server is what one behind a Kubernetes Service needs:
   the transport's high-water mark, its requests are queued, unanswered, and no more are read until the
   client has read; a connection that goes silent with responses unsent is aborted, not closed (a close
   would wait for them for good);
-- a cap on connections: past it, a new one gets 503 and is closed;
-- the event loop's lag, measured every 20 ms (how late a timer runs: the time the loop spends on everything
-  else in between), for the handler to shed load by;
+- a cap on connections: past it, a new one gets 503 and is closed; every connection waiting in the kernel's
+  queue is accepted at once (libuv lets in one per loop iteration: behind busy keep-alive clients, a crowd
+  of new connections, kubelet's probes among them, waited there for seconds, unseen by the loop's lag);
+- how long the loop has been busy running the I/O callbacks of one iteration: a request read that late into
+  them waited at least about as long (behind the requests answered before it), for the handler to shed
+  load by; and the event loop's lag, measured every 20 ms (how late a timer runs), as a gauge of load;
 - a ``Date`` header;
 - a graceful shutdown: while draining, each response closes its connection, so that keep-alive clients
   reconnect (to other pods, once the endpoints have changed); then stop accepting, close idle connections,
@@ -32,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -50,8 +55,8 @@ log = logging.getLogger(__name__)
 # balancers: 60 s), so that a proxy never sends a request on a connection the server is closing (nginx: 75 s).
 IDLE_TIMEOUT_SECONDS = 75.0
 MAX_HEAD = 64 * 1024  # request line and headers, in bytes
-MAX_CONNECTIONS = 1000
 LAG_INTERVAL = 0.02  # seconds between two measurements of the event loop's lag
+ACCEPT_RETRY_SECONDS = 1.0  # after accept() fails for want of file descriptors or memory (as asyncio waits)
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 JSON = b"application/json"
@@ -87,9 +92,8 @@ Handler = Callable[[Request], Response]
 
 class HttpServer:
     def __init__(
-        self, handler: Handler, max_body: int, idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-        max_connections: int = MAX_CONNECTIONS,
-    ) -> None:  # fmt: skip
+        self, handler: Handler, max_body: int, max_connections: int, idle_timeout: float = IDLE_TIMEOUT_SECONDS
+    ) -> None:
         self.handler = handler
         self.max_body = max_body
         self.idle_timeout = idle_timeout
@@ -98,7 +102,9 @@ class HttpServer:
         self.draining = False  # answer each request, then close its connection (clients reconnect elsewhere)
         self.date = b""
         self.lag = 0.0  # seconds the last timer ran late
-        self._server: asyncio.Server | None = None
+        self.busy_since: float | None = None  # perf_counter() when the I/O callbacks the loop runs now began
+        self._listener: socket.socket | None = None
+        self._accepting: set[asyncio.Task[object]] = set()  # connections accepted, their transports in the making
         self._ticker: asyncio.Task[None] | None = None
         self._lag_timer: asyncio.TimerHandle | None = None
 
@@ -109,9 +115,55 @@ class HttpServer:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._tick()
-        self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_address=True)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        self._listener = socket.create_server((host, port), family=family, backlog=self.max_connections)
+        self._listener.setblocking(False)
+        self._listen()
         self._ticker = loop.create_task(self._every_second())
         self._measure_lag(loop.time())
+
+    def _listen(self) -> None:
+        if self._listener is not None and self._listener.fileno() >= 0:  # not shut down
+            asyncio.get_running_loop().add_reader(self._listener, self._accept)
+
+    def _accept(self) -> None:
+        """Accept every connection waiting (past the cap, each is accepted to be told 503)."""
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(self.max_connections + 1):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:  # out of file descriptors or memory: try again later, not at every iteration
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                log.warning("Cannot accept connections for now (%s): retrying in %gs", error, ACCEPT_RETRY_SECONDS)
+                loop.remove_reader(self._listener)
+                loop.call_later(ACCEPT_RETRY_SECONDS, self._listen)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(loop.connect_accepted_socket(lambda: Connection(self), sock))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepted)
+
+    def _accepted(self, task: asyncio.Task[object]) -> None:
+        self._accepting.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the client was gone before its transport
+            log.debug("Could not open an accepted connection: %s", task.exception())
+
+    def busy(self) -> float:
+        """Seconds since the loop began the I/O callbacks it is running now: about how long the request being
+        answered waited, behind those answered before it in this iteration."""
+        return 0.0 if self.busy_since is None else time.perf_counter() - self.busy_since
+
+    def _begin(self) -> None:
+        self.busy_since = time.perf_counter()
+        asyncio.get_running_loop().call_soon(self._rest)  # ready callbacks run once this iteration's I/O is done
+
+    def _rest(self) -> None:
+        self.busy_since = None
 
     def _measure_lag(self, expected: float) -> None:
         loop = asyncio.get_running_loop()
@@ -141,8 +193,9 @@ class HttpServer:
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, close idle connections, give requests in progress ``timeout`` seconds, close the rest."""
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener)
+            self._listener.close()
         for connection in [c for c in self.connections if c.started is None and not c.queued]:
             connection.transport.close()
         deadline = time.monotonic() + timeout
@@ -208,6 +261,8 @@ class Connection(asyncio.Protocol):
         if self.ending:
             return
         self.last_read = time.perf_counter()
+        if self.server.busy_since is None:
+            self.server._begin()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # no protocol switch is offered; what came before it is answered

@@ -112,15 +112,12 @@ def _array(data: Any, what: str) -> npt.NDArray[np.float32]:
     return array
 
 
-MAX_ROWS = 10_000  # rows in one request, by default: inference runs on the event loop, health probes too
-
-
 def _too_many(rows: int, max_rows: int) -> None:
     if rows > max_rows:
         raise BadRequest(f"at most {max_rows} rows in one request: send {rows} as several", 413)
 
 
-def v2_inputs(body: Any, features: list[str], binary: bytes = b"", max_rows: int = MAX_ROWS) -> npt.NDArray[np.float32]:
+def v2_inputs(body: Any, features: list[str], binary: bytes, max_rows: int) -> npt.NDArray[np.float32]:
     """An (n, features) matrix from an OIP v2 request: one [n, features] tensor, or one tensor per feature;
     at most ``max_rows`` rows, judged from the shapes before any data is converted."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
@@ -156,7 +153,7 @@ def v2_inputs(body: Any, features: list[str], binary: bytes = b"", max_rows: int
     return np.column_stack(columns)
 
 
-def v1_inputs(body: Any, features: list[str], max_rows: int = MAX_ROWS) -> npt.NDArray[np.float32]:
+def v1_inputs(body: Any, features: list[str], max_rows: int) -> npt.NDArray[np.float32]:
     """An (n, features) matrix from a v1 predict request: {"instances": [[...], ...]}, at most ``max_rows``."""
     if not isinstance(body, dict) or "instances" not in body:
         raise BadRequest('the request must be a JSON object with an "instances" array')

@@ -9,12 +9,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from regrow.serving.app import SHED_AFTER_SECONDS, App, State
+from regrow.serving.app import BOUNDS, App, State
 from regrow.serving.feedback import Signer
-from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, MAX_CONNECTIONS, HttpServer
+from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
-from regrow.serving.protocol import MAX_ROWS
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 
@@ -37,9 +36,9 @@ class ServeConfig:
     drain_seconds: float = 5.0
     idle_timeout: float = IDLE_TIMEOUT_SECONDS
     max_body: int = DEFAULT_MAX_BODY
-    max_connections: int = MAX_CONNECTIONS
-    max_rows: int = MAX_ROWS
-    shed_after: float = SHED_AFTER_SECONDS  # event loop lag past which inference gets 429
+    max_connections: int = BOUNDS.max_connections
+    max_rows: int = BOUNDS.max_rows
+    shed_after: float = BOUNDS.shed_after_milliseconds / 1000  # an inference request that waited longer gets 429
     feature_bins: bool = True
     log_percent: int = 0
     log_max_queue: int = 10000
@@ -63,9 +62,10 @@ class InferenceServer:
                            max_rows=config.max_rows, signer=Signer.from_env(config.feedback_key))  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
-        self.http = HttpServer(App(self.state), config.max_body, config.idle_timeout, config.max_connections)
+        self.http = HttpServer(App(self.state), config.max_body, config.max_connections, config.idle_timeout)
         self.state.in_flight = self.http.in_flight
         self.state.lag = lambda: self.http.lag
+        self.state.waited = self.http.busy
         self.state.shed_after = config.shed_after
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
         self._loop: asyncio.AbstractEventLoop | None = None  # the one run() runs on
