@@ -27,13 +27,13 @@ from kubernetes import client
 
 from regrow import __version__
 from regrow.api import KINDS
-from regrow.manifests.common import Images
+from regrow.manifests.common import PodDefaults
 from tests.cluster import Cluster, control_plane, free_port, from_kubeconfig
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_CLUSTER = os.environ.get("REGROW_REQUIRE_CLUSTER") == "1"
-TEST_IMAGE = Images().runtime
+TEST_IMAGE = PodDefaults().runtime
 OPERATOR_IMAGE = f"regrow-operator:{__version__}"
 _USED: dict[str, str] = {}
 
@@ -96,7 +96,7 @@ def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypat
     @contextmanager
     def running(**memo_extra: Any) -> Iterator[None]:
         stop, ready = threading.Event(), threading.Event()
-        memo = kopf.Memo(**{"kube": Kube(api), "images": Images(), "lease_namespace": namespace, **memo_extra})
+        memo = kopf.Memo(**{"kube": Kube(api), "images": PodDefaults(), "lease_namespace": namespace, **memo_extra})
         thread = threading.Thread(
             target=lambda: asyncio.run(
                 kopf.operator(namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo)

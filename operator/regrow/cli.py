@@ -149,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
     run(
         ServeConfig(
             registry=args.registry, model=args.model, alias=args.alias, version=args.version, host=args.host,
-            port=args.port,
+            port=args.port, metrics_port=args.metrics_port,
             threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
             idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections, max_rows=args.max_rows,
             shed_after=args.shed_after_ms / 1000,
@@ -221,6 +221,8 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--host", default=_env("REGROW_HOST", "0.0.0.0"),
                        help="address to listen on; $REGROW_HOST, else all (0.0.0.0)")  # fmt: skip
     serve.add_argument("--port", type=int, default=int(_env("REGROW_PORT", "8080") or 8080))
+    serve.add_argument("--metrics-port", type=int, default=int(_env("REGROW_METRICS_PORT") or 0),
+                       help="answer /metrics and the reference profile on this port alone (0: on --port)")  # fmt: skip
     serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
     serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
     serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))

@@ -21,7 +21,7 @@ from kubernetes import client, config
 from regrow import API_VERSION
 from regrow.api import ModelDeploymentSpec, parse_spec
 from regrow.controller.kube import Kube, Obj, path
-from regrow.manifests.common import Images, Owner
+from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import deployment
 from tests.cluster import Cluster
 from tests.conftest import ROOT, Operator
@@ -68,6 +68,7 @@ def test_the_chart_lints_clean(cluster: Cluster, namespace: str) -> None:
         ({"image": {"repo": "x"}}, "repo"),
         ({"logLevel": "LOUD"}, "logLevel"),
         ({"metrics": {"port": 8080}}, "port"),
+        ({"metrics": {"servingPort": 8080}}, "servingPort"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
     ],
@@ -173,16 +174,21 @@ def _monitoring_crd(kind: str, plural: str) -> Obj:
     }
 
 
+@pytest.mark.parametrize("serving_port", [0, 9090])
 def test_the_monitors_select_the_operator_service_and_the_serving_pods(
-    cluster: Cluster, namespace: str, release: str
+    cluster: Cluster, namespace: str, release: str, serving_port: int
 ) -> None:
     for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PodMonitor", "podmonitors")):
         # create, not apply: a cluster with the real CRDs keeps them
         cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(_monitoring_crd(kind, plural)), check=False)
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com")
     values = {"watchNamespaces": [namespace], "metrics": {"serviceMonitor": {"enabled": True, "labels": {"team": "a"}},
-                                                          "servingPodMonitor": {"enabled": True}}}  # fmt: skip
+                                                          "servingPodMonitor": {"enabled": True},
+                                                          "servingPort": serving_port}}  # fmt: skip
     docs = {d["kind"]: d for d in _install(cluster, namespace, release, values)}
+    operator_env = {e["name"]: e.get("value") for e in _pods([docs["Deployment"]])[0]["containers"][0]["env"]}
+    defaults = PodDefaults(metrics_port=int(operator_env["REGROW_SERVING_METRICS_PORT"]))  # as the operator reads it
+    assert defaults.metrics_port == serving_port
     service, monitor = docs["Service"], docs["ServiceMonitor"]
     assert monitor["metadata"]["labels"]["team"] == "a"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -191,7 +197,8 @@ def test_the_monitors_select_the_operator_service_and_the_serving_pods(
     pods = docs["PodMonitor"]["spec"]
     assert pods["namespaceSelector"] == {"matchNames": [namespace]}
     md = parse_spec(ModelDeploymentSpec, _example("ModelDeployment")["spec"])
-    template = deployment(Owner("ModelDeployment", "iris", namespace, "u"), md, Images(), None)["spec"]["template"]
+    template = deployment(Owner("ModelDeployment", "iris", namespace, "u"), md, defaults, None)["spec"]["template"]
     assert pods["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     ports = [p["name"] for c in template["spec"]["containers"] for p in c["ports"]]
-    assert [e["port"] for e in pods["podMetricsEndpoints"]] == ["http"] and "http" in ports
+    (endpoint,) = [e["port"] for e in pods["podMetricsEndpoints"]]
+    assert endpoint == ("metrics" if serving_port else "http") and endpoint in ports

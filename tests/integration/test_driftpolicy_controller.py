@@ -39,8 +39,8 @@ class FakePod:
         with self.lock:
             self.counts = self.counts + self.profile.bin_counts(rows)
 
-    def fetch(self, ip: str, url_path: str) -> bytes | None:
-        assert ip == "10.1.2.3"
+    def fetch(self, address: str, url_path: str) -> bytes | None:
+        assert address == "10.1.2.3:8080"
         if url_path == "/v2/models/iris/profile":
             return self.profile.to_json()
         assert url_path == "/metrics"

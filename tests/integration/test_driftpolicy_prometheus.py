@@ -55,8 +55,8 @@ def test_drift_from_prometheus_retrains(
         # the first requests (as with any counter Prometheus meets after it started counting).
         wait_for(lambda: _series(url, "regrow_feature_bin_total"), 30, "a first scrape of the zero counters")
 
-        def fetch(ip: str, url_path: str) -> bytes | None:
-            assert (ip, url_path) == ("10.1.2.3", "/v2/models/iris/profile")  # only the profile: no scraping
+        def fetch(address: str, url_path: str) -> bytes | None:
+            assert (address, url_path) == ("10.1.2.3:8080", "/v2/models/iris/profile")  # only the profile: no scraping
             status, body = server.call("GET", url_path)
             return json.dumps(body).encode() if status == 200 else None
 
@@ -100,7 +100,7 @@ def test_an_unreachable_prometheus_is_reported(api: client.ApiClient, namespace:
     version = publish_iris(tmp_path)
     with running(local(tmp_path, alias="champion")) as server:
 
-        def fetch(ip: str, url_path: str) -> bytes | None:
+        def fetch(address: str, url_path: str) -> bytes | None:
             return json.dumps(server.call("GET", url_path)[1]).encode()
 
         source = {"type": "Prometheus", "prometheus": {"url": f"http://127.0.0.1:{free_port()}"}}

@@ -12,7 +12,7 @@ from lupa import lua51
 
 from regrow.controller import modeldeployment, trainingjob
 from regrow.controller.kube import Obj
-from regrow.manifests.common import Images
+from regrow.manifests.common import PodDefaults
 from tests.unit.test_api import _example, _with
 
 ARGOCD = Path(__file__).resolve().parents[2] / "gitops" / "argocd"
@@ -65,11 +65,11 @@ def _stored(body: Obj, status: Obj) -> Obj:
 def test_what_the_reconcilers_write_for_an_invalid_spec_is_degraded() -> None:
     md = _with(_example("ModelDeployment"), "spec.replicas", {"min": 5, "max": 2})
     md["metadata"]["namespace"] = "ml"
-    result = modeldeployment.reconcile(_stored(md, {}), NoApi(), Images(), None, None)  # type: ignore[arg-type]
+    result = modeldeployment.reconcile(_stored(md, {}), NoApi(), PodDefaults(), None, None)  # type: ignore[arg-type]
     verdict = health(_stored(md, result.status))
     assert verdict["status"] == "Degraded" and verdict["message"].startswith("InvalidSpec: ")
 
     tj = _with(_example("TrainingJob"), "spec.model.algorithm", "quantumForest")
     tj["metadata"]["namespace"] = "ml"
-    result = trainingjob.reconcile(_stored(tj, {}), NoApi(), Images())  # type: ignore[arg-type]
+    result = trainingjob.reconcile(_stored(tj, {}), NoApi(), PodDefaults())  # type: ignore[arg-type]
     assert health(_stored(tj, result.status))["status"] == "Degraded"

@@ -15,8 +15,8 @@ from regrow.controller.modeldeployment import (
     discover,
     report,
 )
-from regrow.manifests.common import Images, Owner
-from regrow.manifests.serving import autoscaler, deployment, disruption_budget
+from regrow.manifests.common import Manifest, Owner, PodDefaults
+from regrow.manifests.serving import autoscaler, deployment, disruption_budget, metrics_address
 from tests.unit.test_api import _example, _with
 from tests.unit.test_trainingjob_reconciler import restricted_violations
 
@@ -125,22 +125,22 @@ def test_discovery_picks_the_newest_served_versions() -> None:
 
 def test_builders() -> None:
     spec = _spec()
-    manifest = deployment(OWNER, spec, Images(), "v3")
+    manifest = deployment(OWNER, spec, PodDefaults(), "v3")
     assert restricted_violations(manifest["spec"]["template"]["spec"]) == []
     assert manifest["spec"]["template"]["metadata"]["annotations"]["regrow.dev/model-version"] == "v3"
     assert manifest["spec"]["selector"]["matchLabels"] == {
         "regrow.dev/modeldeployment": "iris",
         "app.kubernetes.io/component": "predictor",
     }
-    assert deployment(OWNER, spec, Images(), "v3") == manifest
-    assert deployment(OWNER, spec, Images(), "v4") != manifest  # a new version changes the template: a roll
+    assert deployment(OWNER, spec, PodDefaults(), "v3") == manifest
+    assert deployment(OWNER, spec, PodDefaults(), "v4") != manifest  # a new version changes the template: a roll
     assert autoscaler(OWNER, spec, "autoscaling/v2")["apiVersion"] == "autoscaling/v2"
     assert disruption_budget(OWNER, "policy/v1beta1")["spec"]["maxUnavailable"] == 1
 
 
 def test_the_prediction_log_gets_its_settings_and_a_writable_store() -> None:
     def container(spec: ModelDeploymentSpec) -> Obj:
-        return deployment(OWNER, spec, Images(), None)["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+        return deployment(OWNER, spec, PodDefaults(), None)["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
     logging = container(_spec())  # the example samples 10% of requests
     env = {e["name"]: e.get("value") for e in logging["env"]}
@@ -168,7 +168,7 @@ class Secrets:
 
 def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() -> None:
     spec = _spec()  # the example logs 10% of its predictions
-    manifest = deployment(OWNER, spec, Images(), None)
+    manifest = deployment(OWNER, spec, PodDefaults(), None)
     env = {e["name"]: e for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["REGROW_FEEDBACK_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "iris-feedback-key", "key": "key"}}
     api = Secrets()
@@ -185,29 +185,46 @@ def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() 
     api = Secrets()
     _feedback_key(api, OWNER, quiet, None)  # type: ignore[arg-type]
     assert api.created == []
-    containers = deployment(OWNER, quiet, Images(), None)["spec"]["template"]["spec"]["containers"]
+    containers = deployment(OWNER, quiet, PodDefaults(), None)["spec"]["template"]["spec"]["containers"]
     assert "REGROW_FEEDBACK_KEY" not in {e["name"] for e in containers[0]["env"]}
 
 
 def test_a_spec_without_resources_gets_the_defaults() -> None:
     """The HPA measures CPU against the request, and the server's threads come from the CPU limit."""
-    unset = deployment(OWNER, _spec(spec__resources=...), Images(), None)["spec"]["template"]["spec"]["containers"][0]
+    unset = deployment(OWNER, _spec(spec__resources=...), PodDefaults(), None)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     assert unset["resources"] == {
         "requests": {"cpu": "500m", "memory": "256Mi"},
         "limits": {"cpu": "1", "memory": "1Gi"},
     }
-    own = deployment(OWNER, _spec(), Images(), None)["spec"]["template"]["spec"]["containers"][0]
+    own = deployment(OWNER, _spec(), PodDefaults(), None)["spec"]["template"]["spec"]["containers"][0]
     assert own["resources"] == _spec().resources.to_wire()  # type: ignore[union-attr]  # the spec's win
 
 
 def test_the_server_bounds_reach_the_pods() -> None:
     def env(spec: ModelDeploymentSpec) -> dict[str, str]:
-        container = deployment(OWNER, spec, Images(), None)["spec"]["template"]["spec"]["containers"][0]
+        container = deployment(OWNER, spec, PodDefaults(), None)["spec"]["template"]["spec"]["containers"][0]
         return {e["name"]: e.get("value", "") for e in container["env"]}
 
     assert (env(_spec())["REGROW_MAX_CONNECTIONS"], env(_spec())["REGROW_MAX_ROWS"]) == ("1000", "10000")
     assert env(_spec())["REGROW_SHED_AFTER_MS"] == "100"
-    bounded = env(_spec(spec__server={"maxConnections": 50, "maxRows": 256, "shedAfterMilliseconds": 100}))
+    bounded = env(_spec(spec__server={"maxConnections": 50, "maxRows": 256, "shedAfterMilliseconds": 30}))
     assert (bounded["REGROW_MAX_CONNECTIONS"], bounded["REGROW_MAX_ROWS"], bounded["REGROW_SHED_AFTER_MS"]) == (
-        "50", "256", "100"
+        "50", "256", "30"
     )  # fmt: skip
+
+
+def test_a_metrics_port_reaches_the_pods_their_annotations_and_the_drift_checks() -> None:
+    def pod(defaults: PodDefaults) -> Manifest:
+        template = deployment(OWNER, _spec(), defaults, None)["spec"]["template"]
+        return {**template, "status": {"podIP": "10.1.2.3"}}
+
+    shared, apart = pod(PodDefaults()), pod(PodDefaults(metrics_port=9090))
+    assert (metrics_address(shared), metrics_address(apart)) == ("10.1.2.3:8080", "10.1.2.3:9090")
+    assert shared["metadata"]["annotations"]["prometheus.io/port"] == "8080"
+    assert apart["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    container = apart["spec"]["containers"][0]
+    assert {"name": "REGROW_METRICS_PORT", "value": "9090"} in container["env"]
+    assert [p["name"] for p in container["ports"]] == ["http", "metrics"]
+    assert "REGROW_METRICS_PORT" not in {e["name"] for e in shared["spec"]["containers"][0]["env"]}

@@ -605,3 +605,24 @@ def test_an_overloaded_server_sheds_inference_and_keeps_answering_health(tmp_pat
     print(
         f"\nshed {codes[429, '1']} of {sum(codes.values())} requests; slowest health probe {max(probes) * 1000:.0f} ms"
     )
+
+
+def test_a_metrics_port_alone_answers_metrics_and_the_profile(tmp_path: Path) -> None:
+    """With --metrics-port, what Prometheus and the operator read leaves the port clients reach, and the
+    metrics port serves no inference: a NetworkPolicy can then keep each port to its readers."""
+    version = publish_iris(tmp_path)
+    config = local(tmp_path, version=version, metrics_port=free_port())
+    with running(config) as server:
+        wait_ready(server)
+        metrics = Server(config.metrics_port, server.thread)
+        assert server.call("POST", "/v2/models/iris/infer", v2([[5.1, 3.5, 1.4, 0.2]]))[0] == 200
+        status, text = metrics.call("GET", "/metrics")
+        assert status == 200 and 'regrow_inference_requests_total{code="200"' in text
+        assert metrics.call("GET", "/v2/models/iris/profile")[0] == 200
+        assert server.call("GET", "/metrics")[0] == 404
+        assert server.call("GET", "/v2/models/iris/profile")[0] == 404
+        status, body = metrics.call("POST", "/v2/models/iris/infer", v2([[5.1, 3.5, 1.4, 0.2]]))
+        assert status == 404 and "metrics port" in body["error"]
+        assert metrics.call("POST", "/v2/models/iris/feedback", {"feedback": []})[0] == 404
+        for port in (server, metrics):  # health and metadata on both
+            assert port.call("GET", "/v2/health/ready")[0] == 200 and port.call("GET", "/v2/models/iris")[0] == 200

@@ -12,12 +12,12 @@ from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.trainingjob import finished, outcome, reconcile, status_for
-from regrow.manifests.common import Images, Owner
+from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.training import training_job
 from tests.unit.test_api import _example, _with
 
 OWNER = Owner("TrainingJob", "iris-v1", "ml", "uid-1")
-IMAGES = Images(runtime="regrow-serving:test", pull_policy="Never")
+IMAGES = PodDefaults(runtime="regrow-serving:test", pull_policy="Never")
 
 
 def _spec(**changes: Any) -> TrainingJobSpec:

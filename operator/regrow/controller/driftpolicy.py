@@ -36,20 +36,20 @@ from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import Profile
 from regrow.drift.window import History, Scrape, Vector, bins_query, parse_bins, parse_query_result
 from regrow.manifests.common import Owner
-from regrow.manifests.serving import PORT
+from regrow.manifests.serving import metrics_address
 
 READY, DRIFT = "Ready", "DriftDetected"
 POLICY_LABEL = f"{GROUP}/driftpolicy"
 APPROVE_ANNOTATION = f"{GROUP}/approve"
 KEEP_JOBS = 20
 
-Fetch = Callable[[str, str], bytes | None]  # (pod IP, path) -> body
+Fetch = Callable[[str, str], bytes | None]  # (pod IP:port, path) -> body
 Query = Callable[[str, str], bytes]  # (Prometheus URL, PromQL) -> the answer's body
 
 
-def http_fetch(ip: str, url_path: str) -> bytes | None:
+def http_fetch(address: str, url_path: str) -> bytes | None:
     try:
-        with urllib.request.urlopen(f"http://{ip}:{PORT}{url_path}", timeout=3) as response:
+        with urllib.request.urlopen(f"http://{address}{url_path}", timeout=3) as response:
             return bytes(response.read())
     except OSError:
         return None
@@ -111,7 +111,7 @@ def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, versio
     ready = [p for p in serving_pods(api, owner.namespace, target) if pod_ready(p) and p["status"].get("podIP")]
     if key not in memory.profiles or memory.histories.get(key, History("")).version != version:
         for pod in ready:
-            raw = fetch(pod["status"]["podIP"], f"/v2/models/{model}/profile")
+            raw = fetch(metrics_address(pod), f"/v2/models/{model}/profile")
             if raw:
                 profile = Profile.from_json(raw).monitored()  # the inputs and the predictions
                 memory.profiles[key] = (profile, Layout.of(profile))
@@ -141,7 +141,7 @@ def live_counts(spec: DriftPolicySpec, owner: Owner, fetch: Fetch, memory: Memor
     window = parse_duration(spec.window)
     prometheus = spec.source.prometheus
     if prometheus is None:
-        texts = {p["metadata"]["name"]: fetch(p["status"]["podIP"], "/metrics") for p in pods}
+        texts = {p["metadata"]["name"]: fetch(metrics_address(p), "/metrics") for p in pods}
         readings = {n: parse_bins(t.decode(), profile, model, version) for n, t in texts.items() if t is not None}
         history = memory.histories[owner.uid]
         history.add(Scrape(time.time(), readings), window)

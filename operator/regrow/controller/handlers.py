@@ -18,7 +18,7 @@ from regrow.controller.kube import Kube
 from regrow.controller.lease import Lease, new_identity
 from regrow.controller.loop import Controller, Kind
 from regrow.controller.metrics import DriftCollector, Instruments
-from regrow.manifests.common import Images
+from regrow.manifests.common import PodDefaults
 
 TRAINING_POLL_SECONDS = 5.0
 SERVING_POLL_SECONDS = 5.0
@@ -45,10 +45,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     if "fetch" not in memo:
         memo.fetch = driftpolicy.http_fetch
     memo.drift_memory = driftpolicy.Memory()
-    if "images" not in memo:
-        memo.images = Images(
-            runtime=os.environ.get("REGROW_RUNTIME_IMAGE", Images.runtime),
-            pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", Images.pull_policy),
+    if "pod_defaults" not in memo:
+        memo.pod_defaults = PodDefaults(
+            runtime=os.environ.get("REGROW_RUNTIME_IMAGE", PodDefaults.runtime),
+            pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", PodDefaults.pull_policy),
+            metrics_port=int(os.environ.get("REGROW_SERVING_METRICS_PORT") or 0),
         )
     namespace = memo.get("lease_namespace")
     identity = memo.get("identity") or new_identity()
@@ -88,13 +89,13 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
         Kind(
             TRAINING_JOB.kind,
             TRAINING_JOB.plural,
-            lambda body: trainingjob.reconcile(body, memo.kube, memo.images),
+            lambda body: trainingjob.reconcile(body, memo.kube, memo.pod_defaults),
             lambda body: None if trainingjob.finished(body) else TRAINING_POLL_SECONDS,
         ),
         Kind(
             MODEL_DEPLOYMENT.kind,
             MODEL_DEPLOYMENT.plural,
-            lambda body: modeldeployment.reconcile(body, memo.kube, memo.images, memo.versions, memo.prober),
+            lambda body: modeldeployment.reconcile(body, memo.kube, memo.pod_defaults, memo.versions, memo.prober),
             lambda body: SERVING_POLL_SECONDS,  # pods crash, aliases move: the actual state is watched
         ),
         Kind(

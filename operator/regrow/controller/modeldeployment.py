@@ -23,7 +23,7 @@ from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.result import Event, Result, transition_event
-from regrow.manifests.common import Images, Owner
+from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import (
     COMPONENT,
     FEEDBACK_ENV,
@@ -223,7 +223,7 @@ def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj |
         api.create(path("v1", "secrets", owner.namespace), feedback_key(owner, secrets.token_urlsafe(32)))
 
 
-def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober: Prober) -> Result:
+def reconcile(body: Obj, api: Api, defaults: PodDefaults, versions: ApiVersions, prober: Prober) -> Result:
     owner = Owner.of(body)
     previous_status = body.get("status") or {}
     previous = previous_status.get("conditions") or []
@@ -246,7 +246,7 @@ def reconcile(body: Obj, api: Api, images: Images, versions: ApiVersions, prober
         events.append(Event("Normal", "RollingOut", f"Rolling out {spec.model.name} version {version}"))
 
     _feedback_key(api, owner, spec, live)
-    applied = ensure(api, deployment(owner, spec, images, version), unmanaged=("replicas",))
+    applied = ensure(api, deployment(owner, spec, defaults, version), unmanaged=("replicas",))
     ensure(api, service(owner))
     ensure(api, autoscaler(owner, spec, versions.hpa))
     ensure(api, disruption_budget(owner, versions.pdb))

@@ -15,7 +15,7 @@ from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.result import Event, Result, transition_event
-from regrow.manifests.common import Images, Owner
+from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.training import CONTAINER, training_job
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
     return status
 
 
-def reconcile(body: Obj, api: Api, images: Images) -> Result:
+def reconcile(body: Obj, api: Api, defaults: PodDefaults) -> Result:
     """Bring one TrainingJob one step closer to its end. Safe to call any number of times."""
     owner = Owner.of(body)
     previous = (body.get("status") or {}).get("conditions") or []
@@ -136,7 +136,7 @@ def reconcile(body: Obj, api: Api, images: Images) -> Result:
         cond = Cond(SUCCEEDED, "False", "InvalidSpec", str(error))
         return _result(body, None, Outcome(cond), previous)
 
-    manifest = training_job(owner, spec, images)
+    manifest = training_job(owner, spec, defaults)
     jobs = path("batch/v1", "jobs", owner.namespace)
     job = api.get(f"{jobs}/{manifest['metadata']['name']}")
     events = []

@@ -124,8 +124,11 @@ def storage_volumes(storage: StorageSpec | None, *, read_only: bool) -> tuple[li
 
 
 @dataclass(frozen=True)
-class Images:
-    """The operator's defaults for pods whose spec names no image (one image serves and trains)."""
+class PodDefaults:
+    """What the operator gives the pods it makes, from its own settings (the chart's values): the image of those
+    whose spec names none (one image serves and trains), and the serving pods' metrics port (0: the inference
+    port answers /metrics and the reference profile; a port: that port alone does)."""
 
     runtime: str = f"regrow-serving:{__version__}"
     pull_policy: str = "IfNotPresent"
+    metrics_port: int = 0

@@ -8,9 +8,9 @@ from regrow.api.common import parse_duration
 from regrow.api.modeldeployment import ModelDeploymentSpec
 from regrow.manifests.common import (
     SERVING_RESOURCES,
-    Images,
     Manifest,
     Owner,
+    PodDefaults,
     container_security_context,
     pod_security_context,
     resources,
@@ -21,6 +21,7 @@ from regrow.manifests.common import (
 COMPONENT = "predictor"
 CONTAINER = "server"
 PORT = 8080
+METRICS = "metrics"  # the name of the container port for /metrics and the profile, when it is not PORT
 VERSION_ANNOTATION = f"{GROUP}/model-version"
 FEEDBACK_KEY = "key"
 FEEDBACK_ENV = "REGROW_FEEDBACK_KEY"
@@ -46,12 +47,18 @@ def feedback_key(owner: Owner, key: str) -> Manifest:
     }
 
 
+def metrics_address(pod: Manifest) -> str:
+    """Where a serving pod answers /metrics and its reference profile: its port named ``metrics``, else PORT."""
+    ports = [p for c in pod["spec"]["containers"] for p in c.get("ports") or [] if p.get("name") == METRICS]
+    return f"{pod['status']['podIP']}:{ports[0]['containerPort'] if ports else PORT}"
+
+
 def selector(owner: Owner) -> dict[str, str]:
     """The pods' labels that never change (a Deployment's selector is immutable)."""
     return {f"{GROUP}/modeldeployment": owner.name, "app.kubernetes.io/component": COMPONENT}
 
 
-def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version: str | None) -> Manifest:
+def deployment(owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, version: str | None) -> Manifest:
     """The Deployment; ``version`` pins the model version (None: the pods resolve the alias themselves).
     The version is in the pod template, so a new version rolls the pods."""
     model = spec.model
@@ -68,6 +75,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
         {"name": "REGROW_MAX_CONNECTIONS", "value": str(spec.server.max_connections)},
         {"name": "REGROW_MAX_ROWS", "value": str(spec.server.max_rows)},
         {"name": "REGROW_SHED_AFTER_MS", "value": str(spec.server.shed_after_milliseconds)},
+        *([{"name": "REGROW_METRICS_PORT", "value": str(defaults.metrics_port)}] if defaults.metrics_port else []),
         *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
           if spec.storage and spec.storage.endpoint_url else []),
         *([{"name": "REGROW_PREDICTION_LOG_PERCENT", "value": str(spec.prediction_log.sample_percent)},
@@ -86,7 +94,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
             "annotations": {
                 **({VERSION_ANNOTATION: pinned} if pinned else {}),
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(PORT),
+                "prometheus.io/port": str(defaults.metrics_port or PORT),
                 "prometheus.io/path": "/metrics",
             },
         },
@@ -97,12 +105,19 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, images: Images, version:
             "containers": [
                 {
                     "name": CONTAINER,
-                    "image": spec.image or images.runtime,
-                    "imagePullPolicy": images.pull_policy,
+                    "image": spec.image or defaults.runtime,
+                    "imagePullPolicy": defaults.pull_policy,
                     "args": ["serve"],
                     "env": [*model_env, *env],
                     "envFrom": env_from,
-                    "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+                    "ports": [
+                        {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+                        *(
+                            [{"name": METRICS, "containerPort": defaults.metrics_port, "protocol": "TCP"}]
+                            if defaults.metrics_port
+                            else []
+                        ),
+                    ],
                     "readinessProbe": {**probe, "failureThreshold": 2},
                     "livenessProbe": {
                         "httpGet": {"path": "/v2/health/live", "port": "http"},

@@ -7,9 +7,9 @@ import json
 from regrow.api.trainingjob import TrainingJobSpec
 from regrow.manifests.common import (
     TRAINING_RESOURCES,
-    Images,
     Manifest,
     Owner,
+    PodDefaults,
     container_security_context,
     pod_security_context,
     resources,
@@ -21,7 +21,7 @@ COMPONENT = "train"
 CONTAINER = "trainer"
 
 
-def training_job(owner: Owner, spec: TrainingJobSpec, images: Images) -> Manifest:
+def training_job(owner: Owner, spec: TrainingJobSpec, defaults: PodDefaults) -> Manifest:
     env, env_from = storage_env(spec.storage)
     volumes, mounts = storage_volumes(spec.storage, read_only=False)
     labels = owner.labels(COMPONENT)
@@ -37,8 +37,8 @@ def training_job(owner: Owner, spec: TrainingJobSpec, images: Images) -> Manifes
                 "containers": [
                     {
                         "name": CONTAINER,
-                        "image": spec.image or images.runtime,
-                        "imagePullPolicy": images.pull_policy,
+                        "image": spec.image or defaults.runtime,
+                        "imagePullPolicy": defaults.pull_policy,
                         "args": ["train"],
                         "env": [
                             {"name": "REGROW_TRAINING_SPEC", "value": json.dumps(spec.to_wire(), sort_keys=True)},

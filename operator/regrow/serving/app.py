@@ -83,10 +83,15 @@ class App:
     Inference runs to completion on the loop, so under load requests wait behind one another: an inference
     request that waited longer than ``shed_after`` gets 429 with ``Retry-After`` (counted with its code in
     ``regrow_inference_requests_total``), which costs the loop little, so it catches up; health, metadata and
-    metrics are always answered."""
+    metrics are always answered.
 
-    def __init__(self, state: State) -> None:
+    With a metrics port, the inference port's App serves no /metrics and no reference profile (``observed``
+    False), and the metrics port's serves no inference or feedback (``inference`` False)."""
+
+    def __init__(self, state: State, inference: bool = True, observed: bool = True) -> None:
         self.state = state
+        self.inference = inference
+        self.observed = observed
 
     def __call__(self, request: Request) -> Response:
         try:
@@ -107,7 +112,7 @@ class App:
             return json_response(200, {"live": True})
         if path == "/v2/health/ready":
             return json_response(200 if state.ready else 503, {"ready": state.ready, **self._why()})
-        if path == "/metrics":
+        if path == "/metrics" and self.observed:
             body = generate_latest(state.metrics.registry) if state.metrics else b""
             return Response(200, body, CONTENT_TYPE_LATEST.encode())
         if path == "/v2":
@@ -121,7 +126,7 @@ class App:
         rest = self._model_path(path[len("/v2/models/") :])
         if rest == "":
             return json_response(200, self._metadata())
-        if rest == "/profile" and state.model is not None:  # the reference profile, for drift checks
+        if rest == "/profile" and state.model is not None and self.observed:  # the reference profile, for drift checks
             return Response(200, state.model.profile.to_json())
         if rest == "/ready":
             return json_response(200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why()})
@@ -183,6 +188,8 @@ class App:
 
     def _post(self, request: Request) -> Response:
         path = request.path
+        if not self.inference:
+            raise BadRequest(f"no such endpoint on the metrics port: POST {path}", 404)
         if path.startswith("/v2/models/"):
             protocol = "v2"
             rest = self._model_path(path[len("/v2/models/") :])

@@ -31,6 +31,7 @@ class ServeConfig:
     version: str | None = None
     host: str = "0.0.0.0"
     port: int = 8080
+    metrics_port: int = 0  # serves /metrics and the reference profile, which the port then does not (0: it does)
     threads: int = 1
     refresh_seconds: float = 30.0
     drain_seconds: float = 5.0
@@ -62,7 +63,11 @@ class InferenceServer:
                            max_rows=config.max_rows, signer=Signer.from_env(config.feedback_key))  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
-        self.http = HttpServer(App(self.state), config.max_body, config.max_connections, config.idle_timeout)
+        apart = config.metrics_port > 0
+        self.http = HttpServer(App(self.state, observed=not apart), config.max_body, config.max_connections,
+                               config.idle_timeout)  # fmt: skip
+        # Prometheus and the operator only: small bodies, few connections.
+        self.metrics_http = HttpServer(App(self.state, inference=False), 64 * 1024, 64) if apart else None
         self.state.in_flight = self.http.in_flight
         self.state.lag = lambda: self.http.lag
         self.state.waited = self.http.busy
@@ -94,12 +99,17 @@ class InferenceServer:
                 loop.add_signal_handler(sig, self.drain)
         await self.http.start(self.config.host, self.config.port)
         log.info("Listening on %s:%d", self.config.host, self.config.port)
+        if self.metrics_http is not None:
+            await self.metrics_http.start(self.config.host, self.config.metrics_port)
+            log.info("Metrics and the reference profile on %s:%d", self.config.host, self.config.metrics_port)
         loader = asyncio.create_task(keep_model(self.state, self.registry, self.config))
         try:
             await self._stop.wait()
         finally:
             loader.cancel()
             await self.http.shutdown(SHUTDOWN_SECONDS)
+            if self.metrics_http is not None:
+                await self.metrics_http.shutdown(0)
             if self.state.predictions is not None:
                 await asyncio.to_thread(self.state.predictions.close)
 
