@@ -19,28 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from common import ROW, free_port, infer_body, regrow_serve, serve, trained_iris, wait_up
 
-from regrow.api import TrainingJobSpec, parse_spec
 from regrow.inference import OnnxModel
-from regrow.storage import open_store
-from regrow.storage.registry import MODEL, Registry
-from regrow.training.sample_data import sample_csv
-from regrow.training.trainer import train
+from regrow.storage.registry import MODEL
 
-ROW = [5.9, 3.0, 4.2, 1.5]
 RESPONSE = b'{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"BYTES","data":["versicolor"]}]}'
 CONSTANT = f"BODY = {RESPONSE!r}\n"
 BARE_APP = CONSTANT + textwrap.dedent(
@@ -93,7 +86,7 @@ REGROW_HTTP = textwrap.dedent(
     from regrow.serving.httpserver import HttpServer, Response
 
     async def main():
-        await HttpServer(handler, 1 << 20).start("127.0.0.1", int(sys.argv[1]))
+        await HttpServer(handler, 1 << 20, 1000).start("127.0.0.1", int(sys.argv[1]))
         await asyncio.Event().wait()
     """
 )
@@ -117,29 +110,6 @@ MLSERVER_TRAIN = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def body(batch: int) -> str:
-    return json.dumps({"inputs": [{"name": "input-0", "shape": [batch, 4], "datatype": "FP32", "data": [ROW] * batch}]})
-
-
-def wait_up(url: str, payload: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, payload.encode(), {"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer 200 in {timeout:.0f}s")
-
-
 def wrk(url: str, payload: str, seconds: int, connections: int, work: Path) -> tuple[float, float, float, int]:
     script = work / "post.lua"
     script.write_text(
@@ -159,16 +129,6 @@ def wrk(url: str, payload: str, seconds: int, connections: int, work: Path) -> t
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     return rps, latency("50"), latency("99"), errors
-
-
-def serve(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["taskset", "-c", "0", *argv],
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def in_process(model: OnnxModel, batch: int, seconds: float) -> tuple[float, float, float]:
@@ -214,47 +174,23 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="regrow-bench-"))
-    (work / "iris.csv").write_bytes(sample_csv("iris"))
-    spec = parse_spec(
-        TrainingJobSpec,
-        {
-            "dataset": {"uri": f"file://{work}/iris.csv", "target": "species"},
-            "model": {"algorithm": "logisticRegression"},
-            "output": {"registry": f"file://{work}/registry", "modelName": "iris"},
-        },
-    )
-    registry = Registry(open_store(f"file://{work}/registry"))
-    version = train(spec, (work / "iris.csv").read_bytes(), registry, {}).version
+    registry, version = trained_iris(work)
     rows: list[tuple[str, int, float, float, float, int]] = []
 
     def measure(name: str, proc: subprocess.Popen[bytes], url: str) -> None:
         try:
             for batch in (1, 32):
-                wait_up(url, body(batch))
-                wrk(url, body(batch), args.warmup, args.connections, work)  # first-request and allocator costs
-                rps, p50, p99, errors = wrk(url, body(batch), args.seconds, args.connections, work)
+                wait_up(url, infer_body(batch))
+                wrk(url, infer_body(batch), args.warmup, args.connections, work)  # first-request and allocator costs
+                rps, p50, p99, errors = wrk(url, infer_body(batch), args.seconds, args.connections, work)
                 rows.append((name, batch, rps, p50, p99, errors))
         finally:
             proc.terminate()
             proc.wait(10)
 
-    regrow = [
-        sys.executable,
-        "-m",
-        "regrow.cli",
-        "serve",
-        "--registry",
-        f"file://{work}/registry",
-        "--model",
-        "iris",
-        "--version",
-        version,
-        "--drain-seconds",
-        "0",
-    ]
     for name, extra in (("regrow", []), ("regrow (no feature bins)", ["--no-feature-bins"])):
         port = free_port()
-        measure(name, serve([*regrow, "--port", str(port), *extra]), f"http://127.0.0.1:{port}/v2/models/iris/infer")
+        measure(name, serve(regrow_serve(work, version, port, *extra)), f"http://127.0.0.1:{port}/v2/models/iris/infer")
 
     if args.mlserver_python:
         argv, port = mlserver(args.mlserver_python, work)

@@ -1,0 +1,76 @@
+"""What the serving benchmarks share: an iris model trained into a registry, ports, and pinned processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from regrow.api import TrainingJobSpec, parse_spec
+from regrow.storage import open_store
+from regrow.storage.registry import Registry
+from regrow.training.sample_data import sample_csv
+from regrow.training.trainer import train
+
+ROW = [5.9, 3.0, 4.2, 1.5]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def infer_body(batch: int) -> str:
+    return json.dumps({"inputs": [{"name": "input-0", "shape": [batch, 4], "datatype": "FP32", "data": [ROW] * batch}]})
+
+
+def wait_up(url: str, payload: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(url, payload.encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer 200 in {timeout:.0f}s")
+
+
+def serve(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a server pinned to CPU 0 (the load generator takes CPU 1)."""
+    return subprocess.Popen(
+        ["taskset", "-c", "0", *argv],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def trained_iris(work: Path) -> tuple[Registry, str]:
+    """Train logistic regression on iris into ``work/registry``; return the registry and the version."""
+    (work / "iris.csv").write_bytes(sample_csv("iris"))
+    spec = parse_spec(
+        TrainingJobSpec,
+        {
+            "dataset": {"uri": f"file://{work}/iris.csv", "target": "species"},
+            "model": {"algorithm": "logisticRegression"},
+            "output": {"registry": f"file://{work}/registry", "modelName": "iris"},
+        },
+    )
+    registry = Registry(open_store(f"file://{work}/registry"))
+    return registry, train(spec, (work / "iris.csv").read_bytes(), registry, {}).version
+
+
+def regrow_serve(work: Path, version: str, port: int, *extra: str) -> list[str]:
+    """``regrow serve``'s command line for the model ``trained_iris`` put in ``work``."""
+    registry = f"file://{work}/registry"
+    return [sys.executable, "-m", "regrow.cli", "serve", "--registry", registry, "--model", "iris",
+            "--version", version, "--drain-seconds", "0", "--port", str(port), *extra]  # fmt: skip
