@@ -220,27 +220,27 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--version", default=_env("REGROW_MODEL_VERSION"), help="$REGROW_MODEL_VERSION (wins)")
     serve.add_argument("--host", default=_env("REGROW_HOST", "0.0.0.0"),
                        help="address to listen on; $REGROW_HOST, else all (0.0.0.0)")  # fmt: skip
-    serve.add_argument("--port", type=int, default=int(_env("REGROW_PORT", "8080") or 8080))
-    serve.add_argument("--metrics-port", type=int, default=int(_env("REGROW_METRICS_PORT") or 0),
+    serve.add_argument("--port", type=int, default=_env("REGROW_PORT", "8080"))
+    serve.add_argument("--metrics-port", type=int, default=_env("REGROW_METRICS_PORT", "0"),
                        help="answer /metrics and the reference profile on this port alone (0: on --port)")  # fmt: skip
-    serve.add_argument("--threads", type=int, default=int(_env("REGROW_THREADS", "1") or 1), help="onnxruntime threads")
-    serve.add_argument("--refresh-seconds", type=float, default=float(_env("REGROW_REFRESH_SECONDS", "30") or 30))
-    serve.add_argument("--drain-seconds", type=float, default=float(_env("REGROW_DRAIN_SECONDS", "5") or 5))
-    serve.add_argument("--idle-timeout-seconds", type=float, default=float(_env("REGROW_IDLE_TIMEOUT_SECONDS") or 75),
+    serve.add_argument("--threads", type=int, default=_env("REGROW_THREADS", "1"), help="onnxruntime threads")
+    serve.add_argument("--refresh-seconds", type=float, default=_env("REGROW_REFRESH_SECONDS", "30"))
+    serve.add_argument("--drain-seconds", type=float, default=_env("REGROW_DRAIN_SECONDS", "5"))
+    serve.add_argument("--idle-timeout-seconds", type=float, default=_env("REGROW_IDLE_TIMEOUT_SECONDS", "75"),
                        help="close connections silent this long (above a pooling proxy's idle timeout); "
                        "408 for a request not whole this long after its first byte")  # fmt: skip
-    serve.add_argument("--max-body-bytes", type=int, default=int(_env("REGROW_MAX_BODY_BYTES", "8388608") or 0))
+    serve.add_argument("--max-body-bytes", type=int, default=_env("REGROW_MAX_BODY_BYTES", "8388608"))
     serve.add_argument("--max-connections", type=int,
-                       default=int(_env("REGROW_MAX_CONNECTIONS") or BOUNDS.max_connections),
+                       default=_env("REGROW_MAX_CONNECTIONS", str(BOUNDS.max_connections)),
                        help="open connections at most; past it a new one gets 503")  # fmt: skip
-    serve.add_argument("--max-rows", type=int, default=int(_env("REGROW_MAX_ROWS") or BOUNDS.max_rows),
+    serve.add_argument("--max-rows", type=int, default=_env("REGROW_MAX_ROWS", str(BOUNDS.max_rows)),
                        help="rows in one inference request at most; past it 413")  # fmt: skip
     serve.add_argument("--shed-after-ms", type=int,
-                       default=int(_env("REGROW_SHED_AFTER_MS") or BOUNDS.shed_after_milliseconds),
+                       default=_env("REGROW_SHED_AFTER_MS", str(BOUNDS.shed_after_milliseconds)),
                        help="an inference request that waited longer than this behind others gets 429")  # fmt: skip
-    serve.add_argument("--log-percent", type=int, default=int(_env("REGROW_PREDICTION_LOG_PERCENT", "0") or 0),
+    serve.add_argument("--log-percent", type=int, default=_env("REGROW_PREDICTION_LOG_PERCENT", "0"),
                        help="share of requests written to the prediction log")  # fmt: skip
-    serve.add_argument("--log-max-queue", type=int, default=int(_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000") or 1))
+    serve.add_argument("--log-max-queue", type=int, default=_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000"))
     serve.add_argument("--no-feature-bins", action="store_true", help="do not count inputs into drift bins")
     serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))

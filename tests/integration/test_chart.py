@@ -98,6 +98,7 @@ def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
     )  # fmt: skip
     (pod,) = _pods(docs)
     assert restricted_violations(pod) == []
+    assert pod["enableServiceLinks"] is False  # the release's regrow-metrics Service would set $REGROW_METRICS_PORT
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"] == "regrow-operator:0.1.0"

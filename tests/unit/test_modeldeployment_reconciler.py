@@ -127,6 +127,7 @@ def test_builders() -> None:
     spec = _spec()
     manifest = deployment(OWNER, spec, PodDefaults(), "v3")
     assert restricted_violations(manifest["spec"]["template"]["spec"]) == []
+    assert manifest["spec"]["template"]["spec"]["enableServiceLinks"] is False  # no $REGROW_PORT from a Service
     assert manifest["spec"]["template"]["metadata"]["annotations"]["regrow.dev/model-version"] == "v3"
     assert manifest["spec"]["selector"]["matchLabels"] == {
         "regrow.dev/modeldeployment": "iris",

@@ -545,6 +545,22 @@ def test_regrow_serve_listens_where_it_is_told(monkeypatch: pytest.MonkeyPatch) 
     assert main([*base, "--host", "127.0.0.1"]) == 0 and configs[-1].host == "127.0.0.1"
     monkeypatch.setenv("REGROW_HOST", "::1")
     assert main(base) == 0 and configs[-1].host == "::1"
+    monkeypatch.setenv("REGROW_METRICS_PORT", "9090")
+    assert main(base) == 0 and (configs[-1].port, configs[-1].metrics_port) == (8080, 9090)
+
+
+def test_service_link_variables_do_not_break_the_other_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kubernetes sets $<SERVICE>_PORT in pods that keep service links: a Service named regrow-metrics
+    sets $REGROW_METRICS_PORT to tcp://... The pods regrow makes turn the links off, and a bad value
+    only fails the command that reads it, naming the option."""
+    monkeypatch.setenv("REGROW_METRICS_PORT", "tcp://10.96.0.7:8081")
+    monkeypatch.setenv("REGROW_PORT", "tcp://10.96.0.8:80")
+    assert main(["crds", "--check"]) == 0  # another command: the serve options are not read
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--registry", "file:///r", "--model", "iris", "--version", "v1"])
+    assert exit_.value.code == 2 and "invalid int value: 'tcp://" in capsys.readouterr().err
 
 
 def test_a_request_of_too_many_rows_gets_413_before_its_data_is_read(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ def test_job_manifest() -> None:
     assert job["metadata"]["labels"]["regrow.dev/trainingjob"] == "iris-v1"
     assert job["spec"]["backoffLimit"] == 1 and job["spec"]["activeDeadlineSeconds"] == 600
     pod = job["spec"]["template"]["spec"]
-    assert restricted_violations(pod) == []
+    assert restricted_violations(pod) == [] and pod["enableServiceLinks"] is False
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"] == "regrow-serving:test" and container["imagePullPolicy"] == "Never"

@@ -100,6 +100,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, v
         },
         "spec": {
             "automountServiceAccountToken": False,
+            "enableServiceLinks": False,  # no $<SERVICE>_PORT variables: they would shadow $REGROW_PORT
             "securityContext": pod_security_context(),
             "terminationGracePeriodSeconds": DRAIN_SECONDS + 25,
             "containers": [

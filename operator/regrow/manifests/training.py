@@ -32,6 +32,7 @@ def training_job(owner: Owner, spec: TrainingJobSpec, defaults: PodDefaults) -> 
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,
+                "enableServiceLinks": False,  # no $<SERVICE>_PORT variables: they would shadow $REGROW_PORT
                 "securityContext": pod_security_context(),
                 "terminationGracePeriodSeconds": 10,
                 "containers": [
