@@ -13,10 +13,20 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 Obj = dict[str, Any]
+# Every call: a connection within CONNECT_SECONDS, then no read waits longer than READ_SECONDS (the API
+# server answers a list of a large namespace's pods in well under a second), and an answer of at most
+# MAX_RESPONSE_BYTES. A hung API server holds a worker for a bounded time, not for good.
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 30.0
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 class Conflict(Exception):
     """The object already exists, or changed since it was read (HTTP 409)."""
+
+
+class ResponseTooLarge(Exception):
+    """The API server's answer passed MAX_RESPONSE_BYTES (it was not read further)."""
 
 
 class Api(Protocol):
@@ -36,8 +46,13 @@ def path(api_version: str, plural: str, namespace: str, name: str = "") -> str:
 
 
 class Kube:
-    def __init__(self, api_client: ApiClient) -> None:
+    def __init__(
+        self, api_client: ApiClient, connect: float = CONNECT_SECONDS, read: float = READ_SECONDS,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:  # fmt: skip
         self.api_client = api_client
+        self.timeout = (connect, read)
+        self.max_bytes = max_bytes
 
     def _call(self, method: str, url: str, body: Obj | None = None, query: list[tuple[str, str]] | None = None) -> Obj:
         headers = {"Accept": "application/json"}
@@ -51,12 +66,17 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(*request)
-        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        response = self.api_client.call_api(*request, _request_timeout=self.timeout)
+        raw = response.response  # urllib3's, not read yet
+        data: bytes = raw.read(self.max_bytes + 1, decode_content=True)
+        if len(data) > self.max_bytes:
+            raw.close()  # the rest is unread: the connection cannot serve another request
+            raise ResponseTooLarge(f"{method} {url}: the answer exceeds {self.max_bytes} bytes")
+        raw.release_conn()
         if response.status == 409:
             raise Conflict(url)
         if response.status >= 400:
-            raise ApiException(http_resp=response)
+            raise ApiException(http_resp=response, body=data.decode(errors="replace"))
         return cast(Obj, json.loads(data))
 
     def get(self, path: str) -> Obj | None:
