@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ from regrow.api.common import parse_duration
 from regrow.api.driftpolicy import DriftCheck, DriftPolicySpec, FeatureDrift
 from regrow.api.kinds import MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.clock import now
-from regrow.controller import conditions
+from regrow.controller import conditions, outbound
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.modeldeployment import pod_ready, serving_pods
@@ -45,14 +43,17 @@ KEEP_JOBS = 20
 
 Fetch = Callable[[str, str], bytes | None]  # (pod IP:port, path) -> body
 Query = Callable[[str, str], bytes]  # (Prometheus URL, PromQL) -> the answer's body
+MAX_POD_ANSWER = 16 << 20  # bytes of a pod's /metrics or profile (a profile of 1,000 features is ~2 MiB)
+MAX_PROMETHEUS_ANSWER = 16 << 20  # bytes of a query's answer (one series per bin of the model's features)
 
 
 def http_fetch(address: str, url_path: str) -> bytes | None:
+    """A serving pod's answer to ``GET url_path`` when it is a 200, else None."""
     try:
-        with urllib.request.urlopen(f"http://{address}{url_path}", timeout=3) as response:
-            return bytes(response.read())
+        answer = outbound.get(f"http://{address}{url_path}", 3.0, MAX_POD_ANSWER)
     except OSError:
         return None
+    return answer.body if answer.status == 200 else None
 
 
 @dataclass
@@ -97,11 +98,7 @@ def _waiting(body: Obj, reason: str, message: str) -> Result:
 def http_query(url: str, promql: str) -> bytes:
     """A Prometheus instant query; raises OSError when the server cannot be reached or refuses."""
     query = urllib.parse.urlencode({"query": promql})
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=10) as response:
-            return bytes(response.read())
-    except urllib.error.HTTPError as error:  # Prometheus says why in the body (a bad query: 400)
-        return bytes(error.read())
+    return outbound.get(f"{url.rstrip('/')}/api/v1/query?{query}", 10.0, MAX_PROMETHEUS_ANSWER).body
 
 
 def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str,

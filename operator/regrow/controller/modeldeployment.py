@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from regrow.api import MODEL_DEPLOYMENT, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.controller import conditions
+from regrow.controller import conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
@@ -74,18 +72,13 @@ def discover(api: Api) -> ApiVersions:
 
 
 def http_prober(ip: str, model: str) -> Obj | None:
-    """What a serving pod says about its model (its JSON even on 503), or None if it does not answer."""
-    url = f"http://{ip}:{PORT}/v2/models/{model}"
+    """What a serving pod says about its model (its JSON object even on 503), or None if it does not answer
+    with one."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return dict(json.load(response))
-    except urllib.error.HTTPError as error:
-        try:
-            return dict(json.load(error))
-        except ValueError:
-            return None
+        metadata = json.loads(outbound.get(f"http://{ip}:{PORT}/v2/models/{model}", 2.0, 1 << 20).body)
     except (OSError, ValueError):
         return None
+    return metadata if isinstance(metadata, dict) else None
 
 
 @dataclass(frozen=True)
