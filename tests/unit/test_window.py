@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from regrow.drift.profile import fit_profile
 from regrow.drift.window import History, Scrape, bins_query, parse_bins, parse_query_result
@@ -65,7 +67,39 @@ def test_a_prometheus_answer_in_the_profile_layout() -> None:
     assert a.tolist() == [0, 3, 0, 0, 0] and b.tolist() == [0, 0, 0, 0, 4]
 
 
-def test_a_prometheus_error_says_why() -> None:
+def test_a_prometheus_error_says_what_kind_and_repeats_nothing_else() -> None:
     error = {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}
-    with pytest.raises(ValueError, match="bad_data parse error at char 5"):
+    with pytest.raises(ValueError, match=r"refused the query \(bad_data\)") as refused:
         parse_query_result(json.dumps(error).encode(), PROFILE)
+    assert "parse error" not in str(refused.value)
+
+
+SECRET = "hunter2"
+KEYS = st.sampled_from(["status", "data", "resultType", "result", "metric", "value", "errorType", "error", SECRET])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=5) | st.just(SECRET),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JSON)
+def test_any_answer_is_a_vector_or_a_value_error_that_repeats_none_of_it(answer: object) -> None:
+    """A source URL may name anything that answers JSON (an internal service's config, say): what it
+    answers is never copied into the policy's status."""
+    try:
+        parse_query_result(json.dumps(answer).encode(), PROFILE)
+    except ValueError as error:
+        assert SECRET not in str(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"\xff\xfe", b"[1, 2]", b'{"status": "success"}',
+     b'{"status": "success", "data": {"resultType": "matrix", "result": []}}',
+     b'{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "x"]}]}}'],
+)  # fmt: skip
+def test_an_answer_that_is_no_vector_says_so(body: bytes) -> None:
+    with pytest.raises(ValueError, match=r"not a Prometheus instant-query vector|refused the query"):
+        parse_query_result(body, PROFILE)

@@ -13,14 +13,38 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import pydantic
 from prometheus_client.parser import text_string_to_metric_families
 
 from regrow.drift.profile import Profile
 
 Vector = npt.NDArray[np.int64]
+# Prometheus' errorType values (its HTTP API): the only part of a refusal a message repeats, since a URL
+# that is not Prometheus could answer anything (a status must not carry another service's answer).
+ERROR_TYPES = {"bad_data", "timeout", "canceled", "execution", "internal", "unavailable", "not_found",
+               "not_acceptable"}  # fmt: skip
+
+
+class _Sample(pydantic.BaseModel):
+    metric: dict[str, str]
+    value: tuple[float, float]  # (time, value): Prometheus writes the value as a string
+
+
+class _Vector(pydantic.BaseModel):
+    resultType: Literal["vector"]  # noqa: N815 - Prometheus' name
+    result: list[_Sample]
+
+
+class _Answer(pydantic.BaseModel):
+    """What regrow reads of Prometheus' answer to an instant query."""
+
+    status: str
+    errorType: str = ""  # noqa: N815 - Prometheus' name
+    data: _Vector | None = None
 
 
 def _vector(profile: Profile, samples: Iterable[tuple[dict[str, str], float]]) -> Vector:
@@ -61,12 +85,17 @@ def bins_query(model: str, version: str, window: float, labels: dict[str, str]) 
 
 def parse_query_result(body: bytes, profile: Profile) -> Vector:
     """A Prometheus instant-query answer to ``bins_query`` in the profile's flat layout. ``increase()``
-    extrapolates to the window's edges, so counts come back fractional: they are rounded."""
-    answer = json.loads(body)
-    if answer.get("status") != "success" or answer["data"]["resultType"] != "vector":
-        raise ValueError(f"Prometheus answered {answer.get('errorType', '')} {answer.get('error', answer)}")
-    values = ((r["metric"], float(r["value"][1])) for r in answer["data"]["result"])
-    return _vector(profile, ((labels, value) for labels, value in values if math.isfinite(value)))
+    extrapolates to the window's edges, so counts come back fractional: they are rounded. Raises ValueError
+    saying what is wrong with an answer that is not a vector, without repeating it."""
+    try:
+        answer = _Answer.model_validate_json(body)
+    except pydantic.ValidationError as error:
+        raise ValueError("the answer is not a Prometheus instant-query vector (not copied here)") from error
+    if answer.status != "success" or answer.data is None:
+        kind = f" ({answer.errorType})" if answer.errorType in ERROR_TYPES else ""
+        raise ValueError(f"Prometheus refused the query{kind}; its answer is not copied here")
+    samples = ((r.metric, r.value[1]) for r in answer.data.result)
+    return _vector(profile, ((labels, value) for labels, value in samples if math.isfinite(value)))
 
 
 @dataclass(frozen=True)
