@@ -19,6 +19,7 @@ from kubernetes import client
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB, TrainingJobSpec, parse_spec
 from regrow.cli import main
+from regrow.controller.driftpolicy import http_query
 from regrow.controller.kube import Kube, path
 from regrow.controller.modeldeployment import serving_pods
 from regrow.manifests.serving import PORT
@@ -165,7 +166,7 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         md = get_custom(node_api, node_namespace, MODEL_DEPLOYMENT.plural, "iris")
         return ((md.get("status") or {}).get("model") or {}).get("version")
 
-    with node_operator():
+    with node_operator(query=http_query):  # the Prometheus this test starts is the one it allows
         md = _with(_example("ModelDeployment"), "spec.model.refreshInterval", "2s")
         md = _with(md, "spec.predictionLog", {"samplePercent": 100})
         objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, MODEL_DEPLOYMENT.plural, md)

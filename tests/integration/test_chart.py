@@ -69,6 +69,7 @@ def test_the_chart_lints_clean(cluster: Cluster, namespace: str) -> None:
         ({"logLevel": "LOUD"}, "logLevel"),
         ({"metrics": {"port": 8080}}, "port"),
         ({"metrics": {"servingPort": 8080}}, "servingPort"),
+        ({"drift": {"prometheusUrls": ["http://prometheus:9090/?x=1"]}}, "prometheusUrls"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
     ],
@@ -89,7 +90,8 @@ def _pods(docs: list[Obj]) -> list[Obj]:
 def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
     cluster: Cluster, namespace: str, release: str
 ) -> None:
-    docs = _install(cluster, namespace, release, {"replicas": 2})
+    urls = ["http://prometheus-operated.monitoring:9090", "https://thanos.example/prom"]
+    docs = _install(cluster, namespace, release, {"replicas": 2, "drift": {"prometheusUrls": urls}})
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert kinds == sorted(
         [f"ClusterRole/{release}", f"ClusterRoleBinding/{release}", f"Deployment/{release}",
@@ -105,6 +107,7 @@ def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
     assert not any(a.startswith("--namespace") for a in container["args"])
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["REGROW_RUNTIME_IMAGE"] == "regrow-serving:0.1.0"
+    assert env["REGROW_PROMETHEUS_URLS"].split() == urls  # as the operator reads it
 
 
 def _service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, out: Path) -> Path:

@@ -5,8 +5,10 @@ serving pod (whose profile the operator still reads from the pod)."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from kubernetes import client
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, TRAINING_JOB
-from regrow.controller.driftpolicy import http_query
+from regrow.controller.driftpolicy import allowing, http_query
 from regrow.controller.kube import Kube, path
 from regrow.training.sample_data import sample_csv
 from tests.cluster import free_port
@@ -65,7 +67,7 @@ def test_drift_from_prometheus_retrains(
         source = {"type": "Prometheus", "prometheus": {"url": url}}
         spec = {"interval": "1s", "window": "5m", "minSamples": 250, "consecutiveBreaches": 1,
                 "tests": [{"type": "psi", "threshold": "0.2"}], "source": source}  # fmt: skip
-        with operator(fetch=fetch):
+        with operator(fetch=fetch, query=allowing([url])):
             _serve_v1(api, namespace, version)
             _custom(api, namespace, DRIFT_POLICY.plural, _policy(**spec))
             _send(server, iris[rng.permutation(len(iris))])
@@ -103,14 +105,47 @@ def test_an_unreachable_prometheus_is_reported(api: client.ApiClient, namespace:
         def fetch(address: str, url_path: str) -> bytes | None:
             return json.dumps(server.call("GET", url_path)[1]).encode()
 
-        source = {"type": "Prometheus", "prometheus": {"url": f"http://127.0.0.1:{free_port()}"}}
-        with operator(fetch=fetch):
+        url = f"http://127.0.0.1:{free_port()}"
+        source = {"type": "Prometheus", "prometheus": {"url": url}}
+        with operator(fetch=fetch, query=allowing([url])):
             _serve_v1(api, namespace, version)
             _custom(api, namespace, DRIFT_POLICY.plural, _policy(interval="1s", source=source))
-
-            def unavailable() -> dict[str, Any] | None:
-                ready = condition(get_custom(api, namespace, DRIFT_POLICY.plural, "iris"), "Ready")
-                return ready if ready and ready["reason"] == "SourceUnavailable" else None
-
-            ready = wait_for(unavailable, 30, "SourceUnavailable")
+            ready = wait_for(lambda: _ready_for(api, namespace, "SourceUnavailable"), 30, "SourceUnavailable")
     assert ready["status"] == "Unknown" and "could not read the bin counts" in ready["message"]
+
+
+def _ready_for(api: client.ApiClient, namespace: str, reason: str) -> dict[str, Any] | None:
+    ready = condition(get_custom(api, namespace, DRIFT_POLICY.plural, "iris"), "Ready")
+    return ready if ready and ready["reason"] == reason else None
+
+
+def test_a_prometheus_the_operator_does_not_allow_is_never_called(
+    api: client.ApiClient, namespace: str, operator: Operator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can create a DriftPolicy may name any URL: the operator calls only those its settings (the
+    chart's drift.prometheusUrls) allow, and says so on the policy."""
+    version = publish_iris(tmp_path)
+    calls: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            calls.append(self.path)
+            self.send_error(500)
+
+    internal = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=internal.serve_forever, daemon=True).start()
+    monkeypatch.setenv("REGROW_PROMETHEUS_URLS", "http://prometheus.monitoring:9090\nhttp://127.0.0.1:1/prom")
+    with running(local(tmp_path, alias="champion")) as server:
+
+        def fetch(address: str, url_path: str) -> bytes | None:
+            return json.dumps(server.call("GET", url_path)[1]).encode()
+
+        url = f"http://127.0.0.1:{internal.server_address[1]}"
+        source = {"type": "Prometheus", "prometheus": {"url": url}}
+        with operator(fetch=fetch):  # the allowed URLs come from the environment, as in the chart's pod
+            _serve_v1(api, namespace, version)
+            _custom(api, namespace, DRIFT_POLICY.plural, _policy(interval="1s", source=source))
+            ready = wait_for(lambda: _ready_for(api, namespace, "SourceNotAllowed"), 30, "SourceNotAllowed")
+    internal.shutdown()
+    assert url in ready["message"] and "drift.prometheusUrls" in ready["message"]
+    assert calls == []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from regrow.api import DriftPolicySpec, parse_spec
+import pytest
+
+from regrow.api import DriftPolicySpec, InvalidSpec, parse_spec
 from regrow.clock import now
-from regrow.controller.driftpolicy import APPROVE_ANNOTATION, _retrain, next_check_in
+from regrow.controller.driftpolicy import APPROVE_ANNOTATION, SourceNotAllowed, _retrain, allowing, next_check_in
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.loop import Kind, wait_for
 from regrow.controller.result import Result
@@ -121,3 +123,36 @@ def test_manual_approval_waits_for_the_annotation() -> None:
     approved = _body({"regrow.dev/approve": "iris-retrain-1"})
     _retrain(approved, api, spec, OWNER, CHECK, fields)
     assert [j["metadata"]["name"] for j in api.created] == ["iris-retrain-1"] and fields["pendingApproval"] is None
+
+
+def test_only_the_prometheus_urls_the_settings_allow_are_queried() -> None:
+    asked: list[str] = []
+
+    def answer(url: str, promql: str) -> bytes:
+        asked.append(url)
+        return b"{}"
+
+    query = allowing(["http://prometheus.monitoring:9090", "https://thanos.example/prom/", " "], answer)
+    for url in ("http://prometheus.monitoring:9090", "http://prometheus.monitoring:9090/",
+                "https://thanos.example/prom", "https://thanos.example/prom/tenant-a"):  # fmt: skip
+        assert query(url, "up") == b"{}"
+    refused = ["http://prometheus.monitoring:9091", "http://prometheus.monitoring:9090.evil.example",
+               "https://thanos.example/prometheus", "http://thanos.example/prom", "https://thanos.example"]  # fmt: skip
+    for url in refused:
+        with pytest.raises(SourceNotAllowed, match=r"drift\.prometheusUrls"):
+            query(url, "up")
+    assert len(asked) == 4
+    with pytest.raises(
+        SourceNotAllowed, match=r"\(the chart's drift.prometheusUrls: none\)"
+    ):  # nothing allowed by default
+        allowing([])("http://prometheus.monitoring:9090", "up")
+
+
+def test_a_prometheus_url_has_no_user_query_or_fragment() -> None:
+    for url in ("http://prometheus.monitoring:9090", "https://thanos.example/prom/tenant-a", "http://[::1]:9090"):
+        assert _spec(spec__source={"type": "Prometheus", "prometheus": {"url": url}}).source.prometheus is not None
+    invalid = ["http://user:pw@prometheus:9090", "http://prometheus:9090/?x=1", "http://prometheus:9090#a",
+               "http://prometheus:9090/api/v1/query?query=up#", "file:///etc/passwd", "http://prom etheus"]  # fmt: skip
+    for url in invalid:
+        with pytest.raises(InvalidSpec):
+            _spec(spec__source={"type": "Prometheus", "prometheus": {"url": url}})

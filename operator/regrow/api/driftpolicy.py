@@ -53,9 +53,11 @@ class DriftTest(ApiModel):
 
 
 class PrometheusSource(ApiModel):
-    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)] = Field(
-        description="The Prometheus server's base URL, such as http://prometheus.monitoring:9090."
-    )
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~%!$&'()*+,;=:/-]*)?$",
+                                          max_length=2048)] = Field(
+        description="The Prometheus server's base URL, such as http://prometheus.monitoring:9090: no user, query "
+        "or fragment. The operator queries only the URLs its settings allow (the chart's drift.prometheusUrls).",
+    )  # fmt: skip
     labels: dict[str, str] | None = Field(
         default=None,
         description="Label values that select the target's series besides model and version. "

@@ -14,7 +14,7 @@ import json
 import math
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -101,6 +101,28 @@ def http_query(url: str, promql: str) -> bytes:
     return outbound.get(f"{url.rstrip('/')}/api/v1/query?{query}", 10.0, MAX_PROMETHEUS_ANSWER).body
 
 
+class SourceNotAllowed(ValueError):
+    """The policy names a Prometheus URL the operator's settings do not allow."""
+
+
+def allowing(urls: Iterable[str], query: Query = http_query) -> Query:
+    """``query`` for the Prometheus servers the operator's settings allow (the chart's
+    drift.prometheusUrls: a base URL, or a URL under one), refusing any other: whoever can create a
+    DriftPolicy must not make the operator call what it can reach and they cannot."""
+    allowed = tuple(url.rstrip("/") for url in urls if url.strip())
+
+    def guarded(url: str, promql: str) -> bytes:
+        base = url.rstrip("/")
+        if not any(base == a or base.startswith(a + "/") for a in allowed):
+            raise SourceNotAllowed(
+                f"the operator queries only the Prometheus URLs its settings allow (the chart's "
+                f"drift.prometheusUrls: {', '.join(allowed) or 'none'}), and {url} is not one of them"
+            )
+        return query(url, promql)
+
+    return guarded
+
+
 def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str,
            memory: Memory) -> tuple[Profile, Layout, list[Obj]] | None:  # fmt: skip
     """The profile of ``version`` and the ready pods serving it, or None while no pod serves it."""
@@ -164,7 +186,7 @@ def _observe(body: Obj, api: Api, fetch: Fetch, memory: Memory, spec: DriftPolic
     return Target(model, version, *found)
 
 
-def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = http_query) -> Result:
+def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query) -> Result:
     owner = Owner.of(body)
     status = body.get("status") or {}
     try:
@@ -177,6 +199,8 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query = 
     version, profile, layout = target.version, target.profile, target.layout
     try:
         live, source = live_counts(spec, owner, fetch, memory, target, query)
+    except SourceNotAllowed as error:
+        return _waiting(body, "SourceNotAllowed", str(error))
     except (OSError, ValueError, KeyError) as error:
         return _waiting(body, "SourceUnavailable", f"could not read the bin counts: {error}")
     if live is None:

@@ -44,6 +44,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         memo.prober = modeldeployment.http_prober
     if "fetch" not in memo:
         memo.fetch = driftpolicy.http_fetch
+    if "query" not in memo:  # the chart's drift.prometheusUrls, one a line
+        memo.query = driftpolicy.allowing(os.environ.get("REGROW_PROMETHEUS_URLS", "").split())
     memo.drift_memory = driftpolicy.Memory()
     if "pod_defaults" not in memo:
         memo.pod_defaults = PodDefaults(
@@ -101,7 +103,7 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
         Kind(
             DRIFT_POLICY.kind,
             DRIFT_POLICY.plural,
-            lambda body: driftpolicy.reconcile(body, memo.kube, memo.fetch, memo.drift_memory),
+            lambda body: driftpolicy.reconcile(body, memo.kube, memo.fetch, memo.drift_memory, memo.query),
             driftpolicy.next_check_in,
             memo.drift_memory.forget,
         ),
