@@ -124,6 +124,13 @@ INVALID = [
     ("DriftPolicy", "spec.tests", [{"type": "psi", "threshold": "1"}] * 2, "each test type may appear once"),
     ("DriftPolicy", "spec.source", {"type": "Prometheus"}, "source.prometheus is required"),
     ("DriftPolicy", "spec.retrain.approval", "Sometimes", "spec.retrain.approval: Input should be"),
+    (
+        "TrainingJob",
+        "spec.storage",
+        {"volumeClaimName": "d", "mountPath": "/var/lib/regrow/../../proc"},
+        "may not contain . or .. segments",
+    ),
+    ("TrainingJob", "spec.storage", {"volumeClaimName": "d", "mountPath": "/var//lib"}, "String should match"),
 ]
 
 

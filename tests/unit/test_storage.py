@@ -42,6 +42,12 @@ def test_file_store_keeps_keys_inside_its_root(tmp_path: Path) -> None:
     assert not (tmp_path / "outside.txt").exists()
 
 
+@pytest.mark.parametrize("uri", ["file:///var/lib/regrow/../../proc", "file:///srv/./store", "file:///srv/.."])
+def test_a_file_store_root_has_no_dot_segments(uri: str) -> None:
+    with pytest.raises(ValueError, match=r"may not contain \. or \.\. segments"):
+        open_store(uri)
+
+
 def test_file_store_leaves_no_temporary_files(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     store.put("k/v", b"data")

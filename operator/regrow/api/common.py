@@ -10,7 +10,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -139,9 +139,16 @@ class StorageSpec(ApiModel):
     volume_claim_name: ObjectName | None = Field(
         default=None, description="PersistentVolumeClaim that holds the file:// store and data sets."
     )
-    mount_path: Annotated[str, StringConstraints(pattern=r"^/[^\s]*[^/\s]$", max_length=1024)] = Field(
+    mount_path: Annotated[str, StringConstraints(pattern=r"^(/[^\s/]+)+$", max_length=1024)] = Field(
         default="/var/lib/regrow", description="Where the claim is mounted; file:// URIs must lie under it."
     )
+
+    @field_validator("mount_path")
+    @classmethod
+    def _no_dot_segments(cls, value: str) -> str:
+        if {".", ".."} & set(value.split("/")):
+            raise ValueError("storage.mountPath may not contain . or .. segments")
+        return value
 
     def check_file_uris(self, *uris: str) -> None:
         """Raise if a file:// URI cannot be reached by pods with this storage."""

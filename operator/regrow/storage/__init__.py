@@ -115,6 +115,8 @@ def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None 
     if parsed.scheme == "file":
         if parsed.netloc:
             raise ValueError(f"{uri}: a file:// URI needs an absolute path (file:///path)")
+        if {".", ".."} & set(parsed.path.split("/")):
+            raise ValueError(f"{uri}: a file:// URI may not contain . or .. segments")
         return FileStore(Path(parsed.path))
     if parsed.scheme == "s3":
         import boto3  # noqa: PLC0415 - only S3 users pay for importing boto3
