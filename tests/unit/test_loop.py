@@ -4,6 +4,7 @@ and what happens on a lost race or an error."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import pytest
@@ -175,3 +176,44 @@ def test_errors_back_off_exponentially_and_do_not_stop_the_loop(caplog: pytest.L
         assert controller.due[KEY] == clock.now + 2.0**failures
         clock.now += 10
     assert "registry down" in caplog.text and api.patches == []
+
+
+def test_one_namespace_with_many_slow_objects_does_not_hold_up_another() -> None:
+    """40 objects in a busy namespace, each taking a while, all due before one object of a quiet namespace:
+    the quiet one starts at once, not after the busy ones (which held every worker before)."""
+    started: list[str] = []
+
+    def reconcile(body: Obj) -> Result:
+        started.append(body["metadata"]["namespace"])
+        if body["metadata"]["namespace"] == "busy":
+            time.sleep(0.2)
+        return Result({})
+
+    kind = Kind("ModelDeployment", "modeldeployments", reconcile, lambda body: 3600.0)
+    controller = Controller(FreeApi(), {kind.plural: kind}, tick=0.01)
+
+    async def run() -> None:
+        for i in range(40):
+            controller.observe(kind.plural, "ADDED", _object("busy", f"m{i}"))
+        controller.observe(kind.plural, "ADDED", _object("quiet", "m0"))  # due last
+        loop = asyncio.create_task(controller.run())
+        while len(started) < 41:
+            await asyncio.sleep(0.01)
+        loop.cancel()
+        await controller.stop()
+
+    asyncio.run(run())
+    assert started.index("quiet") < controller.workers  # in the first round of dispatch, not the sixth
+
+
+class FreeApi(Api):
+    """Any object's status is written as asked."""
+
+    def patch(self, path: str, body: Obj) -> Obj:
+        return body
+
+
+def _object(namespace: str, name: str) -> Obj:
+    return {"apiVersion": "regrow.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"{namespace}/{name}", "generation": 1,
+                         "resourceVersion": "1"}}  # fmt: skip

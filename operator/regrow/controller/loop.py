@@ -16,6 +16,8 @@ describe is written, so a retried reconcile does not post them twice. Only the h
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -108,6 +110,11 @@ class Controller:
     busy: set[Key] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        # One thread per worker: asyncio's default pool has min(32, CPUs + 4), fewer than the workers on a
+        # small node, so reconciles would queue for a thread unseen by the fair dispatch.
+        self._threads = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="reconcile")
+
     @classmethod
     def of(cls, api: Api, kinds: Iterable[Kind], lease: Lease | None, instruments: Instruments) -> Controller:
         return cls(api, {k.plural: k for k in kinds}, lease, instruments)
@@ -143,12 +150,24 @@ class Controller:
             await asyncio.sleep(self.tick)
 
     def _dispatch(self) -> None:
+        """Start what is due, sharing the workers fairly between namespaces: the namespace with the fewest
+        reconciles running goes next (earliest due first within it), and none holds more than its share of
+        all workers but one, so that an object of a namespace that had nothing to do finds a worker free
+        however many slow objects another namespace has."""
         moment = self.clock()
+        waiting: dict[str, collections.deque[Key]] = collections.defaultdict(collections.deque)
         for key, at in sorted(self.due.items(), key=lambda item: item[1]):
-            if at > moment or len(self.busy) >= self.workers:
+            if at <= moment and key not in self.busy:
+                waiting[key[1]].append(key)
+        running = collections.Counter(key[1] for key in self.busy)
+        share = max(1, (self.workers - 1) // max(1, len(waiting.keys() | running.keys())))
+        while len(self.busy) < self.workers:
+            open_ = [ns for ns, keys in waiting.items() if keys and running[ns] < share]
+            if not open_:
                 break
-            if key in self.busy:
-                continue
+            namespace = min(open_, key=lambda ns: (running[ns], self.due[waiting[ns][0]]))
+            key = waiting[namespace].popleft()
+            running[namespace] += 1
             del self.due[key]
             self.busy.add(key)
             self.last_run[key] = moment
@@ -163,7 +182,9 @@ class Controller:
         try:
             if body is None:
                 return
-            updated, written = await asyncio.to_thread(self._step, self.kinds[key[0]], body)
+            updated, written = await asyncio.get_running_loop().run_in_executor(
+                self._threads, self._step, self.kinds[key[0]], body
+            )
         except Exception:  # one object's failure (the API, the registry, a bug) must not stop the loop
             failures = self.failures[key] = self.failures.get(key, 0) + 1
             delay = min(MAX_BACKOFF_SECONDS, 2.0**failures)
@@ -209,5 +230,6 @@ class Controller:
         """Stop dispatching, let running reconciles finish, and give the Lease up."""
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=30)
+        self._threads.shutdown(wait=False)
         if self.lease is not None:
             await asyncio.to_thread(self.lease.release)
