@@ -92,6 +92,7 @@ def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypat
     from regrow.controller.kube import Kube  # noqa: PLC0415
 
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.setenv("REGROW_MIN_CHECK_SECONDS", "1")  # the tests check every second
 
     @contextmanager
     def running(**memo_extra: Any) -> Iterator[None]:

@@ -108,6 +108,7 @@ def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["REGROW_RUNTIME_IMAGE"] == "regrow-serving:0.1.0"
     assert env["REGROW_PROMETHEUS_URLS"].split() == urls  # as the operator reads it
+    assert float(env["REGROW_MIN_CHECK_SECONDS"]) == 10
 
 
 def _service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, out: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -74,6 +76,24 @@ def test_a_check_is_due_every_interval_at_once_after_a_spec_change_and_on_approv
     assert next_check_in(body) > 0
     body["metadata"]["annotations"] = {APPROVE_ANNOTATION: "iris-retrain-1"}
     assert next_check_in(body) == 0
+
+
+def test_checks_come_no_faster_than_the_operator_allows_and_waiting_backs_off() -> None:
+    body: Obj = {"metadata": {"generation": 1}, "spec": {"interval": "1s"},
+                 "status": {"observedGeneration": 1, "lastCheck": {"time": now()}}}  # fmt: skip
+    assert 9 <= next_check_in(body) <= 10  # the operator's floor, 10 s by default
+    assert next_check_in(body, minimum=1.0) <= 1
+    body["spec"]["interval"] = "5m"
+    for waited, wait in ((0, 2.0), (60, 30.0), (3600, 300.0)):  # half the wait so far, 2 s to one interval
+        stamp = datetime.fromtimestamp(time.time() - waited, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ready = {"type": "Ready", "status": "Unknown", "reason": "WaitingForPods", "lastTransitionTime": stamp}
+        body["status"] = {"observedGeneration": 1, "conditions": [ready]}
+        assert next_check_in(body) == pytest.approx(wait, abs=1.0)
+
+
+def test_an_interval_under_a_second_is_refused() -> None:
+    with pytest.raises(InvalidSpec, match="interval must be 1s at least"):
+        _spec(spec__interval="0s")
 
 
 def test_retrain_creates_one_job_and_records_it() -> None:

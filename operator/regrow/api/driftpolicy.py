@@ -19,6 +19,7 @@ from regrow.api.common import (
     Name,
     ObjectName,
     Time,
+    parse_duration,
 )
 from regrow.api.trainingjob import TrainingJobSpec
 
@@ -124,7 +125,11 @@ class DriftPolicySpec(ApiModel):
         "Otherwise their drift is scored and reported only.",
     )
     window: Duration = "10m"
-    interval: Duration = "1m"
+    interval: Duration = Field(
+        default="1m",
+        description="How often to check: 1s at least, and no more often "
+        "than the operator allows (the chart's drift.minCheckSeconds, 10 by default).",
+    )
     min_samples: int = Field(default=500, ge=1)
     consecutive_breaches: int = Field(default=2, ge=1, le=100)
     source: DriftSource = Field(default_factory=DriftSource)
@@ -139,6 +144,12 @@ class DriftPolicySpec(ApiModel):
         kinds = [t.type for t in self.tests]
         if len(set(kinds)) != len(kinds):
             raise ValueError("each test type may appear once in tests")
+        return self
+
+    @model_validator(mode="after")
+    def _some_interval(self) -> DriftPolicySpec:
+        if parse_duration(self.interval) < 1:
+            raise ValueError("interval must be 1s at least")
         return self
 
 

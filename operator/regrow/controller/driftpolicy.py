@@ -43,6 +43,7 @@ KEEP_JOBS = 20
 
 Fetch = Callable[[str, str], bytes | None]  # (pod IP:port, path) -> body
 Query = Callable[[str, str], bytes]  # (Prometheus URL, PromQL) -> the answer's body
+MIN_CHECK_SECONDS = 10.0  # the operator's default floor under spec.interval (the chart's drift.minCheckSeconds)
 MAX_POD_ANSWER = 16 << 20  # bytes of a pod's /metrics or profile (a profile of 1,000 features is ~2 MiB)
 MAX_PROMETHEUS_ANSWER = 16 << 20  # bytes of a query's answer (one series per bin of the model's features)
 
@@ -75,18 +76,26 @@ def _seconds_since(stamp: str | None) -> float:
     return time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
-def next_check_in(body: Obj) -> float:
-    """Seconds until the next check: one per ``spec.interval``, and one at once when the pending retrain is
-    approved."""
+def next_check_in(body: Obj, minimum: float = MIN_CHECK_SECONDS) -> float:
+    """Seconds until the next check: one per ``spec.interval`` (``minimum`` at least, the operator's
+    setting), and one at once when the pending retrain is approved. A policy with no check yet (waiting for
+    its model, pods or source) looks again after half the time it has waited so far, 2 s at least and one
+    interval at most: soon after it is created, rarely once it has waited long."""
     status = body.get("status") or {}
     pending = status.get("pendingApproval")
     if pending and (body["metadata"].get("annotations") or {}).get(APPROVE_ANNOTATION) == pending:
         return 0.0
     try:
-        interval = parse_duration((body.get("spec") or {}).get("interval", "1m"))
+        interval = max(minimum, parse_duration((body.get("spec") or {}).get("interval", "1m")))
     except ValueError:
         interval = 60  # an invalid spec: its InvalidSpec condition is written once per generation
-    return max(0.0, interval - _seconds_since((status.get("lastCheck") or {}).get("time")))
+    last = (status.get("lastCheck") or {}).get("time")
+    if last is None:
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == READY), None)
+        if ready is None:
+            return 0.0
+        return min(interval, max(2.0, _seconds_since(ready.get("lastTransitionTime")) / 2))
+    return max(0.0, interval - _seconds_since(last))
 
 
 def _waiting(body: Obj, reason: str, message: str) -> Result:

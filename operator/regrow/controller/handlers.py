@@ -44,6 +44,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         memo.prober = modeldeployment.http_prober
     if "fetch" not in memo:
         memo.fetch = driftpolicy.http_fetch
+    if "min_check_seconds" not in memo:  # the chart's drift.minCheckSeconds
+        memo.min_check_seconds = float(os.environ.get("REGROW_MIN_CHECK_SECONDS") or driftpolicy.MIN_CHECK_SECONDS)
     if "query" not in memo:  # the chart's drift.prometheusUrls, one a line
         memo.query = driftpolicy.allowing(os.environ.get("REGROW_PROMETHEUS_URLS", "").split())
     memo.drift_memory = driftpolicy.Memory()
@@ -104,7 +106,7 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
             DRIFT_POLICY.kind,
             DRIFT_POLICY.plural,
             lambda body: driftpolicy.reconcile(body, memo.kube, memo.fetch, memo.drift_memory, memo.query),
-            driftpolicy.next_check_in,
+            lambda body: driftpolicy.next_check_in(body, memo.min_check_seconds),
             memo.drift_memory.forget,
         ),
     ]
