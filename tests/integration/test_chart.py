@@ -91,7 +91,9 @@ def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
     cluster: Cluster, namespace: str, release: str
 ) -> None:
     urls = ["http://prometheus-operated.monitoring:9090", "https://thanos.example/prom"]
-    docs = _install(cluster, namespace, release, {"replicas": 2, "drift": {"prometheusUrls": urls}})
+    images = ["registry.example/ml/", "ghcr.io/acme/trainer:"]
+    values = {"replicas": 2, "drift": {"prometheusUrls": urls}, "allowedImages": images}
+    docs = _install(cluster, namespace, release, values)
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert kinds == sorted(
         [f"ClusterRole/{release}", f"ClusterRoleBinding/{release}", f"Deployment/{release}",
@@ -109,6 +111,7 @@ def test_all_namespaces_mode_grants_a_cluster_role_and_runs_restricted(
     assert env["REGROW_RUNTIME_IMAGE"] == "regrow-serving:0.1.0"
     assert env["REGROW_PROMETHEUS_URLS"].split() == urls  # as the operator reads it
     assert float(env["REGROW_MIN_CHECK_SECONDS"]) == 10
+    assert env["REGROW_ALLOWED_IMAGES"].split() == images
 
 
 def _service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, out: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -275,3 +276,18 @@ def test_invalid_specs_are_final_until_the_spec_changes() -> None:
     assert finished(_body(spec=bad, status=result.status))
     assert not finished(_body(spec=bad, status=result.status, generation=2))
     assert not finished(_body())
+
+
+def test_a_spec_may_name_only_the_images_the_operator_allows() -> None:
+    allowing = replace(IMAGES, allowed_images=("registry.example/ml/", "ghcr.io/acme/trainer:", "quay.io/x/y@"))
+    for image in ("registry.example/ml/trainer:2", "ghcr.io/acme/trainer:1.4", "quay.io/x/y@sha256:ab", IMAGES.runtime):
+        allowing.check_image(image)
+    refused = ["registry.example/mlx/trainer:1", "ghcr.io/acme/trainer-evil:1", "ghcr.io/acme/trainer", "busybox"]
+    for image in refused:
+        with pytest.raises(ValueError, match="allowedImages"):
+            allowing.check_image(image)
+    api = FakeApi()
+    body = _body(spec=_with(_example("TrainingJob"), "spec.image", "busybox")["spec"])
+    cond = reconcile(body, api, IMAGES).status["conditions"][0]  # none allowed but the runtime image
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec") and "image busybox" in cond["message"]
+    assert api.created == []  # no Job runs it

@@ -223,6 +223,7 @@ def reconcile(body: Obj, api: Api, defaults: PodDefaults, versions: ApiVersions,
     try:
         spec = parse_spec(ModelDeploymentSpec, body.get("spec"))
         (spec.storage or StorageSpec()).check_file_uris(spec.model.registry)
+        defaults.check_image(spec.image)
     except (InvalidSpec, ValueError) as error:
         cond = Cond(READY, "False", "InvalidSpec", str(error))
         return Result(conditions.status(body, [cond]), transition_event(previous, cond))

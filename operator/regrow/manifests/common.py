@@ -132,3 +132,15 @@ class PodDefaults:
     runtime: str = f"regrow-serving:{__version__}"
     pull_policy: str = "IfNotPresent"
     metrics_port: int = 0
+    # The images a spec may name besides the runtime (the chart's allowedImages): an entry names one image,
+    # or, ending in "/", ":" or "@", every image under it (a registry or repository, its tags, its digests).
+    allowed_images: tuple[str, ...] = ()
+
+    def check_image(self, image: str | None) -> None:
+        """Raise if a spec's ``image`` is not one the operator's settings allow: whoever can create a
+        TrainingJob or ModelDeployment in a namespace runs that image there, with its storage."""
+        if image is None or image == self.runtime:
+            return
+        if not any(image == a or (a[-1] in "/:@" and image.startswith(a)) for a in self.allowed_images):
+            allowed = ", ".join(self.allowed_images) or "none but the runtime image"
+            raise ValueError(f"image {image} is not one the operator allows (the chart's allowedImages: {allowed})")
