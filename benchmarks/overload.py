@@ -1,6 +1,7 @@
 """Overload: `regrow serve` offered more than it can answer. Prints a table; asserts nothing.
 
-    python benchmarks/overload.py [--seconds 10] [--batch 32] [--loads 0.1,1,2,3] [--budgets 250,50]
+    python benchmarks/overload.py [--seconds 10] [--batch 256] [--loads 0.1,1,2,3] [--budgets 100,50]
+                                  [--large-rows 100000]
 
 The server gets one worker pinned to CPU 0 and serves iris (logistic regression); the load generator runs on
 CPU 1 (this script, under uvloop). First its capacity: answers per second to 8 connections that each send the
@@ -10,6 +11,9 @@ the server's cap), as clients behind a Service do. A request's latency counts fr
 queueing in the generator counts against the server too; a request not answered within 2 s is a failure, and
 its connection is dropped. Alongside, a health probe (`GET /v2/health/ready` on a connection of its own)
 every 100 ms. Each load runs with shedding at each budget (`--shed-after-ms`) and with shedding off.
+
+Last, the health probes while one client sends 100,000-row requests back to back: with the default bound on
+rows (each is refused with 413) and with a bound that lets them run (inference on the event loop).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import cast
 import numpy as np
 import uvloop
 from common import free_port, infer_body, regrow_serve, serve, trained_iris, wait_up
+
+from regrow.api.modeldeployment import ServerSpec
 
 TIMEOUT = 2.0  # seconds: a request not answered by then failed
 MAX_CONNECTIONS = 1000
@@ -222,6 +228,28 @@ async def run(port: int, payload: bytes, rate: float | None, seconds: float) -> 
     return load.tally, elapsed
 
 
+async def large_requests(port: int, body: bytes, seconds: float) -> tuple[Tally, list[float]]:
+    """One client sending ``body`` over and over on one connection for ``seconds``, with the health probe
+    alongside: the tally (codes and probes) and the seconds each request took."""
+    load, took = Load(port, body), []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(load.probe(stop))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    deadline = load.loop.time() + seconds
+    while load.loop.time() < deadline:
+        start = load.loop.time()
+        writer.write(load.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        load.tally.codes[head[9:12].decode()] += 1
+        took.append(load.loop.time() - start)
+    writer.close()
+    stop.set()
+    await prober
+    return load.tally, took
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -233,6 +261,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--loads", default="0.1,1,2,3", help="offered load, as multiples of the capacity")
     parser.add_argument("--budgets", default="100,50", help="--shed-after-ms values to run with (100: the default)")
+    parser.add_argument("--large-rows", type=int, default=100_000, help="rows of the large requests")
     return parser.parse_args()
 
 
@@ -289,6 +318,26 @@ def main() -> None:
             f"{pct(base.latencies, 99):.1f} ms at {unloaded:g}x; {busy.codes['429'] / busy.total:.0%} shed, "
             f"{busy.unsent / busy.total:.0%} unsent, {busy.failed / busy.total:.0%} failed; "
             f"slowest health probe {max(busy.probes) * 1e3:.0f} ms"
+        )
+    print(
+        f"\nHealth probes while one client sends {args.large_rows:,}-row requests back to back, {args.seconds:.0f} s:"
+    )
+    large = infer_body(args.large_rows).encode()
+    for max_rows in (ServerSpec().max_rows, args.large_rows):
+        port = free_port()
+        proc = serve(
+            regrow_serve(work, version, port, "--max-rows", str(max_rows), "--max-body-bytes", str(len(large)))
+        )
+        try:
+            wait_up(f"http://127.0.0.1:{port}/v2/models/iris/infer", payload.decode())
+            tally, took = uvloop.run(large_requests(port, large, args.seconds))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        print(
+            f"  --max-rows {max_rows}: answered {dict(tally.codes)} in {pct(took, 50):.0f} ms each (median); "
+            f"probes p50 {pct(tally.probes, 50):.0f} ms, p99 {pct(tally.probes, 99):.0f} ms, "
+            f"max {max(tally.probes) * 1e3:.0f} ms"
         )
     shutil.rmtree(work, ignore_errors=True)
 
