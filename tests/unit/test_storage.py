@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 
-from regrow.storage import FileStore, NotFound, Store, open_store, read_uri
+from regrow.storage import FileStore, NotFound, Store, StoreUnavailable, open_store, read_uri
 from regrow.storage.registry import Registry, content_version
+from regrow.training.entrypoint import run
+from regrow.training.sample_data import sample_csv
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -104,3 +110,46 @@ def test_runs_are_recorded(store: Store) -> None:
 def test_file_store_objects_are_readable_by_other_users(tmp_path: Path) -> None:
     FileStore(tmp_path).put("model.onnx", b"x")
     assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_missing_bucket_says_so(s3_endpoint: str, tmp_path: Path) -> None:
+    store = open_store("s3://no-such-bucket-here/models", endpoint_url=s3_endpoint)
+    for call in (
+        lambda: store.get("k"),
+        lambda: store.put("k", b"v"),
+        lambda: store.list(""),
+        lambda: store.exists("k"),
+    ):
+        with pytest.raises(StoreUnavailable, match="the bucket no-such-bucket-here does not exist"):
+            call()
+    # The trainer reports it as the run's reason, not as a traceback.
+    (tmp_path / "iris.csv").write_bytes(sample_csv("iris"))
+    spec = {"dataset": {"uri": f"file://{tmp_path}/iris.csv", "target": "species"},
+            "model": {"algorithm": "logisticRegression"},
+            "output": {"registry": "s3://no-such-bucket-here/models", "modelName": "iris"},
+            "storage": {"endpointUrl": s3_endpoint}}  # fmt: skip
+    log = tmp_path / "termination-log"
+    assert run(json.dumps(spec), {}, log) == 1
+    report = json.loads(log.read_text())
+    assert report["reason"] == "StoreUnavailable" and "does not exist" in report["message"]
+
+
+def test_a_hung_endpoint_fails_after_the_attempts_not_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint that accepts and never answers: each attempt gives up at the read timeout."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "regrow-test")
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])  # read nothing, answer nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    store = open_store("s3://bucket/models", endpoint_url=endpoint, read_timeout=0.3)
+    with pytest.raises(StoreUnavailable, match=r"reading k failed after 4 attempts \(ReadTimeoutError\)"):
+        store.get("k")
+    assert len(held) == 4  # one connection an attempt
+    listener.close()

@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+# An S3 call: a connection within 5 s, no read waiting more than 30 s, and 4 attempts in all with
+# adaptive retries (botocore's defaults are 60 s each and 3 legacy attempts: minutes on a hung endpoint).
+S3_CONNECT_SECONDS = 5.0
+S3_READ_SECONDS = 30.0
+S3_ATTEMPTS = 4
+
 
 class NotFound(KeyError):
     """The key does not exist in the store."""
+
+
+class StoreUnavailable(OSError):
+    """The store could not be used: no such bucket, access denied, or no answer after the retries. The
+    message names the store and what failed, never what an answer held."""
 
 
 class Store(Protocol):
@@ -85,32 +98,55 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def get(self, key: str) -> bytes:
+    @contextmanager
+    def _calling(self, action: str) -> Iterator[None]:
+        """S3's failures as StoreUnavailable, saying which store and what failed."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - only S3 users import boto
+
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except self.client.exceptions.NoSuchKey:
-            raise NotFound(f"{self.uri}/{key}") from None
-        body: bytes = response["Body"].read()
+            yield
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", "")) or "an error"
+            if code == "NoSuchBucket":
+                raise StoreUnavailable(f"{self.uri}: the bucket {self.bucket} does not exist") from None
+            raise StoreUnavailable(f"{self.uri}: {action} was refused ({code})") from None
+        except BotoCoreError as error:  # no connection, or no answer in time, after every attempt
+            reason = type(error).__name__
+            raise StoreUnavailable(f"{self.uri}: {action} failed after {S3_ATTEMPTS} attempts ({reason})") from None
+
+    def get(self, key: str) -> bytes:
+        with self._calling(f"reading {key}"):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except self.client.exceptions.NoSuchKey:
+                raise NotFound(f"{self.uri}/{key}") from None
+            body: bytes = response["Body"].read()
         return body
 
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._calling(f"writing {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def exists(self, key: str) -> bool:
-        response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
+        with self._calling(f"looking for {key}"):
+            response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
         return any(o["Key"] == self._key(key) for o in response.get("Contents", []))
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         strip = len(self.prefix) + 1 if self.prefix else 0
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            keys.extend(o["Key"][strip:] for o in page.get("Contents", []))
+        with self._calling(f"listing {prefix or '/'}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+            for page in pages:
+                keys.extend(o["Key"][strip:] for o in page.get("Contents", []))
         return sorted(keys)
 
 
-def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None = None) -> Store:
+def open_store(
+    uri: str, *, endpoint_url: str | None = None, region: str | None = None, read_timeout: float = S3_READ_SECONDS
+) -> Store:
     """The store at ``uri``. For ``s3://``, boto3 reads credentials (and ``AWS_ENDPOINT_URL``) from the
-    environment unless ``endpoint_url`` is given."""
+    environment unless ``endpoint_url`` is given; every call has the timeouts and attempts above."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         if parsed.netloc:
@@ -120,8 +156,11 @@ def open_store(uri: str, *, endpoint_url: str | None = None, region: str | None 
         return FileStore(Path(parsed.path))
     if parsed.scheme == "s3":
         import boto3  # noqa: PLC0415 - only S3 users pay for importing boto3
+        from botocore.config import Config  # noqa: PLC0415
 
-        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        config = Config(connect_timeout=S3_CONNECT_SECONDS, read_timeout=read_timeout,
+                        retries={"total_max_attempts": S3_ATTEMPTS, "mode": "adaptive"})  # fmt: skip
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         return S3Store(parsed.netloc, parsed.path, client)
     raise ValueError(f"{uri}: unsupported store scheme {parsed.scheme!r}; use s3:// or file://")
 

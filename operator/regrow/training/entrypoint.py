@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
-from regrow.storage import open_store
+from regrow.storage import StoreUnavailable, open_store
 from regrow.storage.registry import Registry
 from regrow.training.trainer import TrainingError, read_dataset, train
 
@@ -53,6 +53,9 @@ def run(spec_text: str, run_info: dict[str, str], termination_log: Path | None) 
         return 1
     except TrainingError as error:
         report({"succeeded": False, "reason": error.reason, "message": str(error), **error.details}, termination_log)
+        return 1
+    except StoreUnavailable as error:  # names the store and the call, not what it answered
+        report({"succeeded": False, "reason": "StoreUnavailable", "message": str(error)}, termination_log)
         return 1
     except Exception as error:  # a bug or a store failure: its message may quote data, so the log gets it
         log.exception("Training failed")
