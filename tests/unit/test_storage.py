@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from regrow.storage import FileStore, NotFound, Store, StoreUnavailable, open_store, read_uri
+from regrow.storage import STALE_SECONDS, FileStore, NotFound, Store, StoreUnavailable, open_store, read_uri
 from regrow.storage.registry import Registry, content_version
 from regrow.training.entrypoint import run
 from regrow.training.sample_data import sample_csv
@@ -153,3 +157,19 @@ def test_a_hung_endpoint_fails_after_the_attempts_not_never(monkeypatch: pytest.
         store.get("k")
     assert len(held) == 4  # one connection an attempt
     listener.close()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    killed = [sys.executable, "-c", "import os, sys, time; from regrow.storage import FileStore\n"
+              "os.fdopen = lambda fd, mode: (os.kill(os.getpid(), 9), None)[1]\n"  # SIGKILL mid-write
+              f"FileStore(__import__('pathlib').Path({str(tmp_path)!r})).put('m/v', b'data')"]  # fmt: skip
+    assert subprocess.run(killed, check=False).returncode == -9
+    (leftover,) = (tmp_path / "m").iterdir()
+    assert leftover.name.startswith(".v.") and leftover.name.endswith(".tmp") and store.list("") == []
+    fresh = tmp_path / "m" / ".v.another-writer.tmp"  # a write in progress elsewhere: kept
+    fresh.write_bytes(b"")
+    old = time.time() - STALE_SECONDS - 1
+    os.utime(leftover, (old, old))
+    store.put("m/v", b"data")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [fresh.name, "v"]

@@ -6,8 +6,11 @@ a reader sees an object whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,7 @@ from urllib.parse import urlparse
 S3_CONNECT_SECONDS = 5.0
 S3_READ_SECONDS = 30.0
 S3_ATTEMPTS = 4
+STALE_SECONDS = 3600.0  # a file:// write's temporary file older than this was left by a killed writer
 
 
 class NotFound(KeyError):
@@ -43,7 +47,10 @@ class Store(Protocol):
 
 
 class FileStore:
-    """Objects as files under a directory; a write goes to a temporary file that is then renamed."""
+    """Objects as files under a directory. A write goes to a temporary file, which is synced to disk before
+    it is renamed over the object (and the directory after), so that a reader, or the node after a crash,
+    sees the old object or the new one whole. A writer killed midway leaves its temporary file: the next
+    write of that object removes those older than STALE_SECONDS."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -64,15 +71,27 @@ class FileStore:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        stale = time.time() - STALE_SECONDS
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):  # another writer may clean it up first
+                if leftover.stat().st_mtime < stale:
+                    leftover.unlink()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users (serving pods)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself
+        finally:
+            os.close(directory)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
