@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import socket
@@ -14,8 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from regrow.storage import STALE_SECONDS, FileStore, NotFound, Store, StoreUnavailable, open_store, read_uri
-from regrow.storage.registry import Registry, content_version
+from regrow.storage import (
+    STALE_SECONDS,
+    FileStore,
+    NotFound,
+    PreconditionFailed,
+    Store,
+    StoreUnavailable,
+    open_store,
+    read_uri,
+)
+from regrow.storage.registry import AliasMoved, Registry, content_version
 from regrow.training.entrypoint import run
 from regrow.training.sample_data import sample_csv
 
@@ -105,6 +116,48 @@ def test_aliases_point_at_complete_versions(store: Store) -> None:
     assert registry.resolve("iris", "champion") == v2
 
 
+def test_conditional_writes(store: Store) -> None:
+    with pytest.raises(PreconditionFailed):
+        store.put_if("a/k", b"1", "no-such-tag")  # absent: only a create (tag None) is taken
+    store.put_if("a/k", b"1", None)
+    with pytest.raises(PreconditionFailed):
+        store.put_if("a/k", b"2", None)  # exists now
+    first = store.read_tagged("a/k")
+    assert first is not None and first[0] == b"1"
+    store.put_if("a/k", b"2", first[1])
+    with pytest.raises(PreconditionFailed):
+        store.put_if("a/k", b"3", first[1])  # the tag it was read with is stale
+    assert store.get("a/k") == b"2" and store.read_tagged("a/missing") is None
+
+
+def test_of_promotions_racing_from_one_champion_exactly_one_wins(store: Store) -> None:
+    """Eight runs gated against v0 promote at the same moment: one moves the alias, seven are told they
+    lost, and none is written over another (before, each reported Promoted and the last writer won)."""
+    registry = Registry(store)
+    v0 = registry.publish("iris", b"champion", b"p", {}).version
+    registry.set_alias("iris", "champion", v0)
+    contenders = [registry.publish("iris", f"new {i}".encode(), b"p", {}).version for i in range(8)]
+    start, outcomes = threading.Barrier(len(contenders)), {}
+
+    def promote(version: str) -> None:
+        start.wait()
+        try:
+            registry.promote("iris", "champion", version, v0)
+            outcomes[version] = "won"
+        except AliasMoved:
+            outcomes[version] = "lost"
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in contenders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    (winner,) = [v for v, outcome in outcomes.items() if outcome == "won"]
+    assert len(outcomes) == 8 and registry.resolve("iris", "champion") == winner
+    with pytest.raises(AliasMoved, match="moved to"):  # and a run gated against v0 later loses too
+        registry.promote("iris", "champion", contenders[0] if contenders[0] != winner else contenders[1], v0)
+
+
 def test_runs_are_recorded(store: Store) -> None:
     registry = Registry(store)
     registry.write_run("iris", "uid-1", {"version": "abc"})
@@ -173,3 +226,49 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
     os.utime(leftover, (old, old))
     store.put("m/v", b"data")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [fresh.name, "v"]
+
+
+class Forgetful(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that ignores conditional writes, as some S3-compatible stores do: a proxy in front of
+    the real one that drops If-Match and If-None-Match."""
+
+    upstream = ""
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        dropped = {"if-match", "if-none-match", "host"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+        connection = http.client.HTTPConnection(self.upstream, timeout=10)
+        connection.request(self.command, self.path, body=body, headers=headers)
+        answer = connection.getresponse()
+        data = answer.read()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815 - http.server's names
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_store_that_ignores_conditional_writes_moves_no_alias(s3_endpoint: str, s3_bucket: str) -> None:
+    Forgetful.upstream = s3_endpoint.removeprefix("http://")
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forgetful)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        registry = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=f"http://127.0.0.1:{proxy.server_port}"))
+        version = registry.publish("iris", b"a", b"p", {}).version  # plain writes work
+        with pytest.raises(StoreUnavailable, match="ignores conditional writes"):
+            registry.set_alias("iris", "champion", version)
+        assert registry.resolve("iris", "champion") is None
+    finally:
+        proxy.shutdown()
+    direct = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=s3_endpoint))  # the store itself honours them
+    direct.set_alias("iris", "champion", version)
+    assert direct.resolve("iris", "champion") == version

@@ -25,7 +25,7 @@ from regrow.training.entrypoint import run
 from regrow.training.estimators import build_pipeline
 from regrow.training.feedback import labelled_rows
 from regrow.training.sample_data import TARGETS, sample_csv
-from regrow.training.trainer import TrainingError, export_onnx, parity_error, train
+from regrow.training.trainer import Gate, TrainingError, export_onnx, parity_error, promote, train
 
 
 def write_dataset(directory: Path, name: str, fmt: str = "csv") -> Path:
@@ -138,6 +138,27 @@ def test_quality_gate_promotes_only_a_better_model(tmp_path: Path) -> None:
     assert registry.resolve("m", "champion") == strong.version
     alias = json.loads((tmp_path / "registry/m/aliases/champion.json").read_text())
     assert alias["previous"] == weak.version
+
+
+def test_a_promotion_gated_against_a_champion_that_was_replaced_since_is_rejected(tmp_path: Path) -> None:
+    """Two runs gated against the same champion: the second to move the alias finds it moved, and reports
+    that it was not promoted instead of replacing a model it was never compared with."""
+    data = write_dataset(tmp_path, "breast_cancer")
+    uri = f"file://{tmp_path}/registry"
+    registry = Registry(open_store(uri))
+    spec = make_spec(data, uri, "logisticRegression", promote={"alias": "champion", "minImprovement": "0"})
+    first = train(spec, data.read_bytes(), registry, {})
+    other = registry.publish("m", b"another run's model", b"p", {}).version
+    gated = Gate("champion", "Promoted", 0.99, 0.9, first.version, "better by 0.09")  # gated against first
+    registry.set_alias("m", "champion", other)  # the other run promoted in between
+    newer = registry.publish("m", b"this run's model", b"p", {}).version
+    decision = promote(spec, registry, newer, gated)
+    assert decision is not None and decision.outcome == "Rejected"
+    assert (
+        decision.message
+        == f"not promoted: champion of m moved to {other} after {newer} was compared with {first.version}"
+    )
+    assert registry.resolve("m", "champion") == other
 
 
 def test_regression_gate_prefers_lower_rmse(tmp_path: Path) -> None:

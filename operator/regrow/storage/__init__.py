@@ -7,7 +7,9 @@ a reader sees an object whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
+import hashlib
 import os
 import tempfile
 import time
@@ -22,11 +24,16 @@ from urllib.parse import urlparse
 S3_CONNECT_SECONDS = 5.0
 S3_READ_SECONDS = 30.0
 S3_ATTEMPTS = 4
+PROBE = ".regrow/conditional-writes"  # the object an S3 store's handling of If-None-Match is checked with
 STALE_SECONDS = 3600.0  # a file:// write's temporary file older than this was left by a killed writer
 
 
 class NotFound(KeyError):
     """The key does not exist in the store."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object changed since it was read."""
 
 
 class StoreUnavailable(OSError):
@@ -44,6 +51,15 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str) -> list[str]: ...
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object and a tag that changes whenever it does (None: no such object)."""
+        ...
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        """Write ``data`` only if the object's tag is still ``tag`` (None: only if there is no object); else
+        PreconditionFailed. Atomic against other conditional writers."""
+        ...
 
 
 class FileStore:
@@ -96,6 +112,25 @@ class FileStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        """Under an exclusive lock on a file beside the object (flock: every writer on the node, and on a
+        volume whose filesystem honours it), so that the check and the write are one step."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.read_tagged(key)
+            if (current[1] if current else None) != tag:
+                raise PreconditionFailed(f"{self.uri}/{key} changed since it was read")
+            self.put(key, data)
+
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -113,6 +148,7 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.client = client
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._conditional = False  # the store was seen to honour conditional writes
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -150,6 +186,50 @@ class S3Store:
         with self._calling(f"looking for {key}"):
             response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
         return any(o["Key"] == self._key(key) for o in response.get("Contents", []))
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        with self._calling(f"reading {key}"):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except self.client.exceptions.NoSuchKey:
+                return None
+            return response["Body"].read(), str(response["ETag"])
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        """A PUT with If-Match (or If-None-Match: *), once the store has been seen to honour them."""
+        self._check_conditional_writes()
+        condition = {"IfMatch": tag} if tag is not None else {"IfNoneMatch": "*"}
+        if not self._put_conditionally(key, data, condition):
+            raise PreconditionFailed(f"{self.uri}/{key} changed since it was read")
+
+    def _put_conditionally(self, key: str, data: bytes, condition: dict[str, str]) -> bool:
+        """Whether the conditional PUT was taken (False: its condition failed, or lost to a concurrent one)."""
+        from botocore.exceptions import ClientError  # noqa: PLC0415
+
+        with self._calling(f"writing {key}"):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            except ClientError as error:
+                # NoSuchKey: If-Match on an object that is gone; ConditionalRequestConflict: a concurrent one won
+                if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                                   "NoSuchKey"):  # fmt: skip
+                    return False
+                raise
+        return True
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse to move anything on a store that ignores If-None-Match (some S3-compatible stores do):
+        there, two writers could both think they won. Checked once: a second create of the probe object must
+        be refused."""
+        if self._conditional:
+            return
+        self._put_conditionally(PROBE, b"", {"IfNoneMatch": "*"})  # taken, or refused: it already exists
+        if self._put_conditionally(PROBE, b"", {"IfNoneMatch": "*"}):
+            raise StoreUnavailable(
+                f"{self.uri}: the store ignores conditional writes (If-None-Match), so concurrent alias moves "
+                "could both think they won; regrow moves no alias there"
+            )
+        self._conditional = True
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []

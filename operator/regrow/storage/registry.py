@@ -10,6 +10,11 @@ Layout under the registry root::
 
 A version is the first 16 hex digits of the SHA-256 over the model and profile bytes, so the same
 training output never gets two versions, and publishing a version that exists changes nothing.
+
+An alias moves by a conditional write of its record (S3's If-Match, or a lock beside the file on file://):
+a promotion moves it only from the version its gate compared with, so of two runs gated against the same
+champion one wins and the other is told it lost, where both used to report Promoted and the last write won.
+An S3-compatible store that ignores conditional writes is refused for alias moves, not trusted.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regrow.clock import now
-from regrow.storage import NotFound, Store
+from regrow.storage import NotFound, PreconditionFailed, Store
 
 MODEL, PROFILE, METADATA = "model.onnx", "profile.json", "metadata.json"
 
@@ -37,6 +42,10 @@ class Published:
     version: str
     uri: str
     created: bool  # False when the version already existed
+
+
+class AliasMoved(Exception):
+    """A promotion lost: the alias moved between the gate's comparison and the write."""
 
 
 class Registry:
@@ -77,13 +86,29 @@ class Registry:
         return version
 
     def set_alias(self, model: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``, over whatever it points at now (a person's promotion)."""
+        self._move(model, alias, version, None, check=False)
+
+    def promote(self, model: str, alias: str, version: str, over: str | None) -> None:
+        """Point ``alias`` at ``version`` only if it still points at ``over``, the version the gate compared
+        with (None: it did not exist); else AliasMoved, and the alias stays as the other writer set it."""
+        self._move(model, alias, version, over, check=True)
+
+    def _move(self, model: str, alias: str, version: str, over: str | None, check: bool) -> None:
         if not self.store.exists(f"{model}/versions/{version}/{METADATA}"):
             raise NotFound(f"{model} has no complete version {version}")
-        previous = self.resolve(model, alias)
+        key = f"{model}/aliases/{alias}.json"
+        current = self.store.read_tagged(key)
+        previous = json.loads(current[0])["version"] if current else None
         if previous == version:  # already there: keep the record, and with it the version to roll back to
             return
+        if check and previous != over:
+            raise AliasMoved(f"{alias} of {model} moved to {previous} after {version} was compared with {over}")
         record = {"version": version, "previous": previous, "updated": now()}
-        self.store.put(f"{model}/aliases/{alias}.json", _json(record))
+        try:  # the same write only if no one moved the alias since it was read
+            self.store.put_if(key, _json(record), current[1] if current else None)
+        except PreconditionFailed:
+            raise AliasMoved(f"{alias} of {model} was moved by another writer at the same moment") from None
 
     def write_run(self, model: str, run_id: str, record: dict[str, Any]) -> None:
         self.store.put(f"{model}/runs/{run_id}.json", _json(record))

@@ -30,7 +30,7 @@ from regrow.clock import now
 from regrow.drift.profile import PREDICTION, Profile, fit_profile, prediction_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
-from regrow.storage.registry import MODEL, PROFILE, Registry
+from regrow.storage.registry import MODEL, PROFILE, AliasMoved, Registry
 from regrow.training.estimators import ParamError, build_pipeline
 from regrow.training.feedback import Feedback, label_kind, labelled_rows, plain
 from regrow.training.validation import Contract, Table, columns_named, label_shares, validate
@@ -282,6 +282,18 @@ class Graders:
     classes: list[Any]
 
 
+def promote(spec: TrainingJobSpec, registry: Registry, version: str, decision: Gate | None) -> Gate | None:
+    """Move the alias as the gate decided, if it still points where it did when the gate compared: another
+    run may have promoted since, and this model was never compared with that one (then: Rejected, saying so)."""
+    if decision is None or decision.outcome != "Promoted":
+        return decision
+    try:
+        registry.promote(spec.output.model_name, decision.alias, version, decision.previous_version)
+    except AliasMoved as lost:
+        return replace(decision, outcome="Rejected", message=f"not promoted: {lost}")
+    return decision
+
+
 def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list[str], graders: Graders) -> Gate | None:
     """Decide whether the new model (``version``) replaces the alias's current one: (a) it must beat it by
     ``minImprovement`` on the live holdout (the curated one without live rows), and (b) lose no more than
@@ -505,9 +517,9 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         baseline = _sklearn(_fit(spec, x_train, y_train), task)
     scored = {"curated": metrics, **({"live": live_metrics} if live_holdout is not None else {})}
     graders = Graders(Holdout("curated", x_test, y_test), live_holdout, scored, baseline, classes)
-    decision = gate(spec, registry, published.version, data.features, graders)
-    if decision is not None and decision.outcome == "Promoted":
-        registry.set_alias(spec.output.model_name, decision.alias, published.version)
+    decision = promote(
+        spec, registry, published.version, gate(spec, registry, published.version, data.features, graders)
+    )
     result = RunResult(
         spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
         worst, train_seconds, decision, checks,
