@@ -7,11 +7,15 @@ import http.client
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -228,47 +232,121 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [fresh.name, "v"]
 
 
-class Forgetful(http.server.BaseHTTPRequestHandler):
-    """An S3 endpoint that ignores conditional writes, as some S3-compatible stores do: a proxy in front of
-    the real one that drops If-Match and If-None-Match."""
+SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
 
-    upstream = ""
-    protocol_version = "HTTP/1.1"
 
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        dropped = {"if-match", "if-none-match", "host"}
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
-        connection = http.client.HTTPConnection(self.upstream, timeout=10)
-        connection.request(self.command, self.path, body=body, headers=headers)
-        answer = connection.getresponse()
-        data = answer.read()
-        self.send_response(answer.status)
-        for name, value in answer.getheaders():
-            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+@dataclass
+class Faults:
+    """What a fault-injecting proxy in front of a real S3 endpoint does to each request, by method and path."""
 
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815 - http.server's names
+    drop_conditions: bool = False  # drop If-Match and If-None-Match, as some S3-compatible stores ignore them
+    fail: Callable[[str, str], bool] = lambda method, path: False  # answer 503 SlowDown instead
+    stall: Callable[[str, str], float] = lambda method, path: 0.0  # seconds to hold it before forwarding
+    seen: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status answered)
 
-    def log_message(self, *_: object) -> None:
-        pass
+
+@contextmanager
+def s3_proxy(upstream: str, faults: Faults) -> Iterator[str]:
+    """A loopback S3 endpoint that forwards to ``upstream`` (moto's server) with ``faults``; yields its URL."""
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(faults.stall(self.command, self.path))
+            if faults.fail(self.command, self.path):
+                self._answer(503, [("Content-Type", "application/xml")], SLOW_DOWN)
+                return
+            dropped = {"host"} | ({"if-match", "if-none-match"} if faults.drop_conditions else set())
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
+            connection = http.client.HTTPConnection(upstream.removeprefix("http://"), timeout=10)
+            connection.request(self.command, self.path, body=body, headers=headers)
+            answer = connection.getresponse()
+            self._answer(answer.status, answer.getheaders(), answer.read())
+
+        def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes) -> None:
+            faults.seen.append((self.command, self.path, status))
+            self.send_response(status)
+            for name, value in headers:
+                if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815 - http.server's names
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
 
 
 def test_a_store_that_ignores_conditional_writes_moves_no_alias(s3_endpoint: str, s3_bucket: str) -> None:
-    Forgetful.upstream = s3_endpoint.removeprefix("http://")
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forgetful)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        registry = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=f"http://127.0.0.1:{proxy.server_port}"))
+    with s3_proxy(s3_endpoint, Faults(drop_conditions=True)) as forgetful:
+        registry = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=forgetful))
         version = registry.publish("iris", b"a", b"p", {}).version  # plain writes work
         with pytest.raises(StoreUnavailable, match="ignores conditional writes"):
             registry.set_alias("iris", "champion", version)
         assert registry.resolve("iris", "champion") is None
-    finally:
-        proxy.shutdown()
     direct = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=s3_endpoint))  # the store itself honours them
     direct.set_alias("iris", "champion", version)
     assert direct.resolve("iris", "champion") == version
+
+
+def test_a_publish_rides_out_a_few_503s(s3_endpoint: str, s3_bucket: str) -> None:
+    failed: list[str] = []
+
+    def twice(method: str, path: str) -> bool:  # the model's first two PUTs
+        if method == "PUT" and path.endswith("/model.onnx") and len(failed) < 2:
+            failed.append(path)
+            return True
+        return False
+
+    faults = Faults(fail=twice)
+    with s3_proxy(s3_endpoint, faults) as flaky:
+        registry = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=flaky))
+        version = registry.publish("iris", b"model", b"profile", {}).version
+        assert registry.versions("iris") == [version] and registry.read("iris", version, "model.onnx") == b"model"
+    puts = [status for method, path, status in faults.seen if method == "PUT" and path.endswith("/model.onnx")]
+    assert puts == [503, 503, 200]
+
+
+def test_a_publish_that_keeps_failing_stops_with_a_reason_and_publishes_nothing(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The store refuses the last write of a version (503 at every attempt): the trainer stops within its
+    attempts and says why, and no reader sees the version (its metadata, written last, is not there)."""
+    faults = Faults(fail=lambda method, path: method == "PUT" and path.endswith("/metadata.json"))
+    (tmp_path / "iris.csv").write_bytes(sample_csv("iris"))
+    with s3_proxy(s3_endpoint, faults) as failing:
+        spec = {"dataset": {"uri": f"file://{tmp_path}/iris.csv", "target": "species"},
+                "model": {"algorithm": "logisticRegression"},
+                "output": {"registry": f"s3://{s3_bucket}/m", "modelName": "iris"},
+                "storage": {"endpointUrl": failing}}  # fmt: skip
+        log = tmp_path / "termination-log"
+        assert run(json.dumps(spec), {}, log) == 1
+    report = json.loads(log.read_text())
+    assert report["reason"] == "StoreUnavailable"
+    assert re.fullmatch(
+        r"s3://\S+/m: writing iris/versions/\w+/metadata.json was refused \(SlowDown\)", report["message"]
+    )
+    assert sum(1 for _, path, status in faults.seen if path.endswith("/metadata.json") and status == 503) == 4
+    readers = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=s3_endpoint))
+    assert readers.versions("iris") == [] and readers.resolve("iris", "champion") is None
+
+
+def test_a_stalled_publish_gives_up_after_its_attempts(s3_endpoint: str, s3_bucket: str) -> None:
+    faults = Faults(stall=lambda method, path: 2.0 if method == "PUT" and path.endswith("/profile.json") else 0.0)
+    with s3_proxy(s3_endpoint, faults) as stalling:
+        registry = Registry(open_store(f"s3://{s3_bucket}/m", endpoint_url=stalling, read_timeout=0.5))
+        with pytest.raises(StoreUnavailable, match=r"writing iris/versions/\w+/profile.json failed after 4 attempts"):
+            registry.publish("iris", b"model", b"profile", {})
+        assert registry.versions("iris") == []
