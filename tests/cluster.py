@@ -31,6 +31,30 @@ TOKEN = "regrow-test-admin-token"
 
 
 @dataclass
+class Process:
+    """A control-plane process that a test may stop and start again, with the same arguments, port and data."""
+
+    argv: Sequence[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@dataclass
 class Cluster:
     kubeconfig: Path
     kubectl_path: str
@@ -38,6 +62,16 @@ class Cluster:
     runs_pods: bool
     started_in: float = 0.0
     _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+    apiserver: Process | None = None  # envtest's, which a test may restart
+    readyz: str = ""
+
+    def restart_apiserver(self, down_seconds: float) -> None:
+        """Stop the API server, keep it down ``down_seconds``, start it again on its port, wait until ready."""
+        assert self.apiserver is not None, "only an envtest control plane's API server can be restarted"
+        self.apiserver.stop()
+        time.sleep(down_seconds)
+        self.apiserver.start()
+        _wait_ready(self.readyz, self.apiserver.log)
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster; raise with its stderr when ``check`` and it fails."""
@@ -137,7 +171,7 @@ def start_control_plane(assets: Path) -> Cluster:
         f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
         f"--initial-cluster=envtest={peer_url}", "--unsafe-no-fsync",
     ])  # fmt: skip
-    _spawn(stack, logs, "kube-apiserver", [
+    apiserver = _spawn(stack, logs, "kube-apiserver", [
         str(assets / "kube-apiserver"), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
         f"--secure-port={api_port}", f"--cert-dir={tmp / 'certs'}",
         f"--service-account-key-file={pub}", f"--service-account-signing-key-file={key}",
@@ -161,22 +195,16 @@ def start_control_plane(assets: Path) -> Cluster:
         runs_pods=False,
         started_in=time.monotonic() - t0,
         _stack=stack,
+        apiserver=apiserver,
+        readyz=f"{server}/readyz",
     )
 
 
-def _spawn(stack: ExitStack, logs: Path, name: str, argv: Sequence[str]) -> None:
-    log = stack.enter_context((logs / f"{name}.log").open("w"))
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack.callback(stop)
+def _spawn(stack: ExitStack, logs: Path, name: str, argv: Sequence[str]) -> Process:
+    process = Process(argv, logs / f"{name}.log")
+    process.start()
+    stack.callback(process.stop)
+    return process
 
 
 def _kubeconfig(server: str, ca: Path) -> str:

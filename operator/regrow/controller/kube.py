@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol, cast
 
+import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
@@ -25,7 +26,11 @@ class Conflict(Exception):
     """The object already exists, or changed since it was read (HTTP 409)."""
 
 
-class ResponseTooLarge(Exception):
+class ApiUnreachable(OSError):
+    """No answer from the API server: no connection, or none in time, after urllib3's retries."""
+
+
+class ResponseTooLarge(OSError):
     """The API server's answer passed MAX_RESPONSE_BYTES (it was not read further)."""
 
 
@@ -66,7 +71,10 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(*request, _request_timeout=self.timeout)
+        try:
+            response = self.api_client.call_api(*request, _request_timeout=self.timeout)
+        except urllib3.exceptions.HTTPError as error:  # not an OSError: callers that expect one would miss it
+            raise ApiUnreachable(f"{method} {url}: {type(error).__name__}") from error
         raw = response.response  # urllib3's, not read yet
         data: bytes = raw.read(self.max_bytes + 1, decode_content=True)
         if len(data) > self.max_bytes:

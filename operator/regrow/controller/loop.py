@@ -142,7 +142,11 @@ class Controller:
         leading, lease_at = self.lease is None, 0.0
         while True:
             if self.lease is not None and self.clock() >= lease_at:
-                leading = await asyncio.to_thread(self.lease.try_acquire)
+                try:
+                    leading = await asyncio.to_thread(self.lease.try_acquire)
+                except Exception:  # whatever it is, the loop must not end: it would reconcile nothing, ever
+                    log.exception("Could not take or renew the Lease; standing by")
+                    leading = False
                 lease_at = self.clock() + self.lease_retry
             self.instruments.leader.set(leading)
             if leading:
