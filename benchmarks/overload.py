@@ -33,7 +33,7 @@ import numpy as np
 import uvloop
 from common import free_port, infer_body, regrow_serve, serve, trained_iris, wait_up
 
-from regrow.api.modeldeployment import ServerSpec
+from regrow.api.modeldeployment import DEFAULT_SERVER
 
 TIMEOUT = 2.0  # seconds: a request not answered by then failed
 MAX_CONNECTIONS = 1000
@@ -323,7 +323,7 @@ def main() -> None:
         f"\nHealth probes while one client sends {args.large_rows:,}-row requests back to back, {args.seconds:.0f} s:"
     )
     large = infer_body(args.large_rows).encode()
-    for max_rows in (ServerSpec().max_rows, args.large_rows):
+    for max_rows in (DEFAULT_SERVER.max_rows, args.large_rows):
         port = free_port()
         proc = serve(
             regrow_serve(work, version, port, "--max-rows", str(max_rows), "--max-body-bytes", str(len(large)))

@@ -14,9 +14,7 @@ import yaml
 
 from regrow.api import InvalidSpec, validate_object
 from regrow.api.crd import crd_files
-from regrow.api.modeldeployment import ServerSpec
-
-BOUNDS = ServerSpec()  # what a ModelDeployment's pods get when its spec.server sets none
+from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 
 
 def _crds(args: argparse.Namespace) -> int:

@@ -83,6 +83,9 @@ class ServerSpec(ApiModel):
     )  # fmt: skip
 
 
+DEFAULT_SERVER = ServerSpec()  # what a ModelDeployment's pods get when its spec.server sets none
+
+
 class ModelDeploymentSpec(ApiModel):
     model: ModelSource
     storage: StorageSpec | None = None

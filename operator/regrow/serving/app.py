@@ -17,7 +17,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
-from regrow.api.modeldeployment import ServerSpec
+from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.inference import Prediction
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
@@ -36,7 +36,6 @@ from regrow.serving.protocol import (
     v2_outputs,
 )
 
-BOUNDS = ServerSpec()  # a ModelDeployment's spec.server when it sets none: the defaults
 RETRY_AFTER = b"retry-after: 1\r\n"
 
 

@@ -9,7 +9,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from regrow.serving.app import BOUNDS, App, State
+from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
+from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
@@ -60,7 +61,8 @@ class InferenceServer:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
-                           max_rows=config.max_rows, signer=Signer.from_env(config.feedback_key))  # fmt: skip
+                           max_rows=config.max_rows, shed_after=config.shed_after,
+                           signer=Signer.from_env(config.feedback_key))  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
         apart = config.metrics_port > 0
@@ -71,7 +73,6 @@ class InferenceServer:
         self.state.in_flight = self.http.in_flight
         self.state.lag = lambda: self.http.lag
         self.state.waited = self.http.busy
-        self.state.shed_after = config.shed_after
         self.registry = Registry(open_store(config.registry, endpoint_url=config.endpoint_url, region=config.region))
         self._loop: asyncio.AbstractEventLoop | None = None  # the one run() runs on
         self._stop = asyncio.Event()

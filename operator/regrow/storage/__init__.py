@@ -114,8 +114,8 @@ class FileStore:
 
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         try:
-            data = self._path(key).read_bytes()
-        except FileNotFoundError:
+            data = self.get(key)
+        except NotFound:
             return None
         return data, hashlib.sha256(data).hexdigest()
 
@@ -170,13 +170,10 @@ class S3Store:
             raise StoreUnavailable(f"{self.uri}: {action} failed after {S3_ATTEMPTS} attempts ({reason})") from None
 
     def get(self, key: str) -> bytes:
-        with self._calling(f"reading {key}"):
-            try:
-                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            except self.client.exceptions.NoSuchKey:
-                raise NotFound(f"{self.uri}/{key}") from None
-            body: bytes = response["Body"].read()
-        return body
+        found = self.read_tagged(key)
+        if found is None:
+            raise NotFound(f"{self.uri}/{key}")
+        return found[0]
 
     def put(self, key: str, data: bytes) -> None:
         with self._calling(f"writing {key}"):
@@ -193,7 +190,8 @@ class S3Store:
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             except self.client.exceptions.NoSuchKey:
                 return None
-            return response["Body"].read(), str(response["ETag"])
+            body: bytes = response["Body"].read()
+        return body, str(response["ETag"])
 
     def put_if(self, key: str, data: bytes, tag: str | None) -> None:
         """A PUT with If-Match (or If-None-Match: *), once the store has been seen to honour them."""
