@@ -36,11 +36,21 @@ class Process:
 
     argv: Sequence[str]
     log: Path
+    env: dict[str, str] | None = None  # None: this process's
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("a") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=self.env
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
 
     def stop(self) -> None:
         if self.proc is None:

@@ -41,6 +41,10 @@ class FakePod:
 
     def fetch(self, address: str, url_path: str) -> bytes | None:
         assert address == "10.1.2.3:8080"
+        return self.answer(url_path)
+
+    def answer(self, url_path: str) -> bytes:
+        """What the pod answers at ``url_path``: its reference profile or its /metrics."""
         if url_path == "/v2/models/iris/profile":
             return self.profile.to_json()
         assert url_path == "/metrics"
@@ -67,9 +71,9 @@ def _drift(api: client.ApiClient, namespace: str, status: str, reason: str) -> d
     return wait_for(probe, 120, f"DriftDetected={status} ({reason})")
 
 
-def _serve_v1(api: client.ApiClient, namespace: str, version: str = "v1") -> None:
-    """The ModelDeployment iris serving ``version`` from one Running, Ready pod (the kubelet's part played
-    here)."""
+def _serve_v1(api: client.ApiClient, namespace: str, version: str = "v1", pod_ip: str = "10.1.2.3") -> None:
+    """The ModelDeployment iris serving ``version`` from one Running, Ready pod at ``pod_ip`` (the kubelet's
+    part played here)."""
     _custom(api, namespace, MODEL_DEPLOYMENT.plural, _example("ModelDeployment"))
     client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris",
@@ -78,7 +82,7 @@ def _serve_v1(api: client.ApiClient, namespace: str, version: str = "v1") -> Non
     pods = wait_for(
         lambda: Kube(api).list(path("v1", "pods", namespace), "regrow.dev/modeldeployment=iris"), 30, "a pod"
     )
-    running = {"phase": "Running", "podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]}
+    running = {"phase": "Running", "podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]}
     client.CoreV1Api(api).patch_namespaced_pod_status(pods[0]["metadata"]["name"], namespace, {"status": running})
 
 

@@ -7,10 +7,13 @@ import asyncio
 import time
 from dataclasses import replace
 
+import kopf
 import pytest
+from kubernetes.client.exceptions import ApiException
 
+from regrow.controller.handlers import API_QUIET_SECONDS, liveness
 from regrow.controller.kube import Conflict, Obj
-from regrow.controller.loop import MIN_REPEAT_SECONDS, Controller, Kind, status_patch
+from regrow.controller.loop import MIN_REPEAT_SECONDS, STALL_SECONDS, Controller, Kind, status_patch
 from regrow.controller.result import Event, Result
 
 PATH = "/apis/regrow.dev/v1alpha1/namespaces/ml/modeldeployments/iris"
@@ -217,3 +220,58 @@ def _object(namespace: str, name: str) -> Obj:
     return {"apiVersion": "regrow.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": namespace, "uid": f"{namespace}/{name}", "generation": 1,
                          "resourceVersion": "1"}}  # fmt: skip
+
+
+class Kube:
+    """What the liveness probe uses of the API client: when the API server last answered, and a GET."""
+
+    def __init__(self, answered_at: float, error: Exception | None = None) -> None:
+        self.answered_at, self.error, self.asked = answered_at, error, 0
+
+    def get(self, path: str) -> Obj | None:
+        assert path == "/version"
+        self.asked += 1
+        if self.error is not None:
+            raise self.error
+        return {"major": "1"}
+
+
+def test_the_liveness_probe_fails_only_while_the_loop_or_the_api_server_cannot_work() -> None:
+    controller, _, clock = _controller(_kind(READY))
+
+    async def probe(loop: asyncio.Task[None], kube: Kube) -> str:
+        try:
+            answer = await liveness(controller, loop, kube)  # type: ignore[arg-type]
+        except kopf.PermanentError as error:
+            return str(error)
+        return f"alive {answer}"
+
+    async def run() -> list[str]:
+        loop = asyncio.create_task(controller.run())
+        await asyncio.sleep(0)  # the loop goes round once, then sleeps for its tick
+        fresh = Kube(time.monotonic())
+        verdicts = [await probe(loop, fresh)]
+        clock.now += STALL_SECONDS + 1  # it has not gone round since: stuck
+        verdicts.append(await probe(loop, fresh))
+        await asyncio.sleep(controller.tick * 2)  # it goes round again
+        quiet = time.monotonic() - API_QUIET_SECONDS - 1  # the API server has not been heard from for a while
+        verdicts += [
+            await probe(loop, Kube(quiet)),  # asked, and it answers
+            await probe(loop, Kube(quiet, ApiException(status=403))),  # it answers, if not with what was asked
+            await probe(loop, Kube(quiet, ConnectionRefusedError())),
+        ]
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        verdicts.append(await probe(loop, fresh))  # the loop has ended
+        await controller.stop()
+        assert fresh.asked == 0  # the API server is asked only when nothing else has heard from it
+        return verdicts
+
+    assert asyncio.run(run()) == [
+        "alive {'leading': True, 'reconciling': 0, 'due': 0}",
+        "the control loop has stopped",
+        "alive {'leading': True, 'reconciling': 0, 'due': 0}",
+        "alive {'leading': True, 'reconciling': 0, 'due': 0}",
+        "the API server does not answer (ConnectionRefusedError)",
+        "the control loop has stopped",
+    ]

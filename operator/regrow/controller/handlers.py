@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, start_http_server
 
 from regrow import GROUP, VERSION
@@ -26,6 +28,8 @@ TJ = (GROUP, VERSION, TRAINING_JOB.plural)
 MD = (GROUP, VERSION, MODEL_DEPLOYMENT.plural)
 DP = (GROUP, VERSION, DRIFT_POLICY.plural)
 LEASE_NAME = "regrow-operator"
+API_QUIET_SECONDS = 10.0  # past this with no answer from the API server, the liveness probe asks it itself
+PROBE_CALL_SECONDS = 4.0  # within the chart's probe timeout (5 s)
 
 
 @kopf.on.startup()
@@ -73,6 +77,29 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     await memo.controller.stop()
     if memo.get("metrics_server"):
         memo.metrics_server.shutdown()
+
+
+@kopf.on.probe(id="controlLoop")
+async def alive(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    return await liveness(memo.controller, memo.loop, memo.kube)
+
+
+async def liveness(controller: Controller, loop: asyncio.Task[None], kube: Kube) -> dict[str, Any]:
+    """The liveness endpoint's verdict: it fails (HTTP 500) only while the operator cannot work, that is while
+    its control loop has ended or stalled, or while the API server does not answer (asked only when nothing
+    else has had an answer for API_QUIET_SECONDS). kopf's own endpoint says nothing of the control loop. A
+    standby replica is alive: it can take over. kopf runs this at most every 10 s, whatever the probe rate."""
+    if loop.done() or controller.stalled():
+        raise kopf.PermanentError("the control loop has stopped")
+    if time.monotonic() - kube.answered_at > API_QUIET_SECONDS:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(kube.get, "/version"), PROBE_CALL_SECONDS)
+        except ApiException:
+            pass  # it answered, if not what was asked
+        except (TimeoutError, OSError) as error:
+            raise kopf.PermanentError(f"the API server does not answer ({type(error).__name__})") from error
+    leading = controller.lease is None or controller.lease.leading
+    return {"leading": leading, "reconciling": len(controller.busy), "due": len(controller.due)}
 
 
 def _api_client() -> client.ApiClient:

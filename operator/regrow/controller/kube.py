@@ -7,6 +7,7 @@ every kind, and unit tests can pass a fake with the same four methods.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Protocol, cast
 
 import urllib3
@@ -58,6 +59,7 @@ class Kube:
         self.api_client = api_client
         self.timeout = (connect, read)
         self.max_bytes = max_bytes
+        self.answered_at = float("-inf")  # time.monotonic() of the API server's last answer, whatever it said
 
     def _call(self, method: str, url: str, body: Obj | None = None, query: list[tuple[str, str]] | None = None) -> Obj:
         headers = {"Accept": "application/json"}
@@ -75,6 +77,7 @@ class Kube:
             response = self.api_client.call_api(*request, _request_timeout=self.timeout)
         except urllib3.exceptions.HTTPError as error:  # not an OSError: callers that expect one would miss it
             raise ApiUnreachable(f"{method} {url}: {type(error).__name__}") from error
+        self.answered_at = time.monotonic()
         raw = response.response  # urllib3's, not read yet
         data: bytes = raw.read(self.max_bytes + 1, decode_content=True)
         if len(data) > self.max_bytes:

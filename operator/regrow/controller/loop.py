@@ -38,6 +38,7 @@ Key = tuple[str, str, str]  # (plural, namespace, name)
 MAX_BACKOFF_SECONDS = 300.0
 MIN_REPEAT_SECONDS = 1.0  # the shortest time between two reconciles of one object
 EVENT_MESSAGE_LIMIT = 1024
+STALL_SECONDS = 10.0  # the loop ticks every quarter second; one that has not for this long is stuck or gone
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Controller:
     last_run: dict[Key, float] = field(default_factory=dict)
     busy: set[Key] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    ticked_at: float = float("-inf")  # when the loop last went round
 
     def __post_init__(self) -> None:
         # One thread per worker: asyncio's default pool has min(32, CPUs + 4), fewer than the workers on a
@@ -141,6 +143,7 @@ class Controller:
     async def run(self) -> None:
         leading, lease_at = self.lease is None, 0.0
         while True:
+            self.ticked_at = self.clock()
             if self.lease is not None and self.clock() >= lease_at:
                 try:
                     leading = await asyncio.to_thread(self.lease.try_acquire)
@@ -152,6 +155,10 @@ class Controller:
             if leading:
                 self._dispatch()
             await asyncio.sleep(self.tick)
+
+    def stalled(self) -> bool:
+        """Whether the loop has stopped going round (it ended, or a Lease call hangs past its timeouts)."""
+        return self.clock() - self.ticked_at > STALL_SECONDS
 
     def _dispatch(self) -> None:
         """Start what is due, sharing the workers fairly between namespaces: the namespace with the fewest
