@@ -96,33 +96,77 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _approve(args: argparse.Namespace) -> int:
+def _object(args: argparse.Namespace, kind: Any, name: str) -> tuple[Any, str, dict[str, Any] | None, str]:
+    """A Kube client from the kubeconfig, the object's path, the object (None: not found), and the user the
+    kubeconfig context names (what a decision records as its actor, self-reported)."""
     from kubernetes import config  # noqa: PLC0415 - needs [operator]
 
     from regrow import API_VERSION  # noqa: PLC0415
-    from regrow.api import DRIFT_POLICY  # noqa: PLC0415
-    from regrow.controller.driftpolicy import APPROVE_ANNOTATION  # noqa: PLC0415
     from regrow.controller.kube import Kube, path  # noqa: PLC0415
 
     api_client = config.new_client_from_config(args.kubeconfig, args.context)  # type: ignore[no-untyped-call]
     contexts, active = config.list_kube_config_contexts(args.kubeconfig)  # type: ignore[no-untyped-call]
     context = next((c for c in contexts if c["name"] == args.context), active) if args.context else active
     namespace = args.namespace or context["context"].get("namespace", "default")
-    where = path(API_VERSION, DRIFT_POLICY.plural, namespace, args.policy)
+    where = path(API_VERSION, kind.plural, namespace, name)
     kube = Kube(api_client)
-    policy = kube.get(where)
+    return kube, where, kube.get(where), str(context["context"].get("user") or "unknown")
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from regrow.api import DRIFT_POLICY  # noqa: PLC0415
+    from regrow.controller.driftpolicy import APPROVE_ANNOTATION  # noqa: PLC0415
+
+    kube, where, policy, _ = _object(args, DRIFT_POLICY, args.policy)
     if policy is None:
-        print(f"regrow approve: DriftPolicy {namespace}/{args.policy} not found", file=sys.stderr)
+        print(f"regrow approve: DriftPolicy {args.policy} not found", file=sys.stderr)
         return 1
     pending = (policy.get("status") or {}).get("pendingApproval")
     if not pending:
-        print(
-            f"regrow approve: DriftPolicy {namespace}/{args.policy} has no retrain waiting for approval",
-            file=sys.stderr,
-        )
+        print(f"regrow approve: DriftPolicy {args.policy} has no retrain waiting for approval", file=sys.stderr)
         return 1
     kube.patch(where, {"metadata": {"annotations": {APPROVE_ANNOTATION: pending}}})
-    print(f"Approved retrain {pending} of DriftPolicy {namespace}/{args.policy}")
+    print(f"Approved retrain {pending} of DriftPolicy {args.policy}")
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    """`regrow promote` and `regrow rollback`: a person's decision on the running canary, as an annotation
+    the operator acts on (it never writes a spec), with who they say they are and why."""
+    from regrow.api import MODEL_DEPLOYMENT  # noqa: PLC0415
+    from regrow.clock import now  # noqa: PLC0415
+    from regrow.controller.canary import DECISION_ANNOTATION, Decision  # noqa: PLC0415
+
+    kube, where, md, user = _object(args, MODEL_DEPLOYMENT, args.deployment)
+    if md is None:
+        print(f"regrow {args.command}: ModelDeployment {args.deployment} not found", file=sys.stderr)
+        return 1
+    rollout = (md.get("status") or {}).get("rollout") or {}
+    if not rollout or rollout.get("outcome"):
+        print(f"regrow {args.command}: ModelDeployment {args.deployment} has no canary running", file=sys.stderr)
+        return 1
+    action = "Promote" if args.command == "promote" else "Rollback"
+    decision = Decision(action=action, candidate=rollout["candidate"], started=rollout["started"],
+                        actor=args.actor or user, reason=args.reason, time=now())  # fmt: skip
+    kube.patch(where, {"metadata": {"annotations": {DECISION_ANNOTATION: decision.model_dump_json(by_alias=True)}}})
+    verb = "Promoting" if action == "Promote" else "Rolling back"
+    print(f"{verb} version {rollout['candidate']} of ModelDeployment {args.deployment}")
+    return 0
+
+
+def _restore_alias(args: argparse.Namespace) -> int:
+    """Move an alias back from a rolled-back version, only if it still points there (the Job a canary's
+    rollback runs: the operator holds no store credentials)."""
+    from regrow.storage import open_store  # noqa: PLC0415
+    from regrow.storage.registry import AliasMoved, Registry  # noqa: PLC0415
+
+    registry = Registry(open_store(args.registry, endpoint_url=args.endpoint_url, region=args.region))
+    try:
+        registry.promote(args.model, args.alias, args.to, over=args.from_version)
+    except AliasMoved:
+        print(f"Left {args.alias} of {args.model} alone: it no longer points at {args.from_version}")
+        return 0
+    print(f"Moved {args.alias} of {args.model} back from {args.from_version} to {args.to}")
     return 0
 
 
@@ -267,6 +311,12 @@ def _add_drift(commands: Any) -> None:
     drift.set_defaults(func=_drift)
 
 
+def _add_kubeconfig(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    parser.add_argument("--kubeconfig", default=_env("KUBECONFIG"), help="$KUBECONFIG, else ~/.kube/config")
+    parser.add_argument("--context", help="kubeconfig context; default: the current one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -294,12 +344,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve(commands)
 
+    restore = commands.add_parser(
+        "restore-alias", help="move an alias back from a rolled-back version, if it still points there"
+    )
+    restore.add_argument("--registry", required=True)
+    restore.add_argument("--model", required=True)
+    restore.add_argument("--alias", required=True)
+    restore.add_argument("--from", dest="from_version", required=True, help="the rolled-back version")
+    restore.add_argument("--to", required=True, help="the version the alias returns to")
+    restore.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
+    restore.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
+    restore.set_defaults(func=_restore_alias)
+
     approve = commands.add_parser("approve", help="approve the retrain a DriftPolicy with approval: Manual waits on")
     approve.add_argument("policy", help="the DriftPolicy's name")
-    approve.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
-    approve.add_argument("--kubeconfig", default=_env("KUBECONFIG"), help="$KUBECONFIG, else ~/.kube/config")
-    approve.add_argument("--context", help="kubeconfig context; default: the current one")
+    _add_kubeconfig(approve)
     approve.set_defaults(func=_approve)
+    for verb, what in (("promote", "continue a canary that waits for approval, to every pod"),
+                       ("rollback", "end a running canary: the stable version keeps every pod")):  # fmt: skip
+        decide = commands.add_parser(verb, help=what)
+        decide.add_argument("deployment", help="the ModelDeployment's name")
+        decide.add_argument("--reason", default="", help="why, recorded in the ModelDeployment's status")
+        decide.add_argument("--as", dest="actor", help="who decides (recorded); default: the kubeconfig's user")
+        _add_kubeconfig(decide)
+        decide.set_defaults(func=_decide)
 
     sample = commands.add_parser("sample-data", help="write a data set that ships with scikit-learn as CSV")
     sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes"])
@@ -319,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS = {
     "operator": "operator",
     "approve": "operator",
+    "promote": "operator",
+    "rollback": "operator",
     "serve": "serving",
     "train": "training",
     "sample-data": "training",
@@ -334,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = EXTRAS.get(args.command)
         if extra is None or not error.name or error.name.startswith("regrow"):
             raise
-        print(f"regrow {args.command} needs {error.name}: pip install 'regrow[{extra}]'", file=sys.stderr)
+        package = error.name.split(".", 1)[0]  # the distribution to install, not the submodule that failed
+        print(f"regrow {args.command} needs {package}: pip install 'regrow[{extra}]'", file=sys.stderr)
         return 1
 
 

@@ -48,7 +48,7 @@ def test_every_example_is_accepted(cluster: Cluster, namespace: str) -> None:
         validate_object(item)  # what the server stored, defaults included, still parses
     assert sorted(i["kind"] for i in listed["items"]) == ["DriftPolicy", "ModelDeployment", "TrainingJob"]
     stored = next(i for i in listed["items"] if i["kind"] == "ModelDeployment")
-    assert stored["spec"]["rollout"] == {"strategy": "RollingUpdate", "maxSurge": 1}
+    assert stored["spec"]["rollout"] == {"strategy": "RollingUpdate", "maxSurge": 1, "approval": "Automatic"}
 
 
 # Each case: the API server and pydantic both reject it; the server's message names the field.

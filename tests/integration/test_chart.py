@@ -205,8 +205,12 @@ def test_the_monitors_select_the_operator_service_and_the_serving_pods(
     pods = docs["PodMonitor"]["spec"]
     assert pods["namespaceSelector"] == {"matchNames": [namespace]}
     md = parse_spec(ModelDeploymentSpec, _example("ModelDeployment")["spec"])
-    template = deployment(Owner("ModelDeployment", "iris", namespace, "u"), md, defaults, None)["spec"]["template"]
-    assert pods["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    owner = Owner("ModelDeployment", "iris", namespace, "u")
+    canary = deployment(owner, md, defaults, "v2", canary_replicas=1)["spec"]["template"]
+    template = deployment(owner, md, defaults, None)["spec"]["template"]
+    for labels in (template["metadata"]["labels"], canary["metadata"]["labels"]):
+        assert pods["selector"]["matchLabels"].items() <= labels.items()
+        assert all(labels.get(e["key"]) in e["values"] for e in pods["selector"]["matchExpressions"])
     ports = [p["name"] for c in template["spec"]["containers"] for p in c["ports"]]
     (endpoint,) = [e["port"] for e in pods["podMetricsEndpoints"]]
     assert endpoint == ("metrics" if serving_port else "http") and endpoint in ports

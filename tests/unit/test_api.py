@@ -131,7 +131,36 @@ INVALID = [
         "may not contain . or .. segments",
     ),
     ("TrainingJob", "spec.storage", {"volumeClaimName": "d", "mountPath": "/var//lib"}, "String should match"),
+    ("ModelDeployment", "spec.rollout", {"strategy": "Canary"}, "rollout.strategy Canary needs rollout.steps"),
+    ("ModelDeployment", "spec.rollout", {"steps": [{"weight": 20, "pause": "1m"}]}, "apply to strategy Canary only"),
+    (
+        "ModelDeployment",
+        "spec.rollout",
+        {"strategy": "Canary", "steps": [{"weight": 50, "pause": "1m"}, {"weight": 20, "pause": "1m"}]},
+        "weights must rise: [50, 20]",
+    ),
+    (
+        "ModelDeployment",
+        "spec.rollout",
+        {"strategy": "Canary", "steps": [{"weight": 20}]},
+        "a canary step (weight 20) needs a pause, minRequests or both",
+    ),
+    ("ModelDeployment", "spec.rollout", {"strategy": "Canary", "steps": [{"weight": 100, "pause": "1m"}]}, "99"),
+    (
+        "ModelDeployment",
+        "spec.rollout.analysis",
+        {"maxErrorShare": 0.01},
+        "spec.rollout.analysis.maxErrorShare: Input should be a valid string",
+    ),
 ]
+
+
+def test_the_readmes_canary_example_is_valid() -> None:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- canary-example -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = validate_object(yaml.safe_load(block))
+    assert isinstance(spec, ModelDeploymentSpec) and spec.rollout.strategy == "Canary"
+    assert [s.weight for s in spec.rollout.steps] == [25, 50] and spec.rollout.analysis.max_p99_seconds == "0.25"
 
 
 @pytest.mark.parametrize(("kind", "path", "value", "message"), INVALID)

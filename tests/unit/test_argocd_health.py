@@ -10,7 +10,7 @@ import pytest
 import yaml
 from lupa import lua51
 
-from regrow.controller import modeldeployment, trainingjob
+from regrow.controller import canary, modeldeployment, trainingjob
 from regrow.controller.kube import Obj
 from regrow.manifests.common import PodDefaults
 from tests.unit.test_api import _example, _with
@@ -65,7 +65,8 @@ def _stored(body: Obj, status: Obj) -> Obj:
 def test_what_the_reconcilers_write_for_an_invalid_spec_is_degraded() -> None:
     md = _with(_example("ModelDeployment"), "spec.replicas", {"min": 5, "max": 2})
     md["metadata"]["namespace"] = "ml"
-    result = modeldeployment.reconcile(_stored(md, {}), NoApi(), PodDefaults(), None, None)  # type: ignore[arg-type]
+    serving = modeldeployment.Serving(NoApi(), PodDefaults(), None, None, None, canary.Memory())  # type: ignore[arg-type]
+    result = modeldeployment.reconcile(_stored(md, {}), serving)
     verdict = health(_stored(md, result.status))
     assert verdict["status"] == "Degraded" and verdict["message"].startswith("InvalidSpec: ")
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from regrow.controller import outbound
-from regrow.controller.driftpolicy import http_fetch
+from regrow.controller.outbound import pod_fetch
 
 SECRET = b'{"password": "hunter2"}'
 
@@ -58,12 +58,12 @@ def base() -> Iterator[str]:
 def test_a_redirect_is_an_answer_not_a_place_to_go(base: str) -> None:
     answer = outbound.get(f"http://{base}/moved", 2, 1 << 20)
     assert answer.status == 302 and SECRET not in answer.body
-    assert http_fetch(base, "/moved") is None  # a pod's 302 is no profile, and not followed to one
+    assert pod_fetch(base, "/moved") is None  # a pod's 302 is no profile, and not followed to one
 
 
 def test_error_statuses_are_answers(base: str) -> None:
     assert outbound.get(f"http://{base}/down", 2, 1 << 20) == outbound.Answer(503, b'{"ready": false}')
-    assert http_fetch(base, "/down") is None
+    assert pod_fetch(base, "/down") is None
 
 
 def test_an_answer_past_the_limit_is_not_read_on(base: str) -> None:

@@ -31,7 +31,11 @@ def test_the_operator_loads_them() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "missing", "extra"),
-    [(["approve", "iris"], "kubernetes", "operator"), (["sample-data", "iris"], "sklearn", "training")],
+    [
+        (["approve", "iris"], "kubernetes", "operator"),
+        (["promote", "iris"], "kubernetes", "operator"),
+        (["sample-data", "iris"], "sklearn", "training"),
+    ],
 )
 def test_a_missing_extra_is_named(
     argv: list[str], missing: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

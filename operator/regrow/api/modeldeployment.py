@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
@@ -9,12 +10,15 @@ from pydantic import ConfigDict, Field, StringConstraints, model_validator
 from regrow.api.common import (
     ApiModel,
     Conditions,
+    DecimalString,
     Duration,
+    FractionString,
     IntOrPercent,
     Name,
     ResourceRequirements,
     StorageSpec,
     StoreUri,
+    Time,
 )
 
 Version = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,62}$")]
@@ -53,9 +57,78 @@ class AutoscalingSpec(ApiModel):
     target_cpu_utilization_percentage: int = Field(default=80, ge=1, le=100, alias="targetCPUUtilizationPercentage")
 
 
+class CanaryStep(ApiModel):
+    """One step of a canary: the candidate answers ``weight`` percent of the requests while the analysis
+    judges it. A step is judged once it has its evidence (``minRequests`` answered by the candidate at this
+    step, else its ``pause`` over); a failed gate then rolls back at once, and the step is passed once every
+    gate passes and its ``pause`` is over."""
+
+    weight: int = Field(
+        ge=1, le=99,
+        description="Percent of the requests the candidate answers, reached by the ratio of candidate pods to "
+        "stable pods (the nearest a whole number of pods allows; status.rollout.weight says what it is).",
+    )  # fmt: skip
+    pause: Duration | None = Field(default=None, description="Stay at least this long at this step.")
+    min_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Requests the candidate answers at this step, then it is judged.",
+    )
+    max_wait: Duration = Field(
+        default="10m", description="A gate that cannot be measured by then (too few requests, no ready pod) fails."
+    )
+
+    @model_validator(mode="after")
+    def _evidence(self) -> CanaryStep:
+        if self.pause is None and self.min_requests is None:
+            raise ValueError(f"a canary step (weight {self.weight}) needs a pause, minRequests or both")
+        return self
+
+
+class CanaryAnalysis(ApiModel):
+    """Gates on the candidate's live metrics over each step, read from the serving pods' own counters."""
+
+    max_error_share: FractionString = Field(
+        default="0.01",
+        description="Share of the candidate's answered requests that may be 5xx (429s from load shedding are "
+        "neither errors nor counted).",
+    )
+    max_p99_seconds: DecimalString | None = Field(
+        default=None, description="The candidate's p99 latency at most (from its latency histogram's buckets)."
+    )
+    max_prediction_divergence: FractionString | None = Field(
+        default="0.5",
+        description="A loose sanity bound: the Jensen-Shannon distance (base 2, 0 to 1) between the candidate's "
+        "predictions and the stable version's over the step. A retrain after drift is meant to predict "
+        "differently; this catches the absurd, not the new.",
+    )
+
+
 class RolloutSpec(ApiModel):
-    strategy: Literal["RollingUpdate"] = "RollingUpdate"
+    """How a new version reaches the pods. RollingUpdate replaces them; Canary runs the candidate beside the
+    stable version in a Deployment of its own, steps its share of traffic up while its live metrics pass the
+    analysis, and rolls back by itself when they do not."""
+
+    strategy: Literal["RollingUpdate", "Canary"] = "RollingUpdate"
     max_surge: IntOrPercent = Field(default="25%", description="Extra pods during a roll (count or percent).")
+    steps: list[CanaryStep] = Field(default_factory=list, max_length=20, description="Canary steps, weights rising.")
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    approval: Literal["Automatic", "Manual"] = Field(
+        default="Automatic",
+        description="Manual: after its last step the canary waits for `regrow promote` (or `regrow rollback`).",
+    )
+
+    @model_validator(mode="after")
+    def _steps(self) -> RolloutSpec:
+        if self.strategy == "Canary" and not self.steps:
+            raise ValueError("rollout.strategy Canary needs rollout.steps")
+        if self.strategy != "Canary" and self.steps:
+            raise ValueError("rollout.steps apply to strategy Canary only")
+        weights = [step.weight for step in self.steps]
+        if any(a >= b for a, b in itertools.pairwise(weights)):
+            raise ValueError(f"rollout.steps' weights must rise: {weights}")
+        return self
 
 
 class PredictionLogSpec(ApiModel):
@@ -114,6 +187,41 @@ class ServingModelStatus(ApiModel):
     version: str
 
 
+class GateStatus(ApiModel):
+    """One gate of the analysis as last measured at the current step."""
+
+    name: Literal["errorShare", "p99Seconds", "predictionDivergence"]
+    threshold: str
+    value: str | None = Field(default=None, description="Unset: not measurable yet.")
+    passed: bool | None = None
+
+
+class RolloutDecision(ApiModel):
+    """A person's `regrow promote` or `regrow rollback`: who they said they are, and why."""
+
+    action: Literal["Promote", "Rollback"]
+    actor: str
+    reason: str = ""
+    time: Time
+
+
+class RolloutStatus(ApiModel):
+    """The latest canary: where it stands, or how it ended."""
+
+    candidate: Version
+    stable: Version
+    started: Time
+    step: int = Field(ge=1, description="The current step (1-based); one past the last while promoting.")
+    weight: int = Field(ge=0, le=100, description="Percent of the serving pods that are the candidate's now.")
+    step_started: Time
+    requests: int = Field(default=0, description="Requests the candidate answered at this step.")
+    gates: list[GateStatus] = Field(default_factory=list)
+    outcome: Literal["Promoted", "RolledBack"] | None = Field(default=None, description="Unset while it runs.")
+    message: str = ""
+    finished: Time | None = None
+    decision: RolloutDecision | None = None
+
+
 class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = None
     conditions: Conditions
@@ -123,3 +231,8 @@ class ModelDeploymentStatus(ApiModel):
     ready_replicas: int | None = None
     updated_replicas: int | None = None
     url: str | None = None
+    rollout: RolloutStatus | None = None
+    rejected_versions: list[Version] = Field(
+        default_factory=list, max_length=20,
+        description="Versions a canary rolled back: not tried again until `regrow promote --version` asks.",
+    )  # fmt: skip

@@ -29,6 +29,7 @@ from regrow.controller import conditions, outbound
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.modeldeployment import pod_ready, serving_pods
+from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, transition_event
 from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import Profile
@@ -41,20 +42,9 @@ POLICY_LABEL = f"{GROUP}/driftpolicy"
 APPROVE_ANNOTATION = f"{GROUP}/approve"
 KEEP_JOBS = 20
 
-Fetch = Callable[[str, str], bytes | None]  # (pod IP:port, path) -> body
 Query = Callable[[str, str], bytes]  # (Prometheus URL, PromQL) -> the answer's body
 MIN_CHECK_SECONDS = 10.0  # the operator's default floor under spec.interval (the chart's drift.minCheckSeconds)
-MAX_POD_ANSWER = 16 << 20  # bytes of a pod's /metrics or profile (a profile of 1,000 features is ~2 MiB)
 MAX_PROMETHEUS_ANSWER = 16 << 20  # bytes of a query's answer (one series per bin of the model's features)
-
-
-def http_fetch(address: str, url_path: str) -> bytes | None:
-    """A serving pod's answer to ``GET url_path`` when it is a 200, else None."""
-    try:
-        answer = outbound.get(f"http://{address}{url_path}", 3.0, MAX_POD_ANSWER)
-    except OSError:
-        return None
-    return answer.body if answer.status == 200 else None
 
 
 @dataclass

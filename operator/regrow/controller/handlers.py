@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from regrow import GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
-from regrow.controller import driftpolicy, modeldeployment, trainingjob
+from regrow.controller import canary, driftpolicy, modeldeployment, outbound, trainingjob
 from regrow.controller.kube import Kube
 from regrow.controller.lease import Lease, new_identity
 from regrow.controller.loop import Controller, Kind
@@ -47,7 +47,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     if "prober" not in memo:
         memo.prober = modeldeployment.http_prober
     if "fetch" not in memo:
-        memo.fetch = driftpolicy.http_fetch
+        memo.fetch = outbound.pod_fetch
     if "min_check_seconds" not in memo:  # the chart's drift.minCheckSeconds
         memo.min_check_seconds = float(os.environ.get("REGROW_MIN_CHECK_SECONDS") or driftpolicy.MIN_CHECK_SECONDS)
     if "query" not in memo:  # the chart's drift.prometheusUrls, one a line
@@ -117,6 +117,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def kinds(memo: kopf.Memo) -> list[Kind]:
     """The three kinds, each with its reconciler and how often its actual state is checked."""
+    serving = modeldeployment.Serving(
+        memo.kube, memo.pod_defaults, memo.versions, memo.prober, memo.fetch, canary.Memory()
+    )
     return [
         Kind(
             TRAINING_JOB.kind,
@@ -127,8 +130,9 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
         Kind(
             MODEL_DEPLOYMENT.kind,
             MODEL_DEPLOYMENT.plural,
-            lambda body: modeldeployment.reconcile(body, memo.kube, memo.pod_defaults, memo.versions, memo.prober),
+            lambda body: modeldeployment.reconcile(body, serving),
             lambda body: SERVING_POLL_SECONDS,  # pods crash, aliases move: the actual state is watched
+            lambda body: serving.memory.forget(body["metadata"]["uid"]),
         ),
         Kind(
             DRIFT_POLICY.kind,

@@ -13,16 +13,23 @@ import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
 
 from regrow.api import MODEL_DEPLOYMENT, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.controller import conditions, outbound
+from regrow.api.modeldeployment import GateStatus, RolloutStatus
+from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
+from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, transition_event
+from regrow.drift.profile import FeatureProfile, Profile
 from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import (
+    CANARY,
     COMPONENT,
     FEEDBACK_ENV,
     PORT,
@@ -31,6 +38,8 @@ from regrow.manifests.serving import (
     deployment,
     disruption_budget,
     feedback_key,
+    metrics_address,
+    restore_job,
     selector,
     service,
 )
@@ -93,9 +102,9 @@ class PodReport:
     waiting: bool = False  # the error says the registry has not published the model yet
 
 
-def serving_pods(api: Api, namespace: str, name: str) -> list[Obj]:
-    """The pods of the ModelDeployment ``name`` that are not being deleted."""
-    labels = selector(Owner(MODEL_DEPLOYMENT.kind, name, namespace, ""))
+def serving_pods(api: Api, namespace: str, name: str, component: str = COMPONENT) -> list[Obj]:
+    """The stable (or the canary's) pods of the ModelDeployment ``name`` that are not being deleted."""
+    labels = selector(Owner(MODEL_DEPLOYMENT.kind, name, namespace, ""), component)
     pods = api.list(path("v1", "pods", namespace), ",".join(f"{k}={v}" for k, v in labels.items()))
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
@@ -216,7 +225,20 @@ def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj |
         api.create(path("v1", "secrets", owner.namespace), feedback_key(owner, secrets.token_urlsafe(32)))
 
 
-def reconcile(body: Obj, api: Api, defaults: PodDefaults, versions: ApiVersions, prober: Prober) -> Result:
+@dataclass(frozen=True)
+class Serving:
+    """What a reconcile needs besides the object: the API, the pods' defaults and probes, and its memory."""
+
+    api: Api
+    defaults: PodDefaults
+    versions: ApiVersions
+    prober: Prober
+    fetch: Fetch
+    memory: canary.Memory
+
+
+def reconcile(body: Obj, serving: Serving) -> Result:
+    api, defaults = serving.api, serving.defaults
     owner = Owner.of(body)
     previous_status = body.get("status") or {}
     previous = previous_status.get("conditions") or []
@@ -228,13 +250,15 @@ def reconcile(body: Obj, api: Api, defaults: PodDefaults, versions: ApiVersions,
         cond = Cond(READY, "False", "InvalidSpec", str(error))
         return Result(conditions.status(body, [cond]), transition_event(previous, cond))
 
-    reports = [report(p, spec.model.name, prober) for p in serving_pods(api, owner.namespace, owner.name)]
+    reports = [report(p, spec.model.name, serving.prober) for p in serving_pods(api, owner.namespace, owner.name)]
     name = owner.child_name(COMPONENT)
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
     pinned = ((live or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}).get(
         VERSION_ANNOTATION
     )
     version = desired_version(spec, pinned, reports)
+    moves = _rollout(body, spec, serving, live, pinned, version, reports)
+    version = moves.stable
     events = []
     if version != pinned and live is not None:
         events.append(Event("Normal", "RollingOut", f"Rolling out {spec.model.name} version {version}"))
@@ -242,12 +266,15 @@ def reconcile(body: Obj, api: Api, defaults: PodDefaults, versions: ApiVersions,
     _feedback_key(api, owner, spec, live)
     applied = ensure(api, deployment(owner, spec, defaults, version), unmanaged=("replicas",))
     ensure(api, service(owner))
-    ensure(api, autoscaler(owner, spec, versions.hpa))
-    ensure(api, disruption_budget(owner, versions.pdb))
+    ensure(api, autoscaler(owner, spec, serving.versions.hpa))
+    ensure(api, disruption_budget(owner, serving.versions.pdb))
     if applied.action == "created":
         events.append(Event("Normal", "Created", f"Created Deployment {name}"))
 
     conds = assess(applied.obj, reports, version)
+    progressing = canary.progressing(spec.rollout, moves.rollout, version)
+    if progressing is not None:
+        conds[3] = progressing
     live_status = applied.obj.get("status") or {}
     status = conditions.status(
         body,
@@ -256,13 +283,124 @@ def reconcile(body: Obj, api: Api, defaults: PodDefaults, versions: ApiVersions,
         readyReplicas=live_status.get("readyReplicas", 0),
         updatedReplicas=live_status.get("updatedReplicas", 0),
         url=f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
+        rollout=moves.rollout.to_wire() if moves.rollout else None,
+        rejectedVersions=moves.rejected or None,
     )
     if version:
         status["desiredVersion"] = version
-    serving = {(r.serving, r.uri) for r in reports if r.ready and r.serving and r.uri}
-    if rolled_out(applied.obj) and len(serving) == 1:
-        served, uri = next(iter(serving))
+    serving_now = {(r.serving, r.uri) for r in reports if r.ready and r.serving and r.uri}
+    if rolled_out(applied.obj) and len(serving_now) == 1:
+        served, uri = next(iter(serving_now))
         status["model"] = {"uri": uri, "version": served}
     elif previous_status.get("model"):
         status["model"] = previous_status["model"]
-    return Result(status, events + transition_event(previous, conds[0]))
+    return Result(status, events + moves.events + transition_event(previous, conds[0]))
+
+
+def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None, pinned: str | None,
+             target: str | None, reports: list[PodReport]) -> canary.Plan:  # fmt: skip
+    """The canary's next move (a RollingUpdate's is to pin ``target``): the stable version to pin, the
+    candidate's Deployment scaled to the step, a rolled-back version's alias moved back by a Job."""
+    owner, api = Owner.of(body), serving.api
+    recorded = body.get("status") or {}
+    last = RolloutStatus.model_validate(recorded["rollout"]) if recorded.get("rollout") else None
+    rejected = list(recorded.get("rejectedVersions") or [])
+    canary_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(CANARY)))
+    if spec.rollout.strategy == "Canary":
+        seen = _seen(body, spec, serving, (live, canary_live), pinned, target, reports)
+        moves = canary.plan(spec.rollout, spec.replicas.max, last, rejected, seen)
+    else:
+        moves = canary.Plan(target, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"), rejected)
+    if moves.canary is not None:
+        ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1]))
+    elif canary_live is not None and canary_live["spec"].get("replicas"):  # scaled away, kept for the next one
+        version = canary_live["spec"]["template"]["metadata"].get("annotations", {}).get(VERSION_ANNOTATION)
+        ensure(api, deployment(owner, spec, serving.defaults, version, canary_replicas=0))
+    if moves.rollout is None or moves.rollout.outcome is not None:
+        serving.memory.forget(owner.uid)
+    if moves.restore is not None and spec.model.alias:
+        job = restore_job(owner, spec, serving.defaults, *moves.restore)
+        with contextlib.suppress(Conflict):  # made once: its name is the candidate's
+            api.create(path("batch/v1", "jobs", owner.namespace), job)
+    return moves
+
+
+def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving, lives: tuple[Obj | None, Obj | None],
+          pinned: str | None, target: str | None, reports: list[PodReport]) -> canary.Seen:  # fmt: skip
+    """What the canary's plan is made from: both tracks' Deployments and pods, a person's decision, and the
+    running step's counts so far."""
+    owner, (live, canary_live) = Owner.of(body), lives
+    recorded = (body.get("status") or {}).get("rollout")
+    running = RolloutStatus.model_validate(recorded) if recorded and not recorded.get("outcome") else None
+    served = {r.serving for r in reports if r.ready and r.serving}
+    stable = pinned or (next(iter(served)) if len(served) == 1 else None)
+    canary_pods = serving_pods(serving.api, owner.namespace, owner.name, CANARY)
+    canary_reports = [report(p, spec.model.name, serving.prober) for p in canary_pods]
+    measuring = running is not None and running.step <= len(spec.rollout.steps)
+    return canary.Seen(
+        stable=stable,
+        target=target or stable,
+        stable_replicas=int(((live or {}).get("spec") or {}).get("replicas") or spec.replicas.min),
+        canary_problem=_problem(canary_live, canary_reports)
+        if canary_live and _current(canary_live, running)
+        else None,
+        promoted=live is not None and running is not None and pinned == running.candidate and rolled_out(live),
+        decision=canary.decision(body["metadata"].get("annotations") or {}, running),
+        measured=_measure(owner, spec, serving, running, canary_pods) if measuring and running else (0, []),
+        now=datetime.now(UTC),
+    )
+
+
+def _current(canary_live: Obj, running: RolloutStatus | None) -> bool:
+    """Whether the canary's Deployment is the running candidate's, as its controller has seen it (a condition
+    left from an earlier candidate says nothing of this one)."""
+    if running is None:
+        return False
+    pinned = (canary_live["spec"]["template"]["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
+    seen = (canary_live.get("status") or {}).get("observedGeneration", 0) >= canary_live["metadata"].get(
+        "generation", 1
+    )
+    return bool(pinned == running.candidate and seen)
+
+
+def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running: RolloutStatus,
+             canary_pods: list[Obj]) -> tuple[int, list[GateStatus]]:  # fmt: skip
+    """The candidate's requests at the running step and its gates, from both tracks' pods' counters."""
+    model = spec.model.name
+    counts = serving.memory.steps.get(owner.uid)
+    if counts is None or (counts.candidate, counts.step) != (running.candidate, running.step):
+        counts = serving.memory.steps[owner.uid] = canary.StepCounts(running.candidate, running.step)
+    stable_pods = serving_pods(serving.api, owner.namespace, owner.name)
+    totals, bins = {}, {}
+    for track, version, pods in (
+        ("candidate", running.candidate, canary_pods),
+        ("stable", running.stable, stable_pods),
+    ):
+        ready = [p for p in pods if pod_ready(p) and p["status"].get("podIP")]
+        bins[track] = _prediction(owner, model, version, ready, serving)
+        texts = {p["metadata"]["name"]: serving.fetch(metrics_address(p), "/metrics") for p in ready}
+        vectors = {n: canary.read_version(t.decode(), model, version, bins[track]) for n, t in texts.items() if t}
+        total = counts.tracks.setdefault(track, canary.Track()).add(vectors)
+        totals[track] = np.zeros(canary.size(bins[track]), dtype=np.int64) if total is None else total
+    mine, theirs = totals["candidate"], totals["stable"]
+    analysis = spec.rollout.analysis
+    known = [serving.memory.predictions.get((owner.uid, v), False) for v in (running.candidate, running.stable)]
+    if None in known:  # read, and a version's profile has no prediction bins: nothing to compare
+        analysis = analysis.model_copy(update={"max_prediction_divergence": None})
+    predictions = canary.Predictions(bins["candidate"], bins["stable"])
+    return int(mine[canary.ANSWERED]), canary.gates(analysis, mine, theirs, predictions)
+
+
+def _prediction(owner: Owner, model: str, version: str, pods: list[Obj], serving: Serving) -> FeatureProfile | None:
+    """A version's prediction bins, from the reference profile its pods serve (kept once read)."""
+    key = (owner.uid, version)
+    if key not in serving.memory.predictions:
+        for pod in pods:
+            raw = serving.fetch(metrics_address(pod), f"/v2/models/{model}/profile")
+            if raw:
+                try:
+                    serving.memory.predictions[key] = Profile.from_json(raw).prediction
+                except (ValueError, KeyError, TypeError):
+                    continue
+                break
+    return serving.memory.predictions.get(key)

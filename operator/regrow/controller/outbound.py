@@ -11,10 +11,13 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 CHUNK = 64 * 1024
+MAX_POD_ANSWER = 16 << 20  # bytes of a pod's /metrics or profile (a profile of 1,000 features is ~2 MiB)
+Fetch = Callable[[str, str], bytes | None]  # (pod IP:port, path) -> body
 
 
 class NotFollowed(urllib.request.HTTPRedirectHandler):
@@ -55,3 +58,12 @@ def get(url: str, timeout: float, max_bytes: int) -> Answer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no whole answer within {timeout:g} s")
     return Answer(status, bytes(body))
+
+
+def pod_fetch(address: str, url_path: str) -> bytes | None:
+    """A serving pod's answer to ``GET url_path`` when it is a 200, else None."""
+    try:
+        answer = get(f"http://{address}{url_path}", 3.0, MAX_POD_ANSWER)
+    except OSError:
+        return None
+    return answer.body if answer.status == 200 else None

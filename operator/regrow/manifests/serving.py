@@ -3,6 +3,8 @@ with a prediction log the Secret whose key signs its prediction ids."""
 
 from __future__ import annotations
 
+import hashlib
+
 from regrow import GROUP
 from regrow.api.common import parse_duration
 from regrow.api.modeldeployment import ModelDeploymentSpec
@@ -19,6 +21,7 @@ from regrow.manifests.common import (
 )
 
 COMPONENT = "predictor"
+CANARY = "canary"  # the component of a canary's Deployment and pods
 CONTAINER = "server"
 PORT = 8080
 METRICS = "metrics"  # the name of the container port for /metrics and the profile, when it is not PORT
@@ -53,18 +56,24 @@ def metrics_address(pod: Manifest) -> str:
     return f"{pod['status']['podIP']}:{ports[0]['containerPort'] if ports else PORT}"
 
 
-def selector(owner: Owner) -> dict[str, str]:
-    """The pods' labels that never change (a Deployment's selector is immutable)."""
-    return {f"{GROUP}/modeldeployment": owner.name, "app.kubernetes.io/component": COMPONENT}
+def selector(owner: Owner, component: str = COMPONENT) -> dict[str, str]:
+    """The labels of one track's pods (the stable ``predictor``, or the ``canary``) that never change (a
+    Deployment's selector is immutable)."""
+    return {f"{GROUP}/modeldeployment": owner.name, "app.kubernetes.io/component": component}
 
 
-def deployment(owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, version: str | None) -> Manifest:
-    """The Deployment; ``version`` pins the model version (None: the pods resolve the alias themselves).
-    The version is in the pod template, so a new version rolls the pods."""
+def deployment(
+    owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, version: str | None,
+    canary_replicas: int | None = None,
+) -> Manifest:  # fmt: skip
+    """The stable Deployment; ``version`` pins the model version (None: the pods resolve the alias
+    themselves). The version is in the pod template, so a new version rolls the pods. With
+    ``canary_replicas``, the canary's Deployment instead: ``version`` is the candidate, on that many pods."""
     model = spec.model
+    component = COMPONENT if canary_replicas is None else CANARY
     env, env_from = storage_env(spec.storage)
     volumes, mounts = storage_volumes(spec.storage, read_only=not spec.logs_predictions)  # the log writes to the store
-    pinned = model.version or version
+    pinned = version if canary_replicas is not None else model.version or version
     model_env = [
         {"name": "REGROW_REGISTRY", "value": model.registry},
         {"name": "REGROW_MODEL_NAME", "value": model.name},
@@ -87,7 +96,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, v
             "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
     ]  # fmt: skip
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2}
-    labels = {**owner.labels(COMPONENT), **selector(owner)}
+    labels = {**owner.labels(component), **selector(owner, component)}
     template: Manifest = {
         "metadata": {
             "labels": labels,
@@ -138,10 +147,10 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, v
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": owner.metadata(COMPONENT),
+        "metadata": owner.metadata(component),
         "spec": {
-            "replicas": spec.replicas.min,
-            "selector": {"matchLabels": selector(owner)},
+            "replicas": spec.replicas.min if canary_replicas is None else canary_replicas,
+            "selector": {"matchLabels": selector(owner, component)},
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": spec.rollout.max_surge},
@@ -152,14 +161,68 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, v
     }
 
 
+def restore_job(
+    owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, candidate: str, stable: str
+) -> Manifest:
+    """The Job that moves the alias back from a rolled-back ``candidate`` to ``stable`` if it still points at
+    the candidate: it runs the runtime image with the store's credentials, which the operator never holds.
+    Its pods carry no ``modeldeployment`` label, so the Service never sends them requests."""
+    assert spec.model.alias is not None
+    env, env_from = storage_env(spec.storage)
+    volumes, mounts = storage_volumes(spec.storage, read_only=False)
+    component = f"restore-{hashlib.sha256(candidate.encode()).hexdigest()[:10]}"
+    labels = {k: v for k, v in owner.labels("restore").items() if k != f"{GROUP}/modeldeployment"}
+    args = ["restore-alias", f"--registry={spec.model.registry}", f"--model={spec.model.name}",
+            f"--alias={spec.model.alias}", f"--from={candidate}", f"--to={stable}"]  # fmt: skip
+    endpoint = spec.storage.endpoint_url if spec.storage else None
+    container = {
+        "name": "restore",
+        "image": defaults.runtime,
+        "imagePullPolicy": defaults.pull_policy,
+        "args": args,
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            *env,
+            *([{"name": "REGROW_STORAGE_ENDPOINT", "value": endpoint}] if endpoint else []),
+        ],
+        "envFrom": env_from,
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**owner.metadata(component), "labels": labels},
+        "spec": {
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 300,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
+                },
+            },
+        },
+    }
+
+
 def service(owner: Owner) -> Manifest:
+    """The Service in front of both tracks: kube-proxy spreads connections over the stable and the canary
+    pods alike, so the canary's share of traffic is its share of the pods. No other pod carries the
+    ``modeldeployment`` label."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": owner.metadata(COMPONENT),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(owner),
+            "selector": {f"{GROUP}/modeldeployment": owner.name},
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -20,9 +20,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 
 from regrow.serving.model import LoadedModel
+from regrow.telemetry import LATENCY_BUCKETS
 
 FLUSH_ROWS = 8192
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class FeatureBins:

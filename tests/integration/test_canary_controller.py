@@ -1,0 +1,272 @@
+"""Canary rollouts on a real API server with the real Deployment and ReplicaSet controllers. No kubelet runs
+here, so ``Kubelet`` plays it and the serving pods: every pod runs and is ready at an address of its own,
+serves the version its Deployment pins (else the alias's), and counts the requests the test spreads over
+the ready pods, as kube-proxy spreads connections."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+from kubernetes import client
+
+from regrow.api import MODEL_DEPLOYMENT
+from regrow.cli import main
+from regrow.controller.kube import Kube, Obj, path
+from regrow.drift.profile import PREDICTION, FeatureProfile, fit_profile
+from regrow.telemetry import LATENCY_BUCKETS
+from tests.conftest import Operator
+from tests.helpers import condition, events_for, get_custom, wait_for
+from tests.integration.test_modeldeployment_controller import _create
+from tests.unit.test_api import _example, _with
+
+pytestmark = pytest.mark.usefixtures("no_kubelet")
+CLASSES = ("setosa", "versicolor", "virginica")
+PROFILE = dataclasses.replace(
+    fit_profile(np.random.default_rng(0).normal(0, 1, (500, 2)), ["a", "b"]),
+    prediction=FeatureProfile(PREDICTION, (), (30, 30, 40), CLASSES),
+)
+
+
+@dataclasses.dataclass
+class Behaviour:
+    errors: float = 0.0  # the share of its requests a version answers with 500
+    seconds: float = 0.003
+    predictions: tuple[float, ...] = (0.3, 0.3, 0.4)
+
+
+@dataclasses.dataclass
+class Pod:
+    version: str
+    codes: dict[int, int] = dataclasses.field(default_factory=lambda: {200: 0, 500: 0})
+    latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    predicted: list[int] = dataclasses.field(default_factory=lambda: [0] * len(CLASSES))
+
+    def metrics(self) -> bytes:
+        ids = f'model="iris",version="{self.version}"'
+        lines = [
+            f'regrow_inference_requests_total{{{ids},protocol="v2",code="{c}"}} {n}' for c, n in self.codes.items()
+        ]
+        bounds = ["+Inf" if math.isinf(b) else str(b) for b in (*LATENCY_BUCKETS, math.inf)]
+        lines += [f'regrow_inference_request_duration_seconds_bucket{{{ids},le="{le}"}} {n}'
+                  for le, n in zip(bounds, itertools.accumulate(self.latency), strict=True)]  # fmt: skip
+        lines += [f'regrow_feature_bin_total{{{ids},feature="{PREDICTION}",bin="{c}"}} {n}'
+                  for c, n in zip(CLASSES, self.predicted, strict=True)]  # fmt: skip
+        return ("\n".join(lines) + "\n").encode()
+
+
+class Kubelet:
+    def __init__(self, api: client.ApiClient, namespace: str, behaviours: dict[str, Behaviour]) -> None:
+        self.api, self.namespace, self.behaviours = api, namespace, behaviours
+        self.alias = "v1"
+        self.pods: dict[str, Pod] = {}  # by IP
+        self.served: dict[str, int] = {}  # requests answered, by version
+        self.lock = threading.Lock()
+        self.rng = np.random.default_rng(1)
+        self.ips = (f"10.9.{i // 250}.{i % 250 + 1}" for i in itertools.count())
+
+    def tick(self) -> None:
+        """Run every pod of the ModelDeployment; remove the deleted ones (no kubelet confirms a deletion)."""
+        core = client.CoreV1Api(self.api)
+        for pod in Kube(self.api).list(path("v1", "pods", self.namespace), "regrow.dev/modeldeployment=iris"):
+            meta, status = pod["metadata"], pod.get("status") or {}
+            if meta.get("deletionTimestamp"):
+                with self.lock:
+                    self.pods.pop(status.get("podIP", ""), None)
+                core.delete_namespaced_pod(meta["name"], self.namespace, grace_period_seconds=0)
+            elif status.get("phase") != "Running":
+                env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+                ip = next(self.ips)
+                with self.lock:
+                    self.pods[ip] = Pod(env.get("REGROW_MODEL_VERSION") or self.alias)
+                ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                running = {"phase": "Running", "podIP": ip, "conditions": [ready]}
+                core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": running})
+
+    def send(self, requests: int) -> None:
+        """``requests`` spread evenly over the ready pods, each answered as its version behaves."""
+        with self.lock:
+            pods = list(self.pods.values())
+            for i in range(requests):
+                pod = pods[i % len(pods)] if pods else None
+                if pod is None:
+                    return
+                how = self.behaviours[pod.version]
+                pod.codes[500 if self.rng.random() < how.errors else 200] += 1
+                pod.latency[next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if how.seconds <= b)] += 1
+                pod.predicted[int(self.rng.choice(len(CLASSES), p=how.predictions))] += 1
+                self.served[pod.version] = self.served.get(pod.version, 0) + 1
+
+    def prober(self, ip: str, model: str) -> Obj | None:
+        with self.lock:
+            pod = self.pods.get(ip)
+        if pod is None:
+            return None
+        uri = f"file:///var/lib/regrow/registry/iris/versions/{pod.version}"
+        return {"name": model, "versions": [pod.version], "parameters": {"uri": uri, "alias_version": self.alias}}
+
+    def fetch(self, address: str, url_path: str) -> bytes | None:
+        with self.lock:
+            pod = self.pods.get(address.split(":", 1)[0])
+        if pod is None:
+            return None
+        return PROFILE.to_json() if url_path == "/v2/models/iris/profile" else pod.metrics()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(0.25):
+                self.tick()
+                self.send(40)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(10)
+
+
+def _canary(**rollout: Any) -> dict[str, Any]:
+    md = _with(_example("ModelDeployment"), "spec.replicas", {"min": 3, "max": 6})
+    steps = rollout.pop("steps", [{"weight": 25, "minRequests": 60}, {"weight": 50, "minRequests": 60}])
+    return _with(md, "spec.rollout", {"strategy": "Canary", "steps": steps,
+                                      "analysis": {"maxP99Seconds": "0.05"}, **rollout})  # fmt: skip
+
+
+def _md(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    return get_custom(api, namespace, MODEL_DEPLOYMENT.plural, "iris")
+
+
+def _deployment(api: client.ApiClient, namespace: str, name: str) -> Obj:
+    found = Kube(api).get(path("apps/v1", "deployments", namespace, name))
+    assert found is not None
+    return found
+
+
+def _pinned(deployment: Obj) -> str | None:
+    return (deployment["spec"]["template"]["metadata"].get("annotations") or {}).get("regrow.dev/model-version")
+
+
+def _pinned_to(api: client.ApiClient, namespace: str, version: str) -> Obj:
+    def probe() -> Obj | None:
+        stable = _deployment(api, namespace, "iris-predictor")
+        return stable if _pinned(stable) == version else None
+
+    return wait_for(probe, 60, f"the stable Deployment pinned to {version}")
+
+
+def _serving_v1(api: client.ApiClient, namespace: str) -> Obj:
+    """Wait until the stable pods serve v1, pinned (a Canary pins the stable version)."""
+    wait_for(lambda: (_md(api, namespace).get("status") or {}).get("model", {}).get("version") == "v1", 60, "v1")
+    return _pinned_to(api, namespace, "v1")
+
+
+def _progressing(api: client.ApiClient, namespace: str, reason: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        md = _md(api, namespace)
+        found = condition(md, "Progressing")
+        return md if found and found["reason"] == reason else None
+
+    return wait_for(probe, 120, f"Progressing {reason}")
+
+
+def _outcome(api: client.ApiClient, namespace: str, outcome: str, weights: set[int]) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        md = _md(api, namespace)
+        rollout = (md.get("status") or {}).get("rollout") or {}
+        if rollout and not rollout.get("outcome"):
+            weights.add(rollout["weight"])
+        return md if rollout.get("outcome") == outcome else None
+
+    return wait_for(probe, 120, f"the rollout's outcome {outcome}")
+
+
+def test_a_better_candidate_goes_through_every_step_to_every_pod(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour(predictions=(0.25, 0.35, 0.4))})
+    weights: set[int] = set()
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _canary())
+        _serving_v1(api, namespace)
+        kubelet.alias = "v2"  # a promotion moved the alias
+        md = _outcome(api, namespace, "Promoted", weights)
+        stable = _pinned_to(api, namespace, "v2")
+        canary_pods = _deployment(api, namespace, "iris-canary")["spec"]["replicas"]
+    rollout = md["status"]["rollout"]
+    assert (rollout["candidate"], rollout["stable"], rollout["step"]) == ("v2", "v1", 3)
+    assert weights <= {25, 50} and 50 in weights
+    assert _pinned(stable) == "v2" and canary_pods == 0
+    reasons = [e[1] for e in events_for(api, namespace, "iris")]
+    assert reasons.count("StepPassed") == 2 and {"CanaryStarted", "Promoted"} <= set(reasons)
+    assert condition(md, "Progressing")["reason"] != "RolledBack"  # type: ignore[index]
+
+
+def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_untouched(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour(errors=0.2)})
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _canary())
+        before = _serving_v1(api, namespace)
+        kubelet.alias = "v2"
+        md = _outcome(api, namespace, "RolledBack", set())
+        wait_for(lambda: _deployment(api, namespace, "iris-canary")["spec"]["replicas"] == 0, 30, "no canary pods")
+        served_then = dict(kubelet.served)
+        jobs = Kube(api).list(path("batch/v1", "jobs", namespace), "app.kubernetes.io/component=restore")
+        kubelet.alias = "v1"  # what the Job does, had a kubelet run it
+        time.sleep(6)  # another reconcile or two: nothing starts again
+        after = _md(api, namespace)
+        stable = _deployment(api, namespace, "iris-predictor")
+    rollout = md["status"]["rollout"]
+    assert rollout["step"] == 1 and rollout["candidate"] == "v2"
+    gates = {g["name"]: g for g in rollout["gates"]}
+    assert gates["errorShare"]["passed"] is False and float(gates["errorShare"]["value"]) > 0.1
+    assert "errorShare" in rollout["message"] and md["status"]["rejectedVersions"] == ["v2"]
+    assert stable["metadata"]["generation"] == before["metadata"]["generation"] and _pinned(stable) == "v1"
+    share = served_then["v2"] / sum(served_then.values())
+    assert share < 0.25 + 0.10  # it answered no more than its step's weight and 10 points
+    (job,) = jobs
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "restore-alias" and "--from=v2" in args and "--to=v1" in args and "--alias=champion" in args
+    assert "regrow.dev/modeldeployment" not in job["spec"]["template"]["metadata"]["labels"]  # never behind the Service
+    assert after["status"]["rollout"] == rollout
+    assert condition(after, "Progressing")["reason"] == "RolledBack"  # type: ignore[index]
+    warnings = [e for e in events_for(api, namespace, "iris") if e[:2] == ("Warning", "RolledBack")]
+    assert len(warnings) == 1 and "errorShare" in warnings[0][2]
+
+
+def test_a_manual_canary_waits_after_its_last_step_for_regrow_promote(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour()})
+    promote = ["promote", "iris", "--namespace", namespace, "--as", "ana", "--reason", "the dashboards look right"]
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _canary(approval="Manual", steps=[{"weight": 25, "minRequests": 60}]))
+        _serving_v1(api, namespace)
+        assert main(promote) == 1  # no canary runs yet
+        kubelet.alias = "v2"
+        waiting = _progressing(api, namespace, "WaitingForApproval")
+        time.sleep(6)
+        assert _pinned(_deployment(api, namespace, "iris-predictor")) == "v1"  # it waits
+        assert main(promote) == 0
+        md = _outcome(api, namespace, "Promoted", set())
+    assert waiting["status"]["rollout"]["step"] == 2
+    decision = md["status"]["rollout"]["decision"]
+    assert (decision["action"], decision["actor"], decision["reason"]) == (
+        "Promote",
+        "ana",
+        "the dashboards look right",
+    )

@@ -1,0 +1,302 @@
+"""The canary's pure parts: traffic shares, what is read from a pod's counters, the gates, how a step is
+judged, and the rollout's moves from one reconcile to the next."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from regrow.api.modeldeployment import CanaryAnalysis, CanaryStep, GateStatus, RolloutSpec, RolloutStatus
+from regrow.controller import canary
+from regrow.controller.canary import Plan, Seen
+from regrow.drift.profile import PREDICTION, FeatureProfile, prediction_profile
+from regrow.telemetry import LATENCY_BUCKETS
+
+T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+CLASSES = FeatureProfile(PREDICTION, (), (10, 10, 10), ("setosa", "versicolor", "virginica"))
+
+
+@pytest.mark.parametrize(
+    ("weight", "stable", "most", "pods", "percent"),
+    [(25, 3, 10, 1, 25), (50, 3, 10, 3, 50), (20, 4, 10, 1, 20), (10, 1, 10, 1, 50), (75, 1, 10, 3, 75),
+     (90, 2, 5, 5, 71), (50, 0, 10, 1, 100)],
+)  # fmt: skip
+def test_the_candidates_pods_give_the_nearest_share(
+    weight: int, stable: int, most: int, pods: int, percent: int
+) -> None:
+    assert canary.canary_replicas(weight, stable, most) == pods
+    assert canary.share(pods, stable) == percent
+
+
+@given(st.integers(1, 99), st.integers(1, 50))
+def test_no_whole_number_of_pods_comes_nearer_the_weight(weight: int, stable: int) -> None:
+    pods = canary.canary_replicas(weight, stable, 1000)
+    error = abs(pods / (pods + stable) - weight / 100)
+    assert all(error <= abs(c / (c + stable) - weight / 100) + 1e-12 for c in range(1, 1000))
+
+
+def _metrics(version: str, codes: dict[int, int], latencies: list[float], predictions: dict[str, int]) -> str:
+    lines = ["# TYPE regrow_inference_requests_total counter"]
+    lines += [f'regrow_inference_requests_total{{model="iris",version="{version}",protocol="v2",code="{c}"}} {n}'
+              for c, n in codes.items()]  # fmt: skip
+    lines.append("# TYPE regrow_inference_request_duration_seconds histogram")
+    for bound in (*LATENCY_BUCKETS, math.inf):
+        le = "+Inf" if math.isinf(bound) else str(bound)
+        n = sum(1 for s in latencies if s <= bound)
+        lines.append(
+            f'regrow_inference_request_duration_seconds_bucket{{model="iris",version="{version}",le="{le}"}} {n}'
+        )
+    lines.append(
+        f'regrow_inference_request_duration_seconds_count{{model="iris",version="{version}"}} {len(latencies)}'
+    )
+    lines.append("# TYPE regrow_feature_bin_total counter")
+    for label, n in predictions.items():
+        labels = f'model="iris",version="{version}",feature="{PREDICTION}",bin="{label}"'
+        lines.append(f"regrow_feature_bin_total{{{labels}}} {n}")
+    lines.append(f'regrow_feature_bin_total{{model="iris",version="{version}",feature="a",bin="b0"}} 99')
+    return "\n".join(lines) + "\n"
+
+
+def test_a_pods_counters_are_read_for_one_version_without_shed_requests() -> None:
+    text = _metrics("v2", {200: 90, 400: 5, 429: 40, 500: 3, 503: 2}, [0.001] * 90 + [0.3] * 10, {"setosa": 7})
+    text += _metrics("v1", {200: 1000}, [0.001] * 1000, {"setosa": 1000})  # another version in the same pod
+    vector = canary.read_version(text, "iris", "v2", CLASSES)
+    assert vector[canary.ANSWERED] == 100 and vector[canary.ERRORS] == 5  # 429s are neither
+    buckets = vector[canary.BUCKETS : canary.BUCKETS + canary.LATENCY]
+    assert buckets[-1] == 100 and buckets[LATENCY_BUCKETS.index(0.001)] == 90
+    assert vector[canary.BUCKETS + canary.LATENCY :].tolist() == [7, 0, 0]
+    assert canary.read_version("", "iris", "v2", None).tolist() == [0] * canary.size(None)
+
+
+@given(st.lists(st.floats(0.0001, 3.0), min_size=1, max_size=400), st.sampled_from([0.5, 0.9, 0.99]))
+@settings(max_examples=200)
+def test_the_quantile_lies_in_the_bucket_of_the_true_one(latencies: list[float], q: float) -> None:
+    """Like Prometheus' histogram_quantile: inside the bucket that holds the true quantile (+Inf past the
+    last bound)."""
+    cumulative = np.array([sum(1 for s in latencies if s <= b) for b in (*LATENCY_BUCKETS, math.inf)], dtype=np.int64)
+    found = canary.quantile(q, cumulative)
+    rank = math.ceil(q * len(latencies))
+    true = sorted(latencies)[rank - 1]
+    bounds = (0.0, *LATENCY_BUCKETS, math.inf)
+    i = next(i for i in range(1, len(bounds)) if true <= bounds[i])
+    if math.isinf(bounds[i]):
+        assert math.isinf(found)
+    else:
+        assert bounds[i - 1] <= found <= bounds[i]
+
+
+@given(st.lists(st.floats(-50, 50), min_size=20, max_size=300), st.lists(st.floats(-50, 50), min_size=20, max_size=300),
+       st.lists(st.floats(-80, 80), min_size=1, max_size=20))  # fmt: skip
+@settings(max_examples=100)
+def test_rebinning_a_regressors_predictions_keeps_every_count(
+    train_a: list[float], train_b: list[float], live: list[float]
+) -> None:
+    mine, theirs = prediction_profile(train_a, []), prediction_profile(train_b, [])
+    counts = mine.count(np.asarray([*live, float("nan")]))
+    moved = canary.rebin(counts, mine, theirs)
+    assert moved.sum() == pytest.approx(counts.sum()) and moved[-1] == 1  # missing stays missing
+    assert len(moved) == len(theirs.labels)
+    if len(set(train_a)) == 1 == len(set(train_b)) and train_a[0] == train_b[0]:
+        assert moved.tolist() == pytest.approx(counts.tolist())
+
+
+def test_divergence_is_zero_for_the_same_predictions_and_one_for_disjoint_or_incomparable() -> None:
+    same = np.array([50, 30, 20])
+    assert canary.divergence(same, same, CLASSES, CLASSES) == pytest.approx(0.0)
+    other = FeatureProfile(PREDICTION, (), (1, 1), ("cat", "dog"))
+    assert canary.divergence(np.array([40, 60]), same, other, CLASSES) == pytest.approx(1.0)  # no class shared
+    regressor = prediction_profile(np.linspace(0, 1, 100), [])
+    assert canary.divergence(np.ones(len(regressor.labels), dtype=np.int64), same, regressor, CLASSES) == 1.0
+    swapped = canary.divergence(np.array([20, 30, 50]), same, CLASSES, CLASSES)
+    assert 0.2 < swapped < 0.4
+
+
+def _vector(answered: int, errors: int, latency: float, predictions: list[int]) -> np.ndarray:
+    buckets = [answered if latency <= b else 0 for b in (*LATENCY_BUCKETS, math.inf)]
+    return np.array([answered, errors, *buckets, *predictions], dtype=np.int64)
+
+
+def test_the_gates_measure_what_the_analysis_sets_and_wait_for_evidence() -> None:
+    analysis = CanaryAnalysis(max_error_share="0.02", max_p99_seconds="0.05", max_prediction_divergence="0.3")
+    both = canary.Predictions(CLASSES, CLASSES)
+    good = canary.gates(
+        analysis, _vector(1000, 10, 0.004, [300, 300, 400]), _vector(5000, 0, 0.004, [1600, 1700, 1700]), both
+    )
+    assert [(g.name, g.passed) for g in good] == [
+        ("errorShare", True),
+        ("p99Seconds", True),
+        ("predictionDivergence", True),
+    ]
+    assert good[0].value == "0.01" and good[0].threshold == "0.02"
+    bad = canary.gates(analysis, _vector(100, 5, 0.7, [100, 0, 0]), _vector(5000, 0, 0.004, [1600, 1700, 1700]), both)
+    assert [g.passed for g in bad] == [False, False, False]
+    slowest = canary.gates(analysis, _vector(100, 0, 9.0, [40, 30, 30]), _vector(100, 0, 0.0, [40, 30, 30]), both)
+    assert (slowest[1].value, slowest[1].passed) == ("+Inf", False)  # past the last bucket: no bound passes
+    nothing = canary.gates(analysis, _vector(0, 0, 0, [0, 0, 0]), _vector(10, 0, 0, [5, 5, 0]), both)
+    assert all(g.value is None and g.passed is None for g in nothing)
+    no_divergence = CanaryAnalysis(max_prediction_divergence=None)
+    unknown = canary.Predictions(None, None)
+    only_errors = canary.gates(no_divergence, _vector(10, 0, 0, []), _vector(1, 0, 0, []), unknown)
+    assert [g.name for g in only_errors] == ["errorShare"]
+
+
+def _gate(passed: bool | None) -> GateStatus:
+    return GateStatus(name="errorShare", threshold="0.01", value=None if passed is None else "0", passed=passed)
+
+
+@pytest.mark.parametrize(
+    ("step", "elapsed", "requests", "gate", "action"),
+    [
+        (CanaryStep(weight=20, min_requests=100), 5, 50, True, "wait"),  # too few requests to judge
+        (CanaryStep(weight=20, min_requests=100), 5, 100, True, "next"),
+        (CanaryStep(weight=20, min_requests=100), 5, 100, False, "rollback"),  # at once, with the evidence
+        (CanaryStep(weight=20, min_requests=100, pause="1m"), 5, 500, True, "wait"),  # the pause is not over
+        (CanaryStep(weight=20, min_requests=100, pause="1m"), 5, 500, False, "rollback"),
+        (CanaryStep(weight=20, pause="1m"), 30, 500, False, "wait"),  # judged when the pause is over
+        (CanaryStep(weight=20, pause="1m"), 60, 500, False, "rollback"),
+        (CanaryStep(weight=20, pause="1m"), 60, 500, None, "wait"),  # not measurable yet
+        (CanaryStep(weight=20, pause="1m", max_wait="2m"), 120, 0, None, "rollback"),
+        (CanaryStep(weight=20, min_requests=100, max_wait="2m"), 120, 99, True, "rollback"),
+    ],
+)
+def test_a_step_is_judged_once_it_has_its_evidence(
+    step: CanaryStep, elapsed: float, requests: int, gate: bool | None, action: str
+) -> None:
+    assert canary.judge(step, elapsed, requests, [_gate(gate)]).action == action
+
+
+def test_a_track_sums_increases_since_its_baseline_across_restarts_and_new_pods() -> None:
+    track = canary.Track()
+    assert track.add({"a": np.array([10, 1])}) is None  # the baseline
+    assert track.add({"a": np.array([15, 1])}).tolist() == [5, 0]  # type: ignore[union-attr]
+    assert track.add({"a": np.array([3, 0]), "b": np.array([4, 4])}).tolist() == [12, 4]  # type: ignore[union-attr]
+    empty = canary.Track()
+    assert empty.add({}) is None and empty.add({"c": np.array([2, 2])}).tolist() == [2, 2]  # type: ignore[union-attr]
+
+
+SPEC = RolloutSpec(
+    strategy="Canary", steps=[CanaryStep(weight=25, min_requests=100), CanaryStep(weight=50, pause="1m")]
+)
+PASSED = [_gate(True)]
+
+
+def _seen(**changes: Any) -> Seen:
+    fields: dict[str, Any] = dict(stable="v1", target="v2", stable_replicas=3, canary_problem=None, promoted=False,
+                                  decision=None, measured=(0, [_gate(None)]), now=T0)  # fmt: skip
+    return Seen(**{**fields, **changes})
+
+
+def _after(moves: Plan, seconds: float = 0) -> tuple[RolloutStatus, datetime]:
+    assert moves.rollout is not None
+    return moves.rollout, T0 + timedelta(seconds=seconds)
+
+
+def test_a_better_candidate_goes_through_every_step_to_every_pod() -> None:
+    started = canary.plan(SPEC, 10, None, [], _seen())
+    assert started.stable == "v1" and started.canary == ("v2", 1) and started.rollout is not None
+    assert (started.rollout.step, started.rollout.weight) == (1, 25)
+    assert [e.reason for e in started.events] == ["CanaryStarted"]
+    again = canary.plan(SPEC, 10, started.rollout, [], _seen(now=T0 + timedelta(seconds=5)))
+    assert again.rollout is not None and again.rollout.step == 1 and not again.events  # waiting: idempotent
+    first, at = _after(again, 10)
+    second = canary.plan(SPEC, 10, first, [], _seen(measured=(150, PASSED), now=at))
+    assert second.canary == ("v2", 3) and second.rollout is not None
+    assert (second.rollout.step, second.rollout.weight, second.rollout.requests) == (2, 50, 0)
+    assert [e.reason for e in second.events] == ["StepPassed"]
+    rollout, at = _after(second, 40)
+    pausing = canary.plan(SPEC, 10, rollout, [], _seen(measured=(400, PASSED), now=at))
+    assert pausing.rollout is not None and pausing.rollout.step == 2  # its pause is not over
+    rollout, at = _after(pausing, 75)
+    promoting = canary.plan(SPEC, 10, rollout, [], _seen(measured=(900, PASSED), now=at))
+    assert promoting.rollout is not None and promoting.rollout.step == 3
+    rollout, at = _after(promoting, 80)
+    replacing = canary.plan(SPEC, 10, rollout, [], _seen(now=at))
+    assert replacing.stable == "v2" and replacing.canary == ("v2", 3)  # the candidate serves until the stable rolled
+    assert canary.progressing(SPEC, replacing.rollout, "v2").reason == "Promoting"  # type: ignore[union-attr]
+    rollout, at = _after(replacing, 90)
+    done = canary.plan(SPEC, 10, rollout, [], _seen(promoted=True, now=at))
+    assert done.stable == "v2" and done.canary is None and done.rollout is not None
+    assert done.rollout.outcome == "Promoted" and done.rollout.finished == "2026-12-01T12:01:30Z"
+    assert [e.reason for e in done.events] == ["Promoted"]
+    after = canary.plan(SPEC, 10, done.rollout, [], _seen(stable="v2", target="v2", now=at))
+    assert after.stable == "v2" and after.canary is None and after.rollout == done.rollout and not after.events
+    assert canary.progressing(SPEC, after.rollout, "v2") is None
+
+
+def test_a_failed_gate_rolls_back_once_and_the_version_is_not_tried_again() -> None:
+    started = canary.plan(SPEC, 10, None, ["v0"], _seen())
+    failing = [GateStatus(name="errorShare", threshold="0.01", value="0.2", passed=False)]
+    rolled = canary.plan(
+        SPEC, 10, started.rollout, ["v0"], _seen(measured=(120, failing), now=T0 + timedelta(seconds=20))
+    )
+    assert rolled.stable == "v1" and rolled.canary is None and rolled.restore == ("v2", "v1")
+    assert rolled.rejected == ["v0", "v2"] and rolled.rollout is not None
+    assert rolled.rollout.outcome == "RolledBack" and rolled.rollout.gates == failing
+    assert "errorShare 0.2 exceeds 0.01" in rolled.rollout.message
+    assert [(e.type, e.reason) for e in rolled.events] == [("Warning", "RolledBack")]
+    cond = canary.progressing(SPEC, rolled.rollout, "v1")
+    assert cond is not None and (cond.status, cond.reason) == ("False", "RolledBack")
+    # the alias still points at v2 until the Job moves it back: nothing starts again
+    later = canary.plan(SPEC, 10, rolled.rollout, rolled.rejected, _seen(now=T0 + timedelta(seconds=30)))
+    assert later.canary is None and later.restore is None and not later.events and later.stable == "v1"
+    newer = canary.plan(SPEC, 10, rolled.rollout, rolled.rejected, _seen(target="v3"))
+    assert newer.canary == ("v3", 1)  # a newer version is tried
+
+
+def test_a_step_that_cannot_be_measured_fails_at_its_max_wait_and_pods_that_cannot_start_at_once() -> None:
+    started = canary.plan(SPEC, 10, None, [], _seen())
+    waited = canary.plan(SPEC, 10, started.rollout, [], _seen(measured=(3, PASSED), now=T0 + timedelta(minutes=10)))
+    assert waited.rollout is not None and waited.rollout.outcome == "RolledBack"
+    assert "not judged within maxWait 10m: 3 of 100 requests" in waited.rollout.message
+    crashing = canary.plan(SPEC, 10, started.rollout, [], _seen(canary_problem=("CrashLoopBackOff", "back-off")))
+    assert (
+        crashing.rollout is not None and crashing.rollout.outcome == "RolledBack" and crashing.restore == ("v2", "v1")
+    )
+
+
+def test_a_manual_rollout_waits_after_its_last_step_for_a_persons_decision() -> None:
+    manual = SPEC.model_copy(update={"approval": "Manual"})
+    started = "2026-12-01T11:58:00Z"
+    running = RolloutStatus(candidate="v2", stable="v1", started=started, step=3, weight=50,
+                            step_started="2026-12-01T12:00:00Z")  # fmt: skip
+    waiting = canary.plan(manual, 10, running, [], _seen())
+    assert waiting.stable == "v1" and waiting.canary == ("v2", 3)
+    assert canary.progressing(manual, waiting.rollout, "v1").reason == "WaitingForApproval"  # type: ignore[union-attr]
+    promote = canary.Decision(action="Promote", candidate="v2", started=started, actor="ana", reason="looks good",
+                              time="2026-12-01T12:01:00Z")  # fmt: skip
+    for void in (
+        promote.model_copy(update={"candidate": "v9"}),
+        promote.model_copy(update={"started": T0.isoformat()}),
+    ):
+        # another version's, or one on an earlier canary of this version
+        assert canary.decision({canary.DECISION_ANNOTATION: void.model_dump_json(by_alias=True)}, running) is None
+    found = canary.decision({canary.DECISION_ANNOTATION: promote.model_dump_json(by_alias=True)}, running)
+    assert found == promote
+    going = canary.plan(manual, 10, running, [], _seen(decision=found))
+    assert going.stable == "v2" and going.rollout is not None and going.rollout.decision is not None
+    assert going.rollout.decision.actor == "ana"
+    abort = canary.Decision(action="Rollback", candidate="v2", started=started, actor="bo", time="2026-12-01T12:01:00Z")
+    back = canary.plan(manual, 10, running, [], _seen(decision=abort))
+    assert back.rollout is not None and back.rollout.outcome == "RolledBack" and back.restore == ("v2", "v1")
+    assert back.rollout.message == "rolled back by bo"
+    assert canary.decision({canary.DECISION_ANNOTATION: "{not json"}, running) is None
+
+
+def test_the_alias_moving_mid_canary_ends_it_or_replaces_the_candidate() -> None:
+    started = canary.plan(SPEC, 10, None, [], _seen())
+    back = canary.plan(SPEC, 10, started.rollout, [], _seen(target="v1"))
+    assert back.rollout is not None and back.rollout.outcome == "RolledBack" and back.restore is None
+    assert back.rejected == []  # a person moved it: not the analysis' verdict
+    newer = canary.plan(SPEC, 10, started.rollout, [], _seen(target="v3"))
+    assert newer.canary == ("v3", 1) and newer.rollout is not None and newer.rollout.candidate == "v3"
+
+
+def test_nothing_to_roll_out_without_a_stable_version_or_a_new_target() -> None:
+    assert canary.plan(SPEC, 10, None, [], _seen(stable=None)) == Plan("v2", None, None, [])  # the first version
+    assert canary.plan(SPEC, 10, None, [], _seen(target="v1")) == Plan("v1", None, None, [])
