@@ -9,6 +9,8 @@ from dataclasses import replace
 
 import kopf
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
 from regrow.controller.handlers import API_QUIET_SECONDS, liveness
@@ -107,6 +109,38 @@ def test_status_patch_writes_only_changes_over_the_version_it_read() -> None:
     assert status_patch(body, {"a": 1}) is None
     assert status_patch(body, {"a": 1, "gone": None}) is None  # absent and None are the same
     assert status_patch(body, {"b": None}) == {"metadata": {"resourceVersion": "9"}, "status": {"b": None}}
+
+
+JSON = st.recursive(
+    st.none() | st.integers(0, 3) | st.text(max_size=2),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3),
+    max_leaves=12,
+)
+FIELDS = st.integers(0, 3) | st.dictionaries(st.sampled_from("abc"), st.integers(0, 3), max_size=3)
+
+
+@given(JSON, st.dictionaries(st.sampled_from("xyz"), FIELDS, max_size=3))
+def test_a_status_patch_makes_each_field_exactly_what_was_asked(old: object, new: Obj) -> None:
+    """Applied as the API server applies a merge patch, the patch leaves each field as the reconciler
+    computed it: a key a nested object no longer has is removed, not kept from the last write (a finished
+    canary's outcome stayed on the next one)."""
+    body = {"metadata": {"resourceVersion": "1"}, "status": {"x": old, "keep": 1}}
+    patch = status_patch(body, new)
+    stored = body["status"] if patch is None else apply_merge_patch(body["status"], patch["status"])
+    assert stored == {"x": old, "keep": 1, **new}
+
+
+def apply_merge_patch(target: object, patch: object) -> object:
+    """RFC 7386, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
 
 
 def test_unobserved_generations_are_due_at_once_observed_ones_after_their_period() -> None:

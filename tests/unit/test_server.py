@@ -35,9 +35,12 @@ FEATURES = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
 
-def publish_iris(root: Path, algorithm: str = "logisticRegression", alias: str = "champion") -> str:
+def publish_iris(
+    root: Path, algorithm: str = "logisticRegression", alias: str = "champion", csv: bytes | None = None
+) -> str:
+    """Train iris (or ``csv``, iris-shaped) into ``root``'s registry and point ``alias`` at it; its version."""
     data = root / "iris.csv"
-    data.write_bytes(sample_csv("iris"))
+    data.write_bytes(sample_csv("iris") if csv is None else csv)
     spec = parse_spec(
         TrainingJobSpec,
         {

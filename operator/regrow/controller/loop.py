@@ -59,13 +59,28 @@ def wait_for(kind: Kind, body: Obj) -> float | None:
     return 0.0 if observed != body["metadata"].get("generation") else wait
 
 
+def merge_patch(current: object, desired: object) -> object:
+    """The JSON merge patch (RFC 7386) that turns ``current`` into ``desired``: objects key by key, with a
+    null for each key that ``desired`` lacks (a merge patch keeps what it does not name), anything else
+    whole."""
+    if not (isinstance(current, dict) and isinstance(desired, dict)):
+        return desired
+    patch: Obj = {key: None for key in current if key not in desired}
+    for key, value in desired.items():
+        if current.get(key) != value:
+            patch[key] = merge_patch(current.get(key), value)
+    return patch
+
+
 def status_patch(body: Obj, status: Obj) -> Obj | None:
-    """The merge patch that writes ``status`` over what ``body`` read, or None when nothing would change.
-    A None in ``status`` removes that field."""
+    """The merge patch that makes each field of ``status`` what ``body`` holds, written over the version it
+    read, or None when nothing would change. A None in ``status`` removes that field; fields it does not name
+    are left as they are."""
     current = body.get("status") or {}
-    if all(current.get(k) == v for k, v in status.items()):
+    changed = {key: merge_patch(current.get(key), value) for key, value in status.items() if current.get(key) != value}
+    if not changed:
         return None
-    return {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
+    return {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": changed}
 
 
 def event_manifest(body: Obj, event: Event, component: str) -> Obj:
