@@ -1,6 +1,8 @@
 -- Argo CD health check for regrow.dev's TrainingJob, ModelDeployment and DriftPolicy (Lua 5.1).
 -- Progressing until regrow has observed the current generation and written its condition; then the
 -- condition decides: True is Healthy, False is Degraded, Unknown is Progressing, with its message.
+-- A ModelDeployment's canary, unless it is Degraded already: Progressing while it steps up or promotes,
+-- Suspended while it waits for `regrow promote`, Degraded after a rollback until a newer version serves.
 local hs = {}
 local wanted = "Ready"
 if obj.kind == "TrainingJob" then
@@ -32,10 +34,14 @@ if condition == nil then
   return hs
 end
 
-local message = condition.reason or ""
-if condition.message ~= nil and condition.message ~= "" then
-  message = message .. ": " .. condition.message
+local function describe(c)
+  local text = c.reason or ""
+  if c.message ~= nil and c.message ~= "" then
+    text = text .. ": " .. c.message
+  end
+  return text
 end
+
 if condition.status == "True" then
   hs.status = "Healthy"
 elseif condition.status == "False" then
@@ -43,5 +49,16 @@ elseif condition.status == "False" then
 else
   hs.status = "Progressing"
 end
-hs.message = message
+hs.message = describe(condition)
+
+local canary = {CanaryStep = "Progressing", Promoting = "Progressing", WaitingForApproval = "Suspended",
+                RolledBack = "Degraded"}
+if obj.kind == "ModelDeployment" and hs.status ~= "Degraded" then
+  for _, c in ipairs(status.conditions) do
+    if c.type == "Progressing" and canary[c.reason] ~= nil then
+      hs.status = canary[c.reason]
+      hs.message = describe(c)
+    end
+  end
+end
 return hs

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from lupa import lua51
 
-from regrow.controller import canary, modeldeployment, trainingjob
+from regrow.api.modeldeployment import CanaryStep, RolloutSpec, RolloutStatus
+from regrow.controller import canary, conditions, modeldeployment, trainingjob
+from regrow.controller.conditions import Cond
 from regrow.controller.kube import Obj
 from regrow.manifests.common import PodDefaults
 from tests.unit.test_api import _example, _with
@@ -74,3 +76,21 @@ def test_what_the_reconcilers_write_for_an_invalid_spec_is_degraded() -> None:
     tj["metadata"]["namespace"] = "ml"
     result = trainingjob.reconcile(_stored(tj, {}), NoApi(), PodDefaults())  # type: ignore[arg-type]
     assert health(_stored(tj, result.status))["status"] == "Degraded"
+
+
+@pytest.mark.parametrize(
+    ("step", "outcome", "approval", "expected"),
+    [(1, None, "Automatic", "Progressing"), (3, None, "Automatic", "Progressing"), (3, None, "Manual", "Suspended"),
+     (1, "RolledBack", "Automatic", "Degraded"), (3, "Promoted", "Automatic", "Healthy")],
+)  # fmt: skip
+def test_what_a_canary_writes_reads_as_argo_cd_expects(
+    step: int, outcome: str | None, approval: str, expected: str
+) -> None:
+    spec = RolloutSpec(strategy="Canary", steps=[CanaryStep(weight=25, pause="1m"), CanaryStep(weight=50, pause="1m")],
+                       approval=approval)  # fmt: skip
+    rollout = RolloutStatus(candidate="v2", stable="v1", started="2026-12-01T12:00:00Z", step=step, weight=50,
+                            step_started="2026-12-01T12:00:00Z", outcome=outcome)  # fmt: skip
+    ready = Cond("Ready", "True", "Serving", "3 replica(s) serving version v1")
+    progressing = canary.progressing(spec, rollout, "v1") or Cond("Progressing", "False", "RolloutComplete")
+    md = _example("ModelDeployment")
+    assert health(_stored(md, conditions.status(_stored(md, {}), [ready, progressing])))["status"] == expected
