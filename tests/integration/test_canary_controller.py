@@ -10,6 +10,7 @@ import itertools
 import math
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,7 @@ from regrow.cli import main
 from regrow.controller.kube import Kube, Obj, path
 from regrow.drift.profile import PREDICTION, FeatureProfile, fit_profile
 from regrow.telemetry import LATENCY_BUCKETS
+from tests.cluster import free_port
 from tests.conftest import Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.integration.test_modeldeployment_controller import _create
@@ -218,7 +220,9 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
     api: client.ApiClient, namespace: str, operator: Operator
 ) -> None:
     kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour(errors=0.2)})
-    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+    port = free_port()
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch, metrics_port=port, metrics_address="127.0.0.1"), \
+            kubelet.running():  # fmt: skip
         _create(api, namespace, _canary())
         before = _serving_v1(api, namespace)
         kubelet.alias = "v2"
@@ -230,6 +234,8 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
         time.sleep(6)  # another reconcile or two: nothing starts again
         after = _md(api, namespace)
         stable = _deployment(api, namespace, "iris-predictor")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
     rollout = md["status"]["rollout"]
     assert rollout["step"] == 1 and rollout["candidate"] == "v2"
     gates = {g["name"]: g for g in rollout["gates"]}
@@ -244,6 +250,8 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
     assert "regrow.dev/modeldeployment" not in job["spec"]["template"]["metadata"]["labels"]  # never behind the Service
     assert after["status"]["rollout"] == rollout
     assert condition(after, "Progressing")["reason"] == "RolledBack"  # type: ignore[index]
+    ended = f'regrow_rollouts_total{{deployment="iris",namespace="{namespace}",outcome="RolledBack"}} 1.0'
+    assert ended in metrics and "regrow_rollout_step{" not in metrics  # counted; none running
     warnings = [e for e in events_for(api, namespace, "iris") if e[:2] == ("Warning", "RolledBack")]
     assert len(warnings) == 1 and "errorShare" in warnings[0][2]
 

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from regrow.api.modeldeployment import CanaryAnalysis, CanaryStep, GateStatus, RolloutSpec, RolloutStatus
 from regrow.controller import canary
 from regrow.controller.canary import Plan, Seen
+from regrow.controller.kube import Obj
+from regrow.controller.metrics import RolloutCollector
 from regrow.drift.profile import PREDICTION, FeatureProfile, prediction_profile
 from regrow.telemetry import LATENCY_BUCKETS
 
@@ -300,3 +302,48 @@ def test_the_alias_moving_mid_canary_ends_it_or_replaces_the_candidate() -> None
 def test_nothing_to_roll_out_without_a_stable_version_or_a_new_target() -> None:
     assert canary.plan(SPEC, 10, None, [], _seen(stable=None)) == Plan("v2", None, None, [])  # the first version
     assert canary.plan(SPEC, 10, None, [], _seen(target="v1")) == Plan("v1", None, None, [])
+
+
+def test_the_operator_exports_the_running_canary_and_how_canaries_ended() -> None:
+    running = RolloutStatus(
+        candidate="v2", stable="v1", started="2026-12-01T12:00:00Z", step=2, weight=50,
+        step_started="2026-12-01T12:01:00Z", requests=120,
+        gates=[GateStatus(name="errorShare", threshold="0.01", value="0.002", passed=True),
+               GateStatus(name="p99Seconds", threshold="0.25", value="+Inf", passed=False),
+               GateStatus(name="predictionDivergence", threshold="0.5")],
+    )  # fmt: skip
+    objects: dict[tuple[str, str, str], Obj] = {
+        ("modeldeployments", "ml", "iris"): {"status": {"rollout": running.to_wire(), "promotions": 3, "rollbacks": 1}},
+        ("modeldeployments", "ml", "wine"): {"status": {"rollout": {**running.to_wire(), "outcome": "Promoted"}}},
+        ("driftpolicies", "ml", "iris"): {"status": {}},
+    }
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in RolloutCollector(objects).collect() for s in family.samples}  # fmt: skip
+    ids = (("candidate", "v2"), ("deployment", "iris"), ("namespace", "ml"), ("stable", "v1"))
+    assert samples[("regrow_rollout_step", ids)] == 2 and samples[("regrow_rollout_weight", ids)] == 50
+    assert samples[("regrow_rollout_gate_value", _gate_ids(ids, "errorShare"))] == 0.002
+    assert samples[("regrow_rollout_gate_threshold", _gate_ids(ids, "p99Seconds"))] == 0.25
+    assert ("regrow_rollout_gate_value", _gate_ids(ids, "p99Seconds")) not in samples  # +Inf
+    assert ("regrow_rollout_gate_value", _gate_ids(ids, "predictionDivergence")) not in samples
+    ended = {k: v for k, v in samples.items() if k[0] == "regrow_rollouts_total"}
+    assert ended == {
+        ("regrow_rollouts_total", (("deployment", "iris"), ("namespace", "ml"), ("outcome", "Promoted"))): 3,
+        ("regrow_rollouts_total", (("deployment", "iris"), ("namespace", "ml"), ("outcome", "RolledBack"))): 1,
+        ("regrow_rollouts_total", (("deployment", "wine"), ("namespace", "ml"), ("outcome", "Promoted"))): 0,
+        ("regrow_rollouts_total", (("deployment", "wine"), ("namespace", "ml"), ("outcome", "RolledBack"))): 0,
+    }
+    assert not any(k[0] == "regrow_rollout_step" and ("deployment", "wine") in k[1] for k in samples)  # it ended
+
+
+def _gate_ids(ids: tuple[tuple[str, str], ...], gate: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((*ids, ("gate", gate))))
+
+
+def test_finished_canaries_are_tallied_once() -> None:
+    started = canary.plan(SPEC, 10, None, [], _seen())
+    assert canary.tally(started, {"promotions": 2}) == {"promotions": 2, "rollbacks": 0}
+    failing = [GateStatus(name="errorShare", threshold="0.01", value="0.2", passed=False)]
+    rolled = canary.plan(SPEC, 10, started.rollout, [], _seen(measured=(120, failing)))
+    assert canary.tally(rolled, {"promotions": 2}) == {"promotions": 2, "rollbacks": 1}
+    after = canary.plan(SPEC, 10, rolled.rollout, rolled.rejected, _seen())
+    assert canary.tally(after, {"promotions": 2, "rollbacks": 1}) == {"promotions": 2, "rollbacks": 1}

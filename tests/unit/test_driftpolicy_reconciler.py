@@ -10,7 +10,15 @@ import pytest
 
 from regrow.api import DriftPolicySpec, InvalidSpec, parse_spec
 from regrow.clock import now
-from regrow.controller.driftpolicy import APPROVE_ANNOTATION, SourceNotAllowed, _retrain, allowing, next_check_in
+from regrow.controller.driftpolicy import (
+    APPROVE_ANNOTATION,
+    SourceNotAllowed,
+    _retrain,
+    allowing,
+    follow_retrains,
+    next_check_in,
+    retrain_outcome,
+)
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.loop import Kind, wait_for
 from regrow.controller.result import Result
@@ -176,3 +184,71 @@ def test_a_prometheus_url_has_no_user_query_or_fragment() -> None:
     for url in invalid:
         with pytest.raises(InvalidSpec):
             _spec(spec__source={"type": "Prometheus", "prometheus": {"url": url}})
+
+
+def _tj(succeeded: str | None, reason: str = "", version: str = "v2") -> Obj:
+    conditions = [{"type": "Succeeded", "status": succeeded, "reason": reason}] if succeeded else []
+    return {"status": {"conditions": conditions, "artifact": {"version": version}}}
+
+
+SERVING_V1 = {"status": {"model": {"version": "v1"}}}
+
+
+@pytest.mark.parametrize(
+    ("tj", "target", "expected"),
+    [
+        (None, SERVING_V1, (None, "Deleted")),
+        (_tj(None), SERVING_V1, ("v2", None)),  # still training
+        (_tj("Unknown", "Running"), SERVING_V1, ("v2", None)),
+        (_tj("False", "InvalidDataset"), SERVING_V1, ("v2", "Failed")),
+        (_tj("True", "GateRejected"), SERVING_V1, ("v2", "Rejected")),
+        (_tj("True", "Completed"), SERVING_V1, ("v2", "Published")),
+        (_tj("True", "Promoted"), SERVING_V1, ("v2", None)),  # promoted, not rolled out yet
+        (_tj("True", "Promoted"), {"status": {"model": {"version": "v2"}}}, ("v2", "Serving")),
+        (
+            _tj("True", "Promoted"),
+            {"status": {"model": {"version": "v1"}, "rejectedVersions": ["v2"]}},
+            ("v2", "RolledBack"),
+        ),
+        (
+            _tj("True", "Promoted"),
+            {"status": {"rollout": {"candidate": "v2", "outcome": "RolledBack"}}},
+            ("v2", "RolledBack"),
+        ),
+        (_tj("True", "Promoted"), None, ("v2", None)),  # the target is gone: not known
+    ],
+)
+def test_a_retrain_ends_as_its_job_and_the_targets_canary_say(
+    tj: Obj | None, target: Obj | None, expected: tuple[str | None, str | None]
+) -> None:
+    assert retrain_outcome(tj, target) == expected
+
+
+class Retrains:
+    """TrainingJobs by name and the target ModelDeployment, read by the DriftPolicy."""
+
+    def __init__(self, jobs: dict[str, Obj], target: Obj) -> None:
+        self.jobs, self.target, self.reads = jobs, target, 0
+
+    def get(self, path: str) -> Obj | None:
+        self.reads += 1
+        name = path.rsplit("/", 1)[1]
+        return self.target if "/modeldeployments/" in path else self.jobs.get(name)
+
+
+def test_retrains_are_followed_to_their_end_once_and_counted() -> None:
+    records = [{"name": "iris-retrain-1", "created": "t", "checkTime": "t", "version": "v1", "outcome": "Serving"},
+               {"name": "iris-retrain-2", "created": "t", "checkTime": "t"},
+               {"name": "iris-retrain-3", "created": "t", "checkTime": "t"}]  # fmt: skip
+    api = Retrains({"iris-retrain-2": _tj("True", "Promoted"), "iris-retrain-3": _tj(None, version="v3")},
+                   {"status": {"model": {"version": "v1"}, "rejectedVersions": ["v2"]}})  # fmt: skip
+    fields: Obj = {"trainingJobs": records, "retrainOutcomes": {"Serving": 1}}
+    events = follow_retrains(api, OWNER, _spec(), fields)  # type: ignore[arg-type]
+    assert [(r.get("version"), r.get("outcome")) for r in fields["trainingJobs"]] == [
+        ("v1", "Serving"), ("v2", "RolledBack"), ("v3", None)]  # fmt: skip
+    assert fields["retrainOutcomes"] == {"Serving": 1, "RolledBack": 1}
+    assert [(e.type, e.reason) for e in events] == [("Warning", "RetrainRolledBack")]
+    api.reads = 0
+    settled: Obj = {"trainingJobs": [fields["trainingJobs"][0], fields["trainingJobs"][1]]}
+    assert follow_retrains(api, OWNER, _spec(), settled) == []  # type: ignore[arg-type]
+    assert api.reads == 0  # nothing left to follow

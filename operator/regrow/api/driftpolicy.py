@@ -171,10 +171,18 @@ class DriftCheck(ApiModel):
     features: list[FeatureDrift] = Field(default_factory=list, max_length=256)
 
 
+RetrainOutcome = Literal["Failed", "Rejected", "Published", "RolledBack", "Serving", "Deleted"]
+
+
 class RetrainRecord(ApiModel):
+    """One retrain and what became of it: its TrainingJob failed, its gate rejected the model, it published
+    without promoting, its canary rolled back, or the target serves it (unset while that is not known yet)."""
+
     name: ObjectName
     created: Time
     check_time: Time
+    version: str | None = None
+    outcome: RetrainOutcome | None = None
 
 
 class DriftPolicyStatus(ApiModel):
@@ -188,3 +196,6 @@ class DriftPolicyStatus(ApiModel):
         default_factory=list, max_length=20, description="The most recent TrainingJobs this policy created."
     )
     pending_approval: Name | None = None
+    retrain_outcomes: dict[RetrainOutcome, int] = Field(
+        default_factory=dict, description="How the retrains this policy created ended, in all, by outcome."
+    )

@@ -232,6 +232,8 @@ class ModelDeploymentStatus(ApiModel):
     updated_replicas: int | None = None
     url: str | None = None
     rollout: RolloutStatus | None = None
+    promotions: int = Field(default=0, description="Canaries that reached every pod, in all.")
+    rollbacks: int = Field(default=0, description="Canaries rolled back, in all.")
     rejected_versions: list[Version] = Field(
         default_factory=list, max_length=20,
         description="Versions a canary rolled back: not tried again until `regrow promote --version` asks.",

@@ -312,6 +312,15 @@ class Plan:
     rejected: list[str]
     events: list[Event] = field(default_factory=list)
     restore: tuple[str, str] | None = None  # (candidate, stable): move the alias back, if it is still there
+    ended: bool = False  # the rollout reached its outcome now
+
+
+def tally(plan: Plan, recorded: dict[str, int]) -> dict[str, int]:
+    """``status.promotions`` and ``status.rollbacks``: the canaries that ended each way, in all."""
+    counts = {key: int(recorded.get(key) or 0) for key in ("promotions", "rollbacks")}
+    if plan.ended and plan.rollout is not None:
+        counts["promotions" if plan.rollout.outcome == "Promoted" else "rollbacks"] += 1
+    return counts
 
 
 def _stamp(at: datetime) -> str:
@@ -342,13 +351,12 @@ def _finish(running: RolloutStatus, outcome: Literal["Promoted", "RolledBack"], 
     )
     if outcome == "Promoted":
         event = Event("Normal", "Promoted", f"Version {running.candidate} serves every request: {message}")
-        return Plan(running.candidate, None, rollout, rejected, [event])
+        return Plan(running.candidate, None, rollout, rejected, [event], ended=True)
     if restore:
         rejected = [*[v for v in rejected if v != running.candidate], running.candidate][-KEEP_REJECTED:]
     event = Event("Warning", "RolledBack", f"Version {running.candidate} rolled back to {running.stable}: {message}")
-    return Plan(
-        running.stable, None, rollout, rejected, [event], (running.candidate, running.stable) if restore else None
-    )
+    back = (running.candidate, running.stable) if restore else None
+    return Plan(running.stable, None, rollout, rejected, [event], back, ended=True)
 
 
 def plan(spec: RolloutSpec, most: int, previous: RolloutStatus | None, rejected: list[str], seen: Seen) -> Plan:

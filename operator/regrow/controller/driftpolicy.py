@@ -212,14 +212,61 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query) -
     previous = status.get("conditions") or []
     drift = _drift_condition(result, streak, spec)
     fields: Obj = {"lastCheck": last_check, "consecutiveBreaches": streak}
-    for name in ("lastRetrainTime", "retrains", "trainingJobs", "pendingApproval"):
+    for name in ("lastRetrainTime", "retrains", "trainingJobs", "pendingApproval", "retrainOutcomes"):
         if status.get(name):
             fields[name] = status[name]
-    events = []
+    events = follow_retrains(api, owner, spec, fields)
     if drift.status == "True" and spec.retrain is not None:
         events += _retrain(body, api, spec, owner, last_check, fields)
     ready = Cond(READY, "True", "Watching", f"checked {version} from {source}")
     return Result(conditions.status(body, [ready, drift], **fields), events + transition_event(previous, drift))
+
+
+def retrain_outcome(tj: Obj | None, target: Obj | None) -> tuple[str | None, str | None]:
+    """A retrain's version and how it ended (None: not yet): from its TrainingJob's Succeeded condition, and
+    for a promoted one from what the target ModelDeployment made of the version (a canary may roll it back)."""
+    if tj is None:
+        return None, "Deleted"
+    tj_status = tj.get("status") or {}
+    version = (tj_status.get("artifact") or {}).get("version")
+    succeeded = conditions.find(tj_status.get("conditions") or [], "Succeeded") or {}
+    if succeeded.get("status") == "False":
+        return version, "Failed"
+    if succeeded.get("status") != "True":
+        return version, None
+    if succeeded.get("reason") != "Promoted":
+        return version, "Rejected" if succeeded.get("reason") == "GateRejected" else "Published"
+    md = (target or {}).get("status") or {}
+    rollout = md.get("rollout") or {}
+    if version in (md.get("rejectedVersions") or []) or (rollout.get("candidate"), rollout.get("outcome")) == (
+        version,
+        "RolledBack",
+    ):
+        return version, "RolledBack"
+    return version, "Serving" if (md.get("model") or {}).get("version") == version else None
+
+
+def follow_retrains(api: Api, owner: Owner, spec: DriftPolicySpec, fields: Obj) -> list[Event]:
+    """Bring the retrains not yet ended up to date in ``fields`` (their version and outcome, and the count of
+    each outcome), with an Event for each that ended."""
+    records = [dict(r) for r in fields.get("trainingJobs") or []]
+    if all(r.get("outcome") for r in records):
+        return []
+    target = api.get(path(API_VERSION, MODEL_DEPLOYMENT.plural, owner.namespace, spec.target_ref.name))
+    counts, events = dict(fields.get("retrainOutcomes") or {}), []
+    for record in records:
+        if record.get("outcome"):
+            continue
+        version, outcome = retrain_outcome(api.get(path(API_VERSION, TRAINING_JOB.plural, owner.namespace,
+                                                        record["name"])), target)  # fmt: skip
+        record.update({k: v for k, v in (("version", version), ("outcome", outcome)) if v})
+        if outcome:
+            counts[outcome] = counts.get(outcome, 0) + 1
+            kind = "Normal" if outcome in ("Serving", "Published") else "Warning"
+            events.append(Event(kind, f"Retrain{outcome}", f"Retrain {record['name']} ended: {outcome}"
+                                + (f" (version {version})" if version else "")))  # fmt: skip
+    fields["trainingJobs"], fields["retrainOutcomes"] = records, counts or None
+    return events
 
 
 def _number(value: float) -> str:

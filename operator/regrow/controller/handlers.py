@@ -19,7 +19,7 @@ from regrow.controller import canary, driftpolicy, modeldeployment, outbound, tr
 from regrow.controller.kube import Kube
 from regrow.controller.lease import Lease, new_identity
 from regrow.controller.loop import Controller, Kind
-from regrow.controller.metrics import DriftCollector, Instruments
+from regrow.controller.metrics import DriftCollector, Instruments, RolloutCollector
 from regrow.manifests.common import PodDefaults
 
 TRAINING_POLL_SECONDS = 5.0
@@ -66,6 +66,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     registry = CollectorRegistry()
     memo.controller = Controller.of(memo.kube, kinds(memo), lease, Instruments(registry))
     registry.register(DriftCollector(memo.controller.objects))
+    registry.register(RolloutCollector(memo.controller.objects))
     if memo.get("metrics_port"):
         memo.metrics_server = start_http_server(memo.metrics_port, memo.get("metrics_address", "0.0.0.0"), registry)[0]
     memo.loop = asyncio.create_task(memo.controller.run())

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from regrow.api import DRIFT_POLICY
+from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT
 from regrow.controller.kube import Obj
 
 
@@ -56,12 +56,20 @@ class DriftCollector(Collector):
             ),
         }
         retrains = CounterMetricFamily("regrow_retrains", "TrainingJobs a DriftPolicy has created.", labels=labels)
+        outcomes = CounterMetricFamily(
+            "regrow_retrain_outcomes",
+            "How a DriftPolicy's retrains ended: Serving, RolledBack, Rejected (by the gate), Published (not "
+            "promoted), Failed or Deleted.",
+            labels=[*labels, "outcome"],
+        )
         for (plural, namespace, name), body in self.objects.copy().items():
             if plural != DRIFT_POLICY.plural:
                 continue
             status = body.get("status") or {}
             ids = [namespace, name, ((body.get("spec") or {}).get("targetRef") or {}).get("name", "")]
             retrains.add_metric(ids, status.get("retrains", 0))
+            for outcome, count in (status.get("retrainOutcomes") or {}).items():
+                outcomes.add_metric([*ids, outcome], count)
             check = status.get("lastCheck") or {}
             for feature in check.get("features") or []:
                 for field, family in families.items():
@@ -70,4 +78,55 @@ class DriftCollector(Collector):
                         if math.isfinite(number):
                             family.add_metric([*ids, check.get("version", ""), feature["name"], test], number)
         yield from families.values()
-        yield retrains
+        yield from (retrains, outcomes)
+
+
+class RolloutCollector(Collector):
+    """Each ModelDeployment's canary from its status: the running one's step, weight and gates, and how many
+    ended each way."""
+
+    def __init__(self, objects: dict[tuple[str, str, str], Obj]) -> None:
+        self.objects = objects
+
+    def collect(self) -> Iterator[Metric]:
+        ids = ["namespace", "deployment"]
+        running = [*ids, "candidate", "stable"]
+        step = GaugeMetricFamily("regrow_rollout_step", "The running canary's step (1-based; past the last: "
+                                 "promoting or waiting for approval).", labels=running)  # fmt: skip
+        weight = GaugeMetricFamily("regrow_rollout_weight", "Percent of the serving pods that are the candidate's.",
+                                   labels=running)  # fmt: skip
+        gates = {
+            field: GaugeMetricFamily(
+                f"regrow_rollout_gate_{field}", f"Each gate's {field} at the running step.", labels=[*running, "gate"]
+            )
+            for field in ("value", "threshold")
+        }
+        ended = CounterMetricFamily("regrow_rollouts", "Canaries that ended, by outcome (Promoted or RolledBack).",
+                                    labels=[*ids, "outcome"])  # fmt: skip
+        for (plural, namespace, name), body in self.objects.copy().items():
+            if plural != MODEL_DEPLOYMENT.plural:
+                continue
+            status = body.get("status") or {}
+            ended.add_metric([namespace, name, "Promoted"], status.get("promotions", 0))
+            ended.add_metric([namespace, name, "RolledBack"], status.get("rollbacks", 0))
+            rollout = status.get("rollout") or {}
+            if not rollout or rollout.get("outcome"):
+                continue
+            labels = [namespace, name, rollout["candidate"], rollout["stable"]]
+            step.add_metric(labels, rollout["step"])
+            weight.add_metric(labels, rollout["weight"])
+            for gate in rollout.get("gates") or []:
+                for field, family in gates.items():
+                    number = _finite(gate.get(field))
+                    if number is not None:
+                        family.add_metric([*labels, gate["name"]], number)
+        yield from (step, weight, *gates.values(), ended)
+
+
+def _finite(value: object) -> float | None:
+    """A decimal string's value if it is a finite number (a p99 past the last bucket is "+Inf")."""
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

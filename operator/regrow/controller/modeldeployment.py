@@ -285,6 +285,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         url=f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
         rollout=moves.rollout.to_wire() if moves.rollout else None,
         rejectedVersions=moves.rejected or None,
+        **canary.tally(moves, previous_status),
     )
     if version:
         status["desiredVersion"] = version
@@ -310,7 +311,9 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
         seen = _seen(body, spec, serving, (live, canary_live), pinned, target, reports)
         moves = canary.plan(spec.rollout, spec.replicas.max, last, rejected, seen)
     else:
-        moves = canary.Plan(target, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"), rejected)
+        ended = last is not None and last.outcome is None
+        moves = canary.Plan(target, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"), rejected,
+                            ended=ended)  # fmt: skip
     if moves.canary is not None:
         ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1]))
     elif canary_live is not None and canary_live["spec"].get("replicas"):  # scaled away, kept for the next one
