@@ -154,6 +154,22 @@ def _decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """What a ModelDeployment serves and how it got there."""
+    from regrow import API_VERSION  # noqa: PLC0415
+    from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB  # noqa: PLC0415
+    from regrow.controller.kube import path  # noqa: PLC0415
+    from regrow.controller.lineage import lineage  # noqa: PLC0415
+
+    kube, _, md, _ = _object(args, MODEL_DEPLOYMENT, args.deployment)
+    if md is None:
+        print(f"regrow status: ModelDeployment {args.deployment} not found", file=sys.stderr)
+        return 1
+    trainingjobs = kube.list(path(API_VERSION, TRAINING_JOB.plural, md["metadata"]["namespace"]))
+    print("\n".join(lineage(md, trainingjobs)))
+    return 0
+
+
 def _restore_alias(args: argparse.Namespace) -> int:
     """Move an alias back from a rolled-back version, only if it still points there (the Job a canary's
     rollback runs: the operator holds no store credentials)."""
@@ -317,6 +333,26 @@ def _add_kubeconfig(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="kubeconfig context; default: the current one")
 
 
+def _add_cluster_commands(commands: Any) -> None:
+    """The commands a person runs against a cluster with their own kubeconfig."""
+    approve = commands.add_parser("approve", help="approve the retrain a DriftPolicy with approval: Manual waits on")
+    approve.add_argument("policy", help="the DriftPolicy's name")
+    _add_kubeconfig(approve)
+    approve.set_defaults(func=_approve)
+    status = commands.add_parser("status", help="what a ModelDeployment serves and how it got there")
+    status.add_argument("deployment", help="the ModelDeployment's name")
+    _add_kubeconfig(status)
+    status.set_defaults(func=_status)
+    for verb, what in (("promote", "continue a canary that waits for approval, to every pod"),
+                       ("rollback", "end a running canary: the stable version keeps every pod")):  # fmt: skip
+        decide = commands.add_parser(verb, help=what)
+        decide.add_argument("deployment", help="the ModelDeployment's name")
+        decide.add_argument("--reason", default="", help="why, recorded in the ModelDeployment's status")
+        decide.add_argument("--as", dest="actor", help="who decides (recorded); default: the kubeconfig's user")
+        _add_kubeconfig(decide)
+        decide.set_defaults(func=_decide)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -356,18 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
     restore.set_defaults(func=_restore_alias)
 
-    approve = commands.add_parser("approve", help="approve the retrain a DriftPolicy with approval: Manual waits on")
-    approve.add_argument("policy", help="the DriftPolicy's name")
-    _add_kubeconfig(approve)
-    approve.set_defaults(func=_approve)
-    for verb, what in (("promote", "continue a canary that waits for approval, to every pod"),
-                       ("rollback", "end a running canary: the stable version keeps every pod")):  # fmt: skip
-        decide = commands.add_parser(verb, help=what)
-        decide.add_argument("deployment", help="the ModelDeployment's name")
-        decide.add_argument("--reason", default="", help="why, recorded in the ModelDeployment's status")
-        decide.add_argument("--as", dest="actor", help="who decides (recorded); default: the kubeconfig's user")
-        _add_kubeconfig(decide)
-        decide.set_defaults(func=_decide)
+    _add_cluster_commands(commands)
 
     sample = commands.add_parser("sample-data", help="write a data set that ships with scikit-learn as CSV")
     sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes"])
@@ -388,6 +413,7 @@ EXTRAS = {
     "operator": "operator",
     "approve": "operator",
     "promote": "operator",
+    "status": "operator",
     "rollback": "operator",
     "serve": "serving",
     "train": "training",

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,8 @@ from tests.cluster import free_port
 from tests.conftest import Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.integration.test_modeldeployment_controller import _create
+from tests.integration.test_trainingjob_controller import _create as _create_tj
+from tests.integration.test_trainingjob_controller import _finish_pod, _pod_of, _succeeded
 from tests.unit.test_api import _example, _with
 
 pytestmark = pytest.mark.usefixtures("no_kubelet")
@@ -257,7 +261,7 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
 
 
 def test_a_manual_canary_waits_after_its_last_step_for_regrow_promote(
-    api: client.ApiClient, namespace: str, operator: Operator
+    api: client.ApiClient, namespace: str, operator: Operator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour()})
     promote = ["promote", "iris", "--namespace", namespace, "--as", "ana", "--reason", "the dashboards look right"]
@@ -271,10 +275,42 @@ def test_a_manual_canary_waits_after_its_last_step_for_regrow_promote(
         assert _pinned(_deployment(api, namespace, "iris-predictor")) == "v1"  # it waits
         assert main(promote) == 0
         md = _outcome(api, namespace, "Promoted", set())
+        capsys.readouterr()
+        assert main(["status", "iris", "--namespace", namespace]) == 0
+        printed = capsys.readouterr().out.splitlines()
     assert waiting["status"]["rollout"]["step"] == 2
+    assert printed[0].startswith(f"ModelDeployment {namespace}/iris: Ready=")
+    assert any(line.startswith("last canary: v2 beside v1") and "Promoted" in line for line in printed)
+    assert any(line.startswith("  step 1 at 25%, passed") for line in printed)
+    assert any(line.startswith("  Promote by ana at") and "the dashboards look right" in line for line in printed)
     decision = md["status"]["rollout"]["decision"]
     assert (decision["action"], decision["actor"], decision["reason"]) == (
         "Promote",
         "ana",
         "the dashboards look right",
     )
+
+
+def test_a_promotion_by_a_trainingjob_starts_the_canary_before_the_pods_look_at_the_alias(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    """The pods would read the moved alias only at their next refresh (10 minutes here): the TrainingJob's
+    status, which names the version and the alias, starts the canary within 10 seconds."""
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour()})
+    report = {"succeeded": True, "model": "iris", "version": "v2", "uri": "file:///var/lib/regrow/registry/iris/versions/v2",
+              "metric": "accuracy", "metrics": {"accuracy": "0.97"},
+              "promotion": {"alias": "champion", "outcome": "Promoted", "metric": "accuracy", "candidateScore": "0.97",
+                            "message": "beat v1"}}  # fmt: skip
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _with(_canary(), "spec.model.refreshInterval", "10m"))
+        _serving_v1(api, namespace)
+        _create_tj(api, namespace, _example("TrainingJob"))
+        _finish_pod(api, namespace, _pod_of(api, namespace, "iris-v1-train"), 0, json.dumps(report))
+        tj = _succeeded(api, namespace, "iris-v1", "True")
+        started = wait_for(lambda: ((_md(api, namespace).get("status") or {}).get("rollout") or {}).get("started"),
+                           30, "the canary of v2")  # fmt: skip
+        rollout = _md(api, namespace)["status"]["rollout"]
+    done = datetime.fromisoformat(tj["status"]["completionTime"])
+    lag = (datetime.fromisoformat(started) - done).total_seconds()
+    print(f"\nthe canary started {lag:.0f}s after the TrainingJob's promotion")
+    assert (rollout["candidate"], rollout["stable"]) == ("v2", "v1") and lag <= 10

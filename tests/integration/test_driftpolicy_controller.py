@@ -4,6 +4,7 @@ reference profile), and checks what the operator concludes and creates."""
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
 from typing import Any
@@ -144,7 +145,9 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
     assert tj["metadata"]["ownerReferences"][0]["kind"] == "DriftPolicy"
     assert tj["metadata"]["labels"]["team"] == "ml-platform"
     assert tj["spec"]["model"]["algorithm"] == "randomForest"
-    assert '"version": "v1"' in tj["metadata"]["annotations"]["regrow.dev/drift-check"]
+    lineage = json.loads(tj["metadata"]["annotations"]["regrow.dev/drift-check"])
+    assert lineage["version"] == "v1" and lineage["drifted"] and set(lineage["drifted"]) <= {"a", "b"}
+    assert all("psi" in scores for scores in lineage["drifted"].values())
     assert any(e[:2] == ("Normal", "Retraining") for e in events_for(api, namespace, "iris"))
 
     ids = (("deployment", "iris"), ("namespace", namespace), ("policy", "iris"))

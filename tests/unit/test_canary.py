@@ -226,6 +226,8 @@ def test_a_better_candidate_goes_through_every_step_to_every_pod() -> None:
     assert done.stable == "v2" and done.canary is None and done.rollout is not None
     assert done.rollout.outcome == "Promoted" and done.rollout.finished == "2026-12-01T12:01:30Z"
     assert [e.reason for e in done.events] == ["Promoted"]
+    assert [(r.step, r.weight, r.requests, r.gates) for r in done.rollout.passed] == [(1, 25, 150, PASSED),
+                                                                                      (2, 50, 900, PASSED)]  # fmt: skip
     after = canary.plan(SPEC, 10, done.rollout, [], _seen(stable="v2", target="v2", now=at))
     assert after.stable == "v2" and after.canary is None and after.rollout == done.rollout and not after.events
     assert canary.progressing(SPEC, after.rollout, "v2") is None

@@ -309,3 +309,21 @@ def test_the_liveness_probe_fails_only_while_the_loop_or_the_api_server_cannot_w
         "the API server does not answer (ConnectionRefusedError)",
         "the control loop has stopped",
     ]
+
+
+def test_a_written_result_wakes_the_kinds_it_names_in_its_namespace_only() -> None:
+    """A promotion that a TrainingJob reports wakes the ModelDeployments of its namespace at once."""
+    promoted = Kind("TrainingJob", "trainingjobs", lambda body: Result({}, [], ("modeldeployments",)), lambda b: None)
+    waiting = Kind("ModelDeployment", "modeldeployments", lambda body: Result({}), lambda body: 3600.0)
+    clock = Clock()
+    controller = Controller(FreeApi(), {k.plural: k for k in (promoted, waiting)}, clock=clock)
+    for plural, namespace, name in (("modeldeployments", "ml", "iris"), ("modeldeployments", "other", "wine"),
+                                    ("trainingjobs", "ml", "iris-v2")):  # fmt: skip
+        body = _object(namespace, name)
+        body["status"] = {"observedGeneration": 1}
+        controller.observe(plural, "ADDED", body)
+    clock.now += 10
+    controller.due[("trainingjobs", "ml", "iris-v2")] = clock.now
+    assert _run_due(controller) == {("trainingjobs", "ml", "iris-v2")}
+    assert controller.due[("modeldeployments", "ml", "iris")] <= clock.now + MIN_REPEAT_SECONDS
+    assert controller.due[("modeldeployments", "other", "wine")] > clock.now + 3000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
@@ -13,6 +14,7 @@ from regrow.controller.modeldeployment import (
     assess,
     desired_version,
     discover,
+    just_promoted,
     report,
 )
 from regrow.manifests.common import Manifest, Owner, PodDefaults
@@ -45,6 +47,34 @@ def test_version_pinning() -> None:
     assert desired_version(spec, None, [_report("v1", "v2"), _report("v1", "v3")]) is None  # pods disagree: wait
     pinned = _spec(spec__model__alias=..., spec__model__version="v7")
     assert desired_version(pinned, None, [_report("v1", None)]) == "v7"
+
+
+def test_a_promotion_a_trainingjob_just_made_goes_before_the_pods_next_look_at_the_alias() -> None:
+    spec = _spec()
+    assert desired_version(spec, "v1", [_report("v1", "v1")], promoted="v2") == "v2"  # the pods have not looked yet
+    assert desired_version(spec, "v1", [_report("v1", "v3")], promoted="v2") == "v3"  # they have: the registry decides
+    assert desired_version(spec, None, [], promoted="v2") is None  # nothing serves yet: nothing to move from
+    assert desired_version(_spec(spec__model__alias=..., spec__model__version="v7"), "v1", [], promoted="v2") == "v7"
+
+
+def _promoted(version: str, done: str, alias: str = "champion", model: str = "iris", outcome: str = "Promoted") -> Obj:
+    return {"spec": {"output": {"registry": "file:///var/lib/regrow/registry", "modelName": model}},
+            "status": {"completionTime": done, "artifact": {"version": version},
+                       "promotion": {"alias": alias, "outcome": outcome}}}  # fmt: skip
+
+
+def test_only_a_recent_promotion_of_this_deployments_alias_counts() -> None:
+    spec = _spec()  # follows iris@champion, refreshInterval 30s
+    at = datetime(2026, 12, 1, 12, 1, 0, tzinfo=UTC)
+    assert just_promoted([_promoted("v2", "2026-12-01T12:00:50Z")], spec, at) == "v2"
+    assert just_promoted([_promoted("v2", "2026-12-01T12:00:10Z"), _promoted("v3", "2026-12-01T12:00:40Z")], spec,
+                         at) == "v3"  # fmt: skip
+    assert just_promoted([_promoted("v2", "2026-12-01T11:59:59Z")], spec, at) is None  # 61 s: the pods have looked
+    done = "2026-12-01T12:00:50Z"
+    others: list[Obj] = [_promoted("v2", done, alias="staging"), _promoted("v2", done, model="wine"),
+                         _promoted("v2", done, outcome="Rejected"), {"spec": {}, "status": {}}]  # fmt: skip
+    for other in others:
+        assert just_promoted([other], spec, at) is None
 
 
 def _deployment(replicas: int = 2, ready: int = 2, updated: int = 2, **extra: Any) -> Obj:

@@ -196,6 +196,16 @@ class GateStatus(ApiModel):
     passed: bool | None = None
 
 
+class StepRecord(ApiModel):
+    """A step the candidate passed: its weight, its requests and its gates as judged."""
+
+    step: int
+    weight: int
+    requests: int
+    gates: list[GateStatus] = Field(default_factory=list)
+    passed: Time
+
+
 class RolloutDecision(ApiModel):
     """A person's `regrow promote` or `regrow rollback`: who they said they are, and why."""
 
@@ -216,6 +226,7 @@ class RolloutStatus(ApiModel):
     step_started: Time
     requests: int = Field(default=0, description="Requests the candidate answered at this step.")
     gates: list[GateStatus] = Field(default_factory=list)
+    passed: list[StepRecord] = Field(default_factory=list, max_length=20, description="The steps passed so far.")
     outcome: Literal["Promoted", "RolledBack"] | None = Field(default=None, description="Unset while it runs.")
     message: str = ""
     finished: Time | None = None

@@ -36,6 +36,7 @@ from regrow.api.modeldeployment import (
     RolloutDecision,
     RolloutSpec,
     RolloutStatus,
+    StepRecord,
 )
 from regrow.controller.conditions import Cond
 from regrow.controller.result import Event
@@ -407,6 +408,8 @@ def _judge_step(spec: RolloutSpec, most: int, running: RolloutStatus, seen: Seen
     if verdict.action == "wait":
         return Plan(running.stable, (running.candidate, replicas), current, rejected)
     following = _replicas(spec, most, running.step + 1, seen)
+    record = StepRecord(step=running.step, weight=current.weight, requests=requests, gates=measured,
+                        passed=_stamp(seen.now))  # fmt: skip
     passed = current.model_copy(
         update={
             "step": running.step + 1,
@@ -414,6 +417,7 @@ def _judge_step(spec: RolloutSpec, most: int, running: RolloutStatus, seen: Seen
             "requests": 0,
             "gates": [],
             "weight": share(following, seen.stable_replicas),
+            "passed": [*running.passed, record],
         }
     )
     event = Event("Normal", "StepPassed", f"Step {running.step} of {last}: {verdict.message}")

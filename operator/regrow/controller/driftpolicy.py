@@ -41,6 +41,7 @@ READY, DRIFT = "Ready", "DriftDetected"
 POLICY_LABEL = f"{GROUP}/driftpolicy"
 APPROVE_ANNOTATION = f"{GROUP}/approve"
 KEEP_JOBS = 20
+DRIFT_CHECK_FEATURES = 10
 
 Query = Callable[[str, str], bytes]  # (Prometheus URL, PromQL) -> the answer's body
 MIN_CHECK_SECONDS = 10.0  # the operator's default floor under spec.interval (the chart's drift.minCheckSeconds)
@@ -307,6 +308,14 @@ def _drift_condition(result: Check, streak: int, spec: DriftPolicySpec) -> Cond:
     return Cond(DRIFT, "False", "NoDrift", drifted)
 
 
+def drift_check(last_check: Obj) -> str:
+    """What a retrain's TrainingJob records of the check that made it (its lineage): when, on which version,
+    over how many samples, and the scores of the features that drifted (the first DRIFT_CHECK_FEATURES)."""
+    drifted = [f for f in last_check.get("features") or [] if f.get("drifted")][:DRIFT_CHECK_FEATURES]
+    record = {k: last_check[k] for k in ("time", "version", "samples", "driftedFeatures")}
+    return json.dumps({**record, "drifted": {f["name"]: f.get("scores") or {} for f in drifted}}, sort_keys=True)
+
+
 def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_check: Obj, fields: Obj) -> list[Event]:
     """Create the next retrain TrainingJob if the guardrails allow it; record what happened in ``fields``."""
     assert spec.retrain is not None
@@ -339,8 +348,7 @@ def _retrain(body: Obj, api: Api, spec: DriftPolicySpec, owner: Owner, last_chec
             "name": name,
             "namespace": owner.namespace,
             "labels": {**template.metadata.labels, POLICY_LABEL: owner.name},
-            "annotations": {**template.metadata.annotations, f"{GROUP}/drift-check": json.dumps(
-                {k: last_check[k] for k in ("time", "version", "samples", "driftedFeatures")}, sort_keys=True)},
+            "annotations": {**template.metadata.annotations, f"{GROUP}/drift-check": drift_check(last_check)},
             "ownerReferences": [owner.reference()],
         },
         "spec": template.spec.to_wire(),

@@ -208,7 +208,7 @@ class Controller:
         try:
             if body is None:
                 return
-            updated, written = await asyncio.get_running_loop().run_in_executor(
+            updated, written, wake = await asyncio.get_running_loop().run_in_executor(
                 self._threads, self._step, self.kinds[key[0]], body
             )
         except Exception:  # one object's failure (the API, the registry, a bug) must not stop the loop
@@ -224,6 +224,8 @@ class Controller:
                 self.objects[key] = updated
             if key in self.objects:
                 self._schedule(key, self.objects[key])
+            for other in [k for k in self.objects if k[0] in wake and k[1] == key[1]]:
+                self._schedule(other, self.objects[other], 0.0)
         finally:
             self.busy.discard(key)
             if body is not None:
@@ -233,24 +235,24 @@ class Controller:
         plural, namespace, name = key
         return path(API_VERSION, plural, namespace, name)
 
-    def _step(self, kind: Kind, body: Obj) -> tuple[Obj | None, bool]:
-        """Reconcile, write the status, post the Events (blocking: in a thread). Returns the object as written
-        and True; or, when the object changed since it was read, the object read again (None: deleted) and
-        False, having written and posted nothing."""
+    def _step(self, kind: Kind, body: Obj) -> tuple[Obj | None, bool, tuple[str, ...]]:
+        """Reconcile, write the status, post the Events (blocking: in a thread). Returns the object as written,
+        True and the kinds to wake; or, when the object changed since it was read, the object read again (None:
+        deleted), False and none, having written and posted nothing."""
         result = kind.reconcile(body)
         patch = status_patch(body, result.status)
         key = (kind.plural, body["metadata"]["namespace"], body["metadata"]["name"])
         try:
             updated = body if patch is None else self.api.patch(self._path(key) + "/status", patch)
         except Conflict:
-            return self.api.get(self._path(key)), False
+            return self.api.get(self._path(key)), False, ()
         for event in result.events:
             log.info("%s %s/%s: %s: %s", kind.kind, *key[1:], event.reason, event.message)
             try:
                 self.api.create(path("v1", "events", key[1]), event_manifest(body, event, self.component))
             except ApiException as error:
                 log.warning("Could not post Event %s on %s/%s: %s", event.reason, *key[1:], error)
-        return updated, True
+        return updated, True, result.wake
 
     async def stop(self) -> None:
         """Stop dispatching, let running reconciles finish, and give the Lease up."""

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from regrow.api import MODEL_DEPLOYMENT, InvalidSpec, ModelDeploymentSpec, parse_spec
-from regrow.api.common import StorageSpec
+from regrow import API_VERSION
+from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB, InvalidSpec, ModelDeploymentSpec, parse_spec
+from regrow.api.common import StorageSpec, parse_duration
 from regrow.api.modeldeployment import GateStatus, RolloutStatus
 from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
@@ -59,6 +60,7 @@ STUCK = frozenset(
 )
 
 Prober = Callable[[str, str], Obj | None]
+PROMOTION_MARGIN_SECONDS = 30.0  # a TrainingJob's promotion leads the pods' own reading of the alias this long
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,12 @@ def report(pod: Obj, model: str, prober: Prober) -> PodReport:
     )
 
 
-def desired_version(spec: ModelDeploymentSpec, pinned: str | None, reports: list[PodReport]) -> str | None:
-    """The version to pin: the spec's, else where the alias points now if that is not what the pods serve."""
+def desired_version(
+    spec: ModelDeploymentSpec, pinned: str | None, reports: list[PodReport], promoted: str | None = None
+) -> str | None:
+    """The version to pin: the spec's, else where the alias points now if that is not what the pods serve.
+    The pods read the alias every refreshInterval; a ``promoted`` version that a TrainingJob has just moved
+    the alias to goes first, until they have read the registry again (what they read then decides)."""
     if spec.model.version:
         return spec.model.version
     ready = [r for r in reports if r.ready]
@@ -148,7 +154,29 @@ def desired_version(spec: ModelDeploymentSpec, pinned: str | None, reports: list
     current = pinned or (next(iter(serving)) if len(serving) == 1 else None)
     if len(aliased) == 1 and current is not None and (target := next(iter(aliased))) != current:
         return target
+    if promoted is not None and current is not None and aliased <= {current}:
+        return promoted
     return pinned
+
+
+def just_promoted(trainingjobs: list[Obj], spec: ModelDeploymentSpec, at: datetime) -> str | None:
+    """The version a TrainingJob of the namespace moved this ModelDeployment's alias to within the pods' refresh
+    interval (and PROMOTION_MARGIN_SECONDS), if one did: the newest."""
+    model = spec.model
+    window = parse_duration(model.refresh_interval) + PROMOTION_MARGIN_SECONDS
+    found = []
+    for tj in trainingjobs:
+        output, status = (tj.get("spec") or {}).get("output") or {}, tj.get("status") or {}
+        promotion, done = status.get("promotion") or {}, status.get("completionTime")
+        version = (status.get("artifact") or {}).get("version")
+        ours = (output.get("registry"), output.get("modelName"), promotion.get("alias")) == (
+            model.registry, model.name, model.alias
+        )  # fmt: skip
+        if ours and promotion.get("outcome") == "Promoted" and version and done:
+            age = (at - datetime.fromisoformat(done)).total_seconds()
+            if age <= window:
+                found.append((done, version))
+    return max(found)[1] if found else None
 
 
 def rolled_out(live: Obj) -> bool:
@@ -256,7 +284,11 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     pinned = ((live or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}).get(
         VERSION_ANNOTATION
     )
-    version = desired_version(spec, pinned, reports)
+    promoted = None
+    if spec.model.alias:
+        trainingjobs = api.list(path(API_VERSION, TRAINING_JOB.plural, owner.namespace))
+        promoted = just_promoted(trainingjobs, spec, datetime.now(UTC))
+    version = desired_version(spec, pinned, reports, promoted)
     moves = _rollout(body, spec, serving, live, pinned, version, reports)
     version = moves.stable
     events = []

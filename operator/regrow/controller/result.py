@@ -20,6 +20,7 @@ class Event:
 class Result:
     status: Obj = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    wake: tuple[str, ...] = ()  # kinds (plurals) of the same namespace to reconcile at once after this is written
 
 
 def transition_event(previous: list[Obj], cond: Cond) -> list[Event]:

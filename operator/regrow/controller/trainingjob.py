@@ -158,7 +158,10 @@ def reconcile(body: Obj, api: Api, defaults: PodDefaults) -> Result:
 
 
 def _result(body: Obj, job: Obj | None, result: Outcome, previous: list[Obj]) -> Result:
-    return Result(status_for(body, job, result), transition_event(previous, result.cond))
+    events = transition_event(previous, result.cond)
+    # A promotion moved an alias: the ModelDeployments that follow it need not wait for their next poll.
+    wake = ("modeldeployments",) if any(e.reason == "Promoted" for e in events) else ()
+    return Result(status_for(body, job, result), events, wake)
 
 
 def _owned_by(obj: Obj, owner: Owner) -> bool:
