@@ -47,6 +47,7 @@ class Behaviour:
     errors: float = 0.0  # the share of its requests a version answers with 500
     seconds: float = 0.003
     predictions: tuple[float, ...] = (0.3, 0.3, 0.4)
+    accuracy: float = 0.95  # the share of its predictions that clients' labels find right (every one is labelled)
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class Pod:
     codes: dict[int, int] = dataclasses.field(default_factory=lambda: {200: 0, 500: 0})
     latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     predicted: list[int] = dataclasses.field(default_factory=lambda: [0] * len(CLASSES))
+    graded: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # labelled rows, right ones
 
     def metrics(self) -> bytes:
         ids = f'model="iris",version="{self.version}"'
@@ -66,6 +68,8 @@ class Pod:
                   for le, n in zip(bounds, itertools.accumulate(self.latency), strict=True)]  # fmt: skip
         lines += [f'regrow_feature_bin_total{{{ids},feature="{PREDICTION}",bin="{c}"}} {n}'
                   for c, n in zip(CLASSES, self.predicted, strict=True)]  # fmt: skip
+        lines += [f"regrow_feedback_labelled_rows_total{{{ids}}} {self.graded[0]}",
+                  f"regrow_feedback_correct_rows_total{{{ids}}} {self.graded[1]}"]  # fmt: skip
         return ("\n".join(lines) + "\n").encode()
 
 
@@ -109,6 +113,8 @@ class Kubelet:
                 pod.codes[500 if self.rng.random() < how.errors else 200] += 1
                 pod.latency[next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if how.seconds <= b)] += 1
                 pod.predicted[int(self.rng.choice(len(CLASSES), p=how.predictions))] += 1
+                pod.graded[0] += 1
+                pod.graded[1] += int(self.rng.random() < how.accuracy)
                 self.served[pod.version] = self.served.get(pod.version, 0) + 1
 
     def prober(self, ip: str, model: str) -> Obj | None:
@@ -147,8 +153,8 @@ class Kubelet:
 def _canary(**rollout: Any) -> dict[str, Any]:
     md = _with(_example("ModelDeployment"), "spec.replicas", {"min": 3, "max": 6})
     steps = rollout.pop("steps", [{"weight": 25, "minRequests": 60}, {"weight": 50, "minRequests": 60}])
-    return _with(md, "spec.rollout", {"strategy": "Canary", "steps": steps,
-                                      "analysis": {"maxP99Seconds": "0.05"}, **rollout})  # fmt: skip
+    analysis = rollout.pop("analysis", {"maxP99Seconds": "0.05"})
+    return _with(md, "spec.rollout", {"strategy": "Canary", "steps": steps, "analysis": analysis, **rollout})
 
 
 def _md(api: client.ApiClient, namespace: str) -> dict[str, Any]:
@@ -258,6 +264,21 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
     assert ended in metrics and "regrow_rollout_step{" not in metrics  # counted; none running
     warnings = [e for e in events_for(api, namespace, "iris") if e[:2] == ("Warning", "RolledBack")]
     assert len(warnings) == 1 and "errorShare" in warnings[0][2]
+
+
+def test_a_candidate_that_its_labels_grade_worse_is_rolled_back(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour(accuracy=0.6)})
+    analysis = {"maxQualityDrop": "0.1", "minLabels": 40}
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _canary(analysis=analysis))
+        _serving_v1(api, namespace)
+        kubelet.alias = "v2"
+        md = _outcome(api, namespace, "RolledBack", set())
+    gates = {g["name"]: g for g in md["status"]["rollout"]["gates"]}
+    assert gates["qualityDrop"]["passed"] is False and float(gates["qualityDrop"]["value"]) > 0.2
+    assert gates["errorShare"]["passed"] is True and "qualityDrop" in md["status"]["rollout"]["message"]
 
 
 def test_a_manual_canary_waits_after_its_last_step_for_regrow_promote(

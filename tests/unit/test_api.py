@@ -184,3 +184,11 @@ def test_parse_duration(text: str, seconds: int) -> None:
 def test_parse_duration_rejects_other_forms(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+def test_a_quality_gate_needs_a_prediction_log_whose_ids_clients_can_label() -> None:
+    canary = {"strategy": "Canary", "steps": [{"weight": 20, "pause": "1m"}], "analysis": {"maxQualityDrop": "0.05"}}
+    md = _with(_example("ModelDeployment"), "spec.rollout", canary)
+    assert isinstance(validate_object(md), ModelDeploymentSpec)  # the example logs predictions
+    with pytest.raises(InvalidSpec, match="maxQualityDrop grades predictions by their labels"):
+        validate_object(_with(md, "spec.predictionLog", {"samplePercent": 0}))

@@ -68,7 +68,11 @@ def _metrics(version: str, codes: dict[int, int], latencies: list[float], predic
 def test_a_pods_counters_are_read_for_one_version_without_shed_requests() -> None:
     text = _metrics("v2", {200: 90, 400: 5, 429: 40, 500: 3, 503: 2}, [0.001] * 90 + [0.3] * 10, {"setosa": 7})
     text += _metrics("v1", {200: 1000}, [0.001] * 1000, {"setosa": 1000})  # another version in the same pod
+    text += 'regrow_feedback_labelled_rows_total{model="iris",version="v2"} 30.0\n'
+    text += 'regrow_feedback_correct_rows_total{model="iris",version="v2"} 27.0\n'
+    text += 'regrow_feedback_labelled_rows_total{model="iris",version="v1"} 99.0\n'
     vector = canary.read_version(text, "iris", "v2", CLASSES)
+    assert vector[canary.LABELLED] == 30 and vector[canary.GRADED] == 27
     assert vector[canary.ANSWERED] == 100 and vector[canary.ERRORS] == 5  # 429s are neither
     buckets = vector[canary.BUCKETS : canary.BUCKETS + canary.LATENCY]
     assert buckets[-1] == 100 and buckets[LATENCY_BUCKETS.index(0.001)] == 90
@@ -119,9 +123,30 @@ def test_divergence_is_zero_for_the_same_predictions_and_one_for_disjoint_or_inc
     assert 0.2 < swapped < 0.4
 
 
-def _vector(answered: int, errors: int, latency: float, predictions: list[int]) -> np.ndarray:
+def _vector(
+    answered: int, errors: int, latency: float, predictions: list[int], labelled: int = 0, graded: int = 0
+) -> np.ndarray:
     buckets = [answered if latency <= b else 0 for b in (*LATENCY_BUCKETS, math.inf)]
-    return np.array([answered, errors, *buckets, *predictions], dtype=np.int64)
+    return np.array([answered, errors, labelled, graded, *buckets, *predictions], dtype=np.int64)
+
+
+def test_live_quality_is_compared_once_both_versions_have_enough_labels() -> None:
+    analysis = CanaryAnalysis(max_prediction_divergence=None, max_quality_drop="0.05", min_labels=50)
+    classes = canary.Predictions(CLASSES, CLASSES)
+
+    def drop(mine: tuple[int, int], theirs: tuple[int, int], predictions: canary.Predictions = classes) -> GateStatus:
+        candidate, stable = _vector(100, 0, 0, [0, 0, 0], *mine), _vector(100, 0, 0, [0, 0, 0], *theirs)
+        return canary.gates(analysis, candidate, stable, predictions)[-1]
+
+    assert drop((60, 57), (200, 180)) == GateStatus(name="qualityDrop", threshold="0.05", value="-0.05", passed=True)
+    assert drop((60, 45), (200, 180)).passed is False  # 75% right where the stable version gets 90%
+    assert drop((49, 49), (200, 180)).value is None  # too few labels yet
+    regressor = prediction_profile(np.linspace(0, 10, 100), [])
+    by_error = canary.Predictions(regressor, regressor)
+    mae = 1_000_000  # absolute errors are read in millionths
+    assert drop((100, 110 * mae), (100, 100 * mae), by_error).value == "0.1"  # its mean error 10% higher
+    assert drop((100, 0), (100, 0), by_error).value == "0"
+    assert drop((100, 5), (100, 0), by_error).value == "+Inf"
 
 
 def test_the_gates_measure_what_the_analysis_sets_and_wait_for_evidence() -> None:

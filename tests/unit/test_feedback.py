@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from regrow.serving.feedback import MAX_AGE_SECONDS, MAX_ITEMS, Rejected, Signer, check_label, parse_feedback
+from regrow.serving.feedback import (
+    MAX_AGE_SECONDS,
+    MAX_ITEMS,
+    FeedbackCounts,
+    Rejected,
+    Signer,
+    check_label,
+    parse_feedback,
+)
 from regrow.serving.predlog import PredictionLog
 from tests.helpers import HangingStore
 
@@ -185,3 +193,24 @@ def test_predictions_cannot_crowd_out_feedback() -> None:
     store.released.set()
     log.close()
     assert log.counts[("feedback", "written")] == 50
+
+
+def test_an_id_carries_its_predictions_when_short_and_labels_grade_them_per_version() -> None:
+    short = SIGNER.issue("v2", 2, NOW, ["setosa", "virginica"])
+    assert SIGNER.verify(short, NOW).predicted == ("setosa", "virginica")
+    assert SIGNER.verify(SIGNER.issue("v2", 17, NOW, ["setosa"] * 17), NOW).predicted is None  # too many rows
+    assert SIGNER.verify(SIGNER.issue("v2", 1, NOW, ["x" * 600]), NOW).predicted is None  # too long an id
+    assert SIGNER.verify(issued(), NOW).predicted is None  # an id made without them still verifies
+    counts = FeedbackCounts("iris", classifier=True)
+    for item in parse_feedback({"feedback": [{"id": short, "label": ["setosa", "versicolor"]},
+                                             {"id": issued(), "label": "setosa"}]}, SIGNER, SPECIES, NOW):  # fmt: skip
+        counts.grade(item)
+    assert (counts.labelled, dict(counts.graded)) == ({"v2": 2}, {"v2": 1})  # one of two right; one not graded
+    regressor = FeedbackCounts("house", classifier=False)
+    for label, predicted in ((3.0, 2.5), (1.0, 2.0)):
+        regressor.grade(*parse_feedback({"id": SIGNER.issue("r1", 1, NOW, [predicted]), "label": label}, SIGNER,
+                                        None, NOW))  # fmt: skip
+    regressor.grade(*parse_feedback({"id": SIGNER.issue("r1", 1, NOW, [[1.0, 2.0]]), "label": 1.0}, SIGNER, None, NOW))
+    assert (regressor.labelled, dict(regressor.graded)) == ({"r1": 2}, {"r1": 1.5})  # two outputs: not graded
+    text = "".join(f"{s.name} {s.labels} {s.value}\n" for f in counts.collect() for s in f.samples)
+    assert "regrow_feedback_correct_rows_total {'model': 'iris', 'version': 'v2'} 1" in text

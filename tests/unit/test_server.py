@@ -518,6 +518,9 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
         f'regrow_feedback_total{{model="iris",outcome="rejected",reason="bad_request",version="{version}"}} 1.0'
         in metrics
     )
+    right = sum(p == t for p, t in zip(records[0]["outputs"], ["setosa", "virginica", "versicolor"], strict=True))
+    assert f'regrow_feedback_labelled_rows_total{{model="iris",version="{version}"}} 9.0' in metrics  # graded
+    assert f'regrow_feedback_correct_rows_total{{model="iris",version="{version}"}} {3 * right}.0' in metrics
 
 
 def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:

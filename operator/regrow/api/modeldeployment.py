@@ -103,6 +103,15 @@ class CanaryAnalysis(ApiModel):
         "predictions and the stable version's over the step. A retrain after drift is meant to predict "
         "differently; this catches the absurd, not the new.",
     )
+    max_quality_drop: FractionString | None = Field(
+        default=None,
+        description="Live quality from feedback, for a prediction log whose ids clients label: how much worse "
+        "the candidate may do than the stable version on the labels of the step's predictions (accuracy lost, or "
+        "for a regressor the mean absolute error's relative increase). Unset: not gated.",
+    )
+    min_labels: int = Field(
+        default=50, ge=1, le=1_000_000, description="Labelled rows each version needs before quality is compared."
+    )
 
 
 class RolloutSpec(ApiModel):
@@ -181,6 +190,15 @@ class ModelDeploymentSpec(ApiModel):
         """Whether its pods log predictions (and so take feedback, signed with the deployment's key)."""
         return self.prediction_log is not None and self.prediction_log.sample_percent > 0
 
+    @model_validator(mode="after")
+    def _labels_can_arrive(self) -> ModelDeploymentSpec:
+        if self.rollout.analysis.max_quality_drop is not None and not self.logs_predictions:
+            raise ValueError(
+                "rollout.analysis.maxQualityDrop grades predictions by their labels, which clients post for the "
+                "ids of logged predictions: set predictionLog.samplePercent above 0"
+            )
+        return self
+
 
 class ServingModelStatus(ApiModel):
     uri: str
@@ -190,7 +208,7 @@ class ServingModelStatus(ApiModel):
 class GateStatus(ApiModel):
     """One gate of the analysis as last measured at the current step."""
 
-    name: Literal["errorShare", "p99Seconds", "predictionDivergence"]
+    name: Literal["errorShare", "p99Seconds", "predictionDivergence", "qualityDrop"]
     threshold: str
     value: str | None = Field(default=None, description="Unset: not measurable yet.")
     passed: bool | None = None

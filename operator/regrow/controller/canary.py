@@ -45,8 +45,11 @@ from regrow.drift.stats import jensen_shannon
 from regrow.drift.window import Vector
 from regrow.telemetry import LATENCY_BUCKETS, SHED
 
-ANSWERED, ERRORS, BUCKETS = 0, 1, 2  # a version's flat vector: answered, 5xx, cumulative latency buckets, then
-LATENCY = len(LATENCY_BUCKETS) + 1  # its predictions in its profile's bins
+# A version's flat vector: requests answered and 5xx, rows a label graded and the grade (rows right, or the
+# absolute errors summed in millionths), the cumulative latency buckets, then its predictions in its bins.
+ANSWERED, ERRORS, LABELLED, GRADED, BUCKETS = 0, 1, 2, 3, 4
+LATENCY = len(LATENCY_BUCKETS) + 1
+MICRO = 1_000_000
 MIN_PREDICTIONS = 50  # rows each version predicted at the step before their predictions are compared
 
 
@@ -70,7 +73,8 @@ def size(prediction: FeatureProfile | None) -> int:
 
 def read_version(text: str, model: str, version: str, prediction: FeatureProfile | None) -> Vector:
     """One pod's counters of ``model``/``version`` as a flat vector (see ANSWERED): 429s from load shedding
-    are left out, 4xx count as answered, 5xx as answered and errors."""
+    are left out, 4xx count as answered, 5xx as answered and errors. Any pod may grade a version's
+    predictions (a label reaches whichever pod the Service picks), so every pod is read for each version."""
     out = np.zeros(size(prediction), dtype=np.int64)
     bounds = {float(b): i for i, b in enumerate((*LATENCY_BUCKETS, math.inf))}
     bins = {label: i for i, label in enumerate(prediction.labels)} if prediction else {}
@@ -88,6 +92,12 @@ def read_version(text: str, model: str, version: str, prediction: FeatureProfile
                 where = bounds.get(float(labels.get("le", "nan")))
                 if where is not None:
                     out[BUCKETS + where] = round(sample.value)
+            elif sample.name == "regrow_feedback_labelled_rows_total":
+                out[LABELLED] += round(sample.value)
+            elif sample.name == "regrow_feedback_correct_rows_total":
+                out[GRADED] += round(sample.value)
+            elif sample.name == "regrow_feedback_absolute_error_total":
+                out[GRADED] += round(sample.value * MICRO)
             elif sample.name == "regrow_feature_bin_total" and labels.get("feature") == PREDICTION:
                 where = bins.get(labels.get("bin", ""))
                 if where is not None:
@@ -159,7 +169,7 @@ def _fmt(value: float) -> str:
     return "+Inf" if math.isinf(value) else f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def _gate(name: Literal["errorShare", "p99Seconds", "predictionDivergence"], threshold: str,
+def _gate(name: Literal["errorShare", "p99Seconds", "predictionDivergence", "qualityDrop"], threshold: str,
           value: float | None) -> GateStatus:  # fmt: skip
     if value is None:
         return GateStatus(name=name, threshold=threshold)
@@ -192,7 +202,24 @@ def gates(analysis: CanaryAnalysis, candidate: Vector, stable: Vector, predictio
             else None
         )
         out.append(_gate("predictionDivergence", analysis.max_prediction_divergence, value))
+    if analysis.max_quality_drop is not None:
+        classifier = predictions.stable is not None and bool(predictions.stable.categories)
+        drop = quality_drop(candidate, stable, classifier) if min(candidate[LABELLED], stable[LABELLED]) >= (
+            analysis.min_labels
+        ) else None  # fmt: skip
+        out.append(_gate("qualityDrop", analysis.max_quality_drop, drop))
     return out
+
+
+def quality_drop(candidate: Vector, stable: Vector, classifier: bool) -> float:
+    """How much worse the candidate did on the labels than the stable version at this step: accuracy lost (a
+    classifier's), or the mean absolute error's relative increase (a regressor's); negative when better."""
+    mine, theirs = candidate[GRADED] / candidate[LABELLED], stable[GRADED] / stable[LABELLED]
+    if classifier:
+        return float(theirs - mine)
+    if theirs == 0:
+        return 0.0 if mine == 0 else math.inf
+    return float((mine - theirs) / theirs)
 
 
 @dataclass(frozen=True)

@@ -400,20 +400,22 @@ def _current(canary_live: Obj, running: RolloutStatus | None) -> bool:
 
 def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running: RolloutStatus,
              canary_pods: list[Obj]) -> tuple[int, list[GateStatus]]:  # fmt: skip
-    """The candidate's requests at the running step and its gates, from both tracks' pods' counters."""
+    """The candidate's requests at the running step and its gates, from the counters of both tracks' pods, each
+    version's read from every pod (its requests come from its own pods, its labels from any)."""
     model = spec.model.name
     counts = serving.memory.steps.get(owner.uid)
     if counts is None or (counts.candidate, counts.step) != (running.candidate, running.step):
         counts = serving.memory.steps[owner.uid] = canary.StepCounts(running.candidate, running.step)
     stable_pods = serving_pods(serving.api, owner.namespace, owner.name)
+    ready = {track: [p for p in pods if pod_ready(p) and p["status"].get("podIP")]
+             for track, pods in (("candidate", canary_pods), ("stable", stable_pods))}  # fmt: skip
+    texts = {
+        p["metadata"]["name"]: serving.fetch(metrics_address(p), "/metrics")
+        for p in [*ready["candidate"], *ready["stable"]]
+    }
     totals, bins = {}, {}
-    for track, version, pods in (
-        ("candidate", running.candidate, canary_pods),
-        ("stable", running.stable, stable_pods),
-    ):
-        ready = [p for p in pods if pod_ready(p) and p["status"].get("podIP")]
-        bins[track] = _prediction(owner, model, version, ready, serving)
-        texts = {p["metadata"]["name"]: serving.fetch(metrics_address(p), "/metrics") for p in ready}
+    for track, version in (("candidate", running.candidate), ("stable", running.stable)):
+        bins[track] = _prediction(owner, model, version, ready[track], serving)
         vectors = {n: canary.read_version(t.decode(), model, version, bins[track]) for n, t in texts.items() if t}
         total = counts.tracks.setdefault(track, canary.Track()).add(vectors)
         totals[track] = np.zeros(canary.size(bins[track]), dtype=np.int64) if total is None else total

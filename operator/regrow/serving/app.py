@@ -64,7 +64,7 @@ class State:
     def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
         self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins, self.lag)
         if predictions is not None:
-            self.feedback = FeedbackCounts(model.name)
+            self.feedback = FeedbackCounts(model.name, classifier=model.task == "classification")
             self.metrics.registry.register(predictions)
             self.metrics.registry.register(self.feedback)
         self.predictions = predictions
@@ -230,8 +230,8 @@ class App:
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
             predicted = prediction.outputs
             if state.predictions is not None and state.predictions.sampled():
-                issued = log_prediction(state.predictions, state.signer.issue(model.version, len(x), time.time()),
-                                        x, prediction)  # fmt: skip
+                token = state.signer.issue(model.version, len(x), time.time(), v1_predictions(prediction))
+                issued = log_prediction(state.predictions, token, x, prediction)
                 if protocol == "v2":
                     response["parameters"] = {"prediction_id": issued}
                 else:
@@ -263,6 +263,7 @@ class App:
             raise BadRequest("the feedback queue is full: send the request again later", 503)
         for item in items:
             counts.add(item.claims.version, "accepted", "ok")
+            counts.grade(item)
         return json_response(202, {"accepted": len(items)})
 
 
