@@ -146,8 +146,12 @@ def _decide(args: argparse.Namespace) -> int:
         print(f"regrow {args.command}: ModelDeployment {args.deployment} has no canary running", file=sys.stderr)
         return 1
     action = "Promote" if args.command == "promote" else "Rollback"
-    decision = Decision(action=action, candidate=rollout["candidate"], started=rollout["started"],
-                        actor=args.actor or user, reason=args.reason, time=now())  # fmt: skip
+    try:
+        decision = Decision(action=action, candidate=rollout["candidate"], started=rollout["started"],
+                            actor=args.actor or user, reason=args.reason, time=now())  # fmt: skip
+    except ValueError as error:  # pydantic's ValidationError: an empty actor, a reason over 1,024 characters
+        print(f"regrow {args.command}: {error}", file=sys.stderr)
+        return 2
     kube.patch(where, {"metadata": {"annotations": {DECISION_ANNOTATION: decision.model_dump_json(by_alias=True)}}})
     verb = "Promoting" if action == "Promote" else "Rolling back"
     print(f"{verb} version {rollout['candidate']} of ModelDeployment {args.deployment}")

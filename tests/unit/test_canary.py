@@ -3,6 +3,7 @@ judged, and the rollout's moves from one reconcile to the next."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -315,6 +316,8 @@ def test_a_manual_rollout_waits_after_its_last_step_for_a_persons_decision() -> 
     assert back.rollout is not None and back.rollout.outcome == "RolledBack" and back.restore == ("v2", "v1")
     assert back.rollout.message == "rolled back by bo"
     assert canary.decision({canary.DECISION_ANNOTATION: "{not json"}, running) is None
+    oversized = json.loads(promote.model_dump_json(by_alias=True)) | {"reason": "x" * 2000}
+    assert canary.decision({canary.DECISION_ANNOTATION: json.dumps(oversized)}, running) is None  # not into status
 
 
 def test_the_alias_moving_mid_canary_ends_it_or_replaces_the_candidate() -> None:

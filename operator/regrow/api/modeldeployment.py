@@ -228,8 +228,8 @@ class RolloutDecision(ApiModel):
     """A person's `regrow promote` or `regrow rollback`: who they said they are, and why."""
 
     action: Literal["Promote", "Rollback"]
-    actor: str
-    reason: str = ""
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
     time: Time
 
 
