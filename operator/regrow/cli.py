@@ -141,6 +141,8 @@ def _decide(args: argparse.Namespace) -> int:
     if md is None:
         print(f"regrow {args.command}: ModelDeployment {args.deployment} not found", file=sys.stderr)
         return 1
+    if getattr(args, "version", None):
+        return _retry(args, kube, where, md, user)
     rollout = (md.get("status") or {}).get("rollout") or {}
     if not rollout or rollout.get("outcome"):
         print(f"regrow {args.command}: ModelDeployment {args.deployment} has no canary running", file=sys.stderr)
@@ -174,9 +176,28 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore_alias(args: argparse.Namespace) -> int:
-    """Move an alias back from a rolled-back version, only if it still points there (the Job a canary's
-    rollback runs: the operator holds no store credentials)."""
+def _retry(args: argparse.Namespace, kube: Any, where: str, md: dict[str, Any], user: str) -> int:
+    """`regrow promote <md> --version <v>`: try a version that a canary rolled back again."""
+    from regrow.api.modeldeployment import RetryRequest  # noqa: PLC0415
+    from regrow.clock import now  # noqa: PLC0415
+    from regrow.controller.canary import RETRY_ANNOTATION  # noqa: PLC0415
+
+    if args.version not in ((md.get("status") or {}).get("rejectedVersions") or []):
+        print(f"regrow promote: version {args.version} of {args.deployment} was not rolled back", file=sys.stderr)
+        return 1
+    try:
+        request = RetryRequest(version=args.version, actor=args.actor or user, reason=args.reason, time=now())
+    except ValueError as error:  # pydantic's ValidationError
+        print(f"regrow promote: {error}", file=sys.stderr)
+        return 2
+    kube.patch(where, {"metadata": {"annotations": {RETRY_ANNOTATION: request.model_dump_json(by_alias=True)}}})
+    print(f"Trying version {args.version} of ModelDeployment {args.deployment} again")
+    return 0
+
+
+def _move_alias(args: argparse.Namespace) -> int:
+    """Move an alias from one version to another, only if it still points at the first (the Job a canary's
+    rollback or a person's retry runs: the operator holds no store credentials)."""
     from regrow.storage import open_store  # noqa: PLC0415
     from regrow.storage.registry import AliasMoved, Registry  # noqa: PLC0415
 
@@ -186,7 +207,7 @@ def _restore_alias(args: argparse.Namespace) -> int:
     except AliasMoved:
         print(f"Left {args.alias} of {args.model} alone: it no longer points at {args.from_version}")
         return 0
-    print(f"Moved {args.alias} of {args.model} back from {args.from_version} to {args.to}")
+    print(f"Moved {args.alias} of {args.model} from {args.from_version} to {args.to}")
     return 0
 
 
@@ -353,6 +374,8 @@ def _add_cluster_commands(commands: Any) -> None:
         decide.add_argument("deployment", help="the ModelDeployment's name")
         decide.add_argument("--reason", default="", help="why, recorded in the ModelDeployment's status")
         decide.add_argument("--as", dest="actor", help="who decides (recorded); default: the kubeconfig's user")
+        if verb == "promote":
+            decide.add_argument("--version", help="try this version, which a canary rolled back, again")
         _add_kubeconfig(decide)
         decide.set_defaults(func=_decide)
 
@@ -384,17 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve(commands)
 
-    restore = commands.add_parser(
-        "restore-alias", help="move an alias back from a rolled-back version, if it still points there"
-    )
+    restore = commands.add_parser("move-alias", help="move an alias to a version, if it still points at another")
     restore.add_argument("--registry", required=True)
     restore.add_argument("--model", required=True)
     restore.add_argument("--alias", required=True)
-    restore.add_argument("--from", dest="from_version", required=True, help="the rolled-back version")
-    restore.add_argument("--to", required=True, help="the version the alias returns to")
+    restore.add_argument("--from", dest="from_version", required=True, help="the version it must point at now")
+    restore.add_argument("--to", required=True, help="the version it is to point at")
     restore.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     restore.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
-    restore.set_defaults(func=_restore_alias)
+    restore.set_defaults(func=_move_alias)
 
     _add_cluster_commands(commands)
 

@@ -194,13 +194,15 @@ def _progressing(api: client.ApiClient, namespace: str, reason: str) -> dict[str
     return wait_for(probe, 120, f"Progressing {reason}")
 
 
-def _outcome(api: client.ApiClient, namespace: str, outcome: str, weights: set[int]) -> dict[str, Any]:
+def _outcome(api: client.ApiClient, namespace: str, outcome: str, weights: set[int], since: str = "") -> dict[str, Any]:
+    """The ModelDeployment once a canary started after ``since`` ends with ``outcome``."""
+
     def probe() -> dict[str, Any] | None:
         md = _md(api, namespace)
         rollout = (md.get("status") or {}).get("rollout") or {}
         if rollout and not rollout.get("outcome"):
             weights.add(rollout["weight"])
-        return md if rollout.get("outcome") == outcome else None
+        return md if rollout.get("outcome") == outcome and rollout.get("started", "") > since else None
 
     return wait_for(probe, 120, f"the rollout's outcome {outcome}")
 
@@ -239,13 +241,21 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
         md = _outcome(api, namespace, "RolledBack", set())
         wait_for(lambda: _deployment(api, namespace, "iris-canary")["spec"]["replicas"] == 0, 30, "no canary pods")
         served_then = dict(kubelet.served)
-        jobs = Kube(api).list(path("batch/v1", "jobs", namespace), "app.kubernetes.io/component=restore")
+        jobs = _alias_jobs(api, namespace)
         kubelet.alias = "v1"  # what the Job does, had a kubelet run it
         time.sleep(6)  # another reconcile or two: nothing starts again
         after = _md(api, namespace)
         stable = _deployment(api, namespace, "iris-predictor")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
+
+        retry = ["promote", "iris", "--namespace", namespace, "--as", "ana", "--reason", "fixed the features"]
+        assert main([*retry, "--version", "v9"]) == 1  # never rolled back
+        assert main([*retry, "--version", "v2"]) == 0
+        forward = wait_for(lambda: [j for j in _alias_jobs(api, namespace) if "--to=v2" in _args(j)], 30, "a Job")
+        retried = wait_for(lambda: (_md(api, namespace).get("status") or {}).get("lastRetry"), 30, "the retry taken")
+        kubelet.alias = "v2"  # the Job moved it
+        again = _outcome(api, namespace, "RolledBack", set(), since=_rollout_of(md)["started"])
     rollout = md["status"]["rollout"]
     assert rollout["step"] == 1 and rollout["candidate"] == "v2"
     gates = {g["name"]: g for g in rollout["gates"]}
@@ -255,15 +265,31 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
     share = served_then["v2"] / sum(served_then.values())
     assert share < 0.25 + 0.10  # it answered no more than its step's weight and 10 points
     (job,) = jobs
-    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[0] == "restore-alias" and "--from=v2" in args and "--to=v1" in args and "--alias=champion" in args
+    args = _args(job)
+    assert args[0] == "move-alias" and "--from=v2" in args and "--to=v1" in args and "--alias=champion" in args
     assert "regrow.dev/modeldeployment" not in job["spec"]["template"]["metadata"]["labels"]  # never behind the Service
     assert after["status"]["rollout"] == rollout
     assert condition(after, "Progressing")["reason"] == "RolledBack"  # type: ignore[index]
     ended = f'regrow_rollouts_total{{deployment="iris",namespace="{namespace}",outcome="RolledBack"}} 1.0'
     assert ended in metrics and "regrow_rollout_step{" not in metrics  # counted; none running
     warnings = [e for e in events_for(api, namespace, "iris") if e[:2] == ("Warning", "RolledBack")]
-    assert len(warnings) == 1 and "errorShare" in warnings[0][2]
+    assert len(warnings) >= 1 and "errorShare" in warnings[0][2]
+    # tried again when a person asked: the alias moved on by a Job, a canary, and a second rollback of its own
+    assert "--from=v1" in _args(forward[0]) and (retried["version"], retried["actor"]) == ("v2", "ana")
+    assert again["status"]["rejectedVersions"] == ["v2"] and again["status"]["rollbacks"] == 2
+    assert len([j for j in _alias_jobs(api, namespace) if "--to=v1" in _args(j)]) == 2  # one per rollback
+
+
+def _alias_jobs(api: client.ApiClient, namespace: str) -> list[Obj]:
+    return Kube(api).list(path("batch/v1", "jobs", namespace), "app.kubernetes.io/component=alias")
+
+
+def _args(job: Obj) -> list[str]:
+    return list(job["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def _rollout_of(md: dict[str, Any]) -> dict[str, Any]:
+    return dict(md["status"]["rollout"])
 
 
 def test_a_candidate_that_its_labels_grade_worse_is_rolled_back(

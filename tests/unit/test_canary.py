@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from regrow.api.modeldeployment import CanaryAnalysis, CanaryStep, GateStatus, RolloutSpec, RolloutStatus
+from regrow.api.modeldeployment import (
+    CanaryAnalysis,
+    CanaryStep,
+    GateStatus,
+    RetryRequest,
+    RolloutSpec,
+    RolloutStatus,
+)
 from regrow.controller import canary
 from regrow.controller.canary import Plan, Seen
 from regrow.controller.kube import Obj
@@ -377,3 +384,14 @@ def test_finished_canaries_are_tallied_once() -> None:
     assert canary.tally(rolled, {"promotions": 2}) == {"promotions": 2, "rollbacks": 1}
     after = canary.plan(SPEC, 10, rolled.rollout, rolled.rejected, _seen())
     assert canary.tally(after, {"promotions": 2, "rollbacks": 1}) == {"promotions": 2, "rollbacks": 1}
+
+
+def test_a_retry_is_taken_once_per_request() -> None:
+    request = RetryRequest(version="v2", actor="ana", reason="fixed", time="2026-12-01T12:05:00Z")
+    annotations = {canary.RETRY_ANNOTATION: request.model_dump_json(by_alias=True)}
+    assert canary.retry(annotations, None) == request
+    assert canary.retry(annotations, request.to_wire()) is None  # taken already: a later rollback holds
+    newer = request.model_copy(update={"time": "2026-12-01T13:00:00Z"})
+    assert canary.retry({canary.RETRY_ANNOTATION: newer.model_dump_json(by_alias=True)}, request.to_wire()) == newer
+    assert canary.retry({canary.RETRY_ANNOTATION: '{"version": "V2!"}'}, None) is None
+    assert canary.retry({}, None) is None

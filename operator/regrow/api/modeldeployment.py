@@ -233,6 +233,15 @@ class RolloutDecision(ApiModel):
     time: Time
 
 
+class RetryRequest(ApiModel):
+    """`regrow promote <md> --version <v>`: try a version a canary rolled back again."""
+
+    version: Version
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+    time: Time
+
+
 class RolloutStatus(ApiModel):
     """The latest canary: where it stands, or how it ended."""
 
@@ -267,3 +276,4 @@ class ModelDeploymentStatus(ApiModel):
         default_factory=list, max_length=20,
         description="Versions a canary rolled back: not tried again until `regrow promote --version` asks.",
     )  # fmt: skip
+    last_retry: RetryRequest | None = Field(default=None, description="The last `regrow promote --version` taken.")

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,7 @@ from regrow.api.modeldeployment import (
     CanaryAnalysis,
     CanaryStep,
     GateStatus,
+    RetryRequest,
     RolloutDecision,
     RolloutSpec,
     RolloutStatus,
@@ -293,6 +294,8 @@ class Memory:
 
 
 DECISION_ANNOTATION = f"{GROUP}/rollout-decision"  # set by `regrow promote` and `regrow rollback`
+RETRY_ANNOTATION = f"{GROUP}/retry"  # set by `regrow promote --version`
+Read = TypeVar("Read", bound=pydantic.BaseModel)
 KEEP_REJECTED = 20
 
 
@@ -304,18 +307,29 @@ class Decision(RolloutDecision):
     started: str
 
 
-def decision(annotations: dict[str, str], rollout: RolloutStatus | None) -> Decision | None:
-    """The person's decision on ``rollout``, if the annotation holds one (any other is ignored)."""
-    raw = annotations.get(DECISION_ANNOTATION)
+def _annotation(annotations: dict[str, str], key: str, model: type[Read]) -> Read | None:
+    """The annotation ``key`` read as ``model`` (None: absent, or not one)."""
+    raw = annotations.get(key)
     if not raw:
         return None
     try:
-        found = Decision.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except pydantic.ValidationError:
         return None
-    if rollout is None or (found.candidate, found.started) != (rollout.candidate, rollout.started):
+
+
+def decision(annotations: dict[str, str], rollout: RolloutStatus | None) -> Decision | None:
+    """The person's decision on ``rollout``, if the annotation holds one (any other is ignored)."""
+    found = _annotation(annotations, DECISION_ANNOTATION, Decision)
+    if found is None or rollout is None or (found.candidate, found.started) != (rollout.candidate, rollout.started):
         return None
     return found
+
+
+def retry(annotations: dict[str, str], last: dict[str, Any] | None) -> RetryRequest | None:
+    """A person's request to try a rolled-back version again, if the annotation holds one not yet taken."""
+    found = _annotation(annotations, RETRY_ANNOTATION, RetryRequest)
+    return None if found is None or (last is not None and found == RetryRequest.model_validate(last)) else found
 
 
 @dataclass(frozen=True)
@@ -341,6 +355,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     restore: tuple[str, str] | None = None  # (candidate, stable): move the alias back, if it is still there
     ended: bool = False  # the rollout reached its outcome now
+    retried: RetryRequest | None = None  # a request to try a rolled-back version again, taken now
 
 
 def tally(plan: Plan, recorded: dict[str, int]) -> dict[str, int]:

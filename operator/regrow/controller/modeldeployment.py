@@ -9,6 +9,7 @@ rolls (``maxUnavailable: 0``). ``status.model`` names a version only once every 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 from regrow import API_VERSION
 from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec, parse_duration
-from regrow.api.modeldeployment import GateStatus, RolloutStatus
+from regrow.api.modeldeployment import GateStatus, RetryRequest, RolloutStatus
 from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
@@ -35,12 +36,12 @@ from regrow.manifests.serving import (
     FEEDBACK_ENV,
     PORT,
     VERSION_ANNOTATION,
+    alias_job,
     autoscaler,
     deployment,
     disruption_budget,
     feedback_key,
     metrics_address,
-    restore_job,
     selector,
     service,
 )
@@ -317,6 +318,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         url=f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
         rollout=moves.rollout.to_wire() if moves.rollout else None,
         rejectedVersions=moves.rejected or None,
+        lastRetry=moves.retried.to_wire() if moves.retried else previous_status.get("lastRetry"),
         **canary.tally(moves, previous_status),
     )
     if version:
@@ -341,7 +343,12 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
     canary_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(CANARY)))
     if spec.rollout.strategy == "Canary":
         seen = _seen(body, spec, serving, (live, canary_live), pinned, target, reports)
+        retried = canary.retry(body["metadata"].get("annotations") or {}, recorded.get("lastRetry"))
+        if retried is not None:  # a person asks: no longer rejected, and the alias goes there if it can
+            rejected = [v for v in rejected if v != retried.version]
         moves = canary.plan(spec.rollout, spec.replicas.max, last, rejected, seen)
+        if retried is not None:
+            moves = _retry(owner, spec, serving, moves, retried)
     else:
         ended = last is not None and last.outcome is None
         moves = canary.Plan(target, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"), rejected,
@@ -353,11 +360,26 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
         ensure(api, deployment(owner, spec, serving.defaults, version, canary_replicas=0))
     if moves.rollout is None or moves.rollout.outcome is not None:
         serving.memory.forget(owner.uid)
-    if moves.restore is not None and spec.model.alias:
-        job = restore_job(owner, spec, serving.defaults, *moves.restore)
+    if moves.restore is not None and spec.model.alias and moves.rollout is not None:
+        job = alias_job(owner, spec, serving.defaults, moves.restore, moves.rollout.started)
         with contextlib.suppress(Conflict):  # made once: its name is the candidate's
             api.create(path("batch/v1", "jobs", owner.namespace), job)
     return moves
+
+
+def _retry(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: canary.Plan,
+           retried: RetryRequest) -> canary.Plan:  # fmt: skip
+    """Take a person's `regrow promote --version`: the alias moves from the stable version to the one to try
+    again (by a Job, if the alias still points at the stable version), and its canary starts from there."""
+    message = f"{retried.actor} asked to try version {retried.version} again" + (
+        f": {retried.reason}" if retried.reason else ""
+    )  # fmt: skip
+    if spec.model.alias and moves.stable and moves.stable != retried.version:
+        job = alias_job(owner, spec, serving.defaults, (moves.stable, retried.version), retried.time)
+        with contextlib.suppress(Conflict):
+            serving.api.create(path("batch/v1", "jobs", owner.namespace), job)
+    event = Event("Normal", "Retrying", message)
+    return dataclasses.replace(moves, events=[*moves.events, event], retried=retried)
 
 
 def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving, lives: tuple[Obj | None, Obj | None],

@@ -161,22 +161,25 @@ def deployment(
     }
 
 
-def restore_job(
-    owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, candidate: str, stable: str
+def alias_job(
+    owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, moves: tuple[str, str], nonce: str
 ) -> Manifest:
-    """The Job that moves the alias back from a rolled-back ``candidate`` to ``stable`` if it still points at
-    the candidate: it runs the runtime image with the store's credentials, which the operator never holds.
-    Its pods carry no ``modeldeployment`` label, so the Service never sends them requests."""
+    """The Job that moves the alias from ``moves[0]`` to ``moves[1]`` if it still points at the first (back
+    from a rolled-back candidate, or on to a version a person asks to try again): it runs the runtime image
+    with the store's credentials, which the operator never holds. One per move and ``nonce`` (the canary's
+    start, the request's time), so each is made once. Its pods carry no ``modeldeployment`` label, so the
+    Service never sends them requests."""
     assert spec.model.alias is not None
+    source, target = moves
     env, env_from = storage_env(spec.storage)
     volumes, mounts = storage_volumes(spec.storage, read_only=False)
-    component = f"restore-{hashlib.sha256(candidate.encode()).hexdigest()[:10]}"
-    labels = {k: v for k, v in owner.labels("restore").items() if k != f"{GROUP}/modeldeployment"}
-    args = ["restore-alias", f"--registry={spec.model.registry}", f"--model={spec.model.name}",
-            f"--alias={spec.model.alias}", f"--from={candidate}", f"--to={stable}"]  # fmt: skip
+    component = f"alias-{hashlib.sha256(f'{source}>{target}@{nonce}'.encode()).hexdigest()[:10]}"
+    labels = {k: v for k, v in owner.labels("alias").items() if k != f"{GROUP}/modeldeployment"}
+    args = ["move-alias", f"--registry={spec.model.registry}", f"--model={spec.model.name}",
+            f"--alias={spec.model.alias}", f"--from={source}", f"--to={target}"]  # fmt: skip
     endpoint = spec.storage.endpoint_url if spec.storage else None
     container = {
-        "name": "restore",
+        "name": "alias",
         "image": defaults.runtime,
         "imagePullPolicy": defaults.pull_policy,
         "args": args,
