@@ -264,7 +264,11 @@ class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = None
     conditions: Conditions
     model: ServingModelStatus | None = Field(default=None, description="The model every ready pod serves.")
-    desired_version: str | None = Field(default=None, description="The version the alias resolves to.")
+    desired_version: str | None = Field(
+        default=None,
+        description="The version the stable pods are to serve: where the alias resolves, once any canary of it has "
+        "passed (a running canary's candidate is in rollout.candidate).",
+    )
     replicas: int | None = None
     ready_replicas: int | None = None
     updated_replicas: int | None = None

@@ -9,9 +9,10 @@ reach it, and rolling back is scaling its Deployment to zero. A split inside the
 exact weights, but the candidate would share the stable pods' process and event loop.
 
 Each step is judged on the two versions' own counters (requests by code, the latency histogram, the
-predictions in their reference profile's bins), scraped from their pods at every reconcile and summed per
-pod since the step began, restarts counted as Prometheus counts counter resets (``History``). The counts
-are kept in memory: after an operator restart a step's measurement starts again, its clock does not.
+predictions in their reference profile's bins, the rows their labels graded), scraped from the pods at every
+reconcile and summed per pod since the step began, restarts counted as Prometheus counts counter resets
+(``Track``). The counts are kept in memory: after an operator restart a step's measurement starts again,
+its clock does not.
 """
 
 from __future__ import annotations
