@@ -242,6 +242,12 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
         wait_for(lambda: _deployment(api, namespace, "iris-canary")["spec"]["replicas"] == 0, 30, "no canary pods")
         served_then = dict(kubelet.served)
         jobs = _alias_jobs(api, namespace)
+        failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                  "lastProbeTime": "2026-12-01T12:00:00Z", "lastTransitionTime": "2026-12-01T12:00:00Z"}  # fmt: skip
+        client.BatchV1Api(api).patch_namespaced_job_status(
+            jobs[0]["metadata"]["name"], namespace, {"status": {"failed": 4, "conditions": [failed]}}
+        )  # as if the store refused every attempt
+        stuck = wait_for(lambda: "still points at v2" in _rollout_of(_md(api, namespace))["message"], 30, "told")
         kubelet.alias = "v1"  # what the Job does, had a kubelet run it
         time.sleep(6)  # another reconcile or two: nothing starts again
         after = _md(api, namespace)
@@ -268,12 +274,13 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
     args = _args(job)
     assert args[0] == "move-alias" and "--from=v2" in args and "--to=v1" in args and "--alias=champion" in args
     assert "regrow.dev/modeldeployment" not in job["spec"]["template"]["metadata"]["labels"]  # never behind the Service
-    assert after["status"]["rollout"] == rollout
+    assert after["status"]["rollout"] == {**rollout, "message": after["status"]["rollout"]["message"]}
     assert condition(after, "Progressing")["reason"] == "RolledBack"  # type: ignore[index]
     ended = f'regrow_rollouts_total{{deployment="iris",namespace="{namespace}",outcome="RolledBack"}} 1.0'
     assert ended in metrics and "regrow_rollout_step{" not in metrics  # counted; none running
     warnings = [e for e in events_for(api, namespace, "iris") if e[:2] == ("Warning", "RolledBack")]
     assert len(warnings) >= 1 and "errorShare" in warnings[0][2]
+    assert stuck and any(e[:2] == ("Warning", "AliasNotRestored") for e in events_for(api, namespace, "iris"))
     # tried again when a person asked: the alias moved on by a Job, a canary, and a second rollback of its own
     assert "--from=v1" in _args(forward[0]) and (retried["version"], retried["actor"]) == ("v2", "ana")
     assert again["status"]["rejectedVersions"] == ["v2"] and again["status"]["rollbacks"] == 2

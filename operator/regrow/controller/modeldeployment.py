@@ -61,6 +61,7 @@ STUCK = frozenset(
 )
 
 Prober = Callable[[str, str], Obj | None]
+NOT_RESTORED = "the alias still points at"
 PROMOTION_MARGIN_SECONDS = 30.0  # a TrainingJob's promotion leads the pods' own reading of the alias this long
 
 
@@ -362,9 +363,30 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
         serving.memory.forget(owner.uid)
     if moves.restore is not None and spec.model.alias and moves.rollout is not None:
         job = alias_job(owner, spec, serving.defaults, moves.restore, moves.rollout.started)
-        with contextlib.suppress(Conflict):  # made once: its name is the candidate's
+        with contextlib.suppress(Conflict):  # made once: its name is the move's and the canary's
             api.create(path("batch/v1", "jobs", owner.namespace), job)
-    return moves
+    return _restored(owner, spec, serving, moves, target)
+
+
+def _restored(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: canary.Plan,
+              target: str | None) -> canary.Plan:  # fmt: skip
+    """Say so, once, when the Job that was to move the alias back from a rolled-back candidate has failed
+    while the alias still points at it (the stable pods serve on; the alias needs a person)."""
+    rollout = moves.rollout
+    if not (spec.model.alias and rollout and rollout.outcome == "RolledBack" and target == rollout.candidate):
+        return moves
+    if NOT_RESTORED in rollout.message:
+        return moves
+    back = (rollout.candidate, rollout.stable)
+    name = alias_job(owner, spec, serving.defaults, back, rollout.started)["metadata"]["name"]
+    job = serving.api.get(path("batch/v1", "jobs", owner.namespace, name)) or {}
+    failed = conditions.find((job.get("status") or {}).get("conditions") or [], "Failed") or {}
+    if failed.get("status") != "True":
+        return moves
+    note = f"{NOT_RESTORED} {rollout.candidate}: Job {name} failed ({failed.get('reason', 'Failed')})"
+    update = {"message": f"{rollout.message}; {note}"}
+    event = Event("Warning", "AliasNotRestored", f"{note}; the stable pods serve {rollout.stable}")
+    return dataclasses.replace(moves, rollout=rollout.model_copy(update=update), events=[*moves.events, event])
 
 
 def _retry(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: canary.Plan,
