@@ -54,6 +54,7 @@ def test_a_promotion_a_trainingjob_just_made_goes_before_the_pods_next_look_at_t
     assert desired_version(spec, "v1", [_report("v1", "v1")], promoted="v2") == "v2"  # the pods have not looked yet
     assert desired_version(spec, "v1", [_report("v1", "v3")], promoted="v2") == "v3"  # they have: the registry decides
     assert desired_version(spec, None, [], promoted="v2") is None  # nothing serves yet: nothing to move from
+    assert desired_version(spec, None, [_report("v1", "v1")], promoted="v1") is None  # what serves: no needless roll
     assert desired_version(_spec(spec__model__alias=..., spec__model__version="v7"), "v1", [], promoted="v2") == "v7"
 
 

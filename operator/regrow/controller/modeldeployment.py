@@ -156,7 +156,7 @@ def desired_version(
     current = pinned or (next(iter(serving)) if len(serving) == 1 else None)
     if len(aliased) == 1 and current is not None and (target := next(iter(aliased))) != current:
         return target
-    if promoted is not None and current is not None and aliased <= {current}:
+    if promoted not in (None, current) and current is not None and aliased <= {current}:
         return promoted
     return pinned
 
