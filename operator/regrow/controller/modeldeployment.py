@@ -341,7 +341,9 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
     recorded = body.get("status") or {}
     last = RolloutStatus.model_validate(recorded["rollout"]) if recorded.get("rollout") else None
     rejected = list(recorded.get("rejectedVersions") or [])
-    canary_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(CANARY)))
+    canary_live = None  # a ModelDeployment that never ran a canary has no canary Deployment to read
+    if spec.rollout.strategy == "Canary" or last is not None:
+        canary_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(CANARY)))
     if spec.rollout.strategy == "Canary":
         seen = _seen(body, spec, serving, (live, canary_live), pinned, target, reports)
         retried = canary.retry(body["metadata"].get("annotations") or {}, recorded.get("lastRetry"))
