@@ -40,6 +40,7 @@ from regrow.api.modeldeployment import (
     RolloutStatus,
     StepRecord,
 )
+from regrow.clock import stamp
 from regrow.controller.conditions import Cond
 from regrow.controller.result import Event
 from regrow.drift.profile import PREDICTION, FeatureProfile
@@ -52,6 +53,7 @@ from regrow.telemetry import LATENCY_BUCKETS, SHED
 ANSWERED, ERRORS, LABELLED, GRADED, BUCKETS = 0, 1, 2, 3, 4
 LATENCY = len(LATENCY_BUCKETS) + 1
 MICRO = 1_000_000
+_BOUNDS = {bound: i for i, bound in enumerate((*LATENCY_BUCKETS, math.inf))}  # a bucket's le: its place
 MIN_PREDICTIONS = 50  # rows each version predicted at the step before their predictions are compared
 
 
@@ -78,7 +80,6 @@ def read_version(text: str, model: str, version: str, prediction: FeatureProfile
     are left out, 4xx count as answered, 5xx as answered and errors. Any pod may grade a version's
     predictions (a label reaches whichever pod the Service picks), so every pod is read for each version."""
     out = np.zeros(size(prediction), dtype=np.int64)
-    bounds = {float(b): i for i, b in enumerate((*LATENCY_BUCKETS, math.inf))}
     bins = {label: i for i, label in enumerate(prediction.labels)} if prediction else {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -91,7 +92,7 @@ def read_version(text: str, model: str, version: str, prediction: FeatureProfile
                     out[ANSWERED] += round(sample.value)
                     out[ERRORS] += round(sample.value) if code >= 500 else 0
             elif sample.name == "regrow_inference_request_duration_seconds_bucket":
-                where = bounds.get(float(labels.get("le", "nan")))
+                where = _BOUNDS.get(float(labels.get("le", "nan")))
                 if where is not None:
                     out[BUCKETS + where] = round(sample.value)
             elif sample.name == "regrow_feedback_labelled_rows_total":
@@ -367,16 +368,12 @@ def tally(plan: Plan, recorded: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def _stamp(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _start(spec: RolloutSpec, most: int, candidate: str, seen: Seen, rejected: list[str]) -> Plan:
     assert seen.stable is not None
     replicas = canary_replicas(spec.steps[0].weight, seen.stable_replicas, most)
     rollout = RolloutStatus(
-        candidate=candidate, stable=seen.stable, started=_stamp(seen.now), step=1,
-        weight=share(replicas, seen.stable_replicas), step_started=_stamp(seen.now),
+        candidate=candidate, stable=seen.stable, started=stamp(seen.now), step=1,
+        weight=share(replicas, seen.stable_replicas), step_started=stamp(seen.now),
         message="the candidate's pods are starting",
     )  # fmt: skip
     event = Event("Normal", "CanaryStarted", f"Canary of version {candidate} beside {seen.stable} started")
@@ -389,7 +386,7 @@ def _finish(running: RolloutStatus, outcome: Literal["Promoted", "RolledBack"], 
         update={
             "outcome": outcome,
             "message": message,
-            "finished": _stamp(seen.now),
+            "finished": stamp(seen.now),
             "decision": seen.decision or running.decision,
         }
     )
@@ -452,11 +449,11 @@ def _judge_step(spec: RolloutSpec, most: int, running: RolloutStatus, seen: Seen
         return Plan(running.stable, (running.candidate, replicas), current, rejected)
     following = _replicas(spec, most, running.step + 1, seen)
     record = StepRecord(step=running.step, weight=current.weight, requests=requests, gates=measured,
-                        passed=_stamp(seen.now))  # fmt: skip
+                        passed=stamp(seen.now))  # fmt: skip
     passed = current.model_copy(
         update={
             "step": running.step + 1,
-            "step_started": _stamp(seen.now),
+            "step_started": stamp(seen.now),
             "requests": 0,
             "gates": [],
             "weight": share(following, seen.stable_replicas),
@@ -503,5 +500,5 @@ def abandon(rollout: RolloutStatus, message: str) -> RolloutStatus:
     if rollout.outcome is not None:
         return rollout
     return rollout.model_copy(
-        update={"outcome": "RolledBack", "message": message, "finished": _stamp(datetime.now(UTC))}
+        update={"outcome": "RolledBack", "message": message, "finished": stamp(datetime.now(UTC))}
     )

@@ -74,8 +74,8 @@ class DriftCollector(Collector):
             for feature in check.get("features") or []:
                 for field, family in families.items():
                     for test, value in (feature.get(field) or {}).items():
-                        number = float(value)
-                        if math.isfinite(number):
+                        number = _finite(value)
+                        if number is not None:
                             family.add_metric([*ids, check.get("version", ""), feature["name"], test], number)
         yield from families.values()
         yield from (retrains, outcomes)

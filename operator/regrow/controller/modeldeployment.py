@@ -150,10 +150,8 @@ def desired_version(
     the alias to goes first, until they have read the registry again (what they read then decides)."""
     if spec.model.version:
         return spec.model.version
-    ready = [r for r in reports if r.ready]
-    aliased = {r.alias_version for r in ready if r.alias_version}
-    serving = {r.serving for r in ready if r.serving}
-    current = pinned or (next(iter(serving)) if len(serving) == 1 else None)
+    aliased = {r.alias_version for r in reports if r.ready and r.alias_version}
+    current = serving_version(pinned, reports)
     if len(aliased) == 1 and current is not None and (target := next(iter(aliased))) != current:
         return target
     if promoted not in (None, current) and current is not None and aliased <= {current}:
@@ -179,6 +177,18 @@ def just_promoted(trainingjobs: list[Obj], spec: ModelDeploymentSpec, at: dateti
             if age <= window:
                 found.append((done, version))
     return max(found)[1] if found else None
+
+
+def pinned_version(deployment: Obj | None) -> str | None:
+    """The model version a Deployment's pod template pins (None: none, or no Deployment)."""
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("annotations") or {}).get(VERSION_ANNOTATION)
+
+
+def serving_version(pinned: str | None, reports: list[PodReport]) -> str | None:
+    """The version the stable pods serve: the pinned one, else the one every ready pod reports, if they agree."""
+    served = {r.serving for r in reports if r.ready and r.serving}
+    return pinned or (next(iter(served)) if len(served) == 1 else None)
 
 
 def rolled_out(live: Obj) -> bool:
@@ -283,9 +293,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     reports = [report(p, spec.model.name, serving.prober) for p in serving_pods(api, owner.namespace, owner.name)]
     name = owner.child_name(COMPONENT)
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
-    pinned = ((live or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}).get(
-        VERSION_ANNOTATION
-    )
+    pinned = pinned_version(live)
     promoted = None
     if spec.model.alias:
         trainingjobs = api.list(path(API_VERSION, TRAINING_JOB.plural, owner.namespace))
@@ -345,7 +353,8 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
     if spec.rollout.strategy == "Canary" or last is not None:
         canary_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(CANARY)))
     if spec.rollout.strategy == "Canary":
-        seen = _seen(body, spec, serving, (live, canary_live), pinned, target, reports)
+        running = last if last is not None and last.outcome is None else None
+        seen = _seen(body, spec, serving, (live, canary_live), (pinned, target, running), reports)
         retried = canary.retry(body["metadata"].get("annotations") or {}, recorded.get("lastRetry"))
         if retried is not None:  # a person asks: no longer rejected, and the alias goes there if it can
             rejected = [v for v in rejected if v != retried.version]
@@ -359,8 +368,7 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
     if moves.canary is not None:
         ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1]))
     elif canary_live is not None and canary_live["spec"].get("replicas"):  # scaled away, kept for the next one
-        version = canary_live["spec"]["template"]["metadata"].get("annotations", {}).get(VERSION_ANNOTATION)
-        ensure(api, deployment(owner, spec, serving.defaults, version, canary_replicas=0))
+        ensure(api, deployment(owner, spec, serving.defaults, pinned_version(canary_live), canary_replicas=0))
     if moves.rollout is None or moves.rollout.outcome is not None:
         serving.memory.forget(owner.uid)
     if moves.restore is not None and spec.model.alias and moves.rollout is not None:
@@ -407,14 +415,12 @@ def _retry(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: can
 
 
 def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving, lives: tuple[Obj | None, Obj | None],
-          pinned: str | None, target: str | None, reports: list[PodReport]) -> canary.Seen:  # fmt: skip
+          versions: tuple[str | None, str | None, RolloutStatus | None], reports: list[PodReport]
+          ) -> canary.Seen:  # fmt: skip
     """What the canary's plan is made from: both tracks' Deployments and pods, a person's decision, and the
-    running step's counts so far."""
-    owner, (live, canary_live) = Owner.of(body), lives
-    recorded = (body.get("status") or {}).get("rollout")
-    running = RolloutStatus.model_validate(recorded) if recorded and not recorded.get("outcome") else None
-    served = {r.serving for r in reports if r.ready and r.serving}
-    stable = pinned or (next(iter(served)) if len(served) == 1 else None)
+    running step's counts so far. ``versions``: the pinned one, the target, and the running canary."""
+    owner, (live, canary_live), (pinned, target, running) = Owner.of(body), lives, versions
+    stable = serving_version(pinned, reports)
     canary_pods = serving_pods(serving.api, owner.namespace, owner.name, CANARY)
     canary_reports = [report(p, spec.model.name, serving.prober) for p in canary_pods]
     measuring = running is not None and running.step <= len(spec.rollout.steps)
@@ -437,11 +443,10 @@ def _current(canary_live: Obj, running: RolloutStatus | None) -> bool:
     left from an earlier candidate says nothing of this one)."""
     if running is None:
         return False
-    pinned = (canary_live["spec"]["template"]["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
     seen = (canary_live.get("status") or {}).get("observedGeneration", 0) >= canary_live["metadata"].get(
         "generation", 1
     )
-    return bool(pinned == running.candidate and seen)
+    return bool(pinned_version(canary_live) == running.candidate and seen)
 
 
 def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running: RolloutStatus,
