@@ -29,7 +29,7 @@ from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
 from tests.conftest import Operator
-from tests.e2e.test_serving import own_like_a_trainer_pod
+from tests.e2e.test_serving import answered_by, own_like_a_trainer_pod
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.unit.test_api import _example as example
 from tests.unit.test_api import _with
@@ -52,15 +52,9 @@ class Load:
     def _run(self) -> None:
         deadline, body = time.monotonic() + LOAD_SECONDS_MAX, json.dumps(v2(ROWS))
         while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                connection = http.client.HTTPConnection(self.host, 80, timeout=5)
-                connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                payload = response.read()
-                connection.close()
-                outcome = json.loads(payload)["model_version"] if response.status == 200 else f"HTTP {response.status}"
-            except (OSError, http.client.HTTPException) as error:
-                outcome = f"error {type(error).__name__}"
+            connection = http.client.HTTPConnection(self.host, 80, timeout=5)
+            outcome = answered_by(connection, body)
+            connection.close()
             self.answers.append((time.monotonic(), outcome))
             time.sleep(0.01)
 

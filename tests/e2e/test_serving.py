@@ -29,6 +29,18 @@ from tests.unit.test_server import ROWS, publish_iris, v2
 LOAD_SECONDS_MAX = 240
 
 
+def answered_by(connection: http.client.HTTPConnection, body: str) -> str:
+    """One OIP request on ``connection``: the version that answered it, or what went wrong. (A response with
+    "connection: close" closes the connection; the next request() reopens it.)"""
+    try:
+        connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+    except (OSError, http.client.HTTPException) as error:
+        return f"error {type(error).__name__}"
+    return str(json.loads(payload)["model_version"]) if response.status == 200 else f"HTTP {response.status}"
+
+
 class Load:
     """Sequential OIP requests through the Service until stopped (or LOAD_SECONDS_MAX), counting outcomes.
 
@@ -47,16 +59,10 @@ class Load:
         body = json.dumps(v2(ROWS))
         connection = None
         while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                if connection is None:
-                    connection = http.client.HTTPConnection(self.host, 80, timeout=5)
-                connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                payload = response.read()  # a response with "connection: close" closes it; request() reopens
-                key = json.loads(payload)["model_version"] if response.status == 200 else f"HTTP {response.status}"
-            except (OSError, http.client.HTTPException) as error:
-                key = f"error {type(error).__name__}"
-            if connection is not None and (not self.keep_alive or key.startswith("error")):
+            if connection is None:
+                connection = http.client.HTTPConnection(self.host, 80, timeout=5)
+            key = answered_by(connection, body)
+            if not self.keep_alive or key.startswith("error"):
                 connection.close()
                 connection = None
             self.outcomes[key] += 1
