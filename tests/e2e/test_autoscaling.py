@@ -1,7 +1,12 @@
 """A ModelDeployment scales out for real: load through its Service past its CPU target, the HPA (on the
 node cluster's resource metrics API) adds pods, and the status reports them. Shedding and autoscaling work
 together: a 429 is counted apart (the client may retry it), and a request fails only when it gets no answer
-within 2 s after one retry (a ClusterIP can hang for about a second after a pod turns Ready)."""
+within 2 s after one retry (a ClusterIP can hang for about a second after a pod turns Ready).
+
+Each client keeps a connection for REQUESTS_PER_CONNECTION requests, then opens another (kube-proxy balances
+connections, so the new pods get their share). One connection per request ran the host out of ephemeral
+ports: a closed connection holds its port for 60 s in TIME_WAIT, and 28,232 ports (32768-60999) at about 900
+connections a second last about 31 s, as long as a slow scale-out takes; every request after that failed."""
 
 from __future__ import annotations
 
@@ -27,21 +32,35 @@ from tests.unit.test_server import ROWS, publish_iris, v2
 
 CLIENTS = 8
 LOAD_SECONDS_MAX = 300
+REQUESTS_PER_CONNECTION = 50
 
 
-def _ask(host: str, body: str) -> str:
-    """One request on a connection of its own, retried once: its outcome."""
-    for _ in range(2):
-        try:
-            connection = http.client.HTTPConnection(host, 80, timeout=2)
-            connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            response.read()
-            connection.close()
-            return "ok" if response.status == 200 else f"HTTP {response.status}"
-        except (OSError, http.client.HTTPException):
-            continue
-    return "failed"
+class Client:
+    """Requests on a kept-alive connection, opened again after REQUESTS_PER_CONNECTION or an error."""
+
+    def __init__(self, host: str) -> None:
+        self.host, self.connection, self.used = host, http.client.HTTPConnection(host, 80, timeout=2), 0
+
+    def _reconnect(self) -> None:
+        self.connection.close()
+        self.connection, self.used = http.client.HTTPConnection(self.host, 80, timeout=2), 0
+
+    def ask(self, body: str) -> str:
+        """One request, retried once on a new connection: its outcome."""
+        if self.used >= REQUESTS_PER_CONNECTION:
+            self._reconnect()
+        for _ in range(2):
+            try:
+                self.used += 1
+                self.connection.request("POST", "/v2/models/iris/infer", body, {"Content-Type": "application/json"})
+                response = self.connection.getresponse()
+                response.read()
+                if response.will_close:
+                    self._reconnect()
+                return "ok" if response.status == 200 else f"HTTP {response.status}"
+            except (OSError, http.client.HTTPException):
+                self._reconnect()
+        return "failed"
 
 
 def test_load_past_the_cpu_target_scales_the_deployment_out(
@@ -61,10 +80,10 @@ def test_load_past_the_cpu_target_scales_the_deployment_out(
         return get_custom(node_api, node_namespace, MODEL_DEPLOYMENT.plural, "iris")
 
     def load(host: str) -> None:
-        request = json.dumps(v2(ROWS * 10))
+        request, asker = json.dumps(v2(ROWS * 10)), Client(host)
         deadline = time.monotonic() + LOAD_SECONDS_MAX
         while not stop.is_set() and time.monotonic() < deadline:
-            outcomes[_ask(host, request)] += 1
+            outcomes[asker.ask(request)] += 1
 
     with node_operator():
         client.CustomObjectsApi(node_api).create_namespaced_custom_object(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from regrow.api import MODEL_DEPLOYMENT
 from regrow.cli import main
@@ -85,21 +86,28 @@ class Kubelet:
 
     def tick(self) -> None:
         """Run every pod of the ModelDeployment; remove the deleted ones (no kubelet confirms a deletion)."""
-        core = client.CoreV1Api(self.api)
         for pod in Kube(self.api).list(path("v1", "pods", self.namespace), "regrow.dev/modeldeployment=iris"):
-            meta, status = pod["metadata"], pod.get("status") or {}
-            if meta.get("deletionTimestamp"):
-                with self.lock:
-                    self.pods.pop(status.get("podIP", ""), None)
-                core.delete_namespaced_pod(meta["name"], self.namespace, grace_period_seconds=0)
-            elif status.get("phase") != "Running":
-                env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-                ip = next(self.ips)
-                with self.lock:
-                    self.pods[ip] = Pod(env.get("REGROW_MODEL_VERSION") or self.alias)
-                ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-                running = {"phase": "Running", "podIP": ip, "conditions": [ready]}
-                core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": running})
+            try:
+                self._run(pod)
+            except ApiException as error:  # gone since the list (the garbage collector deletes pods too)
+                if error.status != 404:
+                    raise
+
+    def _run(self, pod: Obj) -> None:
+        core = client.CoreV1Api(self.api)
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            with self.lock:
+                self.pods.pop(status.get("podIP", ""), None)
+            core.delete_namespaced_pod(meta["name"], self.namespace, grace_period_seconds=0)
+        elif status.get("phase") != "Running":
+            env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+            ip = next(self.ips)
+            with self.lock:
+                self.pods[ip] = Pod(env.get("REGROW_MODEL_VERSION") or self.alias)
+            ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            running = {"phase": "Running", "podIP": ip, "conditions": [ready]}
+            core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": running})
 
     def send(self, requests: int) -> None:
         """``requests`` spread evenly over the ready pods, each answered as its version behaves."""
