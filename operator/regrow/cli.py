@@ -238,7 +238,8 @@ def _serve(args: argparse.Namespace) -> int:
             shed_after=args.shed_after_ms / 1000,
             max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
             log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
-            feedback_key=os.environ.get("REGROW_FEEDBACK_KEY"),
+            feedback_key=os.environ.get("REGROW_FEEDBACK_KEY"), shadow_url=args.shadow_url,
+            shadow_percent=args.shadow_percent,
         )
     )  # fmt: skip
     return 0
@@ -295,6 +296,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percent (0 to 100)")
+    return value
+
+
 def _add_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="serve a registry model over the Open Inference Protocol")
     serve.add_argument("--registry", default=_env("REGROW_REGISTRY"), help="$REGROW_REGISTRY")
@@ -325,6 +333,11 @@ def _add_serve(commands: Any) -> None:
                        help="share of requests written to the prediction log")  # fmt: skip
     serve.add_argument("--log-max-queue", type=int, default=_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000"))
     serve.add_argument("--no-feature-bins", action="store_true", help="do not count inputs into drift bins")
+    serve.add_argument("--shadow-url", default=_env("REGROW_SHADOW_URL"),
+                       help="mirror requests to the shadow pods behind this http:// URL, as they ask")  # fmt: skip
+    serve.add_argument("--shadow-percent", type=_percent, default=_env("REGROW_SHADOW_PERCENT", "0"),
+                       help="serve as a shadow: answer with predictions alone, log and bin nothing, and ask "
+                       "the stable pods for this percent of their requests (0: not a shadow)")  # fmt: skip
     serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
     serve.set_defaults(func=_serve)

@@ -22,6 +22,7 @@ from regrow.inference import Prediction
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
 from regrow.serving.metrics import ServingMetrics
+from regrow.serving.mirror import SHADOW_PATH, Mirror, Mirrored, ShadowOffer
 from regrow.serving.model import LoadedModel
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
@@ -60,9 +61,14 @@ class State:
     shed_after: float = BOUNDS.shed_after_milliseconds / 1000  # an inference request that waited longer gets 429
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
     feedback: FeedbackCounts | None = None
+    shadow: int | None = None  # a shadow pod: the percent of requests it asks the stable pods to mirror
+    mirror: Mirror | None = None  # a stable pod that mirrors to a shadow
 
     def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
-        self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins, self.lag)
+        self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins and not self.shadow, self.lag)
+        if self.mirror is not None:
+            self.mirror.counts.version, self.mirror.counts.classifier = model.version, model.task == "classification"
+            self.metrics.registry.register(self.mirror.counts)
         if predictions is not None:
             self.feedback = FeedbackCounts(model.name, classifier=model.task == "classification")
             self.metrics.registry.register(predictions)
@@ -116,6 +122,11 @@ class App:
             return Response(200, body, CONTENT_TYPE_LATEST.encode())
         if path == "/v2":
             return json_response(200, {"name": "regrow", "version": __version__, "extensions": []})
+        if path == SHADOW_PATH and state.shadow is not None:
+            if state.model is None:
+                raise BadRequest(f"the model is not ready: {state.error}", 503)
+            offer = ShadowOffer(model=state.name, version=state.model.version, percent=state.shadow)
+            return Response(200, offer.model_dump_json().encode())
         if path.startswith("/v2/models/"):
             return self._get_model(path)
         raise BadRequest(f"no such endpoint: GET {path}", 404)
@@ -229,6 +240,9 @@ class App:
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
             predicted = prediction.outputs
+            if state.shadow is not None:  # mirrored: the predictions alone, logged nowhere
+                code = 200
+                return json_response(200, {"model_version": model.version, "predictions": v1_predictions(prediction)})
             if state.predictions is not None and state.predictions.sampled():
                 token = state.signer.issue(model.version, len(x), time.time(), v1_predictions(prediction))
                 issued = log_prediction(state.predictions, token, x, prediction)
@@ -237,6 +251,10 @@ class App:
                 else:
                     response["prediction_id"] = issued
             code = 200
+            if state.mirror is not None:
+                binary_header = request.headers.get(BINARY_HEADER)
+                state.mirror.sample(lambda: Mirrored(request.path, request.body, binary_header,
+                                                     v1_predictions(prediction)))  # fmt: skip
             return binary_response(response, binary_outputs) if binary_outputs else json_response(200, response)
         except BadRequest as error:
             code, x = error.status, None

@@ -13,6 +13,7 @@ from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
+from regrow.serving.mirror import Mirror
 from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
@@ -48,6 +49,8 @@ class ServeConfig:
     endpoint_url: str | None = None
     region: str | None = None
     feedback_key: str | None = field(default=None, repr=False)  # signs prediction ids (REGROW_FEEDBACK_KEY)
+    shadow_url: str | None = None  # mirror to the shadow Service there, as it asks (see regrow.serving.mirror)
+    shadow_percent: int = 0  # serve as a shadow, asking the stable pods for this percent of their requests
 
 
 class InferenceServer:
@@ -62,7 +65,8 @@ class InferenceServer:
         self.config = config
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
                            max_rows=config.max_rows, shed_after=config.shed_after,
-                           signer=Signer.from_env(config.feedback_key))  # fmt: skip
+                           signer=Signer.from_env(config.feedback_key), shadow=config.shadow_percent or None,
+                           mirror=Mirror(config.shadow_url, config.model) if config.shadow_url else None)  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
         apart = config.metrics_port > 0
@@ -104,10 +108,14 @@ class InferenceServer:
             await self.metrics_http.start(self.config.host, self.config.metrics_port)
             log.info("Metrics and the reference profile on %s:%d", self.config.host, self.config.metrics_port)
         loader = asyncio.create_task(keep_model(self.state, self.registry, self.config))
+        if self.state.mirror is not None:
+            self.state.mirror.start()
         try:
             await self._stop.wait()
         finally:
             loader.cancel()
+            if self.state.mirror is not None:
+                await self.state.mirror.stop()
             await self.http.shutdown(SHUTDOWN_SECONDS)
             if self.metrics_http is not None:
                 await self.metrics_http.shutdown(0)
@@ -135,7 +143,7 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
             await asyncio.sleep(retry)
             continue
         predictions = None
-        if config.log_percent > 0:
+        if config.log_percent > 0 and not state.shadow:
             predictions = PredictionLog(registry.store, model.name, model.version, config.log_percent,
                                         config.log_max_queue, config.log_flush_seconds)  # fmt: skip
         state.serve(model, predictions)
