@@ -51,8 +51,8 @@ else
 end
 hs.message = describe(condition)
 
-local canary = {CanaryStep = "Progressing", Promoting = "Progressing", WaitingForApproval = "Suspended",
-                RolledBack = "Degraded"}
+local canary = {CanaryStep = "Progressing", ShadowStep = "Progressing", Promoting = "Progressing",
+                WaitingForApproval = "Suspended", RolledBack = "Degraded"}
 if obj.kind == "ModelDeployment" and hs.status ~= "Degraded" then
   for _, c in ipairs(status.conditions) do
     if c.type == "Progressing" and canary[c.reason] ~= nil then

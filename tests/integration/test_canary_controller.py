@@ -49,6 +49,7 @@ class Behaviour:
     seconds: float = 0.003
     predictions: tuple[float, ...] = (0.3, 0.3, 0.4)
     accuracy: float = 0.95  # the share of its predictions that clients' labels find right (every one is labelled)
+    agreement: float = 0.9  # as a shadow: the share of rows it labels as the stable version does
 
 
 @dataclasses.dataclass
@@ -58,6 +59,8 @@ class Pod:
     latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     predicted: list[int] = dataclasses.field(default_factory=lambda: [0] * len(CLASSES))
     graded: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # labelled rows, right ones
+    shadow: int = 0  # a shadow pod: the percent it asks for
+    mirrored: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # by candidate: answered, failed, agreed
 
     def metrics(self) -> bytes:
         ids = f'model="iris",version="{self.version}"'
@@ -71,6 +74,12 @@ class Pod:
                   for c, n in zip(CLASSES, self.predicted, strict=True)]  # fmt: skip
         lines += [f"regrow_feedback_labelled_rows_total{{{ids}}} {self.graded[0]}",
                   f"regrow_feedback_correct_rows_total{{{ids}}} {self.graded[1]}"]  # fmt: skip
+        for candidate, (answered, failed, agreed) in self.mirrored.items():
+            shadow = f'{ids},candidate="{candidate}"'
+            lines += [f'regrow_shadow_requests_total{{{shadow},outcome="answered"}} {answered}',
+                      f'regrow_shadow_requests_total{{{shadow},outcome="failed"}} {failed}',
+                      f'regrow_shadow_compared_rows_total{{{shadow},output="label"}} {answered}',
+                      f'regrow_shadow_agreed_rows_total{{{shadow},output="label"}} {agreed}']  # fmt: skip
         return ("\n".join(lines) + "\n").encode()
 
 
@@ -85,15 +94,24 @@ class Kubelet:
         self.ips = (f"10.9.{i // 250}.{i % 250 + 1}" for i in itertools.count())
 
     def tick(self) -> None:
-        """Run every pod of the ModelDeployment; remove the deleted ones (no kubelet confirms a deletion)."""
-        for pod in Kube(self.api).list(path("v1", "pods", self.namespace), "regrow.dev/modeldeployment=iris"):
+        """Run every pod of the ModelDeployment; remove the deleted ones (no kubelet confirms a deletion), and
+        forget those gone (they serve no more requests)."""
+        pods = [p for track in ("regrow.dev/modeldeployment=iris", "regrow.dev/shadow-of=iris")
+                for p in Kube(self.api).list(path("v1", "pods", self.namespace), track)]  # fmt: skip
+        started = []
+        for pod in pods:
             try:
-                self._run(pod)
+                started.append(self._run(pod))
             except ApiException as error:  # gone since the list (the garbage collector deletes pods too)
                 if error.status != 404:
                     raise
+        listed = {(p.get("status") or {}).get("podIP") for p in pods} | set(started)
+        with self.lock:
+            for ip in set(self.pods) - listed:
+                del self.pods[ip]
 
-    def _run(self, pod: Obj) -> None:
+    def _run(self, pod: Obj) -> str | None:
+        """Run ``pod`` (the IP it got, if it starts now), or remove it once it is being deleted."""
         core = client.CoreV1Api(self.api)
         meta, status = pod["metadata"], pod.get("status") or {}
         if meta.get("deletionTimestamp"):
@@ -104,26 +122,44 @@ class Kubelet:
             env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
             ip = next(self.ips)
             with self.lock:
-                self.pods[ip] = Pod(env.get("REGROW_MODEL_VERSION") or self.alias)
+                self.pods[ip] = Pod(env.get("REGROW_MODEL_VERSION") or self.alias, shadow=int(env.get(
+                    "REGROW_SHADOW_PERCENT") or 0))  # fmt: skip
             ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
             running = {"phase": "Running", "podIP": ip, "conditions": [ready]}
             core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": running})
+            return ip
+        return None
 
     def send(self, requests: int) -> None:
-        """``requests`` spread evenly over the ready pods, each answered as its version behaves."""
+        """``requests`` spread evenly over the ready pods behind the Service, each answered as its version
+        behaves, and the share a shadow asks for mirrored to it by the pod that answered."""
         with self.lock:
-            pods = list(self.pods.values())
+            pods = [p for p in self.pods.values() if not p.shadow]
+            shadows = [p for p in self.pods.values() if p.shadow]
             for i in range(requests):
                 pod = pods[i % len(pods)] if pods else None
                 if pod is None:
                     return
-                how = self.behaviours[pod.version]
-                pod.codes[500 if self.rng.random() < how.errors else 200] += 1
-                pod.latency[next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if how.seconds <= b)] += 1
-                pod.predicted[int(self.rng.choice(len(CLASSES), p=how.predictions))] += 1
-                pod.graded[0] += 1
-                pod.graded[1] += int(self.rng.random() < how.accuracy)
+                code = self._answer(pod)
                 self.served[pod.version] = self.served.get(pod.version, 0) + 1
+                pod.predicted[int(self.rng.choice(len(CLASSES), p=self.behaviours[pod.version].predictions))] += 1
+                pod.graded[0] += 1
+                pod.graded[1] += int(self.rng.random() < self.behaviours[pod.version].accuracy)
+                if code == 200 and shadows and self.rng.random() * 100 < shadows[i % len(shadows)].shadow:
+                    shadow = shadows[i % len(shadows)]
+                    counts = pod.mirrored.setdefault(shadow.version, [0, 0, 0])
+                    if self._answer(shadow) == 200:
+                        counts[0] += 1
+                        counts[2] += int(self.rng.random() < self.behaviours[shadow.version].agreement)
+                    else:
+                        counts[1] += 1
+
+    def _answer(self, pod: Pod) -> int:
+        how = self.behaviours[pod.version]
+        code = 500 if self.rng.random() < how.errors else 200
+        pod.codes[code] += 1
+        pod.latency[next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if how.seconds <= b)] += 1
+        return code
 
     def prober(self, ip: str, model: str) -> Obj | None:
         with self.lock:
@@ -376,3 +412,61 @@ def test_a_promotion_by_a_trainingjob_starts_the_canary_before_the_pods_look_at_
     lag = (datetime.fromisoformat(started) - done).total_seconds()
     print(f"\nthe canary started {lag:.0f}s after the TrainingJob's promotion")
     assert (rollout["candidate"], rollout["stable"]) == ("v2", "v1") and lag <= 10
+
+
+def test_a_shadow_sees_live_requests_first_and_answers_none_of_them(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour(agreement=0.9)})
+    steps = [{"mirror": 100, "minRequests": 60}, {"weight": 50, "minRequests": 60}]
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _canary(steps=steps, analysis={"maxDisagreement": "0.2"}))
+        _serving_v1(api, namespace)
+        assert Kube(api).get(path("v1", "services", namespace, "iris-shadow")) is not None
+        kubelet.alias = "v2"
+        shadowing = _progressing(api, namespace, "ShadowStep")
+        served_in_shadow: list[int] = []
+
+        def shadow_step_passed() -> bool:
+            served = kubelet.served.get("v2", 0)  # read before the step: the canary's pods start after it passed
+            if _md(api, namespace)["status"]["rollout"]["step"] == 1:
+                served_in_shadow.append(served)
+                return False
+            return True
+
+        wait_for(shadow_step_passed, 120, "the shadow step passed")
+        md = _outcome(api, namespace, "Promoted", set())
+        shadow_pods = _deployment(api, namespace, "iris-shadow")["spec"]["replicas"]
+    assert shadowing["status"]["rollout"]["weight"] == 0 and shadowing["status"]["rollout"]["mirror"] == 100
+    first, second = md["status"]["rollout"]["passed"]
+    assert (first["mirror"], first["weight"], second["weight"]) == (100, 0, 50)
+    assert first["requests"] >= 60 and first["mirrored"] >= first["requests"]
+    gates = {g["name"]: g for g in first["gates"]}
+    assert gates["disagreement"]["passed"] is True and float(gates["disagreement"]["value"]) < 0.2
+    assert "predictionDivergence" not in gates  # a shadow serves no client: its live predictions are not compared
+    assert served_in_shadow and max(served_in_shadow) == 0  # the shadow served no client
+    assert kubelet.served["v2"] > 0  # the canary step did
+    assert shadow_pods == 0 and _pinned(_deployment(api, namespace, "iris-predictor")) == "v2"
+
+
+def test_a_shadow_that_disagrees_is_rolled_back_without_answering_a_client(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour(agreement=0.5)})
+    steps = [{"mirror": 50, "minRequests": 60}, {"weight": 50, "minRequests": 60}]
+    with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
+        _create(api, namespace, _canary(steps=steps, analysis={"maxDisagreement": "0.2"}))
+        before = _serving_v1(api, namespace)
+        kubelet.alias = "v2"
+        md = _outcome(api, namespace, "RolledBack", set())
+        wait_for(lambda: _deployment(api, namespace, "iris-shadow")["spec"]["replicas"] == 0, 30, "no shadow pods")
+        canary = Kube(api).get(path("apps/v1", "deployments", namespace, "iris-canary"))
+    rollout = md["status"]["rollout"]
+    gates = {g["name"]: g for g in rollout["gates"]}
+    assert rollout["step"] == 1 and gates["disagreement"]["passed"] is False
+    assert 0.35 < float(gates["disagreement"]["value"]) < 0.65 and "disagreement" in rollout["message"]
+    assert kubelet.served.get("v2", 0) == 0 and (canary is None or not canary["spec"]["replicas"])
+    assert md["status"]["rejectedVersions"] == ["v2"]
+    assert [j for j in _alias_jobs(api, namespace) if "--to=v1" in _args(j)]  # the alias moves back
+    stable = _deployment(api, namespace, "iris-predictor")
+    assert stable["metadata"]["generation"] == before["metadata"]["generation"] and _pinned(stable) == "v1"

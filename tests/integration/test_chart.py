@@ -207,8 +207,9 @@ def test_the_monitors_select_the_operator_service_and_the_serving_pods(
     md = parse_spec(ModelDeploymentSpec, _example("ModelDeployment")["spec"])
     owner = Owner("ModelDeployment", "iris", namespace, "u")
     canary = deployment(owner, md, defaults, "v2", canary_replicas=1)["spec"]["template"]
+    shadow = deployment(owner, md, defaults, "v2", canary_replicas=1, shadow_percent=50)["spec"]["template"]
     template = deployment(owner, md, defaults, None)["spec"]["template"]
-    for labels in (template["metadata"]["labels"], canary["metadata"]["labels"]):
+    for labels in (template["metadata"]["labels"], canary["metadata"]["labels"], shadow["metadata"]["labels"]):
         assert pods["selector"]["matchLabels"].items() <= labels.items()
         assert all(labels.get(e["key"]) in e["values"] for e in pods["selector"]["matchExpressions"])
     ports = [p["name"] for c in template["spec"]["containers"] for p in c["ports"]]

@@ -142,10 +142,43 @@ INVALID = [
     (
         "ModelDeployment",
         "spec.rollout",
+        {"strategy": "Canary", "steps": [{"mirror": 10, "pause": "1m"}, *[{"weight": 50, "pause": "1m"}] * 2]},
+        "weights must rise: [50, 50]",
+    ),
+    (
+        "ModelDeployment",
+        "spec.rollout",
         {"strategy": "Canary", "steps": [{"weight": 20}]},
         "a canary step (weight 20) needs a pause, minRequests or both",
     ),
     ("ModelDeployment", "spec.rollout", {"strategy": "Canary", "steps": [{"weight": 100, "pause": "1m"}]}, "99"),
+    (
+        "ModelDeployment",
+        "spec.rollout",
+        {"strategy": "Canary", "steps": [{"weight": 20, "mirror": 50, "pause": "1m"}]},
+        "a canary step sets exactly one of weight and mirror",
+    ),
+    (
+        "ModelDeployment",
+        "spec.rollout",
+        {"strategy": "Canary", "steps": [{"pause": "1m"}]},
+        "a canary step sets exactly one of weight and mirror",
+    ),
+    (
+        "ModelDeployment",
+        "spec.rollout",
+        {"strategy": "Canary", "steps": [{"weight": 20, "pause": "1m"}, {"mirror": 50, "pause": "1m"}]},
+        "shadow steps (mirror) come before any step with a weight",
+    ),
+    (
+        "ModelDeployment",
+        "spec.rollout",
+        {"strategy": "Canary", "steps": [{"mirror": 50}]},
+        "a canary step (mirror 50%) needs a pause, minRequests or both",
+    ),
+    ("ModelDeployment", "spec.rollout", {"strategy": "Canary", "steps": [{"mirror": 101, "pause": "1m"}]}, "100"),
+    ("ModelDeployment", "spec.rollout", {"strategy": "Canary", "steps": [{"mirror": 0, "pause": "1m"}]}, "1"),
+    ("ModelDeployment", "spec.rollout.analysis", {"maxDisagreement": "-1"}, "maxDisagreement: String should match"),
     (
         "ModelDeployment",
         "spec.rollout.analysis",
@@ -161,6 +194,11 @@ def test_the_readmes_canary_example_is_valid() -> None:
     spec = validate_object(yaml.safe_load(block))
     assert isinstance(spec, ModelDeploymentSpec) and spec.rollout.strategy == "Canary"
     assert [s.weight for s in spec.rollout.steps] == [25, 50] and spec.rollout.analysis.max_p99_seconds == "0.25"
+    shadow = text.split("<!-- shadow-example -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    md = _with(_example("ModelDeployment"), "spec.rollout", yaml.safe_load(shadow)["rollout"])
+    shadowed = validate_object(md)
+    assert isinstance(shadowed, ModelDeploymentSpec) and shadowed.rollout.mirrors
+    assert [(s.mirror, s.weight) for s in shadowed.rollout.steps] == [(100, None), (None, 25)]
 
 
 @pytest.mark.parametrize(("kind", "path", "value", "message"), INVALID)

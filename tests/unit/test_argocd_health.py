@@ -80,17 +80,22 @@ def test_what_the_reconcilers_write_for_an_invalid_spec_is_degraded() -> None:
 
 @pytest.mark.parametrize(
     ("step", "outcome", "approval", "expected"),
-    [(1, None, "Automatic", "Progressing"), (3, None, "Automatic", "Progressing"), (3, None, "Manual", "Suspended"),
-     (1, "RolledBack", "Automatic", "Degraded"), (3, "Promoted", "Automatic", "Healthy")],
+    [(1, None, "Automatic", "Progressing"), (2, None, "Automatic", "Progressing"),
+     (4, None, "Automatic", "Progressing"), (4, None, "Manual", "Suspended"),
+     (1, "RolledBack", "Automatic", "Degraded"), (2, "RolledBack", "Automatic", "Degraded"),
+     (4, "Promoted", "Automatic", "Healthy")],
 )  # fmt: skip
 def test_what_a_canary_writes_reads_as_argo_cd_expects(
     step: int, outcome: str | None, approval: str, expected: str
 ) -> None:
-    spec = RolloutSpec(strategy="Canary", steps=[CanaryStep(weight=25, pause="1m"), CanaryStep(weight=50, pause="1m")],
-                       approval=approval)  # fmt: skip
+    steps = [CanaryStep(mirror=100, pause="1m"), CanaryStep(weight=25, pause="1m"), CanaryStep(weight=50, pause="1m")]
+    spec = RolloutSpec(strategy="Canary", steps=steps, approval=approval)
+    mirror = steps[step - 1].mirror if step <= len(steps) else None
     rollout = RolloutStatus(candidate="v2", stable="v1", started="2026-12-01T12:00:00Z", step=step, weight=50,
-                            step_started="2026-12-01T12:00:00Z", outcome=outcome)  # fmt: skip
+                            mirror=mirror, step_started="2026-12-01T12:00:00Z", outcome=outcome)  # fmt: skip
     ready = Cond("Ready", "True", "Serving", "3 replica(s) serving version v1")
     progressing = canary.progressing(spec, rollout, "v1") or Cond("Progressing", "False", "RolloutComplete")
+    if outcome is None and step <= 2:
+        assert progressing.reason == ("ShadowStep" if step == 1 else "CanaryStep")
     md = _example("ModelDeployment")
     assert health(_stored(md, conditions.status(_stored(md, {}), [ready, progressing])))["status"] == expected

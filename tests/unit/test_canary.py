@@ -132,10 +132,13 @@ def test_divergence_is_zero_for_the_same_predictions_and_one_for_disjoint_or_inc
 
 
 def _vector(
-    answered: int, errors: int, latency: float, predictions: list[int], labelled: int = 0, graded: int = 0
-) -> np.ndarray:
+    answered: int, errors: int, latency: float, predictions: list[int], labelled: int = 0, graded: int = 0,
+    mirrored: tuple[int, ...] = (0, 0, 0, 0, 0, 0),
+) -> np.ndarray:  # fmt: skip
+    """A version's vector; ``mirrored``: sampled, answered, failed, rows compared, agreed (or the absolute
+    differences) and the stable magnitudes, as read_version lays them out."""
     buckets = [answered if latency <= b else 0 for b in (*LATENCY_BUCKETS, math.inf)]
-    return np.array([answered, errors, labelled, graded, *buckets, *predictions], dtype=np.int64)
+    return np.array([answered, errors, labelled, graded, *mirrored, *buckets, *predictions], dtype=np.int64)
 
 
 def test_live_quality_is_compared_once_both_versions_have_enough_labels() -> None:
@@ -395,3 +398,97 @@ def test_a_retry_is_taken_once_per_request() -> None:
     assert canary.retry({canary.RETRY_ANNOTATION: newer.model_dump_json(by_alias=True)}, request.to_wire()) == newer
     assert canary.retry({canary.RETRY_ANNOTATION: '{"version": "V2!"}'}, None) is None
     assert canary.retry({}, None) is None
+
+
+SHADOWED = RolloutSpec(
+    strategy="Canary",
+    steps=[
+        CanaryStep(mirror=100, min_requests=100),
+        CanaryStep(mirror=30, pause="1m"),
+        CanaryStep(weight=50, pause="1m"),
+    ],
+)
+
+
+def test_a_shadowed_candidate_answers_no_client_until_its_shadow_steps_pass() -> None:
+    started = canary.plan(SHADOWED, 10, None, [], _seen())
+    assert started.canary is None and started.shadow == ("v2", 3, 100)  # as many pods as the stable ones, no weight
+    assert started.rollout is not None and (started.rollout.weight, started.rollout.mirror) == (0, 100)
+    assert "shadowing 100% of its requests" in started.events[0].message
+    cond = canary.progressing(SHADOWED, started.rollout, "v1")
+    assert cond is not None and cond.reason == "ShadowStep" and "v2 shadowing v1 on 100%" in cond.message
+    first, at = _after(started, 10)
+    waiting = canary.plan(SHADOWED, 10, first, [], _seen(measured=(40, PASSED), mirrored=44, now=at))
+    assert waiting.shadow == ("v2", 3, 100) and waiting.canary is None and waiting.rollout is not None
+    assert (waiting.rollout.requests, waiting.rollout.mirrored) == (40, 44)
+    second = canary.plan(SHADOWED, 10, first, [], _seen(measured=(150, PASSED), mirrored=152, now=at))
+    assert second.shadow == ("v2", 1, 30) and second.canary is None and second.rollout is not None  # ceil(3 x 30%)
+    assert (second.rollout.step, second.rollout.weight, second.rollout.mirror, second.rollout.mirrored) == (2, 0, 30, 0)
+    assert [(r.step, r.mirror, r.requests, r.mirrored) for r in second.rollout.passed] == [(1, 100, 150, 152)]
+    rollout, at = _after(second, 80)
+    weighted = canary.plan(SHADOWED, 10, rollout, [], _seen(measured=(60, PASSED), mirrored=61, now=at))
+    assert weighted.shadow is None and weighted.canary == ("v2", 3) and weighted.rollout is not None
+    assert (weighted.rollout.step, weighted.rollout.weight, weighted.rollout.mirror) == (3, 50, None)
+
+
+def test_a_shadow_only_rollout_promotes_without_candidate_pods_and_a_disagreeing_one_rolls_back() -> None:
+    shadow_only = RolloutSpec(strategy="Canary", steps=[CanaryStep(mirror=50, min_requests=100)])
+    started = canary.plan(shadow_only, 10, None, [], _seen())
+    assert started.shadow == ("v2", 2, 50)
+    rollout, at = _after(started, 10)
+    passed = canary.plan(shadow_only, 10, rollout, [], _seen(measured=(100, PASSED), now=at))
+    assert passed.rollout is not None and passed.rollout.step == 2 and passed.shadow is None and passed.canary is None
+    rollout, at = _after(passed, 20)
+    replacing = canary.plan(shadow_only, 10, rollout, [], _seen(now=at))
+    assert replacing.stable == "v2" and replacing.canary is None and replacing.shadow is None
+    disagreeing = [GateStatus(name="disagreement", threshold="0.2", value="0.64", passed=False)]
+    rolled = canary.plan(shadow_only, 10, started.rollout, [], _seen(measured=(100, disagreeing), now=at))
+    assert rolled.stable == "v1" and rolled.shadow is None and rolled.canary is None and rolled.restore == ("v2", "v1")
+    assert rolled.rollout is not None and "disagreement 0.64 exceeds 0.2" in rolled.rollout.message
+
+
+def test_the_shadow_counters_are_read_for_the_candidate_they_name() -> None:
+    ids = 'model="iris",version="v1",candidate="v2"'
+    text = _metrics("v1", {200: 10}, [0.001] * 10, {})
+    text += "".join(f'regrow_shadow_requests_total{{{ids},outcome="{o}"}} {n}\n'
+                    for o, n in (("answered", 90), ("failed", 4), ("dropped", 5), ("unreachable", 1)))  # fmt: skip
+    text += f'regrow_shadow_compared_rows_total{{{ids},output="label"}} 200\n'
+    text += f'regrow_shadow_agreed_rows_total{{{ids},output="label"}} 150\n'
+    text += 'regrow_shadow_requests_total{model="iris",version="v1",candidate="v3",outcome="answered"} 70\n'
+    vector = canary.read_version(text, "iris", "v1", None, candidate="v2")
+    assert vector[[canary.MIRRORED, canary.MIRROR_ANSWERED, canary.MIRROR_FAILED]].tolist() == [100, 90, 4]
+    assert vector[[canary.COMPARED, canary.AGREED, canary.MAGNITUDE]].tolist() == [200, 150, 0]
+    assert vector[canary.ANSWERED] == 10
+    assert not canary.read_version(text, "iris", "v1", None)[canary.MIRRORED : canary.BUCKETS].any()  # not shadowing
+    regressor = 'model="iris",version="v1",candidate="v2",output="value"'
+    text = (f"regrow_shadow_compared_rows_total{{{regressor}}} 10\n"
+            f"regrow_shadow_absolute_difference_total{{{regressor}}} 2.5\n"
+            f"regrow_shadow_stable_magnitude_total{{{regressor}}} 50.0\n")  # fmt: skip
+    vector = canary.read_version(text, "iris", "v1", None, candidate="v2")
+    assert vector[[canary.COMPARED, canary.AGREED, canary.MAGNITUDE]].tolist() == [10, 2_500_000, 50_000_000]
+
+
+def test_a_shadow_step_gates_errors_as_the_stable_pods_saw_them_latency_and_disagreement() -> None:
+    analysis = CanaryAnalysis(max_error_share="0.05", max_p99_seconds="0.05", max_disagreement="0.2",
+                              max_quality_drop="0.1")  # fmt: skip
+    candidate = _vector(96, 0, 0.004, [0, 0, 0])
+    classes = canary.Predictions(CLASSES, CLASSES)
+
+    def shadow(mirrored: tuple[int, ...], predictions: canary.Predictions = classes) -> list[Any]:
+        stable = _vector(1000, 0, 0.004, [0, 0, 0], mirrored=mirrored)
+        measured = canary.gates(analysis, candidate, stable, predictions, shadow=True)
+        return [(g.name, g.value, g.passed) for g in measured]
+
+    assert shadow((100, 96, 4, 480, 450, 0)) == [("errorShare", "0.04", True), ("p99Seconds", "0.004975", True),
+                                                ("disagreement", "0.0625", True)]  # fmt: skip
+    assert shadow((100, 80, 20, 400, 100, 0))[::2] == [("errorShare", "0.2", False), ("disagreement", "0.75", False)]
+    assert shadow((10, 10, 0, 49, 49, 0))[2] == ("disagreement", None, None)  # too few rows compared yet
+    assert shadow((0, 0, 0, 0, 0, 0))[0] == ("errorShare", None, None)
+    regressor = prediction_profile(np.linspace(0, 10, 100), [])
+    by_value = canary.Predictions(regressor, regressor)
+    assert shadow((100, 100, 0, 100, 5_000_000, 50_000_000), by_value)[2] == ("disagreement", "0.1", True)
+    assert shadow((100, 100, 0, 100, 5, 0), by_value)[2] == ("disagreement", "+Inf", False)
+    assert shadow((100, 100, 0, 100, 0, 0), by_value)[2] == ("disagreement", "0", True)
+    unknown = canary.Predictions(None, None)  # no prediction bins: a regressor counts magnitudes, a classifier none
+    assert shadow((100, 100, 0, 100, 5_000_000, 50_000_000), unknown)[2][1] == "0.1"
+    assert shadow((100, 100, 0, 100, 60, 0), unknown)[2][1] == "0.4"

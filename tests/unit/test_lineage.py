@@ -65,4 +65,12 @@ def test_a_rolled_back_canary_shows_the_gate_that_failed_and_a_plain_deployment_
     assert ("  step 1 at 25% with 120 requests: errorShare 0.2 (max 0.01, FAILED), p99Seconds - (max 0.25, "
             "not measured)") in lines  # fmt: skip
     assert lines[-1] == "rolled back, not tried again: v3"
+    agreed = [{"name": "disagreement", "threshold": "0.2", "value": "0.05", "passed": True}]
+    passed = {"step": 1, "weight": 0, "mirror": 50, "requests": 480, "mirrored": 500, "passed": "t1", "gates": agreed}
+    shadowed = {**rollout, "step": 2, "weight": 25, "mirror": None, "passed": [passed]}
+    lines = lineage(_md(model={"version": "v2", "uri": "u"}, rollout=shadowed), [])
+    assert ("  step 1 shadowing 50%, passed t1 after 480 of 500 mirrored requests: disagreement 0.05 (max 0.2, "
+            "passed)") in lines  # fmt: skip
+    assert "  step 2 at 25% with 120 requests: errorShare 0.2 (max 0.01, FAILED), p99Seconds - (max 0.25, not " \
+           "measured)" in lines  # fmt: skip
     assert lineage({"metadata": {"name": "iris", "namespace": "ml"}}, [])[1] == "serves no version yet"

@@ -18,7 +18,15 @@ from regrow.controller.modeldeployment import (
     report,
 )
 from regrow.manifests.common import Manifest, Owner, PodDefaults
-from regrow.manifests.serving import autoscaler, deployment, disruption_budget, metrics_address
+from regrow.manifests.serving import (
+    autoscaler,
+    deployment,
+    disruption_budget,
+    metrics_address,
+    service,
+    shadow_service,
+    shadow_url,
+)
 from tests.unit.test_api import _example, _with
 from tests.unit.test_trainingjob_reconciler import restricted_violations
 
@@ -181,6 +189,33 @@ def test_the_prediction_log_gets_its_settings_and_a_writable_store() -> None:
     quiet = container(_spec(spec__predictionLog=...))
     assert "REGROW_PREDICTION_LOG_PERCENT" not in {e["name"] for e in quiet["env"]}
     assert [m["readOnly"] for m in quiet["volumeMounts"] if m["name"] == "store"] == [True]
+
+
+def test_a_shadow_reaches_no_client_logs_nothing_and_the_stable_pods_know_where_it_is() -> None:
+    shadowed = _with(_example("ModelDeployment"), "spec.rollout",
+                     {"strategy": "Canary", "steps": [{"mirror": 50, "minRequests": 100}]})["spec"]  # fmt: skip
+    spec = parse_spec(ModelDeploymentSpec, shadowed)
+    shadow = deployment(OWNER, spec, PodDefaults(), "v4", 2, shadow_percent=50)
+    template = shadow["spec"]["template"]
+    pods = template["metadata"]["labels"]
+    assert "regrow.dev/modeldeployment" not in pods  # what the Service selects
+    assert not service(OWNER)["spec"]["selector"].items() <= pods.items()
+    assert shadow_service(OWNER)["spec"]["selector"].items() <= pods.items()
+    assert shadow["spec"]["selector"]["matchLabels"].items() <= pods.items() and shadow["spec"]["replicas"] == 2
+    assert shadow["metadata"]["name"] == shadow_service(OWNER)["metadata"]["name"] == "iris-shadow"
+    assert restricted_violations(template["spec"]) == []
+    (container,) = template["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["REGROW_SHADOW_PERCENT"], env["REGROW_MODEL_VERSION"]) == ("50", "v4")
+    assert not {"REGROW_PREDICTION_LOG_PERCENT", "REGROW_FEEDBACK_KEY", "REGROW_SHADOW_URL"} & set(env)
+    assert [m["readOnly"] for m in container["volumeMounts"] if m["name"] == "store"] == [True]
+    stable = {e["name"]: e.get("value") for e in deployment(OWNER, spec, PodDefaults(), "v3")["spec"]["template"]
+              ["spec"]["containers"][0]["env"]}  # fmt: skip
+    assert stable["REGROW_SHADOW_URL"] == shadow_url(OWNER) == "http://iris-shadow"
+    canary = deployment(OWNER, spec, PodDefaults(), "v4", 1)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not {"REGROW_SHADOW_URL", "REGROW_SHADOW_PERCENT"} & {e["name"] for e in canary}
+    plain = deployment(OWNER, _spec(), PodDefaults(), "v3")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "REGROW_SHADOW_URL" not in {e["name"] for e in plain}  # no shadow step, nothing to ask: no roll either
 
 
 class Secrets:

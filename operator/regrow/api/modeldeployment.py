@@ -59,21 +59,30 @@ class AutoscalingSpec(ApiModel):
 
 class CanaryStep(ApiModel):
     """One step of a canary: the candidate answers ``weight`` percent of the requests while the analysis
-    judges it. A step is judged once it has its evidence (``minRequests`` answered by the candidate at this
-    step, else its ``pause`` over); a failed gate then rolls back at once, and the step is passed once every
-    gate passes and its ``pause`` is over."""
+    judges it, or, at a shadow step (``mirror``), answers none: the stable pods mirror that percent of the
+    requests they answered to it and compare its answers with theirs. A step is judged once it has its
+    evidence (``minRequests`` answered by the candidate at this step, else its ``pause`` over); a failed gate
+    then rolls back at once, and the step is passed once every gate passes and its ``pause`` is over."""
 
-    weight: int = Field(
-        ge=1, le=99,
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["weight"]}, {"required": ["mirror"]}]})
+
+    weight: int | None = Field(
+        default=None, ge=1, le=99,
         description="Percent of the requests the candidate answers, reached by the ratio of candidate pods to "
         "stable pods (the nearest a whole number of pods allows; status.rollout.weight says what it is).",
+    )  # fmt: skip
+    mirror: int | None = Field(
+        default=None, ge=1, le=100,
+        description="A shadow step: the percent of the requests the stable pods answer that they also send to the "
+        "candidate, after answering, through a bounded queue. Its answers reach no client; they are compared with "
+        "the stable version's (analysis.maxDisagreement). Shadow steps come before any weight.",
     )  # fmt: skip
     pause: Duration | None = Field(default=None, description="Stay at least this long at this step.")
     min_requests: int | None = Field(
         default=None,
         ge=1,
         le=100_000_000,
-        description="Requests the candidate answers at this step, then it is judged.",
+        description="Requests the candidate answers at this step (mirrored ones at a shadow step), then it is judged.",
     )
     max_wait: Duration = Field(
         default="10m", description="A gate that cannot be measured by then (too few requests, no ready pod) fails."
@@ -81,9 +90,14 @@ class CanaryStep(ApiModel):
 
     @model_validator(mode="after")
     def _evidence(self) -> CanaryStep:
+        if (self.weight is None) == (self.mirror is None):
+            raise ValueError("a canary step sets exactly one of weight and mirror")
         if self.pause is None and self.min_requests is None:
-            raise ValueError(f"a canary step (weight {self.weight}) needs a pause, minRequests or both")
+            raise ValueError(f"a canary step ({self.describe()}) needs a pause, minRequests or both")
         return self
+
+    def describe(self) -> str:
+        return f"weight {self.weight}" if self.mirror is None else f"mirror {self.mirror}%"
 
 
 class CanaryAnalysis(ApiModel):
@@ -112,6 +126,13 @@ class CanaryAnalysis(ApiModel):
     min_labels: int = Field(
         default=50, ge=1, le=1_000_000, description="Labelled rows each version needs before quality is compared."
     )
+    max_disagreement: DecimalString | None = Field(
+        default="0.5",
+        description="At a shadow step: how far the candidate's answers may stray from the stable version's on the "
+        "same requests, over 50 compared rows at least: the share of rows it labels otherwise (a classifier), or "
+        "the mean absolute difference relative to the stable predictions' mean magnitude (a regressor). Unset: "
+        "not gated.",
+    )
 
 
 class RolloutSpec(ApiModel):
@@ -134,10 +155,18 @@ class RolloutSpec(ApiModel):
             raise ValueError("rollout.strategy Canary needs rollout.steps")
         if self.strategy != "Canary" and self.steps:
             raise ValueError("rollout.steps apply to strategy Canary only")
-        weights = [step.weight for step in self.steps]
+        kinds = [step.mirror is not None for step in self.steps]
+        if any(not a and b for a, b in itertools.pairwise(kinds)):
+            raise ValueError("rollout.steps: shadow steps (mirror) come before any step with a weight")
+        weights = [step.weight for step in self.steps if step.weight is not None]
         if any(a >= b for a, b in itertools.pairwise(weights)):
             raise ValueError(f"rollout.steps' weights must rise: {weights}")
         return self
+
+    @property
+    def mirrors(self) -> bool:
+        """Whether any step is a shadow step (the stable pods then know where to mirror)."""
+        return any(step.mirror is not None for step in self.steps)
 
 
 class PredictionLogSpec(ApiModel):
@@ -208,7 +237,7 @@ class ServingModelStatus(ApiModel):
 class GateStatus(ApiModel):
     """One gate of the analysis as last measured at the current step."""
 
-    name: Literal["errorShare", "p99Seconds", "predictionDivergence", "qualityDrop"]
+    name: Literal["errorShare", "p99Seconds", "predictionDivergence", "qualityDrop", "disagreement"]
     threshold: str
     value: str | None = Field(default=None, description="Unset: not measurable yet.")
     passed: bool | None = None
@@ -219,7 +248,9 @@ class StepRecord(ApiModel):
 
     step: int
     weight: int
+    mirror: int | None = None
     requests: int
+    mirrored: int = 0
     gates: list[GateStatus] = Field(default_factory=list)
     passed: Time
 
@@ -250,8 +281,16 @@ class RolloutStatus(ApiModel):
     started: Time
     step: int = Field(ge=1, description="The current step (1-based); one past the last while promoting.")
     weight: int = Field(ge=0, le=100, description="Percent of the serving pods that are the candidate's now.")
+    mirror: int | None = Field(
+        default=None, description="At a shadow step: the percent of the stable pods' requests mirrored to it."
+    )
     step_started: Time
     requests: int = Field(default=0, description="Requests the candidate answered at this step.")
+    mirrored: int = Field(
+        default=0,
+        description="At a shadow step: requests the stable pods sampled for the candidate (those it did not answer "
+        "were dropped by a full queue, failed, or found no shadow pod).",
+    )
     gates: list[GateStatus] = Field(default_factory=list)
     passed: list[StepRecord] = Field(default_factory=list, max_length=20, description="The steps passed so far.")
     outcome: Literal["Promoted", "RolledBack"] | None = Field(default=None, description="Unset while it runs.")

@@ -49,12 +49,24 @@ from regrow.drift.window import Vector
 from regrow.telemetry import LATENCY_BUCKETS, SHED
 
 # A version's flat vector: requests answered and 5xx, rows a label graded and the grade (rows right, or the
-# absolute errors summed in millionths), the cumulative latency buckets, then its predictions in its bins.
-ANSWERED, ERRORS, LABELLED, GRADED, BUCKETS = 0, 1, 2, 3, 4
+# absolute errors summed in millionths); what the stable pods mirrored to a shadow candidate (requests sampled,
+# answered and failed, rows compared, and the rows that agreed or the absolute differences, and the stable
+# predictions' magnitudes, both in millionths); the cumulative latency buckets, then its predictions in its bins.
+ANSWERED, ERRORS, LABELLED, GRADED = 0, 1, 2, 3
+MIRRORED, MIRROR_ANSWERED, MIRROR_FAILED, COMPARED, AGREED, MAGNITUDE, BUCKETS = 4, 5, 6, 7, 8, 9, 10
 LATENCY = len(LATENCY_BUCKETS) + 1
 MICRO = 1_000_000
 _BOUNDS = {bound: i for i, bound in enumerate((*LATENCY_BUCKETS, math.inf))}  # a bucket's le: its place
 MIN_PREDICTIONS = 50  # rows each version predicted at the step before their predictions are compared
+_COUNTERS = {  # counters summed as they are: their place in the vector, and their scale
+    "regrow_feedback_labelled_rows_total": (LABELLED, 1),
+    "regrow_feedback_correct_rows_total": (GRADED, 1),
+    "regrow_feedback_absolute_error_total": (GRADED, MICRO),
+    "regrow_shadow_compared_rows_total": (COMPARED, 1),
+    "regrow_shadow_agreed_rows_total": (AGREED, 1),
+    "regrow_shadow_absolute_difference_total": (AGREED, MICRO),
+    "regrow_shadow_stable_magnitude_total": (MAGNITUDE, MICRO),
+}
 
 
 def canary_replicas(weight: int, stable: int, most: int) -> int:
@@ -66,6 +78,12 @@ def canary_replicas(weight: int, stable: int, most: int) -> int:
     return min(options, key=lambda c: (abs(c / (stable + c) - weight / 100), c))
 
 
+def shadow_replicas(percent: int, stable: int, most: int) -> int:
+    """Shadow pods for ``percent`` of the requests of ``stable`` pods: as many as the stable pods would need
+    for that share (at least one, at most ``most``)."""
+    return max(1, min(most, math.ceil(max(1, stable) * percent / 100)))
+
+
 def share(canary: int, stable: int) -> int:
     """The candidate's percent of the pods."""
     return round(100 * canary / (canary + stable)) if canary + stable else 0
@@ -75,10 +93,12 @@ def size(prediction: FeatureProfile | None) -> int:
     return BUCKETS + LATENCY + (len(prediction.labels) if prediction else 0)
 
 
-def read_version(text: str, model: str, version: str, prediction: FeatureProfile | None) -> Vector:
+def read_version(text: str, model: str, version: str, prediction: FeatureProfile | None,
+                 candidate: str | None = None) -> Vector:  # fmt: skip
     """One pod's counters of ``model``/``version`` as a flat vector (see ANSWERED): 429s from load shedding
     are left out, 4xx count as answered, 5xx as answered and errors. Any pod may grade a version's
-    predictions (a label reaches whichever pod the Service picks), so every pod is read for each version."""
+    predictions (a label reaches whichever pod the Service picks), so every pod is read for each version.
+    With ``candidate``, also what ``version``'s pods mirrored to that shadow candidate and how it compared."""
     out = np.zeros(size(prediction), dtype=np.int64)
     bins = {label: i for i, label in enumerate(prediction.labels)} if prediction else {}
     for family in text_string_to_metric_families(text):
@@ -86,26 +106,42 @@ def read_version(text: str, model: str, version: str, prediction: FeatureProfile
             labels = sample.labels
             if labels.get("model") != model or labels.get("version") != version or not math.isfinite(sample.value):
                 continue
-            if sample.name == "regrow_inference_requests_total" and labels.get("code", "").isdigit():
+            if sample.name.startswith("regrow_shadow_") and (candidate is None or labels.get("candidate") != candidate):
+                continue
+            if sample.name in _COUNTERS:
+                where, scale = _COUNTERS[sample.name]
+                out[where] += round(sample.value * scale)
+            elif sample.name == "regrow_shadow_requests_total":
+                out[MIRRORED] += round(sample.value)
+                counted = {"answered": MIRROR_ANSWERED, "failed": MIRROR_FAILED}.get(labels.get("outcome", ""))
+                out[counted] += round(sample.value) if counted is not None else 0
+            elif sample.name == "regrow_inference_requests_total" and labels.get("code", "").isdigit():
                 code = int(labels["code"])
                 if code != SHED:
                     out[ANSWERED] += round(sample.value)
                     out[ERRORS] += round(sample.value) if code >= 500 else 0
             elif sample.name == "regrow_inference_request_duration_seconds_bucket":
-                where = _BOUNDS.get(float(labels.get("le", "nan")))
-                if where is not None:
-                    out[BUCKETS + where] = round(sample.value)
-            elif sample.name == "regrow_feedback_labelled_rows_total":
-                out[LABELLED] += round(sample.value)
-            elif sample.name == "regrow_feedback_correct_rows_total":
-                out[GRADED] += round(sample.value)
-            elif sample.name == "regrow_feedback_absolute_error_total":
-                out[GRADED] += round(sample.value * MICRO)
+                bound = _BOUNDS.get(float(labels.get("le", "nan")))
+                if bound is not None:
+                    out[BUCKETS + bound] = round(sample.value)
             elif sample.name == "regrow_feature_bin_total" and labels.get("feature") == PREDICTION:
-                where = bins.get(labels.get("bin", ""))
-                if where is not None:
-                    out[BUCKETS + LATENCY + where] = round(sample.value)
+                place = bins.get(labels.get("bin", ""))
+                if place is not None:
+                    out[BUCKETS + LATENCY + place] = round(sample.value)
     return out
+
+
+def disagreement(stable: Vector, prediction: FeatureProfile | None) -> float:
+    """How far a shadow candidate's answers strayed from the stable version's on the rows compared: the share
+    labelled otherwise (a classifier), or the summed absolute differences over the stable predictions' summed
+    magnitudes (a regressor). Which it is, the stable version's prediction bins say (without them: a classifier
+    counts no magnitudes)."""
+    classifier = bool(prediction.categories) if prediction is not None else not stable[MAGNITUDE]
+    if classifier:
+        return float(1 - stable[AGREED] / stable[COMPARED])
+    if stable[MAGNITUDE] == 0:
+        return 0.0 if stable[AGREED] == 0 else math.inf
+    return float(stable[AGREED] / stable[MAGNITUDE])
 
 
 def quantile(q: float, cumulative: npt.NDArray[np.int64]) -> float:
@@ -172,8 +208,8 @@ def _fmt(value: float) -> str:
     return "+Inf" if math.isinf(value) else f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-def _gate(name: Literal["errorShare", "p99Seconds", "predictionDivergence", "qualityDrop"], threshold: str,
-          value: float | None) -> GateStatus:  # fmt: skip
+def _gate(name: Literal["errorShare", "p99Seconds", "predictionDivergence", "qualityDrop", "disagreement"],
+          threshold: str, value: float | None) -> GateStatus:  # fmt: skip
     if value is None:
         return GateStatus(name=name, threshold=threshold)
     passed = not math.isinf(value) and Decimal(_fmt(value)) <= Decimal(threshold)
@@ -188,13 +224,26 @@ class Predictions:
     stable: FeatureProfile | None
 
 
-def gates(analysis: CanaryAnalysis, candidate: Vector, stable: Vector, predictions: Predictions) -> list[GateStatus]:
-    """Every gate the analysis sets, measured over the step's counts (unset value: not measurable yet)."""
+def gates(analysis: CanaryAnalysis, candidate: Vector, stable: Vector, predictions: Predictions,
+          shadow: bool = False) -> list[GateStatus]:  # fmt: skip
+    """Every gate the analysis sets, measured over the step's counts (unset value: not measurable yet). At a
+    shadow step: the candidate's errors as the stable pods saw them (an answer other than 200, late or
+    unreadable), its latency, and its disagreement with the stable version; predictions and labels are not
+    gated there (it serves no client, and none labels its answers)."""
     answered = int(candidate[ANSWERED])
-    out = [_gate("errorShare", analysis.max_error_share, candidate[ERRORS] / answered if answered else None)]
+    tried = int(stable[MIRROR_ANSWERED] + stable[MIRROR_FAILED])
+    errors = (stable[MIRROR_FAILED] / tried if tried else None) if shadow else (
+        candidate[ERRORS] / answered if answered else None
+    )  # fmt: skip
+    out = [_gate("errorShare", analysis.max_error_share, errors)]
     if analysis.max_p99_seconds is not None:
         p99 = quantile(0.99, candidate[BUCKETS : BUCKETS + LATENCY]) if answered else None
         out.append(_gate("p99Seconds", analysis.max_p99_seconds, p99))
+    if shadow:
+        if analysis.max_disagreement is not None:
+            value = disagreement(stable, predictions.stable) if stable[COMPARED] >= MIN_PREDICTIONS else None
+            out.append(_gate("disagreement", analysis.max_disagreement, value))
+        return out
     if analysis.max_prediction_divergence is not None:
         mine, theirs = candidate[BUCKETS + LATENCY :], stable[BUCKETS + LATENCY :]
         known = predictions.candidate is not None and predictions.stable is not None
@@ -242,7 +291,7 @@ def judge(step: CanaryStep, elapsed: float, requests: int, measured: list[GateSt
     if evidence and failed:
         return Verdict("rollback", "; ".join(f"{g.name} {g.value} exceeds {g.threshold}" for g in failed))
     if evidence and not unmeasured and elapsed >= pause:
-        return Verdict("next", f"passed at weight {step.weight} with {requests} requests")
+        return Verdict("next", f"passed at {step.describe()} with {requests} requests")
     missing = [f"{requests} of {step.min_requests} requests"] if not evidence and step.min_requests else []
     missing += [f"{name} not measurable" for name in unmeasured]
     if elapsed >= parse_duration(step.max_wait):
@@ -341,11 +390,12 @@ class Seen:
     stable: str | None  # the version the stable pods serve (pinned, or the one they all serve)
     target: str | None  # where the alias points now (or the spec's version)
     stable_replicas: int
-    canary_problem: tuple[str, str] | None  # (reason, message): the candidate's pods cannot start
+    canary_problem: tuple[str, str] | None  # (reason, message): the candidate's pods (canary or shadow) cannot start
     promoted: bool  # the stable Deployment has rolled out the candidate
     decision: Decision | None
     measured: tuple[int, list[GateStatus]]  # the candidate's requests at this step, and the gates
     now: datetime
+    mirrored: int = 0  # at a shadow step: the requests the stable pods sampled for the candidate
 
 
 @dataclass(frozen=True)
@@ -358,6 +408,7 @@ class Plan:
     restore: tuple[str, str] | None = None  # (candidate, stable): move the alias back, if it is still there
     ended: bool = False  # the rollout reached its outcome now
     retried: RetryRequest | None = None  # a request to try a rolled-back version again, taken now
+    shadow: tuple[str, int, int] | None = None  # the candidate, its shadow pods and the percent they ask for
 
 
 def tally(plan: Plan, recorded: dict[str, int]) -> dict[str, int]:
@@ -368,16 +419,32 @@ def tally(plan: Plan, recorded: dict[str, int]) -> dict[str, int]:
     return counts
 
 
+Pods = tuple[tuple[str, int] | None, tuple[str, int, int] | None, int]
+
+
+def _pods(spec: RolloutSpec, most: int, candidate: str, step: int, seen: Seen) -> Pods:
+    """The candidate's pods at ``step``: its canary pods (version, replicas) or its shadow pods (version,
+    replicas, percent mirrored), and the weight they give it. Past the last step, as at the last if they
+    serve requests (shadow pods do not)."""
+    at = spec.steps[min(step, len(spec.steps)) - 1]
+    if at.weight is None:
+        mirror = int(at.mirror or 0)
+        shadow = (candidate, shadow_replicas(mirror, seen.stable_replicas, most), mirror)
+        return None, shadow if step <= len(spec.steps) else None, 0
+    replicas = canary_replicas(at.weight, seen.stable_replicas, most)
+    return (candidate, replicas), None, share(replicas, seen.stable_replicas)
+
+
 def _start(spec: RolloutSpec, most: int, candidate: str, seen: Seen, rejected: list[str]) -> Plan:
     assert seen.stable is not None
-    replicas = canary_replicas(spec.steps[0].weight, seen.stable_replicas, most)
+    canary, shadow, weight = _pods(spec, most, candidate, 1, seen)
     rollout = RolloutStatus(
-        candidate=candidate, stable=seen.stable, started=stamp(seen.now), step=1,
-        weight=share(replicas, seen.stable_replicas), step_started=stamp(seen.now),
-        message="the candidate's pods are starting",
+        candidate=candidate, stable=seen.stable, started=stamp(seen.now), step=1, weight=weight,
+        mirror=spec.steps[0].mirror, step_started=stamp(seen.now), message="the candidate's pods are starting",
     )  # fmt: skip
-    event = Event("Normal", "CanaryStarted", f"Canary of version {candidate} beside {seen.stable} started")
-    return Plan(seen.stable, (candidate, replicas), rollout, rejected, [event])
+    how = f" (shadowing {spec.steps[0].mirror}% of its requests)" if shadow else ""
+    event = Event("Normal", "CanaryStarted", f"Canary of version {candidate} beside {seen.stable} started{how}")
+    return Plan(seen.stable, canary, rollout, rejected, [event], shadow=shadow)
 
 
 def _finish(running: RolloutStatus, outcome: Literal["Promoted", "RolledBack"], message: str, seen: Seen,
@@ -429,45 +496,43 @@ def _advance(spec: RolloutSpec, most: int, running: RolloutStatus, rejected: lis
     return _judge_step(spec, most, running, seen, rejected)
 
 
-def _replicas(spec: RolloutSpec, most: int, step: int, seen: Seen) -> int:
-    """The candidate's pods at ``step`` (past the last step: as many as at the last)."""
-    return canary_replicas(spec.steps[min(step, len(spec.steps)) - 1].weight, seen.stable_replicas, most)
-
-
 def _judge_step(spec: RolloutSpec, most: int, running: RolloutStatus, seen: Seen, rejected: list[str]) -> Plan:
     step, last = spec.steps[running.step - 1], len(spec.steps)
-    replicas = _replicas(spec, most, running.step, seen)
+    canary, shadow, weight = _pods(spec, most, running.candidate, running.step, seen)
     requests, measured = seen.measured
     elapsed = (seen.now - datetime.fromisoformat(running.step_started)).total_seconds()
     verdict = judge(step, elapsed, requests, measured)
-    update = {"weight": share(replicas, seen.stable_replicas), "requests": requests, "gates": measured}
+    update = {"weight": weight, "mirror": step.mirror, "requests": requests, "mirrored": seen.mirrored,
+              "gates": measured}  # fmt: skip
     current = running.model_copy(update={**update, "message": verdict.message})
     if verdict.action == "rollback":
         why = f"step {running.step} failed: {verdict.message}"
         return _finish(current, "RolledBack", why, seen, rejected, restore=True)
     if verdict.action == "wait":
-        return Plan(running.stable, (running.candidate, replicas), current, rejected)
-    following = _replicas(spec, most, running.step + 1, seen)
-    record = StepRecord(step=running.step, weight=current.weight, requests=requests, gates=measured,
-                        passed=stamp(seen.now))  # fmt: skip
+        return Plan(running.stable, canary, current, rejected, shadow=shadow)
+    canary, shadow, weight = _pods(spec, most, running.candidate, running.step + 1, seen)
+    record = StepRecord(step=running.step, weight=current.weight, mirror=step.mirror, requests=requests,
+                        mirrored=seen.mirrored, gates=measured, passed=stamp(seen.now))  # fmt: skip
     passed = current.model_copy(
         update={
             "step": running.step + 1,
             "step_started": stamp(seen.now),
             "requests": 0,
+            "mirrored": 0,
             "gates": [],
-            "weight": share(following, seen.stable_replicas),
+            "weight": weight,
+            "mirror": spec.steps[running.step].mirror if running.step < last else None,
             "passed": [*running.passed, record],
         }
     )
     event = Event("Normal", "StepPassed", f"Step {running.step} of {last}: {verdict.message}")
-    return Plan(running.stable, (running.candidate, following), passed, rejected, [event])
+    return Plan(running.stable, canary, passed, rejected, [event], shadow=shadow)
 
 
 def _promote(spec: RolloutSpec, most: int, running: RolloutStatus, seen: Seen, rejected: list[str]) -> Plan:
     """Past the last step: wait for a person's promote where approval is Manual, then replace the stable
     pods with the candidate's, the candidate's own pods serving until that is done."""
-    kept = (running.candidate, _replicas(spec, most, running.step, seen))
+    kept = _pods(spec, most, running.candidate, running.step, seen)[0]
     approved = spec.approval == "Automatic" or (seen.decision is not None and seen.decision.action == "Promote")
     if not approved:
         waiting = running.model_copy(update={"message": "waiting for `regrow promote` or `regrow rollback`"})
@@ -488,8 +553,11 @@ def progressing(spec: RolloutSpec, rollout: RolloutStatus | None, stable: str | 
     if rollout.outcome is not None:
         return None
     if rollout.step <= len(spec.steps):
-        return Cond("Progressing", "True", "CanaryStep",
-                    f"step {rollout.step} of {len(spec.steps)}, {where}: {rollout.message}")  # fmt: skip
+        reason, how = ("CanaryStep", where) if rollout.mirror is None else (
+            "ShadowStep", f"{rollout.candidate} shadowing {rollout.stable} on {rollout.mirror}% of its requests"
+        )  # fmt: skip
+        steps = f"step {rollout.step} of {len(spec.steps)}"
+        return Cond("Progressing", "True", reason, f"{steps}, {how}: {rollout.message}")
     if spec.approval == "Manual" and not (rollout.decision and rollout.decision.action == "Promote"):
         return Cond("Progressing", "True", "WaitingForApproval", f"{where} passed every step; {rollout.message}")
     return Cond("Progressing", "True", "Promoting", f"{rollout.candidate} passed every step; {rollout.message}")

@@ -44,16 +44,25 @@ def _made_by(version: str, trainingjobs: list[Obj]) -> list[str]:
     return lines
 
 
+def _at(step: Obj) -> str:
+    return f"shadowing {step['mirror']}%" if step.get("mirror") else f"at {step['weight']}%"
+
+
+def _requests(step: Obj) -> str:
+    mirrored = f" of {step.get('mirrored', 0)} mirrored" if step.get("mirror") else ""
+    return f"{step.get('requests', 0)}{mirrored} requests"
+
+
 def _rollout(rollout: Obj) -> list[str]:
-    state = rollout.get("outcome") or f"at step {rollout['step']}, {rollout['weight']}%"
+    state = rollout.get("outcome") or f"at step {rollout['step']}, {_at(rollout)}"
     when = f" at {rollout['finished']}" if rollout.get("finished") else ""
     lines = [f"last canary: {rollout['candidate']} beside {rollout['stable']}, started {rollout['started']}: "
              f"{state}{when} ({rollout.get('message', '')})"]  # fmt: skip
     for step in rollout.get("passed") or []:
-        lines.append(f"  step {step['step']} at {step['weight']}%, passed {step['passed']} after "
-                     f"{step['requests']} requests: {_gates(step.get('gates') or [])}")  # fmt: skip
+        lines.append(f"  step {step['step']} {_at(step)}, passed {step['passed']} after {_requests(step)}: "
+                     f"{_gates(step.get('gates') or [])}")  # fmt: skip
     if not rollout.get("outcome") or rollout["outcome"] == "RolledBack":
-        lines.append(f"  step {rollout['step']} at {rollout['weight']}% with {rollout.get('requests', 0)} requests: "
+        lines.append(f"  step {rollout['step']} {_at(rollout)} with {_requests(rollout)}: "
                      f"{_gates(rollout.get('gates') or [])}")  # fmt: skip
     decision = rollout.get("decision")
     if decision:

@@ -35,6 +35,8 @@ from regrow.manifests.serving import (
     COMPONENT,
     FEEDBACK_ENV,
     PORT,
+    SHADOW,
+    SHADOW_PERCENT_ENV,
     VERSION_ANNOTATION,
     alias_job,
     autoscaler,
@@ -44,6 +46,7 @@ from regrow.manifests.serving import (
     metrics_address,
     selector,
     service,
+    shadow_service,
 )
 
 READY, RESOLVED, AVAILABLE, PROGRESSING = "Ready", "ModelResolved", "Available", "Progressing"
@@ -308,6 +311,8 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     _feedback_key(api, owner, spec, live)
     applied = ensure(api, deployment(owner, spec, defaults, version), unmanaged=("replicas",))
     ensure(api, service(owner))
+    if spec.rollout.mirrors:
+        ensure(api, shadow_service(owner))
     ensure(api, autoscaler(owner, spec, serving.versions.hpa))
     ensure(api, disruption_budget(owner, serving.versions.pdb))
     if applied.action == "created":
@@ -349,12 +354,14 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
     recorded = body.get("status") or {}
     last = RolloutStatus.model_validate(recorded["rollout"]) if recorded.get("rollout") else None
     rejected = list(recorded.get("rejectedVersions") or [])
-    canary_live = None  # a ModelDeployment that never ran a canary has no canary Deployment to read
+    canary_live = shadow_live = None  # a ModelDeployment that never ran a canary has no candidate Deployment
     if spec.rollout.strategy == "Canary" or last is not None:
         canary_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(CANARY)))
+    if spec.rollout.mirrors or (last is not None and last.mirror is not None):
+        shadow_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(SHADOW)))
     if spec.rollout.strategy == "Canary":
         running = last if last is not None and last.outcome is None else None
-        seen = _seen(body, spec, serving, (live, canary_live), (pinned, target, running), reports)
+        seen = _seen(body, spec, serving, (live, canary_live, shadow_live), (pinned, target, running), reports)
         retried = canary.retry(body["metadata"].get("annotations") or {}, recorded.get("lastRetry"))
         if retried is not None:  # a person asks: no longer rejected, and the alias goes there if it can
             rejected = [v for v in rejected if v != retried.version]
@@ -367,8 +374,13 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
                             ended=ended)  # fmt: skip
     if moves.canary is not None:
         ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1]))
-    elif canary_live is not None and canary_live["spec"].get("replicas"):  # scaled away, kept for the next one
-        ensure(api, deployment(owner, spec, serving.defaults, pinned_version(canary_live), canary_replicas=0))
+    else:
+        _scale_away(owner, spec, serving, canary_live)
+    if moves.shadow is not None:
+        version, replicas, percent = moves.shadow
+        ensure(api, deployment(owner, spec, serving.defaults, version, replicas, shadow_percent=percent))
+    else:
+        _scale_away(owner, spec, serving, shadow_live)
     if moves.rollout is None or moves.rollout.outcome is not None:
         serving.memory.forget(owner.uid)
     if moves.restore is not None and spec.model.alias and moves.rollout is not None:
@@ -376,6 +388,17 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
         with contextlib.suppress(Conflict):  # made once: its name is the move's and the canary's
             api.create(path("batch/v1", "jobs", owner.namespace), job)
     return _restored(owner, spec, serving, moves, target)
+
+
+def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None) -> None:
+    """A candidate's Deployment (canary or shadow) that has pods: scaled to none, kept for the next one."""
+    if live is None or not live["spec"].get("replicas"):
+        return
+    containers = live["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for c in containers for e in c.get("env") or []}
+    percent = env.get(SHADOW_PERCENT_ENV) if live["metadata"].get("name") == owner.child_name(SHADOW) else None
+    ensure(serving.api, deployment(owner, spec, serving.defaults, pinned_version(live), canary_replicas=0,
+                                   shadow_percent=int(percent) if percent else None))  # fmt: skip
 
 
 def _restored(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: canary.Plan,
@@ -414,52 +437,61 @@ def _retry(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: can
     return dataclasses.replace(moves, events=[*moves.events, event], retried=retried)
 
 
-def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving, lives: tuple[Obj | None, Obj | None],
+def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
+          lives: tuple[Obj | None, Obj | None, Obj | None],
           versions: tuple[str | None, str | None, RolloutStatus | None], reports: list[PodReport]
           ) -> canary.Seen:  # fmt: skip
-    """What the canary's plan is made from: both tracks' Deployments and pods, a person's decision, and the
-    running step's counts so far. ``versions``: the pinned one, the target, and the running canary."""
-    owner, (live, canary_live), (pinned, target, running) = Owner.of(body), lives, versions
+    """What the canary's plan is made from: the Deployments and pods of both tracks (the candidate's being the
+    canary's, or the shadow's at a shadow step), a person's decision, and the running step's counts so far.
+    ``versions``: the pinned one, the target, and the running canary."""
+    owner, (live, canary_live, shadow_live), (pinned, target, running) = Owner.of(body), lives, versions
     stable = serving_version(pinned, reports)
-    canary_pods = serving_pods(serving.api, owner.namespace, owner.name, CANARY)
-    canary_reports = [report(p, spec.model.name, serving.prober) for p in canary_pods]
     measuring = running is not None and running.step <= len(spec.rollout.steps)
+    shadowing = measuring and running is not None and running.mirror is not None
+    component, candidate_live = (SHADOW, shadow_live) if shadowing else (CANARY, canary_live)
+    candidate_pods = serving_pods(serving.api, owner.namespace, owner.name, component)
+    candidate_reports = [report(p, spec.model.name, serving.prober) for p in candidate_pods]
+    requests, gates, mirrored = (
+        _measure(owner, spec, serving, running, candidate_pods, shadowing) if measuring and running else (0, [], 0)
+    )
     return canary.Seen(
         stable=stable,
         target=target or stable,
         stable_replicas=int(((live or {}).get("spec") or {}).get("replicas") or spec.replicas.min),
-        canary_problem=_problem(canary_live, canary_reports)
-        if canary_live and _current(canary_live, running)
+        canary_problem=_problem(candidate_live, candidate_reports)
+        if candidate_live and _current(candidate_live, running)
         else None,
         promoted=live is not None and running is not None and pinned == running.candidate and rolled_out(live),
         decision=canary.decision(body["metadata"].get("annotations") or {}, running),
-        measured=_measure(owner, spec, serving, running, canary_pods) if measuring and running else (0, []),
+        measured=(requests, gates),
         now=datetime.now(UTC),
+        mirrored=mirrored,
     )
 
 
-def _current(canary_live: Obj, running: RolloutStatus | None) -> bool:
-    """Whether the canary's Deployment is the running candidate's, as its controller has seen it (a condition
-    left from an earlier candidate says nothing of this one)."""
+def _current(candidate_live: Obj, running: RolloutStatus | None) -> bool:
+    """Whether the candidate's Deployment is the running candidate's, as its controller has seen it (a
+    condition left from an earlier candidate says nothing of this one)."""
     if running is None:
         return False
-    seen = (canary_live.get("status") or {}).get("observedGeneration", 0) >= canary_live["metadata"].get(
+    seen = (candidate_live.get("status") or {}).get("observedGeneration", 0) >= candidate_live["metadata"].get(
         "generation", 1
     )
-    return bool(pinned_version(canary_live) == running.candidate and seen)
+    return bool(pinned_version(candidate_live) == running.candidate and seen)
 
 
 def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running: RolloutStatus,
-             canary_pods: list[Obj]) -> tuple[int, list[GateStatus]]:  # fmt: skip
-    """The candidate's requests at the running step and its gates, from the counters of both tracks' pods, each
-    version's read from every pod (its requests come from its own pods, its labels from any)."""
+             candidate_pods: list[Obj], shadowing: bool) -> tuple[int, list[GateStatus], int]:  # fmt: skip
+    """The candidate's requests at the running step, its gates, and at a shadow step the requests the stable
+    pods sampled for it, from the counters of both tracks' pods, each version's read from every pod (its
+    requests come from its own pods, its labels from any, what was mirrored to it from the stable pods)."""
     model = spec.model.name
     counts = serving.memory.steps.get(owner.uid)
     if counts is None or (counts.candidate, counts.step) != (running.candidate, running.step):
         counts = serving.memory.steps[owner.uid] = canary.StepCounts(running.candidate, running.step)
     stable_pods = serving_pods(serving.api, owner.namespace, owner.name)
     ready = {track: [p for p in pods if pod_ready(p) and p["status"].get("podIP")]
-             for track, pods in (("candidate", canary_pods), ("stable", stable_pods))}  # fmt: skip
+             for track, pods in (("candidate", candidate_pods), ("stable", stable_pods))}  # fmt: skip
     texts = {
         p["metadata"]["name"]: serving.fetch(metrics_address(p), "/metrics")
         for p in [*ready["candidate"], *ready["stable"]]
@@ -467,7 +499,9 @@ def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running:
     totals, bins = {}, {}
     for track, version in (("candidate", running.candidate), ("stable", running.stable)):
         bins[track] = _prediction(owner, model, version, ready[track], serving)
-        vectors = {n: canary.read_version(t.decode(), model, version, bins[track]) for n, t in texts.items() if t}
+        shadow = running.candidate if shadowing and track == "stable" else None
+        vectors = {n: canary.read_version(t.decode(), model, version, bins[track], shadow)
+                   for n, t in texts.items() if t}  # fmt: skip
         total = counts.tracks.setdefault(track, canary.Track()).add(vectors)
         totals[track] = np.zeros(canary.size(bins[track]), dtype=np.int64) if total is None else total
     mine, theirs = totals["candidate"], totals["stable"]
@@ -476,7 +510,8 @@ def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running:
     if None in known:  # read, and a version's profile has no prediction bins: nothing to compare
         analysis = analysis.model_copy(update={"max_prediction_divergence": None})
     predictions = canary.Predictions(bins["candidate"], bins["stable"])
-    return int(mine[canary.ANSWERED]), canary.gates(analysis, mine, theirs, predictions)
+    measured = canary.gates(analysis, mine, theirs, predictions, shadow=shadowing)
+    return int(mine[canary.ANSWERED]), measured, int(theirs[canary.MIRRORED]) if shadowing else 0
 
 
 def _prediction(owner: Owner, model: str, version: str, pods: list[Obj], serving: Serving) -> FeatureProfile | None:

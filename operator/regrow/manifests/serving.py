@@ -22,6 +22,9 @@ from regrow.manifests.common import (
 
 COMPONENT = "predictor"
 CANARY = "canary"  # the component of a canary's Deployment and pods
+SHADOW = "shadow"  # the component of a shadow candidate's Deployment, pods and Service
+SHADOW_PERCENT_ENV = "REGROW_SHADOW_PERCENT"
+SHADOW_OF = f"{GROUP}/shadow-of"  # a shadow pod's label in place of ``modeldeployment``: no client reaches it
 CONTAINER = "server"
 PORT = 8080
 METRICS = "metrics"  # the name of the container port for /metrics and the profile, when it is not PORT
@@ -57,22 +60,32 @@ def metrics_address(pod: Manifest) -> str:
 
 
 def selector(owner: Owner, component: str = COMPONENT) -> dict[str, str]:
-    """The labels of one track's pods (the stable ``predictor``, or the ``canary``) that never change (a
-    Deployment's selector is immutable)."""
-    return {f"{GROUP}/modeldeployment": owner.name, "app.kubernetes.io/component": component}
+    """The labels of one track's pods (the stable ``predictor``, the ``canary`` or the ``shadow``) that never
+    change (a Deployment's selector is immutable). A shadow's pods lack the ``modeldeployment`` label that the
+    Service selects."""
+    return {SHADOW_OF if component == SHADOW else f"{GROUP}/modeldeployment": owner.name,
+            "app.kubernetes.io/component": component}  # fmt: skip
+
+
+def shadow_url(owner: Owner) -> str:
+    """Where the stable pods find the shadow Service: its name alone resolves in their namespace."""
+    return f"http://{owner.child_name(SHADOW)}"
 
 
 def deployment(
     owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, version: str | None,
-    canary_replicas: int | None = None,
+    canary_replicas: int | None = None, shadow_percent: int | None = None,
 ) -> Manifest:  # fmt: skip
     """The stable Deployment; ``version`` pins the model version (None: the pods resolve the alias
     themselves). The version is in the pod template, so a new version rolls the pods. With
-    ``canary_replicas``, the canary's Deployment instead: ``version`` is the candidate, on that many pods."""
+    ``canary_replicas``, the canary's Deployment instead: ``version`` is the candidate, on that many pods; and
+    with ``shadow_percent`` too, the shadow's, whose pods ask the stable ones for that percent of their
+    requests, log none and reach no client."""
     model = spec.model
-    component = COMPONENT if canary_replicas is None else CANARY
+    component = COMPONENT if canary_replicas is None else CANARY if shadow_percent is None else SHADOW
+    logs = spec.logs_predictions and component != SHADOW
     env, env_from = storage_env(spec.storage)
-    volumes, mounts = storage_volumes(spec.storage, read_only=not spec.logs_predictions)  # the log writes to the store
+    volumes, mounts = storage_volumes(spec.storage, read_only=not logs)  # the log writes to the store
     pinned = version if canary_replicas is not None else model.version or version
     model_env = [
         {"name": "REGROW_REGISTRY", "value": model.registry},
@@ -91,12 +104,17 @@ def deployment(
            {"name": "REGROW_PREDICTION_LOG_MAX_QUEUE", "value": str(spec.prediction_log.max_queue)},
            {"name": FEEDBACK_ENV, "valueFrom": {"secretKeyRef": {
                "name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}]
-          if spec.logs_predictions and spec.prediction_log else []),
+          if logs and spec.prediction_log else []),
+        *([{"name": "REGROW_SHADOW_URL", "value": shadow_url(owner)}]
+          if component == COMPONENT and spec.rollout.mirrors else []),
+        *([{"name": SHADOW_PERCENT_ENV, "value": str(shadow_percent)}] if component == SHADOW else []),
         {"name": "REGROW_THREADS", "valueFrom": {"resourceFieldRef": {
             "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
     ]  # fmt: skip
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2}
     labels = {**owner.labels(component), **selector(owner, component)}
+    if component == SHADOW:
+        del labels[f"{GROUP}/modeldeployment"]
     template: Manifest = {
         "metadata": {
             "labels": labels,
@@ -219,13 +237,22 @@ def service(owner: Owner) -> Manifest:
     """The Service in front of both tracks: kube-proxy spreads connections over the stable and the canary
     pods alike, so the canary's share of traffic is its share of the pods. No other pod carries the
     ``modeldeployment`` label."""
+    return _cluster_ip(owner, COMPONENT, {f"{GROUP}/modeldeployment": owner.name})
+
+
+def shadow_service(owner: Owner) -> Manifest:
+    """The Service in front of a shadow candidate's pods, for the stable pods to mirror to (``shadow_url``)."""
+    return _cluster_ip(owner, SHADOW, {SHADOW_OF: owner.name})
+
+
+def _cluster_ip(owner: Owner, component: str, pods: dict[str, str]) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": owner.metadata(COMPONENT),
+        "metadata": owner.metadata(component),
         "spec": {
             "type": "ClusterIP",
-            "selector": {f"{GROUP}/modeldeployment": owner.name},
+            "selector": pods,
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
