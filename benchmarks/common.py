@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,10 +44,12 @@ def wait_up(url: str, payload: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer 200 in {timeout:.0f}s")
 
 
-def serve(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a server pinned to CPU 0 (the load generator takes CPU 1)."""
+def serve(
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, cpu: int = 0
+) -> subprocess.Popen[bytes]:
+    """Start a server pinned to CPU ``cpu`` (0: the load generator takes CPU 1)."""
     return subprocess.Popen(
-        ["taskset", "-c", "0", *argv],
+        ["taskset", "-c", str(cpu), *argv],
         env={**os.environ, **(env or {})},
         cwd=cwd,
         stdout=subprocess.DEVNULL,
@@ -54,14 +57,14 @@ def serve(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None =
     )
 
 
-def trained_iris(work: Path) -> tuple[Registry, str]:
-    """Train logistic regression on iris into ``work/registry``; return the registry and the version."""
+def trained_iris(work: Path, algorithm: str = "logisticRegression") -> tuple[Registry, str]:
+    """Train ``algorithm`` on iris into ``work/registry``; return the registry and the version."""
     (work / "iris.csv").write_bytes(sample_csv("iris"))
     spec = parse_spec(
         TrainingJobSpec,
         {
             "dataset": {"uri": f"file://{work}/iris.csv", "target": "species"},
-            "model": {"algorithm": "logisticRegression"},
+            "model": {"algorithm": algorithm},
             "output": {"registry": f"file://{work}/registry", "modelName": "iris"},
         },
     )
@@ -74,3 +77,24 @@ def regrow_serve(work: Path, version: str, port: int, *extra: str) -> list[str]:
     registry = f"file://{work}/registry"
     return [sys.executable, "-m", "regrow.cli", "serve", "--registry", registry, "--model", "iris",
             "--version", version, "--drain-seconds", "0", "--port", str(port), *extra]  # fmt: skip
+
+
+def wrk(url: str, payload: str, seconds: int, connections: int, work: Path) -> tuple[float, float, float, int]:
+    script = work / "post.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(payload)}\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    return rps, latency("50"), latency("99"), errors

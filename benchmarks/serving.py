@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROW, free_port, infer_body, regrow_serve, serve, trained_iris, wait_up
+from common import ROW, free_port, infer_body, regrow_serve, serve, trained_iris, wait_up, wrk
 
 from regrow.inference import OnnxModel
 from regrow.storage.registry import MODEL
@@ -108,27 +107,6 @@ MLSERVER_TRAIN = textwrap.dedent(
     joblib.dump(model, sys.argv[2])
     """
 )
-
-
-def wrk(url: str, payload: str, seconds: int, connections: int, work: Path) -> tuple[float, float, float, int]:
-    script = work / "post.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.body = {json.dumps(payload)}\nwrk.headers["Content-Type"] = "application/json"\n'
-    )
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-    def latency(pct: str) -> float:
-        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    return rps, latency("50"), latency("99"), errors
 
 
 def in_process(model: OnnxModel, batch: int, seconds: float) -> tuple[float, float, float]:

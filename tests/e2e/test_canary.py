@@ -146,6 +146,14 @@ def _absurd_iris() -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
+def publish_rivals(store: Path) -> tuple[str, str, str]:
+    """iris three times into ``store``'s registry: the champion (logistic regression), a better candidate (a
+    random forest, alias challenger) and an absurd one (alias absurd)."""
+    first = publish_iris(store)
+    better = publish_iris(store, algorithm="randomForest", alias="challenger")
+    return first, better, publish_iris(store, alias="absurd", csv=_absurd_iris())
+
+
 def _canary_md() -> dict[str, Any]:
     body = _with(example("ModelDeployment"), "spec.model.refreshInterval", "2s")
     body = _with(body, "spec.replicas", {"min": 3, "max": 3})
@@ -205,9 +213,7 @@ class Rollouts:
 def test_a_canary_climbs_its_steps_under_load_and_an_absurd_one_is_rolled_back(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
 ) -> None:
-    first = publish_iris(node_store)
-    better = publish_iris(node_store, algorithm="randomForest", alias="challenger")
-    absurd = publish_iris(node_store, alias="absurd", csv=_absurd_iris())
+    first, better, absurd = publish_rivals(node_store)
     third = publish_iris(node_store, algorithm="gradientBoosting", alias="third")
     own_like_a_trainer_pod(node_store / "registry")
     rollouts = Rollouts(node_api, node_namespace, Registry(open_store(f"file://{node_store}/registry")))
