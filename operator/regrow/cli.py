@@ -432,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_cluster_commands(commands)
 
-    sample = commands.add_parser("sample-data", help="write a data set that ships with scikit-learn as CSV")
-    sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes"])
+    sample = commands.add_parser("sample-data", help="write a data set that ships with a package as CSV")
+    sample.add_argument("name", choices=["iris", "wine", "breast_cancer", "diabetes", "penguins"])
     sample.add_argument("--output", help="file to write; standard output if unset")
     sample.set_defaults(func=_sample_data)
 

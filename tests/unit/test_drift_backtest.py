@@ -16,6 +16,7 @@ from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
 from regrow.training.trainer import train
+from tests.unit.test_mixed import publish_penguins
 from tests.unit.test_trainer import make_spec, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,3 +131,33 @@ def test_a_profile_from_an_s3_registry(
     status, windows, err = run(capsys, *args)
     assert status == 0, err
     assert windows[0]["samples"] == 1000 and len(windows[0]["features"]) == 4
+
+
+def test_categorical_columns_are_backtested_by_their_categories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shift in the island mix, and then an island never seen in training, drift the island column alone;
+    ks does not apply to a categorical column and says so (null), psi does."""
+    version = publish_penguins(tmp_path)
+    penguins = pd.read_csv(io.BytesIO(sample_csv("penguins")))
+    rng = np.random.default_rng(5)
+    quiet, mixed, unseen = (penguins.iloc[rng.integers(0, len(penguins), 1000)].reset_index(drop=True) for _ in "abc")
+    mixed["island"] = np.where(rng.random(1000) < 0.8, "Torgersen", mixed["island"])
+    unseen["island"] = np.where(rng.random(1000) < 0.5, "Atlantis", unseen["island"])
+    data = tmp_path / "traffic.csv"
+    pd.concat([quiet, mixed, unseen], ignore_index=True).to_csv(data, index=False)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps({"kind": "DriftPolicy", "spec": {
+        "targetRef": {"name": "penguins"}, "tests": [{"type": "psi"}, {"type": "ks"}], "driftShare": "0.1",
+        "consecutiveBreaches": 1, "minSamples": 500,
+    }}))  # fmt: skip
+    profile = f"file://{tmp_path}/registry/penguins@{version}"
+    status, windows, _ = run(capsys, "--profile", profile, "--data", str(data), "--policy", str(policy),
+                             "--window-rows", "1000")  # fmt: skip
+    assert status == 0 and [w["breached"] for w in windows] == [False, True, True]
+    for window in windows:
+        island = next(f for f in window["features"] if f["name"] == "island")
+        assert island["scores"]["ks"] is None and island["thresholds"]["ks"] is None
+        assert island["scores"]["psi"] is not None
+        drifted = {f["name"] for f in window["features"] if f["drifted"]}
+        assert drifted <= {"island"} and (window["window"] == 0) != ("island" in drifted), window

@@ -381,7 +381,7 @@ def test_bad_binary_requests_get_a_400(
                                        "parameters": {"binary_data_size": size}}]}).encode()  # fmt: skip
         status, got = iris[0].call("POST", "/v2/models/iris/infer", raw=head + b"\0" * 16,
                                    headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
-        assert (status, got["error"]) == (400, "input input: binary_data_size does not match the numeric data sent")
+        assert (status, got["error"]) == (400, "input input: binary_data_size does not match the data sent")
 
 
 def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> None:

@@ -107,10 +107,30 @@ class DatasetSpec(ApiModel):
     features: list[ColumnName] | None = Field(
         default=None, max_length=1024, description="Feature columns; all columns but the target if unset."
     )
+    categorical: list[ColumnName] | None = Field(
+        default=None, max_length=1024,
+        description="Feature columns that are categories, whatever their values look like (integer codes). By "
+        "default a column of strings, booleans or pandas categories is categorical.",
+    )  # fmt: skip
+    numeric: list[ColumnName] | None = Field(
+        default=None, max_length=1024, description="Feature columns that are numbers (a failed parse is an error)."
+    )
+    max_categories: int = Field(
+        default=20, ge=2, le=1000,
+        description="Categories kept per categorical column, the most frequent; the rest are one group, as are "
+        "categories never seen in training. The drift profile keeps the same ones.",
+    )  # fmt: skip
     feedback: FeedbackSpec | None = Field(
         default=None, description="Add the labelled live traffic (in the features' order) to the dataset."
     )
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
+
+    @model_validator(mode="after")
+    def _kinds(self) -> DatasetSpec:
+        both = sorted(set(self.categorical or []) & set(self.numeric or []))
+        if both:
+            raise ValueError(f"dataset.categorical and dataset.numeric both name {', '.join(both)}")
+        return self
 
 
 class ModelSpec(ApiModel):

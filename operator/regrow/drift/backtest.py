@@ -21,6 +21,7 @@ from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import Profile
 from regrow.storage import NotFound, open_store
 from regrow.storage.registry import PROFILE, Registry
+from regrow.tabular import NotCategorical, canonical
 
 
 class BacktestError(Exception):
@@ -42,8 +43,9 @@ def load_registry_profile(reference: str, *, endpoint_url: str | None = None, re
         raise BacktestError(f"{model} has no alias or version {ref!r} in {registry_uri}") from None
 
 
-def feature_matrix(raw: bytes, parquet: bool, profile: Profile) -> npt.NDArray[np.float64]:
-    """The profile's features from a CSV or Parquet file, in the profile's order; other columns ignored."""
+def feature_matrix(raw: bytes, parquet: bool, profile: Profile) -> npt.NDArray[Any]:
+    """The profile's features from a CSV or Parquet file, in the profile's order; other columns ignored. With
+    categorical features, an object table: their canonical categories beside the numeric ones' floats."""
     import pandas as pd  # noqa: PLC0415 - needs [training]
 
     try:
@@ -54,10 +56,20 @@ def feature_matrix(raw: bytes, parquet: bool, profile: Profile) -> npt.NDArray[n
     missing = [name for name in profile.names if name not in frame.columns]
     if missing:
         raise BacktestError(f"the data has no column for the profile's feature(s) {', '.join(missing)}")
-    non_numeric = [name for name in profile.names if not pd.api.types.is_numeric_dtype(frame[name])]
+    numbers = [f.name for f in profile.features if f.numeric]
+    non_numeric = [name for name in numbers if not pd.api.types.is_numeric_dtype(frame[name])]
     if non_numeric:
         raise BacktestError(f"feature column(s) {', '.join(non_numeric)} are not numeric")
-    return np.asarray(frame[profile.names].to_numpy(dtype=np.float64))
+    if profile.numeric:
+        return np.asarray(frame[profile.names].to_numpy(dtype=np.float64))
+    table = np.empty((len(frame), len(profile.features)), dtype=object)
+    for j, feature in enumerate(profile.features):
+        values = frame[feature.name].to_numpy(dtype=object, na_value=None)
+        try:
+            table[:, j] = np.asarray(values, dtype=np.float64) if feature.numeric else canonical(values)
+        except NotCategorical:
+            raise BacktestError(f"feature column {feature.name} holds values that are not categories") from None
+    return table
 
 
 def _number(value: float) -> float | None:
@@ -95,7 +107,7 @@ class Window:
         }
 
 
-def windows(profile: Profile, x: npt.NDArray[np.float64], spec: DriftPolicySpec, rows: int | None) -> Iterator[Window]:
+def windows(profile: Profile, x: npt.NDArray[Any], spec: DriftPolicySpec, rows: int | None) -> Iterator[Window]:
     """Consecutive windows of ``rows`` rows (the whole data when None; the last may be shorter), each
     checked as the policy would, with its breach streak carried from one window to the next."""
     layout = Layout.of(profile)
@@ -104,7 +116,8 @@ def windows(profile: Profile, x: npt.NDArray[np.float64], spec: DriftPolicySpec,
     streak = 0
     for index, first in enumerate(range(0, max(len(x), 1), size)):
         chunk = x[first : first + size]
-        live = Layout.pad(profile, profile.bin_counts(chunk))
+        counts = profile.bin_counts(chunk) if profile.numeric else profile.column_counts(list(chunk.T))
+        live = Layout.pad(profile, counts)
         result = check(layout, live, thresholds, Decimal(spec.drift_share), spec.min_samples)
         streak = streak + 1 if result.breached else 0
         yield Window(index, first, first + len(chunk) - 1, result, streak >= spec.consecutive_breaches)

@@ -7,11 +7,18 @@ the reference counts; the serving process counts live values into the same bins.
 
 Values and edges are float32, the precision the model sees, so a value lands in the same bin in the
 trainer, in the serving process and in the tests, whatever precision it arrived in.
+
+A categorical input feature (``grouped``) has one bin per category kept from the training data (the most
+frequent, at most ``max_categories``, ties by name), then ``<other>`` (any other category: rarer in training,
+or never seen) and ``<missing>``, counted from canonical values (``regrow.tabular``). No category's bin
+label can be a reserved one: a category that starts with ``<`` is labelled with one more ``<`` in front.
+The model's predictions of a classifier are categorical too, one bin per class and nothing else.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -21,6 +28,8 @@ import numpy.typing as npt
 
 SCHEMA_VERSION = 1
 PREDICTION = "__prediction__"  # the reserved feature name the model's outputs are monitored under
+OTHER, MISSING_BIN = "<other>", "<missing>"  # a categorical input's last two bins
+DEFAULT_MAX_CATEGORIES = 20
 DEFAULT_BINS = 10
 _CHUNK_ROWS = 16384
 SORT_ROWS = 4096
@@ -35,32 +44,56 @@ class FeatureProfile:
     edges: tuple[float, ...]
     counts: tuple[int, ...]
     categories: tuple[str, ...] = ()
+    grouped: bool = False  # a categorical input: ``<other>`` and ``<missing>`` bins follow the categories
+
+    @property
+    def numeric(self) -> bool:
+        return not self.categories and not self.grouped
 
     @property
     def labels(self) -> list[str]:
+        if self.grouped:
+            return [("<" + c if c.startswith("<") else c) for c in self.categories] + [OTHER, MISSING_BIN]
         if self.categories:
             return list(self.categories)
         return ["underflow", *(f"b{i}" for i in range(len(self.edges) - 1)), "overflow", "missing"]
 
+    @cached_property
+    def _sorted(self) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64]]:
+        order = np.argsort(np.asarray(self.categories, dtype=str), kind="stable")
+        return np.asarray(self.categories, dtype=str)[order], order.astype(np.int64)
+
     def count(self, values: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Counts of one-dimensional ``values`` in this feature's bins: by category (as text), or binned like
-        any numeric feature."""
-        if self.categories:
-            found = dict(zip(*np.unique(np.asarray(values).astype(str), return_counts=True), strict=True))
-            return np.array([int(found.get(c, 0)) for c in self.categories], dtype=np.int64)
-        return Profile((self,), 0).bin_counts(np.asarray(values, dtype=np.float32).reshape(-1, 1))
+        """Counts of one-dimensional ``values`` in this feature's bins: by category (canonical text, see
+        ``regrow.tabular``), or binned like any numeric feature. Vectorised: each distinct value is looked up
+        once, by a binary search among the sorted categories."""
+        if self.numeric:
+            return Profile((self,), 0).bin_counts(np.asarray(values, dtype=np.float32).reshape(-1, 1))
+        distinct, inverse = np.unique(np.asarray(values, dtype=str).reshape(-1), return_inverse=True)
+        names, order = self._sorted
+        index, known = np.zeros(len(distinct), dtype=np.int64), np.zeros(len(distinct), dtype=bool)
+        if len(names):
+            at = np.searchsorted(names, distinct).clip(0, len(names) - 1)
+            index, known = order[at], names[at] == distinct
+        size = len(self.categories) + (2 if self.grouped else 0)
+        if self.grouped:
+            where = np.where(known, index, np.where(distinct == "", size - 1, size - 2))
+        else:  # a classifier's predictions: a class it does not know counts nowhere
+            where = np.where(known, index, size)
+        return np.bincount(where[inverse], minlength=size + 1)[:size].astype(np.int64)
 
     def to_dict(self) -> dict[str, object]:
-        if self.categories:
+        if self.categories or self.grouped:
             return {"name": self.name, "type": "categorical", "categories": list(self.categories),
-                    "counts": list(self.counts)}  # fmt: skip
+                    "counts": list(self.counts), **({"grouped": True} if self.grouped else {})}  # fmt: skip
         return {"name": self.name, "type": "numeric", "edges": list(self.edges), "counts": list(self.counts)}
 
     @classmethod
     def from_dict(cls, f: dict[str, Any]) -> FeatureProfile:
         counts = tuple(int(c) for c in f["counts"])
         if f.get("type") == "categorical":
-            return cls(str(f["name"]), (), counts, tuple(str(c) for c in f["categories"]))
+            categories = tuple(str(c) for c in f["categories"])
+            return cls(str(f["name"]), (), counts, categories, bool(f.get("grouped", False)))
         return cls(str(f["name"]), tuple(float(e) for e in f["edges"]), counts)
 
 
@@ -82,6 +115,32 @@ class Profile:
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def numeric(self) -> bool:
+        """Whether every input is numeric (its rows then come as one float matrix)."""
+        return all(f.numeric for f in self.features)
+
+    @cached_property
+    def _numbers(self) -> tuple[Profile, list[int]]:
+        """The numeric features' own profile, and where they are among all features."""
+        where = [j for j, f in enumerate(self.features) if f.numeric]
+        return Profile(tuple(self.features[j] for j in where), self.rows), where
+
+    def column_counts(self, columns: Sequence[npt.ArrayLike]) -> npt.NDArray[np.int64]:
+        """Counts of one column per feature (floats for a numeric one, canonical text for a categorical one)
+        in every bin, as one flat vector (see ``offsets``): the numeric ones binned together."""
+        numbers, where = self._numbers
+        parts: list[npt.NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)] * len(self.features)
+        if where:
+            matrix = np.column_stack([np.asarray(columns[j], dtype=np.float32).reshape(-1) for j in where])
+            parts_of_numbers = numbers.split(numbers.bin_counts(matrix))
+            for j, part in zip(where, parts_of_numbers, strict=True):
+                parts[j] = part
+        for j, feature in enumerate(self.features):
+            if not feature.numeric:
+                parts[j] = feature.count(columns[j])
+        return np.concatenate(parts).astype(np.int64)
 
     @cached_property
     def sizes(self) -> npt.NDArray[np.int64]:
@@ -198,6 +257,33 @@ def prediction_profile(outputs: npt.ArrayLike, classes: list[Any]) -> FeaturePro
         categories = FeatureProfile(PREDICTION, (), (), tuple(str(c) for c in classes))
         return replace(categories, counts=tuple(int(n) for n in categories.count(outputs)))
     return fit_profile(np.asarray(outputs, dtype=np.float64).reshape(-1, 1), [PREDICTION]).features[0]
+
+
+def fit_categories(values: npt.ArrayLike, name: str, max_categories: int = DEFAULT_MAX_CATEGORIES) -> FeatureProfile:
+    """A categorical input's reference from canonical ``values``: the ``max_categories`` most frequent
+    categories (ties by name), then the rest as other, then the missing ones."""
+    distinct, counts = np.unique(np.asarray(values, dtype=str).reshape(-1), return_counts=True)
+    present = distinct != ""
+    order = np.lexsort((distinct[present], -counts[present]))[:max_categories]
+    kept = tuple(str(c) for c in distinct[present][order])
+    empty = FeatureProfile(name, (), (0,) * (len(kept) + 2), kept, grouped=True)
+    return replace(empty, counts=tuple(int(n) for n in empty.count(values)))
+
+
+def fit_columns(columns: Sequence[npt.ArrayLike], names: list[str], categorical: set[str],
+                max_categories: int = DEFAULT_MAX_CATEGORIES, bins: int = DEFAULT_BINS) -> Profile:  # fmt: skip
+    """The reference profile of training data given one column per feature: the ``categorical`` ones by
+    ``fit_categories``, the others as ``fit_profile`` bins them."""
+    rows = len(np.asarray(columns[0]).reshape(-1)) if columns else 0
+    numeric = [j for j, name in enumerate(names) if name not in categorical]
+    stacked = [np.asarray(columns[j], dtype=np.float32).reshape(-1) for j in numeric]
+    fitted = fit_profile(np.column_stack(stacked), [names[j] for j in numeric], bins) if numeric else None
+    by_name = {f.name: f for f in fitted.features} if fitted else {}
+    features = tuple(
+        by_name[name] if name in by_name else fit_categories(columns[j], name, max_categories)
+        for j, name in enumerate(names)
+    )
+    return Profile(features, rows)
 
 
 def fit_profile(x: npt.ArrayLike, names: list[str], bins: int = DEFAULT_BINS) -> Profile:

@@ -11,14 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
-from regrow.inference import Prediction
+from regrow.inference import Batch, Prediction, rows
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
 from regrow.serving.metrics import ServingMetrics
@@ -31,11 +30,14 @@ from regrow.serving.protocol import (
     parse_json,
     requested_outputs,
     split_binary,
+    v1_columns,
     v1_inputs,
     v1_predictions,
+    v2_columns,
     v2_inputs,
     v2_outputs,
 )
+from regrow.tabular import missing
 
 RETRY_AFTER = b"retry-after: 1\r\n"
 
@@ -177,7 +179,12 @@ class App:
             "name": model.name,
             "versions": [model.version],
             "platform": "onnxruntime",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, len(model.features)]}],
+            "inputs": [
+                {"name": name, "datatype": "BYTES" if text else "FP32", "shape": [-1, 1]}
+                for name, text in model.columns
+            ]
+            if model.columns
+            else [{"name": "input", "datatype": "FP32", "shape": [-1, len(model.features)]}],
             "outputs": [
                 {"name": "label" if model.task == "classification" else "value", "datatype": "BYTES", "shape": [-1]}
             ]
@@ -227,8 +234,8 @@ class App:
                 raise BadRequest(f"the server is overloaded (this request waited {waited:.2f} s): retry", 429)
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
+            x = self._inputs(protocol, parsed, binary)
             if protocol == "v2":
-                x = v2_inputs(parsed, model.features, binary, state.max_rows)
                 prediction = model.session.predict(x)
                 outputs, binary_outputs = requested_outputs(parsed, v2_outputs(prediction))
                 response: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
@@ -236,7 +243,6 @@ class App:
                 if isinstance(parsed.get("id"), str):
                     response["id"] = parsed["id"]
             else:
-                x = v1_inputs(parsed, model.features, state.max_rows)
                 prediction = model.session.predict(x)
                 response = {"predictions": v1_predictions(prediction), "model_version": model.version}
             predicted = prediction.outputs
@@ -244,8 +250,8 @@ class App:
                 code = 200
                 return json_response(200, {"model_version": model.version, "predictions": v1_predictions(prediction)})
             if state.predictions is not None and state.predictions.sampled():
-                token = state.signer.issue(model.version, len(x), time.time(), v1_predictions(prediction))
-                issued = log_prediction(state.predictions, token, x, prediction)
+                token = state.signer.issue(model.version, rows(x), time.time(), v1_predictions(prediction))
+                issued = log_prediction(state.predictions, token, x, prediction, model.features)
                 if protocol == "v2":
                     response["parameters"] = {"prediction_id": issued}
                 else:
@@ -261,6 +267,16 @@ class App:
             raise
         finally:
             metrics.request(protocol, code, time.perf_counter() - request.started, x, predicted)
+
+    def _inputs(self, protocol: str, parsed: Any, binary: bytes) -> Batch:
+        """The request's rows: a float matrix, or one column per input for a model that takes columns."""
+        model, most = self.state.model, self.state.max_rows
+        assert model is not None
+        if protocol == "v2":
+            if model.columns:
+                return v2_columns(parsed, model.columns, binary, most)
+            return v2_inputs(parsed, model.features, binary, most)
+        return v1_columns(parsed, model.columns, most) if model.columns else v1_inputs(parsed, model.features, most)
 
     def _feedback(self, body: bytes) -> Response:
         """Labels for logged predictions, all or none: {"id": <prediction_id>, "label": ...} or
@@ -291,18 +307,23 @@ def binary_response(header: dict[str, Any], data: bytes) -> Response:
     return Response(200, head + data, b"application/octet-stream", b"%s: %d\r\n" % (BINARY_HEADER, len(head)))
 
 
-def log_prediction(
-    predictions: PredictionLog, prediction_id: str, x: npt.NDArray[np.float32], prediction: Prediction
-) -> str:
-    """Queue one request's inputs and outputs under the id the server issued; return the id."""
-    inputs = x.astype(object)
-    inputs[np.isnan(x)] = None  # a missing value as null
-    record: dict[str, Any] = {
-        "id": prediction_id,
-        "time": time.time(),
-        "inputs": inputs.tolist(),
-        "outputs": v1_predictions(prediction),
-    }
+def _nulls(values: npt.NDArray[Any]) -> list[Any]:
+    """Values as JSON: a missing one (NaN, or the empty category) as null."""
+    out = values.astype(object)
+    out[missing(values)] = None
+    return out.tolist()  # type: ignore[no-any-return]
+
+
+def log_prediction(predictions: PredictionLog, prediction_id: str, x: Batch, prediction: Prediction,
+                   names: list[str] | None = None) -> str:  # fmt: skip
+    """Queue one request's inputs and outputs under the id the server issued; return the id. Inputs are rows
+    (``inputs``), or for a model that takes columns, columns by name (``columns``)."""
+    record: dict[str, Any] = {"id": prediction_id, "time": time.time()}
+    if isinstance(x, list):
+        record["columns"] = {name: _nulls(column) for name, column in zip(names or [], x, strict=True)}
+    else:
+        record["inputs"] = _nulls(x)
+    record["outputs"] = v1_predictions(prediction)
     if prediction.probabilities is not None:
         record["probabilities"] = prediction.probabilities.tolist()
     predictions.offer("predictions", record)

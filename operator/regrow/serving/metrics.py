@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from regrow.inference import Batch, rows
 from regrow.serving.model import LoadedModel
 from regrow.telemetry import LATENCY_BUCKETS
 
@@ -38,12 +39,12 @@ class FeatureBins:
         profile = model.profile
         self.counts = np.zeros(int(profile.sizes.sum()), dtype=np.int64)
         self.predicted_counts = np.zeros(len(profile.prediction.counts) if profile.prediction else 0, dtype=np.int64)
-        self.pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.generic] | None]] = []
+        self.pending: list[tuple[Batch, npt.NDArray[np.generic] | None]] = []
         self.pending_rows = 0
 
-    def observe(self, x: npt.NDArray[np.float32], outputs: npt.NDArray[np.generic] | None = None) -> None:
+    def observe(self, x: Batch, outputs: npt.NDArray[np.generic] | None = None) -> None:
         self.pending.append((x, outputs))
-        self.pending_rows += len(x)
+        self.pending_rows += rows(x)
         if self.pending_rows >= FLUSH_ROWS:
             self.flush()
 
@@ -51,7 +52,12 @@ class FeatureBins:
         if not self.pending:
             return
         pending, self.pending, self.pending_rows = self.pending, [], 0
-        self.counts += self.model.profile.bin_counts(np.concatenate([x for x, _ in pending]))
+        profile = self.model.profile
+        if profile.numeric:
+            self.counts += profile.bin_counts(np.concatenate([x for x, _ in pending]))
+        else:  # one column per feature: each column's pending values together
+            columns = [np.concatenate([x[j] for x, _ in pending]) for j in range(len(profile.features))]
+            self.counts += profile.column_counts(columns)
         outputs = [o for _, o in pending if o is not None]
         if self.model.profile.prediction is not None and outputs:
             self.predicted_counts += self.model.profile.prediction.count(np.concatenate(outputs))
@@ -93,14 +99,13 @@ class RequestStats:
         self.rows = 0
 
     def request(
-        self, protocol: str, code: int, seconds: float, x: npt.NDArray[np.float32] | None,
-        outputs: npt.NDArray[np.generic] | None = None,
+        self, protocol: str, code: int, seconds: float, x: Batch | None, outputs: npt.NDArray[np.generic] | None = None,
     ) -> None:  # fmt: skip
         self.codes[protocol, code] += 1
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: upper bounds are inclusive
         self.seconds += seconds
         if x is not None:
-            self.rows += len(x)
+            self.rows += rows(x)
             if self.bins is not None:
                 self.bins.observe(x, outputs)
 

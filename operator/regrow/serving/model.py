@@ -43,10 +43,21 @@ class LoadedModel:
     def task(self) -> str:
         return str(self.metadata["task"])
 
+    @property
+    def columns(self) -> list[tuple[str, bool]] | None:
+        """A model that takes a column each: each column's name and whether it is categorical (else None)."""
+        return self.session.inputs if self.session.columns else None
+
     def warm_up(self) -> None:
-        """One inference on a typical row (the training medians), before the server reports ready."""
-        medians = [f.edges[len(f.edges) // 2] for f in self.profile.features]
-        self.session.predict(np.asarray([medians], dtype=np.float32))
+        """One inference on a typical row (the training medians and commonest categories), before the server
+        reports ready."""
+        typical = [f.categories[0] if f.categories else (f.edges[len(f.edges) // 2] if f.edges else "")
+                   for f in self.profile.features]  # fmt: skip
+        if self.session.columns:
+            self.session.predict([np.asarray([v], dtype=object if text else np.float32)
+                                  for v, (_, text) in zip(typical, self.session.inputs, strict=True)])  # fmt: skip
+        else:
+            self.session.predict(np.asarray([typical], dtype=np.float32))
 
 
 def resolve(registry: Registry, name: str, alias: str | None, version: str | None) -> str:
@@ -69,6 +80,10 @@ def load(registry: Registry, name: str, version: str, threads: int = 1) -> Loade
     model = LoadedModel(
         name, version, registry.version_uri(name, version), OnnxModel(onnx, threads=threads), profile, metadata
     )
-    if model.session.n_features != len(model.features) or profile.names != model.features:
+    text = [f.name for f in profile.features if not f.numeric]
+    agree = model.session.n_features == len(model.features) and profile.names == model.features
+    if model.session.columns:
+        agree &= model.session.inputs == [(f, f in text) for f in model.features]
+    if not agree or (text and not model.session.columns):
         raise ModelUnavailable(f"version {version} of model {name}: model, profile and metadata disagree on features")
     return model

@@ -7,6 +7,13 @@ by default: the body is the JSON request (``Inference-Header-Content-Length`` by
 binary input's raw little-endian values, whose length the input's ``parameters.binary_data_size`` gives.
 Outputs come back the same way when the request asks (Triton's client does unless told otherwise), else
 as JSON; a request may also name the outputs it wants.
+
+A model with categorical columns takes one input per column, named after it (``v2_columns``): ``BYTES`` for
+a categorical one (in JSON: strings, booleans, whole numbers or null; in binary: each element's length as 4
+little-endian bytes, then the element), any numeric datatype for a numeric one; each of shape [n] or [n, 1].
+Values become canonical categories (``regrow.tabular``): an empty string or null is a missing value. A v1
+request sends ``instances`` as objects ({"island": "Biscoe", "bill_length_mm": 39.1}: a key left out is a
+missing value, an unknown key a 400) or as rows in the columns' order.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from regrow.inference import Prediction
+from regrow.inference import Columns, Prediction
+from regrow.tabular import NotCategorical, canonical
 
 NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BINARY_HEADER = b"inference-header-content-length"
@@ -63,28 +71,51 @@ def _dtype(datatype: str) -> np.dtype[Any]:
     return np.dtype(datatype.lower().replace("fp", "float")).newbyteorder("<")
 
 
-def _checked(tensor: Any) -> str:
-    """The input's name, once it is an object with a string name, a shape and a numeric datatype."""
+def _checked(tensor: Any, text: bool = False) -> str:
+    """The input's name, once it is an object with a string name, a shape and a numeric datatype (BYTES
+    where ``text``: a categorical column's)."""
     if not isinstance(tensor, dict) or not tensor.keys() >= TENSOR_KEYS - {"data"}:
         raise BadRequest("each input needs name, shape, datatype and data")
     if not isinstance(tensor["name"], str):
         raise BadRequest("an input's name must be a string")
     datatype = tensor["datatype"]
-    if not isinstance(datatype, str) or datatype not in NUMERIC:
+    if text and datatype != "BYTES":
+        raise BadRequest(f"input {tensor['name']} is categorical: its datatype must be BYTES")
+    if not text and (not isinstance(datatype, str) or datatype not in NUMERIC):
         raise BadRequest(f"input {tensor['name']}: datatype must be one of {', '.join(sorted(NUMERIC))}")
     return str(tensor["name"])
 
 
-def _binary_inputs(inputs: list[Any], binary: bytes) -> None:
-    """Put each binary input's values in its ``data``, in the order the inputs come."""
+def _elements(blob: bytes, name: str) -> list[bytes]:
+    """A binary BYTES tensor's elements: each one's length as 4 little-endian bytes, then the element."""
+    out, at = [], 0
+    while at < len(blob):
+        if at + 4 > len(blob) or at + 4 + (size := struct.unpack_from("<I", blob, at)[0]) > len(blob):
+            raise BadRequest(f"input {name}: the BYTES data ends inside an element")
+        out.append(blob[at + 4 : at + 4 + size])
+        at += 4 + size
+    return out
+
+
+def _named_in(tensor: Any, names: frozenset[str]) -> bool:
+    return isinstance(tensor, dict) and isinstance(tensor.get("name"), str) and tensor["name"] in names
+
+
+def _binary_inputs(inputs: list[Any], binary: bytes, text: frozenset[str] = frozenset()) -> None:
+    """Put each binary input's values in its ``data``, in the order the inputs come (``text``: the names of
+    the BYTES inputs)."""
     offset = 0
     for tensor in inputs:
-        name = _checked(tensor)
+        name = _checked(tensor, _named_in(tensor, text))
         size = _parameters(tensor).get("binary_data_size")
         if size is None:
             continue
         if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise BadRequest(f"input {name}: binary_data_size does not match the numeric data sent")
+            raise BadRequest(f"input {name}: binary_data_size does not match the data sent")
+        if tensor["datatype"] == "BYTES":
+            tensor["data"] = _elements(binary[offset : offset + size], name)
+            offset += size
+            continue
         dtype = _dtype(tensor["datatype"])
         if size % dtype.itemsize:
             raise BadRequest(f"input {tensor['name']}: {size} bytes are not whole {tensor['datatype']} values")
@@ -151,6 +182,77 @@ def v2_inputs(body: Any, features: list[str], binary: bytes, max_rows: int) -> n
     if len({c.size for c in columns}) != 1:
         raise BadRequest("every feature input must have the same number of rows")
     return np.column_stack(columns)
+
+
+def _column(data: Any, name: str, text: bool, rows: int | None) -> npt.NDArray[Any]:
+    """One column's values: canonical categories (``text``) or float32, shape [n] or [n, 1] flattened (a v1
+    request's, without ``rows``, only [n]: one value per instance)."""
+    values: npt.NDArray[Any]
+    if text:
+        if not isinstance(data, list):
+            raise BadRequest(f"input {name}: data must be a JSON array")
+        try:
+            values = canonical(data)
+        except (NotCategorical, ValueError):
+            raise BadRequest(f"input {name} is categorical: its values must be strings, booleans, whole numbers "
+                             "or null") from None  # fmt: skip
+    else:
+        values = _array(data, f"input {name}")
+    if values.ndim > 2 or (values.ndim == 2 and (values.shape[1] != 1 or rows is None)):
+        raise BadRequest(f"input {name}: a column's shape is [n] or [n, 1], with one value per row")
+    values = values.reshape(-1)
+    if rows is not None and len(values) != rows:
+        raise BadRequest(f"input {name}: {len(values)} values do not fill its shape")
+    return values
+
+
+def v2_columns(body: Any, inputs: list[tuple[str, bool]], binary: bytes, max_rows: int) -> Columns:
+    """One column per input of a model that takes a column each (``inputs``: each one's name, and whether it
+    is categorical), from one tensor per column named after it."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+        raise BadRequest('the request must be a JSON object with a non-empty "inputs" array')
+    text = frozenset(name for name, categorical in inputs if categorical)
+    tensors = body["inputs"]
+    if binary:
+        _binary_inputs(tensors, binary, text)
+    by_name: dict[str, Any] = {}
+    for tensor in tensors:
+        name = _checked(tensor, _named_in(tensor, text))
+        shape = tensor["shape"]
+        if "data" not in tensor or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise BadRequest(f"input {name} needs data and a shape of non-negative integers")
+        if len(shape) not in (1, 2) or shape[1:] not in ([], [1]):
+            raise BadRequest(f"input {name}: a column's shape is [n] or [n, 1]")
+        _too_many(shape[0], max_rows)
+        by_name[name] = tensor
+    names = [name for name, _ in inputs]
+    if set(by_name) != set(names):
+        raise BadRequest(f"the inputs must be one per column, exactly: {', '.join(names)}")
+    columns = [_column(by_name[n]["data"], n, n in text, math.prod(by_name[n]["shape"])) for n in names]
+    if len({len(c) for c in columns}) != 1:
+        raise BadRequest("every column must have the same number of rows")
+    return columns
+
+
+def v1_columns(body: Any, inputs: list[tuple[str, bool]], max_rows: int) -> Columns:
+    """One column per input from a v1 request's ``instances``: objects by column name, or rows in order."""
+    instances = body.get("instances") if isinstance(body, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest('the request must be a JSON object with a non-empty "instances" array')
+    _too_many(len(instances), max_rows)
+    names = [name for name, _ in inputs]
+    if all(isinstance(i, dict) for i in instances):
+        unknown = sorted({k for i in instances for k in i} - set(names))
+        if unknown:
+            raise BadRequest(f"instances name unknown columns ({', '.join(map(str, unknown[:5]))}); the columns "
+                             f"are: {', '.join(names)}")  # fmt: skip
+        table = [[i.get(n) for i in instances] for n in names]
+    elif all(isinstance(i, list) and len(i) == len(names) for i in instances):
+        table = [list(column) for column in zip(*instances, strict=True)]
+    else:
+        raise BadRequest(f"instances must be objects by column name, or rows of {len(names)} values "
+                         f"({', '.join(names)})")  # fmt: skip
+    return [_column(values, name, text, None) for values, (name, text) in zip(table, inputs, strict=True)]
 
 
 def v1_inputs(body: Any, features: list[str], max_rows: int) -> npt.NDArray[np.float32]:

@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
@@ -16,7 +18,7 @@ from sklearn.ensemble import (
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from regrow.api.trainingjob import Algorithm, ModelSpec
 
@@ -57,7 +59,13 @@ def coerce(value: int | str, default: Any) -> Any:
     return text
 
 
-def build_pipeline(spec: ModelSpec, seed: int) -> Pipeline:
+def build_pipeline(spec: ModelSpec, seed: int, categories: dict[str, list[str]] | None = None,
+                   numeric: list[str] | None = None) -> Pipeline:  # fmt: skip
+    """The estimator after its preparation: the median imputer (and a scaler for a linear model) on a float
+    matrix, or, with ``categories`` (each categorical column's kept categories, by name), on a frame's
+    ``numeric`` columns beside an encoder of the categorical ones, which skl2onnx converts exactly: one-hot for
+    a linear model, ordinal codes for trees. The missing value ("") is a category of its own; one that is not
+    kept (rarer, or never seen) is ignored by the one-hot encoder (all zeros) or coded -1, a group of its own."""
     estimator = ESTIMATORS[spec.algorithm]()
     known = estimator.get_params(deep=False)
     unknown = sorted(set(spec.params) - set(known) | set(spec.params) & RESERVED)
@@ -74,5 +82,15 @@ def build_pipeline(spec: ModelSpec, seed: int) -> Pipeline:
     steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
     if spec.algorithm in SCALED:
         steps.append(("scale", StandardScaler()))
-    steps.append(("model", estimator))
-    return Pipeline(steps)
+    if not categories:
+        return Pipeline([*steps, ("model", estimator)])
+    known = [np.array([*kept, ""], dtype=object) for kept in categories.values()]
+    encoder = (
+        OneHotEncoder(categories=known, handle_unknown="ignore")
+        if spec.algorithm in SCALED
+        else OrdinalEncoder(categories=known, handle_unknown="use_encoded_value", unknown_value=-1)
+    )
+    parts: list[tuple[str, Any, list[str]]] = [("categories", encoder, list(categories))]
+    if numeric:
+        parts.append(("numbers", Pipeline(steps), numeric))
+    return Pipeline([("prepare", ColumnTransformer(parts)), ("model", estimator)])

@@ -1,4 +1,4 @@
-"""Data sets that ship with scikit-learn, written as the CSV files the examples train on."""
+"""Data sets that ship with scikit-learn (and palmerpenguins), written as the CSV files the examples train on."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ TARGETS = {"iris": "species", "wine": "cultivar", "breast_cancer": "diagnosis", 
 
 
 def sample_csv(name: str) -> bytes:
-    """A data set as CSV: snake_case feature columns, and the target last, by class name where it has one."""
+    """A data set as CSV: snake_case feature columns, and the target last, by class name where it has one.
+    ``penguins`` (palmerpenguins: the island and sex are categories, some values are missing) has the species
+    last, and no year."""
+    if name == "penguins":
+        from palmerpenguins import load_penguins  # noqa: PLC0415 - only for this set
+
+        frame = load_penguins().drop(columns=["year"])
+        return str(frame[[*(c for c in frame.columns if c != "species"), "species"]].to_csv(index=False)).encode()
     bunch = LOADERS[name](as_frame=True)
     frame = bunch.frame.rename(
         columns=lambda c: re.sub(r"_+", "_", re.sub(r"[^a-z0-9]+", "_", str(c).lower())).strip("_")

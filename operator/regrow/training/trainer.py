@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -27,10 +27,11 @@ from sklearn.utils._param_validation import InvalidParameterError  # no public n
 from regrow.api.common import parse_decimal
 from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec, ValidationCheck
 from regrow.clock import now
-from regrow.drift.profile import PREDICTION, Profile, fit_profile, prediction_profile
+from regrow.drift.profile import PREDICTION, Profile, fit_categories, fit_columns, fit_profile, prediction_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
 from regrow.storage.registry import MODEL, PROFILE, AliasMoved, Registry
+from regrow.tabular import NotCategorical, canonical
 from regrow.training.estimators import ParamError, build_pipeline
 from regrow.training.feedback import Feedback, label_kind, labelled_rows, plain
 from regrow.training.validation import Contract, Table, columns_named, label_shares, validate
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PROBABILITY_TOLERANCE = 1e-4
 REGRESSION_TOLERANCE = 1e-4  # relative, and absolute near zero
+UNSEEN = "<a category never seen in training>"  # what the parity check asks a categorical column
+PROBE_ROWS = 5  # rows the parity check repeats with each categorical column unseen, and missing
 
 
 class TrainingError(Exception):
@@ -53,11 +56,32 @@ class TrainingError(Exception):
 
 @dataclass(frozen=True)
 class Dataset:
-    x: npt.NDArray[np.float64]
+    """The features (a float matrix, or with categorical columns an object table: canonical categories beside
+    floats), the labels, and what they came from."""
+
+    x: npt.NDArray[Any]
     y: npt.NDArray[Any]
     features: list[str]
     digest: str
     columns: list[str]  # all of the file's
+    categorical: list[str] = field(default_factory=list)
+    max_categories: int = 20
+
+    @property
+    def numeric(self) -> list[str]:
+        return [f for f in self.features if f not in self.categorical]
+
+    def kept(self, x: npt.NDArray[Any]) -> dict[str, list[str]]:
+        """Each categorical column's categories kept from the rows ``x`` (those trained on), in order."""
+        return {name: list(fit_categories(x[:, self.features.index(name)], name, self.max_categories).categories)
+                for name in self.categorical}  # fmt: skip
+
+    def frame(self, x: npt.NDArray[Any]) -> Any:
+        """Rows as scikit-learn is given them: the float matrix, or a frame with the columns by name."""
+        if not self.categorical:
+            return x
+        frame = pd.DataFrame(x, columns=self.features)
+        return frame.astype(dict.fromkeys(self.numeric, np.float64))
 
 
 @dataclass(frozen=True)
@@ -174,21 +198,49 @@ def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
             "InvalidDataset", f"{PREDICTION} is reserved for the model's predictions: rename the column"
         )
     features = spec.dataset.features or [c for c in frame.columns if c != target]
-    missing = [f for f in features if f not in frame.columns]
+    declared = set(spec.dataset.categorical or []) | set(spec.dataset.numeric or [])
+    missing = [f for f in features if f not in frame.columns] + sorted(declared - set(features))
     if missing:
         raise TrainingError("InvalidDataset", f"feature columns not in the dataset: {missing}")
-    non_numeric = [f for f in features if not pd.api.types.is_numeric_dtype(frame[f])]
-    if non_numeric:
-        named = columns_named(non_numeric, list(frame.columns), set(spec.dataset.features or []))
-        raise TrainingError("InvalidDataset", f"{len(non_numeric)} feature column(s) must be numeric: {named}")
+    categorical = _categorical(spec, frame, features)
     frame = frame[frame[target].notna()]
     if len(frame) < 10:
         raise TrainingError("InvalidDataset", f"need at least 10 labelled rows, found {len(frame)}")
     y = frame[target].to_numpy()
     if spec.model.algorithm.task is Task.REGRESSION and not pd.api.types.is_numeric_dtype(frame[target]):
         raise TrainingError("InvalidDataset", f"target {target!r} must be numeric for regression")
-    x = frame[features].to_numpy(dtype=np.float64)
-    return Dataset(x, y, features, hashlib.sha256(raw).hexdigest(), list(frame.columns))
+    digest, columns = hashlib.sha256(raw).hexdigest(), list(frame.columns)
+    if not categorical:
+        return Dataset(frame[features].to_numpy(dtype=np.float64), y, features, digest, columns)
+    x = np.empty((len(frame), len(features)), dtype=object)
+    for j, name in enumerate(features):
+        values = frame[name].to_numpy(dtype=object, na_value=None)
+        try:
+            x[:, j] = canonical(values) if name in categorical else np.asarray(values, dtype=np.float64)
+        except (NotCategorical, TypeError):
+            named = columns_named([name], columns, declared | set(spec.dataset.features or []))
+            raise TrainingError("InvalidDataset", f"column {named} holds values that are not categories") from None
+    return Dataset(x, y, features, digest, columns, categorical, spec.dataset.max_categories)
+
+
+def _categorical(spec: TrainingJobSpec, frame: pd.DataFrame, features: list[str]) -> list[str]:
+    """The categorical feature columns: those the spec names, and those of strings, booleans or pandas
+    categories the spec does not call numeric (which must then parse as numbers)."""
+    named, numeric = set(spec.dataset.categorical or []), set(spec.dataset.numeric or [])
+    known = named | numeric | set(spec.dataset.features or [])
+    out = []
+    for name in features:
+        column = frame[name]
+        textual = pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column)
+        if name in named or (textual and name not in numeric):
+            out.append(name)
+        elif textual:  # called numeric, but not numbers as read
+            try:
+                frame[name] = pd.to_numeric(column.astype(object).where(column.notna(), None))
+            except (ValueError, TypeError):
+                named_column = columns_named([name], list(frame.columns), known)
+                raise TrainingError("InvalidDataset", f"column {named_column} is not numeric") from None
+    return out
 
 
 def split(spec: TrainingJobSpec, data: Dataset) -> tuple[Any, Any, Any, Any]:
@@ -205,35 +257,63 @@ def split(spec: TrainingJobSpec, data: Dataset) -> tuple[Any, Any, Any, Any]:
     )  # fmt: skip
 
 
-def export_onnx(pipeline: Pipeline, n_features: int) -> bytes:
+def export_onnx(pipeline: Pipeline, data: Dataset) -> bytes:
+    """The ONNX graph: one float input [n, features], or with categorical columns one input [n, 1] per
+    column, named after it (strings for a categorical one)."""
     options = {id(pipeline.steps[-1][1]): {"zipmap": False}} if hasattr(pipeline, "predict_proba") else None
-    # A fixed graph name (skl2onnx draws a random one) keeps the bytes, and so the version, reproducible.
-    onnx_model = convert_sklearn(
-        pipeline,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        options=options,
-        name="regrow",
+    column = {True: StringTensorType([None, 1]), False: FloatTensorType([None, 1])}
+    inputs = (
+        [(f, column[f in data.categorical]) for f in data.features]
+        if data.categorical
+        else [(INPUT_NAME, FloatTensorType([None, len(data.features)]))]
     )
+    # A fixed graph name (skl2onnx draws a random one) keeps the bytes, and so the version, reproducible.
+    onnx_model = convert_sklearn(pipeline, initial_types=inputs, options=options, name="regrow")
     return onnx_model.SerializeToString()  # type: ignore[no-any-return]
 
 
-def parity_error(pipeline: Pipeline, model: OnnxModel, x: npt.NDArray[np.float64], task: Task) -> float:
-    """The largest disagreement between scikit-learn and onnxruntime on ``x``; raises on a label mismatch."""
-    x32 = x.astype(np.float32)
-    got = model.predict(x32)
+def served(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Rows as the served model sees them: every number rounded to float32 (categories as they are)."""
+    if x.dtype != object:
+        return x.astype(np.float32).astype(np.float64)
+    out = x.copy()
+    numbers = np.array([isinstance(v, float) for v in x[0]]) if len(x) else np.zeros(0, dtype=bool)
+    out[:, numbers] = x[:, numbers].astype(np.float32).astype(np.float64)
+    return out
+
+
+def probes(data: Dataset, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``x``, then its first rows again with each categorical column a category never seen in training, and
+    missing: what the parity check asks beside the holdout."""
+    head = x[:PROBE_ROWS]
+    extra = []
+    for name in data.categorical:
+        for value in (UNSEEN, ""):
+            rows = head.copy()
+            rows[:, data.features.index(name)] = value
+            extra.append(rows)
+    return np.concatenate([x, *extra]) if extra else x
+
+
+def parity_error(pipeline: Pipeline, model: OnnxModel, x: npt.NDArray[Any], task: Task, data: Dataset) -> float:
+    """The largest disagreement between scikit-learn and onnxruntime on ``x`` (and for categorical columns on
+    unseen and missing categories too); raises on a label mismatch."""
+    x = served(probes(data, x))
+    got = model.predict(x)
+    rows = data.frame(x)
     if task is Task.REGRESSION:
-        want = pipeline.predict(x32.astype(np.float64))
+        want = pipeline.predict(rows)
         error = np.abs(got.outputs.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))
         worst = float(error.max(initial=0.0))
         if worst > REGRESSION_TOLERANCE:
             raise TrainingError("ParityFailed", f"onnxruntime and scikit-learn differ by {worst:.3g} (relative)")
         return worst
-    want_labels = pipeline.predict(x32.astype(np.float64))
+    want_labels = pipeline.predict(rows)
     mismatches = int(np.sum(got.outputs != want_labels))
     if mismatches:
         raise TrainingError("ParityFailed", f"onnxruntime and scikit-learn disagree on {mismatches} labels")
     assert got.probabilities is not None
-    worst = float(np.abs(got.probabilities - pipeline.predict_proba(x32.astype(np.float64))).max(initial=0.0))
+    worst = float(np.abs(got.probabilities - pipeline.predict_proba(rows)).max(initial=0.0))
     if worst > PROBABILITY_TOLERANCE:
         raise TrainingError("ParityFailed", f"onnxruntime and scikit-learn probabilities differ by {worst:.3g}")
     return worst
@@ -294,7 +374,7 @@ def promote(spec: TrainingJobSpec, registry: Registry, version: str, decision: G
     return decision
 
 
-def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list[str], graders: Graders) -> Gate | None:
+def gate(spec: TrainingJobSpec, registry: Registry, version: str, data: Dataset, graders: Graders) -> Gate | None:
     """Decide whether the new model (``version``) replaces the alias's current one: (a) it must beat it by
     ``minImprovement`` on the live holdout (the curated one without live rows), and (b) lose no more than
     ``maxRegression`` on the curated holdout, against the better of the current model and the baseline.
@@ -310,7 +390,8 @@ def gate(spec: TrainingJobSpec, registry: Registry, version: str, features: list
     if current_version == version:  # the same content trained again: nothing to compare, nothing changes
         return Gate(alias, "Promoted", _nan(candidate), candidate, version, "the same model was trained again")
     current_meta = registry.metadata(model_name, current_version)
-    if current_meta.get("features") != features or current_meta.get("task") != task.value:
+    inputs = (current_meta.get("features"), current_meta.get("categorical", []))
+    if inputs != (data.features, data.categorical) or current_meta.get("task") != task.value:
         return Gate(
             alias, "Rejected", _nan(candidate), None, current_version,
             f"{alias} ({current_version}) takes other features or task; it cannot be scored on this holdout",
@@ -385,6 +466,9 @@ def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedb
     wanted = spec.dataset.feedback
     if wanted is None:
         return None, {}
+    if data.categorical:
+        raise TrainingError("InvalidDataset", "dataset.feedback does not take categorical columns yet: the "
+                            "prediction log keeps them by column, which retraining does not read")  # fmt: skip
     model = wanted.model_name or spec.output.model_name
     # A regressor's labels are numbers; a classifier's of the kind the dataset's own are (str, number or bool).
     regression = spec.model.algorithm.task is Task.REGRESSION
@@ -417,10 +501,10 @@ def _targets(task: Task, *parts: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.concatenate([p.astype(object) for p in parts])
 
 
-def _fit(spec: TrainingJobSpec, x: npt.NDArray[np.float64], y: npt.NDArray[Any]) -> Pipeline:
+def _fit(spec: TrainingJobSpec, data: Dataset, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Pipeline:
     try:
-        pipeline = build_pipeline(spec.model, spec.evaluation.seed)
-        pipeline.fit(x, y)
+        pipeline = build_pipeline(spec.model, spec.evaluation.seed, data.kept(x), data.numeric)
+        pipeline.fit(data.frame(x), y)
     except (ParamError, InvalidParameterError) as error:  # about the spec's params alone: safe to quote
         raise TrainingError("InvalidParams", str(error)) from None
     except (ValueError, TypeError) as error:  # scikit-learn's messages may quote the data (labels, values)
@@ -433,11 +517,11 @@ def _fit(spec: TrainingJobSpec, x: npt.NDArray[np.float64], y: npt.NDArray[Any])
     return pipeline
 
 
-def _sklearn(pipeline: Pipeline, task: Task) -> Predict:
-    def predict(x: npt.NDArray[np.float64]) -> Prediction:
-        x32 = x.astype(np.float32).astype(np.float64)  # what the served model sees
-        proba = None if task is Task.REGRESSION else pipeline.predict_proba(x32).astype(np.float32)
-        return Prediction(np.asarray(pipeline.predict(x32)), proba)
+def _sklearn(pipeline: Pipeline, task: Task, data: Dataset) -> Predict:
+    def predict(x: npt.NDArray[Any]) -> Prediction:
+        rows = data.frame(served(x))  # what the served model sees
+        proba = None if task is Task.REGRESSION else pipeline.predict_proba(rows).astype(np.float32)
+        return Prediction(np.asarray(pipeline.predict(rows)), proba)
 
     return predict
 
@@ -464,12 +548,12 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         if held.any():
             live_holdout = Holdout("live", live.x[held], _targets(task, live.y[held]))
     started = time.perf_counter()
-    pipeline = _fit(spec, fit_x, fit_y)
+    pipeline = _fit(spec, data, fit_x, fit_y)
     train_seconds = time.perf_counter() - started
-    onnx_bytes = export_onnx(pipeline, len(data.features))
+    onnx_bytes = export_onnx(pipeline, data)
     model = OnnxModel(onnx_bytes)
     checked = x_test if live_holdout is None else np.vstack([x_test, live_holdout.x])
-    worst = parity_error(pipeline, model, checked, task)
+    worst = parity_error(pipeline, model, checked, task, data)
     classes = [plain(c) for c in getattr(pipeline, "classes_", [])]
     predicted = model.predict(x_test)
     metrics = score(task, y_test, predicted, classes)
@@ -478,7 +562,12 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         raise TrainingError("InvalidDataset", f"{metric.value} is undefined on this holdout (one class only?)")
     live_metrics = {} if live_holdout is None else score(task, live_holdout.y, model.predict(live_holdout.x), classes)
     # The inputs' reference from the rows trained on; the predictions' from the curated holdout.
-    profile = replace(fit_profile(fit_x, data.features), prediction=prediction_profile(predicted.outputs, classes))
+    inputs = (
+        fit_columns(list(fit_x.T), data.features, set(data.categorical), data.max_categories)
+        if data.categorical
+        else fit_profile(fit_x, data.features)
+    )
+    profile = replace(inputs, prediction=prediction_profile(predicted.outputs, classes))
     digest = data.digest if live is None else hashlib.sha256(f"{data.digest}+{live.digest}".encode()).hexdigest()
     metadata = {
         "model": spec.output.model_name,
@@ -486,6 +575,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         "algorithm": spec.model.algorithm.value,
         "params": dict(spec.model.params),
         "features": data.features,
+        **({"categorical": data.categorical, "maxCategories": data.max_categories} if data.categorical else {}),
         "target": spec.dataset.target,
         "classes": classes,
         **({"labelShares": label_shares(data.y)} if task is Task.CLASSIFICATION else {}),
@@ -514,12 +604,10 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     published = registry.publish(spec.output.model_name, onnx_bytes, profile.to_json(), metadata)
     baseline = None
     if spec.promote is not None and len(fit_y) > len(y_train):  # live rows were trained on: what without them?
-        baseline = _sklearn(_fit(spec, x_train, y_train), task)
+        baseline = _sklearn(_fit(spec, data, x_train, y_train), task, data)
     scored = {"curated": metrics, **({"live": live_metrics} if live_holdout is not None else {})}
     graders = Graders(Holdout("curated", x_test, y_test), live_holdout, scored, baseline, classes)
-    decision = promote(
-        spec, registry, published.version, gate(spec, registry, published.version, data.features, graders)
-    )
+    decision = promote(spec, registry, published.version, gate(spec, registry, published.version, data, graders))
     result = RunResult(
         spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
         worst, train_seconds, decision, checks,

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from regrow.api.trainingjob import Task, TrainingJobSpec, ValidationCheck
 from regrow.drift.profile import Profile
+from regrow.tabular import missing as blank
 from regrow.training.feedback import label_kind, plain
 
 MESSAGE_CHARS = 240  # the report, checks included, must fit a termination message (4 KiB)
@@ -43,7 +44,7 @@ class Table:
 
     columns: list[str]
     features: list[str]
-    x: npt.NDArray[np.float64]
+    x: npt.NDArray[Any]  # floats, or canonical categories beside floats
     y: npt.NDArray[Any]
 
 
@@ -82,7 +83,7 @@ def validate(spec: TrainingJobSpec, table: Table, contract: Contract | None) -> 
         absent = [c for c in rules.required_columns if c not in table.columns]
         out.append(_check("requiredColumns", not absent,
                           f"missing: {', '.join(map(repr, absent))}" if absent else "all present"))  # fmt: skip
-    missing = np.isnan(table.x).mean(axis=0) * 100 if rows else np.zeros(len(table.features))
+    missing = blank(table.x).mean(axis=0) * 100 if rows else np.zeros(len(table.features))
     if rules.max_missing_percent is not None:
         over = [j for j in np.argsort(-missing) if missing[j] > rules.max_missing_percent]
         message = f"most missing: {missing.max(initial=0):.1f}% of rows; at most {rules.max_missing_percent}% asked"
@@ -177,7 +178,14 @@ def _missing_share(profile: Profile, name: str) -> float:
     return feature.counts[-1] / max(sum(feature.counts), 1)
 
 
-def _outside(profile: Profile, name: str, column: npt.NDArray[np.float64]) -> float:
-    edges = profile.features[profile.names.index(name)].edges
-    present = column[~np.isnan(column)]
-    return float(((present < edges[0]) | (present > edges[-1])).mean()) if present.size else 0.0
+def _outside(profile: Profile, name: str, column: npt.NDArray[Any]) -> float:
+    """The share of present values outside the training range: of a categorical column, not among the
+    categories the current model's profile kept."""
+    feature = profile.features[profile.names.index(name)]
+    present = column[~blank(column)]
+    if not present.size:
+        return 0.0
+    if not feature.numeric:
+        return float(1 - np.isin(present.astype(str), np.asarray(feature.categories, dtype=str)).mean())
+    values = present.astype(np.float64)
+    return float(((values < feature.edges[0]) | (values > feature.edges[-1])).mean())
