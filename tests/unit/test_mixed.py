@@ -141,11 +141,25 @@ def test_which_columns_are_categorical_the_data_says_unless_the_spec_does(tmp_pa
         spec(categorical=["code"], numeric=["code"])
 
 
-def test_retraining_on_live_traffic_says_it_does_not_take_categories_yet(tmp_path: Path) -> None:
-    (tmp_path / "penguins.csv").write_bytes(sample_csv("penguins"))
-    spec = _spec(tmp_path, feedback={"maxRows": 100})
-    with pytest.raises(TrainingError, match="does not take categorical columns yet"):
-        train(spec, (tmp_path / "penguins.csv").read_bytes(), Registry(open_store(f"file://{tmp_path}/registry")), {})
+def test_labelled_live_traffic_of_categorical_columns_joins_the_retrain(penguins: tuple[Server, Path, str]) -> None:
+    server, root, _ = penguins
+    body = {"inputs": [_tensor(n, ROWS[n]) for n in COLUMNS]}
+    labels = ["Gentoo", "Chinstrap", "Adelie", "Adelie"]
+    for _ in range(3):
+        status, answer = server.call("POST", "/v2/models/penguins/infer", body)
+        assert status == 200
+        feedback = {"id": answer["parameters"]["prediction_id"], "label": labels}
+        assert server.call("POST", "/v2/models/penguins/feedback", feedback)[0] == 202
+    deadline = time.monotonic() + 15
+    live, registry = None, Registry(open_store(f"file://{root}/registry"))
+    spec = _spec(root, "randomForest", feedback={"maxRows": 8})
+    while time.monotonic() < deadline:  # the log writes every 5 s
+        result = train(spec, (root / "penguins.csv").read_bytes(), registry, {})
+        live = registry.metadata("penguins", result.version)["dataset"].get("feedback")
+        if live and live["rows"] == 8:
+            break
+        time.sleep(1)
+    assert live is not None and live["rows"] == 8 and live["dropped"] == {}, live  # two whole requests, no more
 
 
 @pytest.fixture(scope="module")

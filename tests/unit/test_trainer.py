@@ -403,7 +403,7 @@ def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_p
         "dropped": {"malformed": 3, "shape": 2, "label": 3},
     }  # fmt: skip
     assert meta["dataset"]["rows"] == 150 + 5
-    rows = labelled_rows(store, "iris", 4, 5, lambda label: isinstance(label, str))
+    rows = labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 5, lambda label: isinstance(label, str))
     assert sorted(rows.x[:, 0].round(2)) == [
         6.0,
         6.1,

@@ -2,15 +2,17 @@
 posted to ``/v2/models/<model>/feedback``, as training rows.
 
 The prediction log writes ``<model>/predictions/<version>/<time>-<host>-<n>.jsonl`` (``{"id", "time",
-"inputs", "outputs"}``, ``inputs`` one row per input row, ``null`` for a missing value) and
+"inputs", "outputs"}``, ``inputs`` one row per input row, ``null`` for a missing value; for a model with
+categorical columns ``columns`` instead, each column's values by its name) and
 ``<model>/feedback/<version>/...`` (``{"id", "label", "time"}``). A request of one row takes one label; a
 request of n rows a list of n labels. The latest label for an id wins.
 
 Predictions are read newest first (by the time in their file's name, across versions) until ``max_rows``
 rows are labelled, so the whole history is never held. A record that does not fit is left out and counted
-by reason, never fatal: ``malformed`` (not a record the log writes), ``shape`` (not as many inputs as the
-model's features), ``label`` (a label of another kind than the dataset's, or not one per row); a prediction
-with no label is counted as ``unlabelled``.
+by reason, never fatal: ``malformed`` (not a record the log writes), ``shape`` (not the model's features, or
+a value of the wrong kind: a number for a numeric column, text for a categorical one), ``label`` (a label of
+another kind than the dataset's, or not one per row); a prediction with no label is counted as
+``unlabelled``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ Fits = Callable[[object], bool]  # whether one label is of the kind the dataset'
 
 @dataclass(frozen=True)
 class Feedback:
-    x: npt.NDArray[np.float64]
+    x: npt.NDArray[Any]  # floats, or with categorical columns canonical categories beside floats
     y: npt.NDArray[Any]
     digest: str  # of the records joined, so that the same feedback makes the same dataset
     predictions: int  # logged predictions read
@@ -89,33 +91,48 @@ def _labels(store: Store, model: str, problems: Counter[str]) -> dict[str, Any]:
     return {key: label for key, (_, label) in latest.items()}
 
 
-def _row(values: object, n_features: int) -> list[float] | None:
-    if not isinstance(values, list) or len(values) != n_features:
+def _row(values: object, categorical: list[bool]) -> list[float | str] | None:
+    """One logged row as a training row (None: not one): numbers, and canonical categories ("" missing)."""
+    if not isinstance(values, list | tuple) or len(values) != len(categorical):
         return None
-    out = []
-    for v in values:
+    out: list[float | str] = []
+    for v, text in zip(values, categorical, strict=True):
         if v is None:
-            out.append(math.nan)
-        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out.append("" if text else math.nan)
+        elif text and isinstance(v, str):
+            out.append(v)
+        elif not text and isinstance(v, int | float) and not isinstance(v, bool):
             out.append(float(v))
         else:
             return None
     return out
 
 
-def labelled_rows(store: Store, model: str, n_features: int, max_rows: int, fits: Fits) -> Feedback:
-    """The newest labelled rows of ``model``'s live traffic, at most ``max_rows`` (whole requests)."""
+def _logged(record: dict[str, Any], features: list[str]) -> list[Any]:
+    """A record's rows as they were logged: ``inputs``, or ``columns`` by name turned into rows."""
+    inputs, columns = record.get("inputs"), record.get("columns")
+    if isinstance(columns, dict) and sorted(columns) == sorted(features):
+        values = [columns[name] for name in features]
+        if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1 and values[0]:
+            return list(zip(*values, strict=True))
+    return inputs if isinstance(inputs, list) and inputs else [None]
+
+
+def labelled_rows(store: Store, model: str, features: list[str], categorical: set[str], max_rows: int,
+                  fits: Fits) -> Feedback:  # fmt: skip
+    """The newest labelled rows of ``model``'s live traffic, at most ``max_rows`` (whole requests), in the
+    order of ``features``, the ``categorical`` ones as canonical categories."""
+    kinds = [name in categorical for name in features]
     dropped: Counter[str] = Counter()
     labels = _labels(store, model, dropped)
-    rows: list[list[float]] = []
+    rows: list[list[float | str]] = []
     targets: list[Any] = []
     groups: list[str] = []
     predictions = unlabelled = 0
     for key in _newest_first(store, f"{model}/predictions/"):
         for record in _records(store, key, dropped):
             predictions += 1
-            inputs = record.get("inputs")
-            parsed = [_row(values, n_features) for values in inputs] if isinstance(inputs, list) and inputs else [None]
+            parsed = [_row(values, kinds) for values in _logged(record, features)]
             label = labels.get(record["id"])
             given = label if isinstance(label, list) else [label]
             if any(row is None for row in parsed):
@@ -125,18 +142,19 @@ def labelled_rows(store: Store, model: str, n_features: int, max_rows: int, fits
             elif len(given) != len(parsed) or not all(fits(item) for item in given):
                 dropped["label"] += 1
             elif len(rows) + len(parsed) > max_rows:  # full: older traffic is not read
-                return _feedback(rows, targets, groups, n_features, predictions - 1, unlabelled, dropped)
+                return _feedback(rows, targets, groups, kinds, predictions - 1, unlabelled, dropped)
             else:
                 rows.extend(row for row in parsed if row is not None)
                 targets.extend(given)
                 groups.extend([record["id"]] * len(given))
-    return _feedback(rows, targets, groups, n_features, predictions, unlabelled, dropped)
+    return _feedback(rows, targets, groups, kinds, predictions, unlabelled, dropped)
 
 
-def _feedback(rows: list[list[float]], targets: list[Any], groups: list[str], n_features: int, predictions: int,
-              unlabelled: int, dropped: Counter[str]) -> Feedback:  # fmt: skip
-    x = np.array(rows, dtype=np.float64).reshape(len(rows), n_features)
-    body = json.dumps([[[None if math.isnan(v) else v for v in row] for row in rows], targets], separators=(",", ":"))
+def _feedback(rows: list[list[float | str]], targets: list[Any], groups: list[str], kinds: list[bool],
+              predictions: int, unlabelled: int, dropped: Counter[str]) -> Feedback:  # fmt: skip
+    x = np.array(rows, dtype=object if any(kinds) else np.float64).reshape(len(rows), len(kinds))
+    plain_rows = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
+    body = json.dumps([plain_rows, targets], separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
     labels = np.array(targets, dtype=object)
     return Feedback(x, labels, digest, predictions, unlabelled, dict(dropped), np.array(groups, dtype=str))

@@ -466,14 +466,12 @@ def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedb
     wanted = spec.dataset.feedback
     if wanted is None:
         return None, {}
-    if data.categorical:
-        raise TrainingError("InvalidDataset", "dataset.feedback does not take categorical columns yet: the "
-                            "prediction log keeps them by column, which retraining does not read")  # fmt: skip
     model = wanted.model_name or spec.output.model_name
     # A regressor's labels are numbers; a classifier's of the kind the dataset's own are (str, number or bool).
     regression = spec.model.algorithm.task is Task.REGRESSION
     kinds = {"number"} if regression else {label_kind(v) for v in data.y} - {None}
-    live = labelled_rows(store, model, len(data.features), wanted.max_rows, lambda label: label_kind(label) in kinds)
+    live = labelled_rows(store, model, data.features, set(data.categorical), wanted.max_rows,
+                         lambda label: label_kind(label) in kinds)  # fmt: skip
     added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled,
              "dropped": live.dropped}  # fmt: skip
     log.info("Read %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
