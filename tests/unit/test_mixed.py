@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from regrow.api import TrainingJobSpec, parse_spec
+from regrow.api.driftpolicy import DriftTestType
+from regrow.controller.driftpolicy import _last_check
+from regrow.drift.policy import Layout, check
 from regrow.drift.profile import MISSING_BIN, OTHER, FeatureProfile, Profile, fit_categories, fit_columns
 from regrow.inference import OnnxModel
 from regrow.storage import open_store
@@ -327,3 +331,17 @@ def test_a_champion_that_takes_other_inputs_is_not_scored_on_these(tmp_path: Pat
     coded = train(_spec(tmp_path, categorical=["flipper_length_mm"]), raw, registry, {})
     assert coded.gate is not None and coded.gate.outcome == "Rejected" and "takes other features" in coded.gate.message
     assert registry.resolve("penguins", "champion") == first.version
+
+
+def test_a_check_reports_unseen_categories_and_the_tests_that_do_not_apply() -> None:
+    rng = np.random.default_rng(11)
+    training = [canonical(rng.choice(["a", "b", ""], 2000)), rng.normal(size=2000)]
+    profile = fit_columns(training, ["c", "n"], {"c"})
+    live = [canonical(np.where(rng.random(1000) < 0.3, "never seen", rng.choice(["a", "b"], 1000))),
+            rng.normal(size=1000)]  # fmt: skip
+    padded = Layout.pad(profile, profile.column_counts(live))
+    result = check(Layout.of(profile), padded, {DriftTestType.PSI: None, DriftTestType.KS: None}, Decimal("0.5"), 100)
+    categorical, numeric = _last_check(profile, "v1", result, padded)["features"]
+    assert abs(float(categorical["otherShare"]) - 0.3) < 0.05 and categorical["drifted"]
+    assert categorical["unscored"] == ["ks"] and set(categorical["scores"]) == {"psi"}
+    assert numeric.get("otherShare") is None and not numeric.get("unscored") and set(numeric["scores"]) == {"psi", "ks"}

@@ -160,6 +160,14 @@ class FeatureDrift(ApiModel):
         default_factory=dict, description="The threshold each score was held against: calibrated or as set."
     )
     drifted: bool
+    unscored: list[str] = Field(
+        default_factory=list, description="The policy's tests that do not apply here (ks and wasserstein: an order "
+        "a categorical feature does not have).",
+    )  # fmt: skip
+    other_share: str | None = Field(
+        default=None, description="A categorical input's share of live values in none of its training categories "
+        "(rarer there, or never seen).",
+    )  # fmt: skip
 
 
 class DriftCheck(ApiModel):

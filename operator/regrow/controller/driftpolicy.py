@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import numpy as np
+import numpy.typing as npt
+
 from regrow import API_VERSION, GROUP
 from regrow.api import InvalidSpec, parse_spec
 from regrow.api.common import parse_duration
@@ -31,8 +34,8 @@ from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.modeldeployment import pod_ready, serving_pods
 from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, transition_event
-from regrow.drift.policy import Check, Layout, check
-from regrow.drift.profile import Profile
+from regrow.drift.policy import ORDERED, Check, Layout, check
+from regrow.drift.profile import FeatureProfile, Profile
 from regrow.drift.window import History, Scrape, Vector, bins_query, parse_bins, parse_query_result
 from regrow.manifests.common import Owner
 from regrow.manifests.serving import metrics_address
@@ -206,10 +209,11 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query) -
     if live is None:
         return _waiting(body, "Baseline", f"took the first reading of {source}; the next check scores it")
 
-    result = check(layout, Layout.pad(profile, live), spec.thresholds(), Decimal(spec.drift_share), spec.min_samples,
+    padded = Layout.pad(profile, live)
+    result = check(layout, padded, spec.thresholds(), Decimal(spec.drift_share), spec.min_samples,
                    spec.count_prediction_drift)  # fmt: skip
     streak = status.get("consecutiveBreaches", 0) + 1 if result.breached else 0
-    last_check = _last_check(profile, version, result)
+    last_check = _last_check(profile, version, result, padded)
     previous = status.get("conditions") or []
     drift = _drift_condition(result, streak, spec)
     fields: Obj = {"lastCheck": last_check, "consecutiveBreaches": streak}
@@ -274,13 +278,21 @@ def _number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _last_check(profile: Profile, version: str, result: Check) -> Obj:
+def _other_share(feature: FeatureProfile, counts: npt.NDArray[np.float64]) -> str | None:
+    """A categorical input's share of live values in its ``<other>`` bin (None: not one, or no values)."""
+    total = float(counts.sum())
+    return _number(float(counts[len(feature.categories)]) / total) if feature.grouped and total else None
+
+
+def _last_check(profile: Profile, version: str, result: Check, live: npt.NDArray[np.float64]) -> Obj:
     features = [
         FeatureDrift(
             name=feature.name,
             scores={test.value: _number(v[j]) for test, v in result.scores.items() if math.isfinite(v[j])},
             thresholds={test.value: _number(v[j]) for test, v in result.thresholds.items() if math.isfinite(v[j])},
             drifted=bool(result.drifted[j]),
+            unscored=[test.value for test in result.scores if test in ORDERED and not feature.numeric],
+            other_share=_other_share(feature, live[j]),
         )
         for j, feature in enumerate(profile.features[:256])
     ]
