@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.http as oip
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from regrow.api import TrainingJobSpec, parse_spec
+from regrow.api import TrainingJobSpec, parse_spec, validate_object
 from regrow.api.driftpolicy import DriftTestType
 from regrow.controller.driftpolicy import _last_check
 from regrow.drift.policy import Layout, check
@@ -345,3 +346,21 @@ def test_a_check_reports_unseen_categories_and_the_tests_that_do_not_apply() -> 
     assert abs(float(categorical["otherShare"]) - 0.3) < 0.05 and categorical["drifted"]
     assert categorical["unscored"] == ["ks"] and set(categorical["scores"]) == {"psi"}
     assert numeric.get("otherShare") is None and not numeric.get("unscored") and set(numeric["scores"]) == {"psi", "ks"}
+
+
+def test_the_penguins_examples_are_valid_and_train_on_what_sample_data_writes(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples/penguins/penguins.yaml"
+    docs = list(yaml.safe_load_all(example.read_text()))
+    assert [d["kind"] for d in docs] == ["TrainingJob", "ModelDeployment", "DriftPolicy"]
+    specs = [validate_object(d) for d in docs]
+    job = specs[0]
+    assert isinstance(job, TrainingJobSpec)
+    (tmp_path / "penguins.csv").write_bytes(sample_csv("penguins"))
+    here = job.model_copy(update={
+        "dataset": job.dataset.model_copy(update={"uri": f"file://{tmp_path}/penguins.csv"}),
+        "output": job.output.model_copy(update={"registry": f"file://{tmp_path}/registry"}),
+        "storage": None,
+    })  # fmt: skip
+    registry = Registry(open_store(f"file://{tmp_path}/registry"))
+    result = train(here, (tmp_path / "penguins.csv").read_bytes(), registry, {})
+    assert result.gate is not None and result.gate.outcome == "Promoted"
