@@ -17,6 +17,7 @@ from regrow.api import (
     validate_object,
 )
 from regrow.api.common import parse_duration
+from regrow.api.driftpolicy import DriftTestType
 from regrow.api.trainingjob import Metric
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ def test_defaults_fill_what_the_user_left_out() -> None:
     assert spec.backoff_limit == 1
     assert spec.metric is Metric.RMSE  # regression default
     policy = parse_spec(DriftPolicySpec, {"targetRef": {"name": "iris"}})
-    assert [(t.type.value, t.threshold) for t in policy.tests] == [("psi", None)]  # calibrated
+    assert policy.tests is None and policy.thresholds() == {DriftTestType.PSI: None, DriftTestType.CHI_SQUARE: None}
     assert policy.source.type == "Pods"
 
 

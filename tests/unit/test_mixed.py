@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from regrow.api import TrainingJobSpec, parse_spec, validate_object
-from regrow.api.driftpolicy import DriftTestType
+from regrow.api.driftpolicy import DriftPolicySpec, DriftTestType
 from regrow.controller.driftpolicy import _last_check
 from regrow.drift.policy import Layout, check
 from regrow.drift.profile import MISSING_BIN, OTHER, FeatureProfile, Profile, fit_categories, fit_columns
@@ -364,3 +364,16 @@ def test_the_penguins_examples_are_valid_and_train_on_what_sample_data_writes(tm
     registry = Registry(open_store(f"file://{tmp_path}/registry"))
     result = train(here, (tmp_path / "penguins.csv").read_bytes(), registry, {})
     assert result.gate is not None and result.gate.outcome == "Promoted"
+
+
+def test_a_policy_without_tests_scores_numbers_by_psi_and_categories_by_chi_square() -> None:
+    rng = np.random.default_rng(12)
+    profile = fit_columns([canonical(rng.choice(["a", "b"], 2000)), rng.normal(size=2000)], ["c", "n"], {"c"})
+    live = [canonical(rng.choice(["a", "b"], 1000, p=[0.9, 0.1])), rng.normal(1.0, 1.0, 1000)]  # both moved
+    padded = Layout.pad(profile, profile.column_counts(live))
+    spec = parse_spec(DriftPolicySpec, {"targetRef": {"name": "m"}, "driftShare": "0.5"})
+    result = check(Layout.of(profile), padded, spec.thresholds(), Decimal("0.5"), 100, by_type=spec.tests is None)
+    categorical, numeric = _last_check(profile, "v1", result, padded)["features"]
+    assert set(categorical["scores"]) == {"chiSquare"} and categorical["unscored"] == ["psi"]
+    assert set(numeric["scores"]) == {"psi"} and numeric["unscored"] == ["chiSquare"]
+    assert categorical["drifted"] and numeric["drifted"]

@@ -103,14 +103,12 @@ class RetrainSpec(ApiModel):
     approval: Literal["Automatic", "Manual"] = "Automatic"
 
 
-def _default_tests() -> list[DriftTest]:
-    return [DriftTest(type=DriftTestType.PSI)]
-
-
 class DriftPolicySpec(ApiModel):
     target_ref: LocalObjectReference = Field(description="The ModelDeployment to watch.")
-    tests: list[DriftTest] = Field(
-        default_factory=_default_tests,
+    tests: list[DriftTest] | None = Field(
+        default=None,
+        description="The tests each feature is scored by. Unset: by the feature's type, each calibrated: psi for "
+        "a numeric feature, chiSquare for a categorical one (the predicted classes included).",
         min_length=1,
         max_length=5,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
@@ -137,11 +135,13 @@ class DriftPolicySpec(ApiModel):
 
     def thresholds(self) -> dict[DriftTestType, Decimal | None]:
         """Each test's threshold, None for a calibrated one."""
+        if self.tests is None:
+            return {DriftTestType.PSI: None, DriftTestType.CHI_SQUARE: None}
         return {t.type: None if t.threshold is None else Decimal(t.threshold) for t in self.tests}
 
     @model_validator(mode="after")
     def _unique_tests(self) -> DriftPolicySpec:
-        kinds = [t.type for t in self.tests]
+        kinds = [t.type for t in self.tests or []]
         if len(set(kinds)) != len(kinds):
             raise ValueError("each test type may appear once in tests")
         return self

@@ -34,7 +34,7 @@ from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.modeldeployment import pod_ready, serving_pods
 from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, transition_event
-from regrow.drift.policy import ORDERED, Check, Layout, check
+from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import FeatureProfile, Profile
 from regrow.drift.window import History, Scrape, Vector, bins_query, parse_bins, parse_query_result
 from regrow.manifests.common import Owner
@@ -211,7 +211,7 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query) -
 
     padded = Layout.pad(profile, live)
     result = check(layout, padded, spec.thresholds(), Decimal(spec.drift_share), spec.min_samples,
-                   spec.count_prediction_drift)  # fmt: skip
+                   spec.count_prediction_drift, by_type=spec.tests is None)  # fmt: skip
     streak = status.get("consecutiveBreaches", 0) + 1 if result.breached else 0
     last_check = _last_check(profile, version, result, padded)
     previous = status.get("conditions") or []
@@ -291,7 +291,7 @@ def _last_check(profile: Profile, version: str, result: Check, live: npt.NDArray
             scores={test.value: _number(v[j]) for test, v in result.scores.items() if math.isfinite(v[j])},
             thresholds={test.value: _number(v[j]) for test, v in result.thresholds.items() if math.isfinite(v[j])},
             drifted=bool(result.drifted[j]),
-            unscored=[test.value for test in result.scores if test in ORDERED and not feature.numeric],
+            unscored=[test.value for test in result.scores if not result.applies[test][j]],
             other_share=_other_share(feature, live[j]),
         )
         for j, feature in enumerate(profile.features[:256])

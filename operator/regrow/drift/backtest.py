@@ -118,6 +118,7 @@ def windows(profile: Profile, x: npt.NDArray[Any], spec: DriftPolicySpec, rows: 
         chunk = x[first : first + size]
         counts = profile.bin_counts(chunk) if profile.numeric else profile.column_counts(list(chunk.T))
         live = Layout.pad(profile, counts)
-        result = check(layout, live, thresholds, Decimal(spec.drift_share), spec.min_samples)
+        result = check(layout, live, thresholds, Decimal(spec.drift_share), spec.min_samples,
+                       by_type=spec.tests is None)  # fmt: skip
         streak = streak + 1 if result.breached else 0
         yield Window(index, first, first + len(chunk) - 1, result, streak >= spec.consecutive_breaches)

@@ -129,14 +129,18 @@ def critical_values(
     return {test: layout.critical[(steps, test)] for test in tests}
 
 
+BY_TYPE = {DriftTestType.PSI: True, DriftTestType.CHI_SQUARE: False}  # a policy without tests: numeric or not
+
+
 @dataclass(frozen=True)
 class Check:
     samples: int
-    scores: dict[DriftTestType, Vector]  # NaN where a test does not apply (ks, wasserstein on class shares)
+    scores: dict[DriftTestType, Vector]  # NaN where a test does not apply (see ``applies``)
     thresholds: dict[DriftTestType, Vector]  # per feature: the threshold each score was held against
     drifted: npt.NDArray[np.bool_]  # per feature: any test past its threshold
     breached: bool  # enough samples, and at least driftShare of the counted features drifted
     counted: int  # the features driftShare applies to: the first ones
+    applies: dict[DriftTestType, npt.NDArray[np.bool_]] = field(default_factory=dict)  # per test, per feature
 
     @property
     def drifted_count(self) -> int:
@@ -144,23 +148,41 @@ class Check:
         return int(self.drifted[: self.counted].sum())
 
 
+def applying(
+    layout: Layout, tests: list[DriftTestType], by_type: bool = False
+) -> dict[DriftTestType, npt.NDArray[np.bool_]]:
+    """Which features each test scores: ks and wasserstein only the numeric ones (a categorical feature has no
+    order, so no CDF to compare); ``by_type`` (a policy that names no tests), psi the numeric features and
+    chi-square the categorical ones, as Evidently picks distances for numbers and category tests for
+    categories."""
+    numeric: npt.NDArray[np.bool_] = np.asarray(layout.ordinal.any(axis=1), dtype=np.bool_)
+    every = np.ones(len(numeric), dtype=np.bool_)
+    out = {test: numeric.copy() if test in ORDERED else every.copy() for test in tests}
+    if by_type:
+        for test, numbers in BY_TYPE.items():
+            if test in out:
+                out[test] = out[test] & (numeric if numbers else ~numeric)
+    return out
+
+
 def check(
     layout: Layout, live: Vector, thresholds: dict[DriftTestType, Decimal | None], drift_share: Decimal,
-    min_samples: int, count_prediction: bool = False,
+    min_samples: int, count_prediction: bool = False, by_type: bool = False,
 ) -> Check:  # fmt: skip
     """Score ``live`` (padded counts, as ``Layout.pad`` makes them) against the policy's thresholds, each
-    test without one calibrated to this window (see the module's docstring). ``driftShare`` applies to the
-    inputs, and to the predictions too with ``count_prediction``."""
+    test without one calibrated to this window (see the module's docstring), on the features it applies to
+    (``applying``). ``driftShare`` applies to the inputs, and to the predictions too with
+    ``count_prediction``."""
     rows = live.sum(axis=1).round().astype(np.int64)
     samples = int(rows[: layout.inputs].max(initial=0))
     values = statistics(layout, live, list(thresholds))
-    unordered = ~layout.ordinal.any(axis=1)  # categorical: no order, so no CDF to compare
-    for test in ORDERED & set(values):
-        values[test] = np.where(unordered, np.nan, values[test])
+    applies = applying(layout, list(thresholds), by_type)
+    for test in values:
+        values[test] = np.where(applies[test], values[test], np.nan)
     calibrated = [test for test, limit in thresholds.items() if limit is None]
     critical = critical_values(layout, rows, calibrated) if calibrated else {}
     degrees = _degrees(layout, live) if DriftTestType.CHI_SQUARE in values else np.zeros(0, dtype=np.int64)
-    out = to_scores(values, degrees)
+    out = {test: np.where(applies[test], score, np.nan) for test, score in to_scores(values, degrees).items()}
     used = to_scores(critical, degrees) | {
         test: np.full(len(rows), float(limit)) for test, limit in thresholds.items() if limit is not None
     }
@@ -172,10 +194,10 @@ def check(
             drifted |= out[test] < used[test]
         else:
             drifted |= out[test] > used[test]
-    for test in ORDERED & set(used):
-        used[test] = np.where(unordered, np.nan, used[test])
+    for test in used:
+        used[test] = np.where(applies[test], used[test], np.nan)
     enough = samples >= min_samples
     counted = len(rows) if count_prediction else layout.inputs
     share = drifted[:counted]
     breached = bool(enough and share.sum() >= float(drift_share) * len(share) and share.any())
-    return Check(samples, out, used, drifted & enough, breached, counted)
+    return Check(samples, out, used, drifted & enough, breached, counted, applies)
