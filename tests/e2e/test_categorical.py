@@ -1,10 +1,10 @@
 """Mixed-type data through the whole loop on a cluster with a real kubelet (#16): palmerpenguins (island and
 sex are categories, some values missing) trained, served, and sent per-column tensors by an unchanged
 tritonclient (BYTES and FP32, binary) through the Service. In-distribution traffic leaves the DriftPolicy
-quiet; then one categorical column moves (``mix``: the islands' mix shifts to Dream; ``unseen``: the
-champion never saw Torgersen, and the traffic is Torgersen's penguins). The policy, under which one column
-of six may breach, detects it, the retrain trains on the data set plus the labelled live traffic (logged by
-column), and the new version rolls out."""
+quiet; then one categorical column moves alone, the other columns drawn as before (``mix``: every penguin
+says Dream; ``unseen``: the champion never saw Torgersen, and every penguin says Torgersen). The policy,
+under which one column of six may breach, detects it, the retrain trains on the data set plus the labelled
+live traffic (logged by column), and the new version rolls out."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
     objects = client.CustomObjectsApi(node_api)
     rng = np.random.default_rng(2)
     trained = penguins if shift == "mix" else penguins[penguins["island"] != "Torgersen"]
-    moved = penguins[penguins["island"] == ("Dream" if shift == "mix" else "Torgersen")]
+    moved = trained.iloc[rng.integers(0, len(trained), 400)].assign(island="Dream" if shift == "mix" else "Torgersen")
 
     def dp() -> dict[str, Any]:
         return get_custom(node_api, node_namespace, DRIFT_POLICY.plural, "penguins")
@@ -141,7 +141,7 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
         assert not island["drifted"] and float(island.get("otherShare") or 0) < 0.05, island
 
         started = time.monotonic()
-        shifted = _send(triton, host, moved.iloc[rng.integers(0, len(moved), 400)], labelled=True)
+        shifted = _send(triton, host, moved, labelled=True)
         wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - started
         features = {f["name"]: f for f in dp()["status"]["lastCheck"]["features"]}
@@ -151,9 +151,10 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
         wait_for(lambda: serving() == v2, 180, f"{v2} serving")
         rolled = time.monotonic() - started
     assert set(quiet) == set(shifted) == {v1}
-    assert "island" in drifted and set(features["island"]["unscored"]) <= {"ks", "wasserstein"}
+    assert "island" in drifted and set(drifted) <= {"island", "__prediction__"}, drifted  # the island alone
     if shift == "unseen":
-        assert float(features["island"]["otherShare"]) > 0.9  # Torgersen: no category of the champion's
+        # Torgersen is none of the champion's categories: the window's shifted half is other
+        assert float(features["island"]["otherShare"]) > 0.4
     cond = condition(tj, "Succeeded")
     assert cond is not None and cond["reason"] == "Promoted", tj["status"]
     meta = json.loads((node_store / "registry/penguins/versions" / v2 / "metadata.json").read_text())
