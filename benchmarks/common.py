@@ -57,25 +57,26 @@ def serve(
     )
 
 
-def trained_iris(work: Path, algorithm: str = "logisticRegression") -> tuple[Registry, str]:
-    """Train ``algorithm`` on iris into ``work/registry``; return the registry and the version."""
-    (work / "iris.csv").write_bytes(sample_csv("iris"))
+def trained_iris(work: Path, algorithm: str = "logisticRegression", name: str = "iris") -> tuple[Registry, str]:
+    """Train ``algorithm`` on iris (or another sample data set whose target is species: penguins) into
+    ``work/registry`` as the model ``name``; return the registry and the version."""
+    (work / f"{name}.csv").write_bytes(sample_csv(name))
     spec = parse_spec(
         TrainingJobSpec,
         {
-            "dataset": {"uri": f"file://{work}/iris.csv", "target": "species"},
+            "dataset": {"uri": f"file://{work}/{name}.csv", "target": "species"},
             "model": {"algorithm": algorithm},
-            "output": {"registry": f"file://{work}/registry", "modelName": "iris"},
+            "output": {"registry": f"file://{work}/registry", "modelName": name},
         },
     )
     registry = Registry(open_store(f"file://{work}/registry"))
-    return registry, train(spec, (work / "iris.csv").read_bytes(), registry, {}).version
+    return registry, train(spec, (work / f"{name}.csv").read_bytes(), registry, {}).version
 
 
-def regrow_serve(work: Path, version: str, port: int, *extra: str) -> list[str]:
+def regrow_serve(work: Path, version: str, port: int, *extra: str, model: str = "iris") -> list[str]:
     """``regrow serve``'s command line for the model ``trained_iris`` put in ``work``."""
     registry = f"file://{work}/registry"
-    return [sys.executable, "-m", "regrow.cli", "serve", "--registry", registry, "--model", "iris",
+    return [sys.executable, "-m", "regrow.cli", "serve", "--registry", registry, "--model", model,
             "--version", version, "--drain-seconds", "0", "--port", str(port), *extra]  # fmt: skip
 
 

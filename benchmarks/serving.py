@@ -13,6 +13,8 @@ with the same OIP v2 request (iris, batch 1 and 32). Compared:
                     HTTP layer: what any Python OIP server over onnxruntime costs at least (no validation,
                     metrics or logging), and what regrow adds to that
   onnxruntime       the same ONNX model called in-process: the compute floor
+  regrow penguins   a model of mixed columns (palmerpenguins: island and sex categories, four numbers), one
+                    tensor per column (BYTES and FP32), feature bins on and off: what categorical binning costs
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +150,18 @@ def mlserver(python: str, work: Path) -> tuple[list[str], int]:
     return [str(Path(python).with_name("mlserver")), "start", str(work / "mlserver")], port
 
 
+PENGUIN = {"island": "Biscoe", "bill_length_mm": 46.1, "bill_depth_mm": 13.2, "flipper_length_mm": 211.0,
+           "body_mass_g": 4500.0, "sex": "female"}  # fmt: skip
+
+
+def penguin_body(batch: int) -> str:
+    """An OIP v2 request of ``batch`` penguins: one tensor per column."""
+    return json.dumps({"inputs": [
+        {"name": name, "shape": [batch, 1], "datatype": "BYTES" if isinstance(value, str) else "FP32",
+         "data": [value] * batch} for name, value in PENGUIN.items()
+    ]})  # fmt: skip
+
+
 def main() -> None:
     args = parse_args()
     if shutil.which("wrk") is None:
@@ -155,12 +170,12 @@ def main() -> None:
     registry, version = trained_iris(work)
     rows: list[tuple[str, int, float, float, float, int]] = []
 
-    def measure(name: str, proc: subprocess.Popen[bytes], url: str) -> None:
+    def measure(name: str, proc: subprocess.Popen[bytes], url: str, body: Callable[[int], str] = infer_body) -> None:
         try:
             for batch in (1, 32):
-                wait_up(url, infer_body(batch))
-                wrk(url, infer_body(batch), args.warmup, args.connections, work)  # first-request and allocator costs
-                rps, p50, p99, errors = wrk(url, infer_body(batch), args.seconds, args.connections, work)
+                wait_up(url, body(batch))
+                wrk(url, body(batch), args.warmup, args.connections, work)  # first-request and allocator costs
+                rps, p50, p99, errors = wrk(url, body(batch), args.seconds, args.connections, work)
                 rows.append((name, batch, rps, p50, p99, errors))
         finally:
             proc.terminate()
@@ -169,6 +184,12 @@ def main() -> None:
     for name, extra in (("regrow", []), ("regrow (no feature bins)", ["--no-feature-bins"])):
         port = free_port()
         measure(name, serve(regrow_serve(work, version, port, *extra)), f"http://127.0.0.1:{port}/v2/models/iris/infer")
+
+    _, penguins = trained_iris(work, name="penguins")
+    for name, extra in (("regrow penguins", []), ("regrow penguins (no bins)", ["--no-feature-bins"])):
+        port = free_port()
+        proc = serve(regrow_serve(work, penguins, port, *extra, model="penguins"))
+        measure(name, proc, f"http://127.0.0.1:{port}/v2/models/penguins/infer", penguin_body)
 
     if args.mlserver_python:
         argv, port = mlserver(args.mlserver_python, work)
@@ -220,6 +241,9 @@ def main() -> None:
             f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
             + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
         )
+        binned, plain = by[("regrow penguins", batch)], by[("regrow penguins (no bins)", batch)]
+        print(f"batch {batch}, penguins: binning two categorical and four numeric columns costs "
+              f"{1e6 / binned - 1e6 / plain:.1f} us a request ({1 - binned / plain:.1%} of throughput)")  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
 
 
