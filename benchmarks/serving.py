@@ -14,7 +14,8 @@ with the same OIP v2 request (iris, batch 1 and 32). Compared:
                     metrics or logging), and what regrow adds to that
   onnxruntime       the same ONNX model called in-process: the compute floor
   regrow penguins   a model of mixed columns (palmerpenguins: island and sex categories, four numbers), one
-                    tensor per column (BYTES and FP32), feature bins on and off: what categorical binning costs
+                    tensor per column (BYTES and FP32), feature bins on and off: what categorical binning costs;
+                    beside MLServer serving the same scikit-learn pipeline through its pandas codec
 """
 
 from __future__ import annotations
@@ -112,6 +113,30 @@ MLSERVER_TRAIN = textwrap.dedent(
 )
 
 
+# The same pipeline for penguins as the trainer builds: categories one-hot (the missing value a category),
+# numbers imputed and scaled, logistic regression; MLServer reads a request of columns with its pandas codec.
+MLSERVER_PENGUINS = textwrap.dedent(
+    """
+    import sys, joblib, pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    frame = pd.read_csv(sys.argv[1])
+    y = frame.pop("species")
+    categorical = ["island", "sex"]
+    numeric = [c for c in frame.columns if c not in categorical]
+    frame[categorical] = frame[categorical].fillna("").astype(object)
+    numbers = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+    prepare = ColumnTransformer([("categories", OneHotEncoder(handle_unknown="ignore"), categorical),
+                                 ("numbers", numbers, numeric)])
+    model = Pipeline([("prepare", prepare), ("model", LogisticRegression(max_iter=1000))]).fit(frame, y)
+    joblib.dump(model, sys.argv[2])
+    """
+)
+
+
 def in_process(model: OnnxModel, batch: int, seconds: float) -> tuple[float, float, float]:
     x = np.asarray([ROW] * batch, dtype=np.float32)
     times = []
@@ -133,33 +158,70 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def mlserver(python: str, work: Path) -> tuple[list[str], int]:
+def mlserver(python: str, work: Path, name: str = "iris", train: str = MLSERVER_TRAIN) -> tuple[list[str], int]:
     """MLServer's command line and port, serving the same pipeline as scikit-learn's joblib file."""
-    models = work / "mlserver" / "iris"
+    home = work / f"mlserver-{name}"
+    models = home / name
     models.mkdir(parents=True)
-    subprocess.run([python, "-c", MLSERVER_TRAIN, str(work / "iris.csv"), str(models / "model.joblib")], check=True)
+    subprocess.run([python, "-c", train, str(work / f"{name}.csv"), str(models / "model.joblib")], check=True)
     port = free_port()
     settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0}
-    (work / "mlserver" / "settings.json").write_text(json.dumps(settings))
+    (home / "settings.json").write_text(json.dumps(settings))
     model = {
-        "name": "iris",
+        "name": name,
         "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": "./model.joblib", "version": "v1"},
     }
     (models / "model-settings.json").write_text(json.dumps(model))
-    return [str(Path(python).with_name("mlserver")), "start", str(work / "mlserver")], port
+    return [str(Path(python).with_name("mlserver")), "start", str(home)], port
 
 
 PENGUIN = {"island": "Biscoe", "bill_length_mm": 46.1, "bill_depth_mm": 13.2, "flipper_length_mm": 211.0,
            "body_mass_g": 4500.0, "sex": "female"}  # fmt: skip
 
 
-def penguin_body(batch: int) -> str:
-    """An OIP v2 request of ``batch`` penguins: one tensor per column."""
-    return json.dumps({"inputs": [
-        {"name": name, "shape": [batch, 1], "datatype": "BYTES" if isinstance(value, str) else "FP32",
-         "data": [value] * batch} for name, value in PENGUIN.items()
+def penguin_body(batch: int, pandas: bool = False) -> str:
+    """An OIP v2 request of ``batch`` penguins: one tensor per column (with ``pandas``, as MLServer's pandas
+    codec reads them: shape [n], strings as str)."""
+    text = {"parameters": {"content_type": "str"}} if pandas else {}
+    return json.dumps({**({"parameters": {"content_type": "pd"}} if pandas else {}), "inputs": [
+        {"name": name, "shape": [batch] if pandas else [batch, 1], "data": [value] * batch,
+         **({"datatype": "BYTES", **text} if isinstance(value, str) else {"datatype": "FP32"})}
+        for name, value in PENGUIN.items()
     ]})  # fmt: skip
+
+
+def report(args: argparse.Namespace, rows: list[tuple[str, int, float, float, float, int]],
+           floor: dict[int, tuple[float, float, float]]) -> None:  # fmt: skip
+    print(
+        f"\nServing iris (4 features, logistic regression), {args.seconds}s per run, {args.connections} connections, "
+        f"one server worker on CPU 0, wrk on CPU 1\n"
+    )
+    print(f"{'server':<26}{'batch':>6}{'req/s':>11}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for name, batch, rps, p50, p99, errors in rows:
+        print(f"{name:<26}{batch:>6}{rps:>11.0f}{rps * batch:>11.0f}{p50:>9.2f}{p99:>9.2f}{errors:>9}")
+    for batch, (calls, p50, p99) in floor.items():
+        print(
+            f"{'onnxruntime in-process':<26}{batch:>6}{calls:>11.0f}{calls * batch:>11.0f}{p50:>9.3f}{p99:>9.3f}{'':>9}"
+        )
+    by = {(name, batch): rps for name, batch, rps, *_ in rows}
+    print()
+    for batch in (1, 32):
+        regrow_rps = by[("regrow", batch)]
+        ceiling = by[("bare-uvicorn", batch)]
+        print(
+            f"batch {batch}: regrow = {regrow_rps / ceiling:.0%} of the bare-HTTP ceiling (uvicorn) and "
+            f"{regrow_rps / by[('bare regrow HTTP', batch)]:.0%} of a constant reply on its own HTTP layer "
+            f"(a minimal OIP app over the same session: {by[(MINIMAL, batch)] / ceiling:.0%} on uvicorn, "
+            f"{by[(MINIMAL_REGROW, batch)] / ceiling:.0%} on regrow's HTTP layer); "
+            f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
+            + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
+        )
+        binned, plain = by[("regrow penguins", batch)], by[("regrow penguins (no bins)", batch)]
+        print(f"batch {batch}, penguins: binning two categorical and four numeric columns costs "
+              f"{1e6 / binned - 1e6 / plain:.1f} us a request ({1 - binned / plain:.1%} of throughput)"
+              + (f"; {binned / by[('mlserver penguins', batch)]:.1f}x MLServer" if ("mlserver penguins", batch) in by
+                 else ""))  # fmt: skip
 
 
 def main() -> None:
@@ -194,6 +256,9 @@ def main() -> None:
     if args.mlserver_python:
         argv, port = mlserver(args.mlserver_python, work)
         measure("mlserver", serve(argv), f"http://127.0.0.1:{port}/v2/models/iris/infer")
+        argv, port = mlserver(args.mlserver_python, work, "penguins", MLSERVER_PENGUINS)
+        measure("mlserver penguins", serve(argv), f"http://127.0.0.1:{port}/v2/models/penguins/infer",
+                lambda batch: penguin_body(batch, pandas=True))  # fmt: skip
 
     model_bytes = registry.read("iris", version, MODEL)
     (work / "model.onnx").write_bytes(model_bytes)
@@ -217,33 +282,7 @@ def main() -> None:
     model = OnnxModel(model_bytes)
     floor = {batch: in_process(model, batch, 3.0) for batch in (1, 32)}
 
-    print(
-        f"\nServing iris (4 features, logistic regression), {args.seconds}s per run, {args.connections} connections, "
-        f"one server worker on CPU 0, wrk on CPU 1\n"
-    )
-    print(f"{'server':<26}{'batch':>6}{'req/s':>11}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-    for name, batch, rps, p50, p99, errors in rows:
-        print(f"{name:<26}{batch:>6}{rps:>11.0f}{rps * batch:>11.0f}{p50:>9.2f}{p99:>9.2f}{errors:>9}")
-    for batch, (calls, p50, p99) in floor.items():
-        print(
-            f"{'onnxruntime in-process':<26}{batch:>6}{calls:>11.0f}{calls * batch:>11.0f}{p50:>9.3f}{p99:>9.3f}{'':>9}"
-        )
-    by = {(name, batch): rps for name, batch, rps, *_ in rows}
-    print()
-    for batch in (1, 32):
-        regrow_rps = by[("regrow", batch)]
-        ceiling = by[("bare-uvicorn", batch)]
-        print(
-            f"batch {batch}: regrow = {regrow_rps / ceiling:.0%} of the bare-HTTP ceiling (uvicorn) and "
-            f"{regrow_rps / by[('bare regrow HTTP', batch)]:.0%} of a constant reply on its own HTTP layer "
-            f"(a minimal OIP app over the same session: {by[(MINIMAL, batch)] / ceiling:.0%} on uvicorn, "
-            f"{by[(MINIMAL_REGROW, batch)] / ceiling:.0%} on regrow's HTTP layer); "
-            f"feature bins cost {1 - regrow_rps / by[('regrow (no feature bins)', batch)]:.1%} of throughput"
-            + (f"; {regrow_rps / by[('mlserver', batch)]:.1f}x MLServer" if ("mlserver", batch) in by else "")
-        )
-        binned, plain = by[("regrow penguins", batch)], by[("regrow penguins (no bins)", batch)]
-        print(f"batch {batch}, penguins: binning two categorical and four numeric columns costs "
-              f"{1e6 / binned - 1e6 / plain:.1f} us a request ({1 - binned / plain:.1%} of throughput)")  # fmt: skip
+    report(args, rows, floor)
     shutil.rmtree(work, ignore_errors=True)
 
 
