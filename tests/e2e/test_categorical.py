@@ -39,14 +39,16 @@ STORE = "file:///var/lib/regrow"
 
 
 def _champion(node_store: Path, without: str | None) -> tuple[pd.DataFrame, str]:
-    """palmerpenguins in the store, and a champion trained on it (with no penguin of the island ``without``)."""
+    """palmerpenguins in the store, and a weak champion trained on it (with no penguin of the island
+    ``without``): the retrain, a random forest, beats it on any holdout, so the gate's verdict is not left
+    to how the holdouts fall (beside a champion as good as itself, one CI run's retrain never served)."""
     penguins = pd.read_csv(io.BytesIO(sample_csv("penguins")))
     data = node_store / "datasets" / "penguins.csv"
     data.parent.mkdir()
     (penguins if without is None else penguins[penguins["island"] != without]).to_csv(data, index=False)
     spec = parse_spec(TrainingJobSpec, {
         "dataset": {"uri": f"{STORE}/datasets/penguins.csv", "target": "species"},
-        "model": {"algorithm": "randomForest"},
+        "model": {"algorithm": "logisticRegression", "params": {"C": "0.0001", "max_iter": 20}},
         "output": {"registry": f"{STORE}/registry", "modelName": "penguins"},
         "promote": {"alias": "champion"},
     })  # fmt: skip
@@ -147,6 +149,7 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
         features = {f["name"]: f for f in dp()["status"]["lastCheck"]["features"]}
         drifted = sorted(name for name, f in features.items() if f["drifted"])
         tj = wait_for(lambda: _finished(node_api, node_namespace, "penguins-retrain-1"), 300, "the retrain")
+        assert (condition(tj, "Succeeded") or {}).get("reason") == "Promoted", tj["status"]
         v2 = str(tj["status"]["artifact"]["version"])
         wait_for(lambda: serving() == v2, 180, f"{v2} serving")
         rolled = time.monotonic() - started
@@ -155,8 +158,6 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
     if shift == "unseen":
         # Torgersen is none of the champion's categories: the window's shifted half is other
         assert float(features["island"]["otherShare"]) > 0.4
-    cond = condition(tj, "Succeeded")
-    assert cond is not None and cond["reason"] == "Promoted", tj["status"]
     meta = json.loads((node_store / "registry/penguins/versions" / v2 / "metadata.json").read_text())
     assert meta["categorical"] == CATEGORICAL and meta["dataset"]["feedback"]["rows"] == 400
     print(f"\n{shift}: drifted {drifted}; island {features['island']}; first shifted request -> DriftDetected "
