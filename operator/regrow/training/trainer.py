@@ -76,6 +76,15 @@ class Dataset:
         return {name: list(fit_categories(x[:, self.features.index(name)], name, self.max_categories).categories)
                 for name in self.categorical}  # fmt: skip
 
+    def served(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Rows as the served model sees them: every number rounded to float32 (categories as they are)."""
+        if not self.categorical:
+            return x.astype(np.float32).astype(np.float64)
+        out = x.copy()
+        numbers = [self.features.index(name) for name in self.numeric]
+        out[:, numbers] = x[:, numbers].astype(np.float32).astype(np.float64)
+        return out
+
     def frame(self, x: npt.NDArray[Any]) -> Any:
         """Rows as scikit-learn is given them: the float matrix, or a frame with the columns by name."""
         if not self.categorical:
@@ -272,16 +281,6 @@ def export_onnx(pipeline: Pipeline, data: Dataset) -> bytes:
     return onnx_model.SerializeToString()  # type: ignore[no-any-return]
 
 
-def served(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """Rows as the served model sees them: every number rounded to float32 (categories as they are)."""
-    if x.dtype != object:
-        return x.astype(np.float32).astype(np.float64)
-    out = x.copy()
-    numbers = np.array([isinstance(v, float) for v in x[0]]) if len(x) else np.zeros(0, dtype=bool)
-    out[:, numbers] = x[:, numbers].astype(np.float32).astype(np.float64)
-    return out
-
-
 def probes(data: Dataset, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """``x``, then its first rows again with each categorical column a category never seen in training, and
     missing: what the parity check asks beside the holdout."""
@@ -298,7 +297,7 @@ def probes(data: Dataset, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
 def parity_error(pipeline: Pipeline, model: OnnxModel, x: npt.NDArray[Any], task: Task, data: Dataset) -> float:
     """The largest disagreement between scikit-learn and onnxruntime on ``x`` (and for categorical columns on
     unseen and missing categories too); raises on a label mismatch."""
-    x = served(probes(data, x))
+    x = data.served(probes(data, x))
     got = model.predict(x)
     rows = data.frame(x)
     if task is Task.REGRESSION:
@@ -517,7 +516,7 @@ def _fit(spec: TrainingJobSpec, data: Dataset, x: npt.NDArray[Any], y: npt.NDArr
 
 def _sklearn(pipeline: Pipeline, task: Task, data: Dataset) -> Predict:
     def predict(x: npt.NDArray[Any]) -> Prediction:
-        rows = data.frame(served(x))  # what the served model sees
+        rows = data.frame(data.served(x))  # what the served model sees
         proba = None if task is Task.REGRESSION else pipeline.predict_proba(rows).astype(np.float32)
         return Prediction(np.asarray(pipeline.predict(rows)), proba)
 
