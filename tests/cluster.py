@@ -160,8 +160,9 @@ def _has_nodes(kubectl: str, kubeconfig: str) -> bool:
     return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
-def start_control_plane(assets: Path) -> Cluster:
-    """Start etcd, kube-apiserver and (if present) kube-controller-manager on free loopback ports."""
+def start_control_plane(assets: Path, apiserver_args: Sequence[str] = (), controllers: bool = True) -> Cluster:
+    """Start etcd, kube-apiserver (with ``apiserver_args`` besides its own) and, if present and wanted,
+    kube-controller-manager on free loopback ports."""
     t0 = time.monotonic()
     stack = ExitStack()
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regrow-envtest-")))
@@ -187,12 +188,13 @@ def start_control_plane(assets: Path) -> Cluster:
         f"--service-account-key-file={pub}", f"--service-account-signing-key-file={key}",
         "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
         "--authorization-mode=RBAC", f"--token-auth-file={tmp / 'tokens.csv'}", "--insecure-port=0",
+        *apiserver_args,
     ])  # fmt: skip
     server = f"https://127.0.0.1:{api_port}"
     kubeconfig = tmp / "kubeconfig"
     _wait_ready(f"{server}/readyz", logs / "kube-apiserver.log")
     kubeconfig.write_text(_kubeconfig(server, tmp / "certs" / "apiserver.crt"))
-    if (assets / "kube-controller-manager").is_file():
+    if controllers and (assets / "kube-controller-manager").is_file():
         _spawn(stack, logs, "kube-controller-manager", [
             str(assets / "kube-controller-manager"), f"--kubeconfig={kubeconfig}", "--leader-elect=false",
             "--controllers=*", f"--service-account-private-key-file={key}", "--port=0", "--secure-port=0",

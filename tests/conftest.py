@@ -97,9 +97,8 @@ def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypat
     @contextmanager
     def running(**memo_extra: Any) -> Iterator[None]:
         stop, ready = threading.Event(), threading.Event()
-        memo = kopf.Memo(
-            **{"kube": Kube(api), "pod_defaults": PodDefaults(), "lease_namespace": namespace, **memo_extra}
-        )
+        given = {"kube": Kube(api), "pod_defaults": PodDefaults(), "lease_namespace": namespace}
+        memo = kopf.Memo(**{**given, "watch_namespaces": [namespace], **memo_extra})
         thread = threading.Thread(
             target=lambda: asyncio.run(
                 kopf.operator(namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo)

@@ -90,7 +90,12 @@ def _operator(args: argparse.Namespace) -> int:
             standalone=True,  # kopf's peering is not used: replicas elect a leader with a Lease
             identity=cast(Any, identity),  # kopf's Identity, a NewType of str it does not export
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(identity=identity, lease_namespace=lease_namespace, metrics_port=args.metrics_port),
+            memo=kopf.Memo(
+                identity=identity,
+                lease_namespace=lease_namespace,
+                metrics_port=args.metrics_port,
+                watch_namespaces=args.namespace,
+            ),
         )
     )
     return 0

@@ -4,14 +4,22 @@ the test plays its part where pods must fail)."""
 from __future__ import annotations
 
 import base64
+import collections
+import time
+import urllib.request
 from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from regrow import GROUP, VERSION
-from regrow.api import MODEL_DEPLOYMENT
+from regrow.api import MODEL_DEPLOYMENT, ModelDeploymentSpec, parse_spec
+from regrow.controller.children import HASH_ANNOTATION, LEGACY_HASH_ANNOTATION, LEGACY_MANAGER, object_path
 from regrow.controller.kube import Kube, path
+from regrow.manifests.common import Owner, PodDefaults
+from regrow.manifests.serving import autoscaler, deployment, disruption_budget, service
+from tests.cluster import Cluster, free_port
 from tests.conftest import TEST_IMAGE, Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.unit.test_api import _example, _with
@@ -137,3 +145,128 @@ def test_an_invalid_spec_is_reported_not_retried(api: client.ApiClient, namespac
     assert "replicas.min (9) must not exceed replicas.max (4)" in condition(obj, "Ready")["message"]  # type: ignore[index]
     assert any(e[:2] == ("Warning", "InvalidSpec") for e in events_for(api, namespace, "iris"))
     assert all(v == [] for v in _children(api, namespace).values())
+
+
+def test_a_deleted_child_is_put_back_by_its_watch_and_a_resync_writes_nothing(
+    cluster: Cluster, api: client.ApiClient, namespace: str, operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a resync period of an hour, a child deleted by someone else comes back within seconds: its watch
+    wakes the owner. Then, with a resync every second, looking again at a ModelDeployment that nothing changed
+    writes nothing: no status, no child, no Event."""
+    monkeypatch.setenv("REGROW_RESYNC_SECONDS", "3600")
+    with operator():
+        _create(api, namespace, _example("ModelDeployment"))
+        wait_for(lambda: all(len(v) == 1 for v in _children(api, namespace).values()), 30, "the four children")
+        _status(api, namespace, "Ready", "Unknown", "Starting")
+        for kind in ("Service", "Deployment"):
+            (gone,) = _children(api, namespace)[kind]
+            started = time.monotonic()
+            cluster.kubectl("delete", kind.lower(), "iris-predictor", "-n", namespace, "--wait=false")
+
+            def back(kind: str = kind, uid: str = gone["metadata"]["uid"]) -> bool:
+                return any(c["metadata"]["uid"] != uid for c in _children(api, namespace)[kind])
+
+            wait_for(back, 10, f"the {kind} put back")
+            print(f"\n{kind} deleted and put back in {time.monotonic() - started:.2f}s")
+    monkeypatch.setenv("REGROW_RESYNC_SECONDS", "1")
+    port = free_port()
+    with operator(metrics_port=port, metrics_address="127.0.0.1"):
+        time.sleep(3)  # the restart's first look
+        before = _counted(port)
+        time.sleep(6)
+        after = _counted(port)
+    assert after["reconciles"] - before["reconciles"] >= 4  # it did look again, every second or so
+    assert [after[verb] - before[verb] for verb in ("POST", "PATCH", "APPLY")] == [0, 0, 0]  # and wrote nothing
+
+
+def _counted(port: int) -> dict[str, float]:
+    """The ModelDeployment reconciles the operator on ``port`` has finished without error, and its requests to
+    the API server by verb (the Lease's renewals aside)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    counted: dict[str, float] = collections.defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "regrow_operator_reconciles_total" and s.labels == {"kind": "ModelDeployment", "result": "ok"}:
+                counted["reconciles"] += s.value
+            if s.name == "regrow_operator_api_requests_total" and s.labels["resource"] != "leases":
+                counted[s.labels["verb"]] += s.value
+    return counted
+
+
+def _live(api: client.ApiClient, namespace: str, kind: str) -> dict[str, Any]:
+    (child,) = _children(api, namespace)[kind]
+    return child
+
+
+def _limits(deployment: dict[str, Any]) -> dict[str, Any]:
+    limits: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return limits
+
+
+def test_children_converge_on_what_regrow_sets_and_leave_the_rest_alone(
+    cluster: Cluster, api: client.ApiClient, namespace: str, operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server-side apply: a field regrow sets and someone edited is set back (by the watch: the resync is an
+    hour away); a field someone else added stays; replicas scaled as the autoscaler would are never reset;
+    a field regrow no longer sets is removed."""
+    monkeypatch.setenv("REGROW_RESYNC_SECONDS", "3600")
+    with operator():
+        _create(api, namespace, _example("ModelDeployment"))
+        wait_for(lambda: all(len(v) == 1 for v in _children(api, namespace).values()), 30, "the four children")
+        kubectl = ("-n", namespace)
+        cluster.kubectl("patch", "hpa", "iris-predictor", *kubectl, "--type=merge", "-p", '{"spec":{"maxReplicas":9}}')
+        cluster.kubectl("label", "deployment", "iris-predictor", *kubectl, "team=ml")
+        cluster.kubectl("scale", "deployment", "iris-predictor", *kubectl, "--replicas=3")
+        wait_for(lambda: _live(api, namespace, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 4, 10, "max 4")
+        patch = {"spec": {"resources": {"limits": {"memory": None}}}}  # regrow no longer sets a memory limit
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris", patch
+        )
+
+        def applied() -> dict[str, Any] | None:
+            live = _live(api, namespace, "Deployment")
+            return live if "memory" not in _limits(live) else None
+
+        live = wait_for(applied, 15, "the Deployment without a memory limit")
+    assert live["spec"]["replicas"] == 3  # the autoscaler's (here kubectl's), not reset to replicas.min
+    assert live["metadata"]["labels"]["team"] == "ml"
+    assert _limits(live) == {"cpu": "1"}
+
+
+def test_children_made_by_merge_patches_are_taken_over_without_a_roll(
+    cluster: Cluster, api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    """Children as the operator made them before server-side apply (created and merge-patched under the
+    client's default field manager, with a digest annotation), replicas scaled since: the operator takes them
+    over without rolling the pods or resetting replicas, and from then on removes what it no longer sets."""
+    _create(api, namespace, _example("ModelDeployment"))
+    md = get_custom(api, namespace, MODEL_DEPLOYMENT.plural, "iris")
+    owner, spec = Owner.of(md), parse_spec(ModelDeploymentSpec, md["spec"])
+    legacy = Kube(api)
+    hpa, pdb = autoscaler(owner, spec, "autoscaling/v2beta2"), disruption_budget(owner, "policy/v1beta1")
+    manifests = (deployment(owner, spec, PodDefaults(), None), service(owner), hpa, pdb)
+    for manifest in manifests:
+        manifest["metadata"].setdefault("annotations", {})[LEGACY_HASH_ANNOTATION] = "0123456789abcdef"
+        legacy._call("POST", object_path(manifest).rsplit("/", 1)[0], manifest)  # no fieldManager, as before
+    cluster.kubectl("scale", "deployment", "iris-predictor", "-n", namespace, "--replicas=3")
+    before = _live(api, namespace, "Deployment")
+    with operator():
+
+        def taken_over(kind: str) -> bool:
+            annotations = _live(api, namespace, kind)["metadata"].get("annotations") or {}
+            return HASH_ANNOTATION in annotations and LEGACY_HASH_ANNOTATION not in annotations
+
+        for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+            wait_for(lambda kind=kind: taken_over(kind), 30, f"the {kind} taken over")  # type: ignore[misc]
+        after = _live(api, namespace, "Deployment")
+        assert after["spec"]["template"] == before["spec"]["template"]  # nothing rolls
+        assert after["spec"]["replicas"] == 3
+        managers = {(e["manager"], e["operation"]) for e in after["metadata"]["managedFields"]}
+        assert ("regrow", "Apply") in managers and not any(m == LEGACY_MANAGER for m, _ in managers)
+        patch = {"spec": {"resources": {"limits": {"memory": None}}}}
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris", patch
+        )
+        wait_for(lambda: "memory" not in _limits(_live(api, namespace, "Deployment")), 15, "no memory limit")
+    assert _live(api, namespace, "Deployment")["spec"]["replicas"] == 3

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
-from regrow.controller.kube import ApiUnreachable, Kube, ResponseTooLarge, path
+from regrow.controller.kube import ApiUnreachable, Kube, ResponseTooLarge, path, resource
 from tests.cluster import free_port
 
 Behaviour = Callable[[socket.socket], None]
@@ -83,3 +83,13 @@ def test_an_endless_answer_is_cut_at_the_size_limit_and_its_connection_closed() 
         while not held and time.monotonic() < deadline:  # the server's send fails once the client closes
             time.sleep(0.05)
         assert held, "the client kept the connection of an answer it would not read"
+
+
+def test_each_request_is_counted_by_the_resource_it_is_about() -> None:
+    assert resource("/api/v1/namespaces/ml/pods") == "pods"
+    assert resource("/apis/apps/v1/namespaces/ml/deployments/iris-predictor") == "deployments"
+    assert resource("/apis/regrow.dev/v1alpha1/namespaces/ml/modeldeployments/iris/status") == "modeldeployments/status"
+    assert resource("/apis/apps/v1/deployments") == "deployments"  # every namespace's
+    assert resource("/apis/coordination.k8s.io/v1/namespaces/ns/leases/regrow-operator") == "leases"
+    assert resource("/api/v1/namespaces/ml") == "namespaces"
+    assert resource("/version") == resource("/apis/autoscaling") == "discovery"

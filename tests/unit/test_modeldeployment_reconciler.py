@@ -9,12 +9,15 @@ from typing import Any
 from regrow.api import ModelDeploymentSpec, parse_spec
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.modeldeployment import (
+    POLL_SECONDS,
     PodReport,
+    Probes,
     _feedback_key,
     assess,
     desired_version,
     discover,
     just_promoted,
+    next_check_in,
     report,
 )
 from regrow.manifests.common import Manifest, Owner, PodDefaults
@@ -133,19 +136,84 @@ def test_assess_a_deadline_passed() -> None:
     assert got["Ready"] == ("False", "ProgressDeadlineExceeded")
 
 
+def _pod(name: str, rv: str = "1", phase: str = "Running") -> Obj:
+    ready = [{"type": "Ready", "status": "True"}]
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": rv},
+            "status": {"phase": phase, "podIP": f"ip-{name}", "conditions": ready}}  # fmt: skip
+
+
 def test_report_reads_the_pod_and_asks_only_running_pods() -> None:
+    asked: list[str] = []
+
+    def ask(pod: Obj) -> Obj | None:
+        asked.append(pod["status"]["podIP"])
+        return {"versions": ["v1"], "parameters": {"uri": "u", "alias_version": "v2"}}
+
+    assert report(_pod("a"), "iris", ask) == PodReport("a", True, "v1", "u", "v2", None, None)
+    assert report(_pod("b", phase="Pending"), "iris", ask).serving is None
+    assert asked == ["ip-a"]
+
+
+def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_model() -> None:
+    answers: dict[str, Obj | None] = {"ip-a": {"versions": ["v1"], "parameters": {"alias_version": "v1"}}}
     asked: list[str] = []
 
     def prober(ip: str, model: str) -> Obj | None:
         asked.append(ip)
-        return {"versions": ["v1"], "parameters": {"uri": "u", "alias_version": "v2"}}
+        return answers.get(ip)
 
-    running = {"metadata": {"name": "a"}, "status": {"phase": "Running", "podIP": "10.0.0.1",
-                                                      "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
-    pending = {"metadata": {"name": "b"}, "status": {"phase": "Pending"}}
-    assert report(running, "iris", prober) == PodReport("a", True, "v1", "u", "v2", None, None)
-    assert report(pending, "iris", prober).serving is None
-    assert asked == ["10.0.0.1"]
+    clock = [0.0]
+    probes = Probes(prober, clock=lambda: clock[0])
+    owner = Owner("ModelDeployment", "iris", "ml", "u1")
+
+    def look(*pods: Obj, max_age: float = 30.0) -> list[PodReport]:
+        return probes.reports(owner, "predictor", list(pods), "iris", max_age)
+
+    assert look(_pod("a"), _pod("b"))[0].serving == "v1" and asked == ["ip-a", "ip-b"]
+    asked.clear()
+    clock[0] = 29.0
+    reports = look(_pod("a"), _pod("b"))
+    assert reports[0].alias_version == "v1" and asked == ["ip-b"]  # a kept its answer; b gave none: asked again
+    asked.clear()
+    look(_pod("a", rv="2"), _pod("b"))
+    assert asked == ["ip-a", "ip-b"]  # a changed
+    asked.clear()
+    clock[0] = 60.0
+    look(_pod("a", rv="2"))
+    assert asked == ["ip-a"]  # its answer aged past the alias refresh
+    asked.clear()
+    look(_pod("a", rv="2"), max_age=0.0)
+    assert asked == ["ip-a"]  # a canary runs: every look asks
+    answers["ip-a"] = {"versions": ["v1"], "parameters": {"error": "the registry is unreachable"}}
+    look(_pod("a", rv="2"), max_age=0.0)
+    asked.clear()
+    look(_pod("a", rv="2"))
+    assert asked == ["ip-a"]  # an answer with an error is not kept
+    probes.forget("u1")
+    assert probes.held == {}
+
+
+def test_a_model_deployment_at_rest_is_looked_at_once_per_alias_refresh_or_resync() -> None:
+    resolved = {"type": "ModelResolved", "status": "True"}
+    alias = {"model": {"alias": "champion", "refreshInterval": "45s"}}
+    settled = {"readyReplicas": 2, "conditions": [resolved]}
+    assert next_check_in({"spec": alias, "status": settled}, 300.0) == 45.0  # only its pods can say the alias moved
+    assert next_check_in({"spec": {"model": {"alias": "champion"}}, "status": settled}, 300.0) == 30.0  # the default
+    assert next_check_in({"spec": alias, "status": settled}, 20.0) == 20.0
+    often = {"model": {"alias": "champion", "refreshInterval": "1s"}}
+    assert next_check_in({"spec": often, "status": settled}, 300.0) == POLL_SECONDS
+    pinned = {"model": {"alias": "champion", "version": "v1"}}
+    assert next_check_in({"spec": pinned, "status": settled}, 300.0) == 300.0  # a pinned version does not move
+    assert next_check_in({"spec": alias}, 300.0) == 300.0  # waiting for its pods: a watch sees them come
+    assert next_check_in({"spec": alias, "status": {"readyReplicas": 0, "conditions": []}}, 300.0) == 300.0
+    bad = {"model": {"alias": "champion", "refreshInterval": "soon"}}
+    assert next_check_in({"spec": bad, "status": settled}, 300.0) == 300.0
+    unresolved = {"readyReplicas": 1, "conditions": [{**resolved, "status": "Unknown"}]}
+    assert next_check_in({"spec": alias, "status": unresolved}, 300.0) == POLL_SECONDS  # pods yet to say
+    running = {**settled, "rollout": {"step": 1}}
+    assert next_check_in({"spec": alias, "status": running}, 300.0) == POLL_SECONDS  # a canary step is measured
+    ended = {**settled, "rollout": {"step": 1, "outcome": "Promoted"}}
+    assert next_check_in({"spec": pinned, "status": ended}, 300.0) == 300.0
 
 
 def test_discovery_picks_the_newest_served_versions() -> None:

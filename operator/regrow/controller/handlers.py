@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -13,23 +14,26 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, start_http_server
 
-from regrow import GROUP, VERSION
+from regrow import API_VERSION, GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.controller import canary, driftpolicy, modeldeployment, outbound, trainingjob
-from regrow.controller.kube import Kube
+from regrow.controller.cache import Cached, Informer, Resource, Store, owners
+from regrow.controller.kube import Kube, Obj
 from regrow.controller.lease import Lease, new_identity
 from regrow.controller.loop import Controller, Kind
 from regrow.controller.metrics import DriftCollector, Instruments, RolloutCollector
 from regrow.manifests.common import PodDefaults
 
 TRAINING_POLL_SECONDS = 5.0
-SERVING_POLL_SECONDS = 5.0
+RESYNC_SECONDS = 300.0  # what nothing else looks at again sooner (controller-runtime's SyncPeriod)
 TJ = (GROUP, VERSION, TRAINING_JOB.plural)
 MD = (GROUP, VERSION, MODEL_DEPLOYMENT.plural)
 DP = (GROUP, VERSION, DRIFT_POLICY.plural)
+REGROW_KINDS = (TRAINING_JOB, MODEL_DEPLOYMENT, DRIFT_POLICY)
 LEASE_NAME = "regrow-operator"
 API_QUIET_SECONDS = 10.0  # past this with no answer from the API server, the liveness probe asks it itself
 PROBE_CALL_SECONDS = 4.0  # within the chart's probe timeout (5 s)
+CONNECTIONS = 64  # kept open to the API server at most
 
 
 @kopf.on.startup()
@@ -53,6 +57,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     if "query" not in memo:  # the chart's drift.prometheusUrls, one a line
         memo.query = driftpolicy.allowing(os.environ.get("REGROW_PROMETHEUS_URLS", "").split())
     memo.drift_memory = driftpolicy.Memory()
+    memo.resync = float(os.environ.get("REGROW_RESYNC_SECONDS") or RESYNC_SECONDS)
     if "pod_defaults" not in memo:
         memo.pod_defaults = PodDefaults(
             runtime=os.environ.get("REGROW_RUNTIME_IMAGE", PodDefaults.runtime),
@@ -64,7 +69,16 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     identity = memo.get("identity") or new_identity()
     lease = Lease(memo.kube, namespace, LEASE_NAME, identity) if namespace else None
     registry = CollectorRegistry()
-    memo.controller = Controller.of(memo.kube, kinds(memo), lease, Instruments(registry))
+    memo.stores = {Resource(group_version, plural): Store() for group_version, plural in owned(memo.versions)}
+    for kind in REGROW_KINDS:  # filled by kopf's watch events from the start (see observe)
+        memo.stores[Resource(API_VERSION, kind.plural)] = store = Store(complete=False)
+        store.synced.set()
+    memo.api = Cached(memo.kube, memo.stores)
+    memo.instruments = Instruments(registry)
+    memo.kube.sent = lambda verb, resource: memo.instruments.api_requests.labels(verb, resource).inc()
+    memo.controller = Controller.of(memo.api, kinds(memo), lease, memo.instruments)
+    memo.watching = threading.Event()
+    _inform(memo, asyncio.get_running_loop())
     registry.register(DriftCollector(memo.controller.objects))
     registry.register(RolloutCollector(memo.controller.objects))
     if memo.get("metrics_port"):
@@ -72,8 +86,31 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.loop = asyncio.create_task(memo.controller.run())
 
 
+def owned(versions: modeldeployment.ApiVersions) -> list[tuple[str, str]]:
+    """What the operator makes and watches: its children, and the pods of its Deployments and Jobs."""
+    return [("apps/v1", "deployments"), ("v1", "services"), (versions.hpa, "horizontalpodautoscalers"),
+            (versions.pdb, "poddisruptionbudgets"), ("batch/v1", "jobs"), ("v1", "pods")]  # fmt: skip
+
+
+def _inform(memo: kopf.Memo, loop: asyncio.AbstractEventLoop) -> None:
+    """A thread per informer (per watched namespace, or one for all), each waking the owners of what changed."""
+    plurals = {k.kind: k.plural for k in REGROW_KINDS}
+
+    def changed(obj: Obj) -> None:
+        loop.call_soon_threadsafe(memo.controller.poke, owners(obj, plurals))
+
+    for resource, store in memo.stores.items():
+        if resource.api_version.startswith(f"{GROUP}/"):
+            continue  # kopf watches these, and observe() fills their stores
+        for namespace in memo.get("watch_namespaces") or [None]:
+            informer = Informer(memo.kube, resource, namespace, store, changed)
+            name = f"watch-{resource.plural}" + (f"-{namespace}" if namespace else "")
+            threading.Thread(target=informer.run, args=(memo.watching,), name=name, daemon=True).start()
+
+
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.watching.set()
     memo.loop.cancel()
     await memo.controller.stop()
     if memo.get("metrics_server"):
@@ -104,11 +141,15 @@ async def liveness(controller: Controller, loop: asyncio.Task[None], kube: Kube)
 
 
 def _api_client() -> client.ApiClient:
+    """A client whose connection pool holds the informers' watches (a connection each, for minutes) and a
+    connection for each worker besides."""
+    settings = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    api_client: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
-    return api_client
+        config.load_incluster_config(client_configuration=settings)  # type: ignore[no-untyped-call]
+    else:
+        config.load_kube_config(client_configuration=settings)  # type: ignore[no-untyped-call]
+    settings.connection_pool_maxsize = CONNECTIONS
+    return client.ApiClient(settings)
 
 
 @kopf.on.login()
@@ -118,27 +159,32 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def kinds(memo: kopf.Memo) -> list[Kind]:
     """The three kinds, each with its reconciler and how often its actual state is checked."""
-    serving = modeldeployment.Serving(
-        memo.kube, memo.pod_defaults, memo.versions, memo.prober, memo.fetch, canary.Memory()
-    )
+
+    def probe(ip: str, model: str) -> Obj | None:
+        memo.instruments.pod_probes.inc()
+        answer: Obj | None = memo.prober(ip, model)
+        return answer
+
+    probes = modeldeployment.Probes(probe)
+    serving = modeldeployment.Serving(memo.api, memo.pod_defaults, memo.versions, probes, memo.fetch, canary.Memory())
     return [
         Kind(
             TRAINING_JOB.kind,
             TRAINING_JOB.plural,
-            lambda body: trainingjob.reconcile(body, memo.kube, memo.pod_defaults),
+            lambda body: trainingjob.reconcile(body, memo.api, memo.pod_defaults),
             lambda body: None if trainingjob.finished(body) else TRAINING_POLL_SECONDS,
         ),
         Kind(
             MODEL_DEPLOYMENT.kind,
             MODEL_DEPLOYMENT.plural,
             lambda body: modeldeployment.reconcile(body, serving),
-            lambda body: SERVING_POLL_SECONDS,  # pods crash, aliases move: the actual state is watched
-            lambda body: serving.memory.forget(body["metadata"]["uid"]),
+            lambda body: modeldeployment.next_check_in(body, memo.resync),
+            lambda body: serving.forget(body["metadata"]["uid"]),
         ),
         Kind(
             DRIFT_POLICY.kind,
             DRIFT_POLICY.plural,
-            lambda body: driftpolicy.reconcile(body, memo.kube, memo.fetch, memo.drift_memory, memo.query),
+            lambda body: driftpolicy.reconcile(body, memo.api, memo.fetch, memo.drift_memory, memo.query),
             lambda body: driftpolicy.next_check_in(body, memo.min_check_seconds),
             memo.drift_memory.forget,
         ),
@@ -151,4 +197,10 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
 async def observe(event: kopf.RawEvent, resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
     """Every watch event feeds the control loop's cache; the loop does the work. (Async, so that it runs
     in the loop's thread: kopf runs plain functions in a thread pool.)"""
-    memo.controller.observe(resource.plural, event.get("type"), dict(event["object"]))
+    body = dict(event["object"])
+    store = memo.stores[Resource(API_VERSION, resource.plural)]
+    if event.get("type") == "DELETED":
+        store.remove(body)
+    else:
+        store.put(body)
+    memo.controller.observe(resource.plural, event.get("type"), body)

@@ -1,8 +1,10 @@
 """The control loop: kopf's watches fill a cache; this loop decides when each object is reconciled.
 
-Every object is reconciled when its spec's generation is not yet observed, and again after the period its
-kind asks for (``Kind.next_in``): a running TrainingJob every few seconds, a ModelDeployment every few
-seconds, a DriftPolicy once per ``spec.interval``. This is controller-runtime's resync period. kopf's timers
+Every object is reconciled when its spec's generation is not yet observed, when something it owns changes
+(``poke``: the watch-fed caches of ``cache.py`` say so), and again after the period its kind asks for
+(``Kind.next_in``): a running TrainingJob every few seconds, a DriftPolicy once per ``spec.interval``, a
+ModelDeployment every few seconds only while a canary runs, else at its pods' alias refresh or the resync
+period (controller-runtime's SyncPeriod). kopf's timers
 would do the same, but kopf puts a finalizer on every object that has a timer, and a finalizer with no
 operator running keeps objects, and their namespaces, from ever being deleted. regrow has no external state
 to clean up (children go with their owner through ownerReferences), so it has no finalizer.
@@ -146,6 +148,12 @@ class Controller:
             return
         self.objects[key] = body
         self._schedule(key, body)
+
+    def poke(self, keys: Iterable[Key]) -> None:
+        """Something these objects own changed (a child, a pod): reconcile those of them that exist, soon."""
+        for key in keys:
+            if key in self.objects:
+                self._schedule(key, self.objects[key], 0.0)
 
     def _schedule(self, key: Key, body: Obj, delay: float | None = None) -> None:
         wait = wait_for(self.kinds[key[0]], body) if delay is None else delay

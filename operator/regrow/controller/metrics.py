@@ -31,6 +31,18 @@ class Instruments:
         self.leader = Gauge(
             "regrow_operator_leader", "1 while this replica holds the Lease and reconciles.", registry=registry
         )
+        self.api_requests = Counter(
+            "regrow_operator_api_requests",
+            "Requests to the Kubernetes API server by verb (GET, WATCH, POST, PATCH, APPLY) and resource, kopf's "
+            "watches aside.",
+            ["verb", "resource"],
+            registry=registry,
+        )
+        self.pod_probes = Counter(
+            "regrow_operator_pod_probes",
+            "Serving pods asked what they serve (GET /v2/models/<model>).",
+            registry=registry,
+        )
 
 
 class DriftCollector(Collector):

@@ -4,6 +4,13 @@ The operator never reads the registry itself: the serving pods do (they hold the
 volumes), and report on ``/v2/models/<name>`` which version they serve and where the alias points now.
 When the alias has moved, the reconciler pins the new version in the pod template, and the Deployment
 rolls (``maxUnavailable: 0``). ``status.model`` names a version only once every pod serves it.
+
+A pod is asked when it changed (its resourceVersion), when its last answer is older than the alias's
+``refreshInterval`` (the pod has read the registry again since), when it gave no answer or no model, and at
+every look while a canary runs. A ModelDeployment at rest is looked at when something it owns changes, once
+per ``refreshInterval`` while its ready pods follow an alias (only they can tell that it moved), and else once
+per resync period: at rest each pod is asked once per refreshInterval, and the API server nothing. An alias
+moved by a TrainingJob of the cluster is seen at once (the TrainingJob wakes its ModelDeployments).
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -21,11 +29,11 @@ import numpy as np
 from regrow import API_VERSION
 from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec, parse_duration
-from regrow.api.modeldeployment import GateStatus, RetryRequest, RolloutStatus
+from regrow.api.modeldeployment import GateStatus, ModelSource, RetryRequest, RolloutStatus
 from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
-from regrow.controller.kube import Api, Conflict, Obj, path
+from regrow.controller.kube import Api, Applier, Conflict, Obj, path
 from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, transition_event
 from regrow.drift.profile import FeatureProfile, Profile
@@ -66,6 +74,8 @@ STUCK = frozenset(
 Prober = Callable[[str, str], Obj | None]
 NOT_RESTORED = "the alias still points at"
 PROMOTION_MARGIN_SECONDS = 30.0  # a TrainingJob's promotion leads the pods' own reading of the alias this long
+POLL_SECONDS = 5.0  # how often a ModelDeployment is looked at while what it waits for is seen by no watch
+REFRESH_DEFAULT = ModelSource.model_fields["refresh_interval"].default
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,7 @@ def pod_ready(pod: Obj) -> bool:
     )
 
 
-def report(pod: Obj, model: str, prober: Prober) -> PodReport:
+def report(pod: Obj, model: str, ask: Callable[[Obj], Obj | None]) -> PodReport:
     status = pod.get("status") or {}
     ready = pod_ready(pod)
     stuck = None
@@ -130,7 +140,7 @@ def report(pod: Obj, model: str, prober: Prober) -> PodReport:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK:
             stuck = (str(waiting["reason"]), str(waiting.get("message") or f"container {container['name']}"))
-    answer = prober(status["podIP"], model) if status.get("podIP") and status.get("phase") == "Running" else None
+    answer = ask(pod) if status.get("podIP") and status.get("phase") == "Running" else None
     params = (answer or {}).get("parameters") or {}
     versions = (answer or {}).get("versions") or []
     return PodReport(
@@ -268,16 +278,83 @@ def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj |
         api.create(path("v1", "secrets", owner.namespace), feedback_key(owner, secrets.token_urlsafe(32)))
 
 
+@dataclass
+class Probes:
+    """What each ModelDeployment's pods said when last asked, by (its uid, the track) and pod uid: the pod's
+    resourceVersion then, when, and the answer (only an answer that names the model it serves is kept)."""
+
+    prober: Prober
+    held: dict[tuple[str, str], dict[str, tuple[str, float, Obj]]] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+
+    def reports(self, owner: Owner, track: str, pods: list[Obj], model: str, max_age: float) -> list[PodReport]:
+        """The pods' reports, each pod asked again only when its last kept answer is older than ``max_age``
+        or the pod has changed since."""
+        before, kept = self.held.get((owner.uid, track), {}), {}
+
+        def ask(pod: Obj) -> Obj | None:
+            uid, version = pod["metadata"]["uid"], pod["metadata"].get("resourceVersion", "")
+            last = before.get(uid)
+            if last is not None and last[0] == version and self.clock() - last[1] < max_age:
+                kept[uid] = last
+                return last[2]
+            answer = self.prober(pod["status"]["podIP"], model)
+            if answer and answer.get("versions") and not (answer.get("parameters") or {}).get("error"):
+                kept[uid] = (version, self.clock(), answer)
+            return answer
+
+        reports = [report(pod, model, ask) for pod in pods]
+        self.held[(owner.uid, track)] = kept
+        return reports
+
+    def forget(self, uid: str) -> None:
+        for key in [k for k in self.held if k[0] == uid]:
+            del self.held[key]
+
+
+def canary_running(body: Obj) -> bool:
+    """Whether the status records a canary that has not ended."""
+    rollout = (body.get("status") or {}).get("rollout") or {}
+    return bool(rollout) and not rollout.get("outcome")
+
+
+def next_check_in(body: Obj, resync: float) -> float:
+    """Seconds to the next look if nothing it owns changes before: POLL_SECONDS while a canary runs (its steps
+    are judged on the pods' counters, which no watch sees) or while ready pods have not said what they serve;
+    the alias's refreshInterval (POLL_SECONDS at least) while ready pods follow an alias (they read the registry
+    that often, and only asking them tells whether it moved); else the resync period."""
+    status = body.get("status") or {}
+    resolved = conditions.find(status.get("conditions") or [], RESOLVED) or {}
+    if canary_running(body) or (status.get("readyReplicas") and resolved.get("status") != "True"):
+        return POLL_SECONDS
+    model = (body.get("spec") or {}).get("model") or {}
+    if status.get("readyReplicas") and model.get("alias") and not model.get("version"):
+        with contextlib.suppress(ValueError, TypeError):
+            return min(resync, max(POLL_SECONDS, parse_duration(model.get("refreshInterval") or REFRESH_DEFAULT)))
+    return resync
+
+
 @dataclass(frozen=True)
 class Serving:
     """What a reconcile needs besides the object: the API, the pods' defaults and probes, and its memory."""
 
-    api: Api
+    api: Applier
     defaults: PodDefaults
     versions: ApiVersions
-    prober: Prober
+    probes: Probes
     fetch: Fetch
     memory: canary.Memory
+
+    def reports(self, body: Obj, spec: ModelDeploymentSpec, track: str, pods: list[Obj]) -> list[PodReport]:
+        """What ``track``'s pods say: each asked anew at every look while a canary runs, else once per alias
+        refresh at most, unless it changed."""
+        max_age = 0.0 if canary_running(body) else parse_duration(spec.model.refresh_interval)
+        return self.probes.reports(Owner.of(body), track, pods, spec.model.name, max_age)
+
+    def forget(self, uid: str) -> None:
+        """Drop what is kept about a deleted ModelDeployment."""
+        self.memory.forget(uid)
+        self.probes.forget(uid)
 
 
 def reconcile(body: Obj, serving: Serving) -> Result:
@@ -293,7 +370,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         cond = Cond(READY, "False", "InvalidSpec", str(error))
         return Result(conditions.status(body, [cond]), transition_event(previous, cond))
 
-    reports = [report(p, spec.model.name, serving.prober) for p in serving_pods(api, owner.namespace, owner.name)]
+    reports = serving.reports(body, spec, COMPONENT, serving_pods(api, owner.namespace, owner.name))
     name = owner.child_name(COMPONENT)
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
     pinned = pinned_version(live)
@@ -450,7 +527,7 @@ def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
     shadowing = measuring and running is not None and running.mirror is not None
     component, candidate_live = (SHADOW, shadow_live) if shadowing else (CANARY, canary_live)
     candidate_pods = serving_pods(serving.api, owner.namespace, owner.name, component)
-    candidate_reports = [report(p, spec.model.name, serving.prober) for p in candidate_pods]
+    candidate_reports = serving.reports(body, spec, component, candidate_pods)
     requests, gates, mirrored = (
         _measure(owner, spec, serving, running, candidate_pods, shadowing) if measuring and running else (0, [], 0)
     )
