@@ -7,7 +7,8 @@ so no pod ever exists), started with an audit log: `regrow operator` runs as its
 ModelDeployments (and a DriftPolicy for every tenth) are created at once over `--namespaces` namespaces.
 The table gives the seconds from the first create until every ModelDeployment has its four children
 (Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget) and a status for its generation, and
-every DriftPolicy a status; then, at rest (nothing changes), over `--rest-seconds`: the operator's API
+every DriftPolicy a status, with the operator's requests and the API server's CPU (cores busy) meanwhile;
+then, at rest (nothing changes), over `--rest-seconds`: the operator's API
 requests per second as the API server's audit log attributes them (kopf's watches included), the share
 of a core it uses, and its resident memory. The rest window should cover at least one resync period
 (`--resync-seconds`, passed to the operator as REGROW_RESYNC_SECONDS).
@@ -183,7 +184,9 @@ def run(size: int, args: argparse.Namespace, assets: Path) -> dict[str, Any]:
         proc, _ = operator(cluster, work, args.resync_seconds)
         kube = Kube(api)
         observed = [(Observed(kube, "modeldeployments"), size), (Observed(kube, "driftpolicies"), size // 10)]
-        started = time.monotonic()
+        assert cluster.apiserver is not None and cluster.apiserver.proc is not None
+        server = cluster.apiserver.proc.pid
+        begun, server_cpu, started = audit.stat().st_size, cpu_seconds(server), time.monotonic()
 
         def create(i: int) -> None:
             ns, name = namespaces[i % len(namespaces)], f"m{i:05d}"
@@ -199,6 +202,8 @@ def run(size: int, args: argparse.Namespace, assets: Path) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         took = time.monotonic() - started
+        busy = (cpu_seconds(server) - server_cpu) / took
+        converging = sum(operator_requests(audit, begun).values())
         time.sleep(5)
         at, cpu, t0 = audit.stat().st_size, cpu_seconds(proc.pid), time.monotonic()
         time.sleep(args.rest_seconds)
@@ -208,6 +213,8 @@ def run(size: int, args: argparse.Namespace, assets: Path) -> dict[str, Any]:
             "size": size,
             "applied": applied,
             "converged": took if took <= args.timeout else None,
+            "converging": converging,
+            "server": busy,
             "requests": sum(requests.values()) / elapsed,
             "top": requests.most_common(3),
             "cpu": (cpu_seconds(proc.pid) - cpu) / elapsed,
@@ -230,15 +237,16 @@ def main() -> None:
     args = parser.parse_args()
     assets = Path(os.environ["KUBEBUILDER_ASSETS"])
     print(f"At rest: {args.rest_seconds:.0f} s after convergence; resync period {args.resync_seconds:.0f} s\n")
-    print("| ModelDeployments | created in | all children and statuses | API requests/s at rest | CPU at rest | RSS "
+    print("| ModelDeployments | created in | all children and statuses | the operator's requests meanwhile "
+          "| API server's cores meanwhile | API requests/s at rest | CPU at rest | RSS "
           "| most frequent requests at rest |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         r = run(int(size), args, assets)
         took = f"{r['converged']:.1f} s" if r["converged"] is not None else f"not within {args.timeout:.0f} s"
         top = ", ".join(f"{what} {n / args.rest_seconds:.1f}/s" for what, n in r["top"])
-        print(f"| {r['size']:,} | {r['applied']:.1f} s | {took} | {r['requests']:.1f} | {100 * r['cpu']:.1f}% "
-              f"| {r['rss']:.0f} MiB | {top} |", flush=True)  # fmt: skip
+        print(f"| {r['size']:,} | {r['applied']:.1f} s | {took} | {r['converging']:,} | {r['server']:.2f} "
+              f"| {r['requests']:.1f} | {100 * r['cpu']:.1f}% | {r['rss']:.0f} MiB | {top} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -218,6 +218,15 @@ def test_a_track_sums_increases_since_its_baseline_across_restarts_and_new_pods(
     assert empty.add({}) is None and empty.add({"c": np.array([2, 2])}).tolist() == [2, 2]  # type: ignore[union-attr]
 
 
+def test_a_track_whose_bins_became_known_begins_again_from_that_scrape() -> None:
+    """The first scrapes of a step can come before the version's pods are ready, so before its profile (and the
+    prediction bins its counts include) is read: the counts then grow longer, and are a new baseline."""
+    track = canary.Track()
+    assert track.add({"a": np.array([10, 1])}) is None
+    assert track.add({"a": np.array([12, 1, 0, 0])}) is None  # a new baseline, not a broadcast error
+    assert track.add({"a": np.array([15, 2, 1, 0]), "b": np.array([1, 0, 0, 1])}).tolist() == [4, 1, 1, 1]  # type: ignore[union-attr]
+
+
 SPEC = RolloutSpec(
     strategy="Canary", steps=[CanaryStep(weight=25, min_requests=100), CanaryStep(weight=50, pause="1m")]
 )

@@ -310,7 +310,11 @@ class Track:
     started: bool = False
 
     def add(self, pods: dict[str, Vector]) -> Vector | None:
-        """One scrape of the track's pods; the counts since the step began (None: this was the baseline)."""
+        """One scrape of the track's pods; the counts since the step began (None: this was the baseline). A
+        scrape whose counts have another shape than the last (the version's prediction bins were read in
+        between: its pods were not ready before) is a new baseline."""
+        if len({v.shape for v in [*pods.values(), *self.last.values()]}) > 1:
+            self.last, self.total, self.started = {}, None, False
         baseline, self.started = not self.started, True
         for pod, counts in pods.items():
             before, self.last[pod] = self.last.get(pod), counts

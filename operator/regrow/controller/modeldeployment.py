@@ -119,11 +119,12 @@ class PodReport:
     waiting: bool = False  # the error says the registry has not published the model yet
 
 
-def serving_pods(api: Api, namespace: str, name: str, component: str = COMPONENT) -> list[Obj]:
-    """The stable (or the canary's) pods of the ModelDeployment ``name`` that are not being deleted."""
+def serving_pods(api: Api, namespace: str, name: str, component: str = COMPONENT, draining: bool = False) -> list[Obj]:
+    """The stable (or the canary's) pods of the ModelDeployment ``name`` that are not being deleted (or, with
+    ``draining``, those that are: they may still answer the requests they hold)."""
     labels = selector(Owner(MODEL_DEPLOYMENT.kind, name, namespace, ""), component)
     pods = api.list(path("v1", "pods", namespace), ",".join(f"{k}={v}" for k, v in labels.items()))
-    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return [p for p in pods if bool(p["metadata"].get("deletionTimestamp")) == draining]
 
 
 def pod_ready(pod: Obj) -> bool:
@@ -415,7 +416,8 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     if version:
         status["desiredVersion"] = version
     serving_now = {(r.serving, r.uri) for r in reports if r.ready and r.serving and r.uri}
-    if rolled_out(applied.obj) and len(serving_now) == 1:
+    drained = not serving_pods(api, owner.namespace, owner.name, draining=True)  # no old pod answers any more
+    if rolled_out(applied.obj) and len(serving_now) == 1 and drained:
         served, uri = next(iter(serving_now))
         status["model"] = {"uri": uri, "version": served}
     elif previous_status.get("model"):
@@ -528,8 +530,13 @@ def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
     component, candidate_live = (SHADOW, shadow_live) if shadowing else (CANARY, canary_live)
     candidate_pods = serving_pods(serving.api, owner.namespace, owner.name, component)
     candidate_reports = serving.reports(body, spec, component, candidate_pods)
+    # A step is measured from when the candidate's pods for it are all up (its weight reached), not while
+    # they start: until then the candidate answers less than its weight, and its first requests come cold.
+    ramped = candidate_live is not None and _current(candidate_live, running) and rolled_out(candidate_live)
     requests, gates, mirrored = (
-        _measure(owner, spec, serving, running, candidate_pods, shadowing) if measuring and running else (0, [], 0)
+        _measure(owner, spec, serving, running, candidate_pods, shadowing)
+        if measuring and running and ramped
+        else (0, [], 0)
     )
     return canary.Seen(
         stable=stable,
