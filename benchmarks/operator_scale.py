@@ -1,6 +1,7 @@
 """What the operator costs, by the number of ModelDeployments it looks after. Prints a table; asserts nothing.
 
     KUBEBUILDER_ASSETS=... python benchmarks/operator_scale.py [--sizes 200,1000,2000] [--rest-seconds 75]
+        [--resync-seconds 60] [--operator-source ../before]   # a worktree of another commit, for its table
 
 For each size, on a control plane of its own (etcd and kube-apiserver, no controller manager and no kubelet,
 so no pod ever exists), started with an audit log: `regrow operator` runs as its own process, and N
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -76,9 +78,11 @@ def drift_policy(name: str) -> dict[str, Any]:
     }
 
 
-def operator(cluster: Cluster, work: Path, resync: float) -> tuple[subprocess.Popen[bytes], int]:
+def operator(cluster: Cluster, work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "REGROW_RESYNC_SECONDS": str(resync)}
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "REGROW_RESYNC_SECONDS": str(args.resync_seconds)}
+    if args.operator_source:  # another checkout's operator, for a table before a change
+        env["PYTHONPATH"] = str(Path(args.operator_source) / "operator")
     argv = [sys.executable, "-c", "import sys; from regrow.cli import main; sys.exit(main())", "operator",
             f"--metrics-port={port}", "--log-level=WARNING"]  # fmt: skip
     with (work / "operator.log").open("ab") as log:
@@ -114,11 +118,12 @@ class Observed:
             self.done.add((meta["namespace"], meta["name"]))
 
     def _follow(self) -> None:
-        while True:
-            for event in self.kube.watch(self.where, "", self.version):
-                self.version = event["object"]["metadata"]["resourceVersion"]
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    self._see(event["object"])
+        with contextlib.suppress(OSError):  # the control plane stopped: this size is done
+            while True:
+                for event in self.kube.watch(self.where, "", self.version):
+                    self.version = event["object"]["metadata"]["resourceVersion"]
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._see(event["object"])
 
 
 def converged(kube: Kube, observed: list[tuple[Observed, int]], size: int) -> bool:
@@ -181,7 +186,7 @@ def run(size: int, args: argparse.Namespace, assets: Path) -> dict[str, Any]:
         for ns in namespaces:
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         time.sleep(3)  # the CRDs served
-        proc, _ = operator(cluster, work, args.resync_seconds)
+        proc, _ = operator(cluster, work, args)
         kube = Kube(api)
         observed = [(Observed(kube, "modeldeployments"), size), (Observed(kube, "driftpolicies"), size // 10)]
         assert cluster.apiserver is not None and cluster.apiserver.proc is not None
@@ -234,6 +239,7 @@ def main() -> None:
     parser.add_argument("--rest-seconds", type=float, default=75.0)
     parser.add_argument("--resync-seconds", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="give up waiting for convergence after this")
+    parser.add_argument("--operator-source", help="run the operator of this checkout (a worktree of another commit)")
     args = parser.parse_args()
     assets = Path(os.environ["KUBEBUILDER_ASSETS"])
     print(f"At rest: {args.rest_seconds:.0f} s after convergence; resync period {args.resync_seconds:.0f} s\n")
