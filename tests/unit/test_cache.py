@@ -58,6 +58,7 @@ def test_a_store_keeps_the_newest_and_reports_only_changes() -> None:
     held = store.get("ml", "d")
     assert held is not None and "managedFields" not in held["metadata"]
     assert not store.put(_obj("d", "5"))  # the same again: no change
+    assert not store.put(_obj("d", "5", managedFields=[{"manager": "y"}]))  # the watch's copy of a write: the same
     assert not store.put(_obj("d", "4"))  # older: kept out
     assert store.put(_obj("d", "12"))  # newer (compared as numbers, not text)
     assert store.get("ml", "d")["metadata"]["resourceVersion"] == "12"  # type: ignore[index]

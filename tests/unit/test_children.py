@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from regrow.controller.children import holds
+from regrow.controller.children import REPLICAS_MANAGER, ensure, holds
+from regrow.controller.kube import Obj
 
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=3),
@@ -45,3 +46,42 @@ def test_zero_values_hold_where_the_api_server_left_them_out() -> None:
     assert holds({"spec": {}}, {"spec": {"envFrom": [], "selector": {}, "readOnly": False, "port": 0, "name": ""}})
     assert not holds({"spec": {"readOnly": True}}, {"spec": {"readOnly": False}})
     assert not holds({"spec": {"envFrom": [{"secretRef": {"name": "s"}}]}}, {"spec": {"envFrom": []}})
+
+
+class Recorder:
+    """An API server with no objects that records what is applied, and as whom."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[Obj, str]] = []
+
+    def get(self, path: str) -> Obj | None:
+        return None
+
+    def apply(self, path: str, body: Obj, manager: str = "regrow") -> Obj:
+        self.applied.append((body, manager))
+        return body
+
+    def patch(self, path: str, body: Obj) -> Obj:
+        raise AssertionError("nothing to take over")
+
+    def create(self, path: str, body: Obj) -> Obj:
+        raise AssertionError("children are applied")
+
+    def list(self, path: str, label_selector: str = "") -> list[Obj]:
+        raise AssertionError("a child is looked up by name")
+
+
+@given(st.integers(0, 20))
+def test_replicas_are_handed_to_a_manager_of_their_own_unless_the_api_server_would_set_them(replicas: int) -> None:
+    """regrow's later applies leave replicas out. Set at creation by regrow alone, they would then be reset to the
+    default; handed to ``regrow-replicas`` they stay. A default value (1) needs no owner: it is left out, and the
+    Deployment is made in one request."""
+    manifest = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "ml"},
+                "spec": {"replicas": replicas}}  # fmt: skip
+    recorder = Recorder()
+    ensure(recorder, manifest, unmanaged=("replicas",))
+    (first, by), *handed = recorder.applied
+    assert by == "regrow" and first["spec"].get("replicas") == (None if replicas == 1 else replicas)
+    assert [(body["spec"], manager) for body, manager in handed] == (
+        [] if replicas == 1 else [({"replicas": replicas}, REPLICAS_MANAGER)]
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
 import kopf
 import pytest
@@ -15,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 
 from regrow.controller.handlers import API_QUIET_SECONDS, liveness
 from regrow.controller.kube import Conflict, Obj
-from regrow.controller.loop import MIN_REPEAT_SECONDS, STALL_SECONDS, Controller, Kind, status_patch
+from regrow.controller.loop import MIN_REPEAT_SECONDS, STALL_SECONDS, Agenda, Controller, Kind, status_patch
 from regrow.controller.result import Event, Result
 
 PATH = "/apis/regrow.dev/v1alpha1/namespaces/ml/modeldeployments/iris"
@@ -208,7 +209,6 @@ def test_errors_back_off_exponentially_and_do_not_stop_the_loop(caplog: pytest.L
     controller, api, clock = _controller(_kind(RuntimeError("registry down")))
     controller.observe("modeldeployments", None, _body())
     for failures in (1, 2, 3):
-        controller.due[KEY] = clock.now
         _run_due(controller)
         assert controller.due[KEY] == clock.now + 2.0**failures
         clock.now += 10
@@ -327,3 +327,30 @@ def test_a_written_result_wakes_the_kinds_it_names_in_its_namespace_only() -> No
     assert _run_due(controller) == {("trainingjobs", "ml", "iris-v2")}
     assert controller.due[("modeldeployments", "ml", "iris")] <= clock.now + MIN_REPEAT_SECONDS
     assert controller.due[("modeldeployments", "other", "wine")] > clock.now + 3000
+
+
+AGENDA_STEPS = st.lists(
+    st.tuples(st.sampled_from(["set", "del", "first"]), st.sampled_from("ab"), st.sampled_from("xyz"),
+              st.integers(0, 9), st.sets(st.sampled_from("xyz"), max_size=2)),
+    max_size=40,
+)  # fmt: skip
+
+
+@given(AGENDA_STEPS)
+def test_the_agenda_finds_the_earliest_due_object_of_a_namespace_that_is_not_running(steps: list[Any]) -> None:
+    """Against a plain dict searched in full: however times are set, moved and removed, ``first`` gives the
+    earliest object of the namespace due by then and not running (ties in any order)."""
+    agenda, plain = Agenda(), dict[tuple[str, str, str], float]()
+    for op, namespace, name, moment, running in steps:
+        key = ("modeldeployments", namespace, name)
+        if op == "set":
+            agenda[key] = plain[key] = float(moment)
+        elif op == "del" and key in plain:
+            del agenda[key], plain[key]
+        elif op == "first":
+            busy = {("modeldeployments", namespace, n) for n in running}
+            due = [at for k, at in plain.items() if k[1] == namespace and at <= moment and k not in busy]
+            found = agenda.first(namespace, float(moment), busy)
+            assert (found[0] if found else None) == (min(due) if due else None)
+            assert found is None or (plain[found[1]] == found[0] and found[1] not in busy)
+        assert len(agenda) == len(plain) and all(agenda[k] == at for k, at in plain.items())

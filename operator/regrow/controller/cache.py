@@ -108,13 +108,13 @@ class Store:
 
     def put(self, obj: Obj) -> bool:
         """Hold ``obj`` if it is newer than what is held; whether it was."""
-        meta = obj["metadata"]
+        meta = _lean(obj)["metadata"]  # before comparing: the watch's copy of the operator's own write is no change
         key = (meta.get("namespace", ""), meta["name"])
         with self.lock:
             held = self.items.get(key)
             if not _newer(obj, held) or (held is not None and held == obj):
                 return False
-            self.items[key] = _lean(obj)
+            self.items[key] = obj
             return True
 
     def remove(self, obj: Obj) -> bool:
@@ -234,6 +234,7 @@ class Cached:
     def _keep(self, path: str, answer: Obj) -> Obj:
         parsed = parse(path.removesuffix("/status"))
         store = self.stores.get(parsed[0]) if parsed is not None else None
-        if store is not None:
-            store.put(copy.deepcopy(answer))
+        if store is not None:  # without managedFields, which the caller may still read
+            meta = {k: v for k, v in answer["metadata"].items() if k != "managedFields"}
+            store.put(copy.deepcopy({**answer, "metadata": meta}))
         return answer

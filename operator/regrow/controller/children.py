@@ -2,8 +2,9 @@
 
 A field regrow sets and someone else changed is set back; a field regrow set and no longer sets is removed
 (unless another manager set it too); a field regrow does not set is left to whoever does. A Deployment's
-replicas are set once, at creation, by a manager of their own (``regrow-replicas``): regrow's later applies
-leave them out, so they stay the autoscaler's and are never reset.
+replicas are set once, at creation, by a manager of their own (``regrow-replicas``; left to the API server's
+default when that is the number): regrow's later applies leave them out, so they stay the autoscaler's and are
+never reset.
 
 A child is applied only when the live object (from the watch-fed cache) lacks a value regrow sets, or the
 desired manifest changed since it was last applied (its digest is kept in an annotation): a look at a
@@ -29,6 +30,7 @@ from regrow.controller.kube import Applier, Obj, path
 HASH_ANNOTATION = f"{GROUP}/applied-hash"
 LEGACY_HASH_ANNOTATION = f"{GROUP}/spec-hash"  # on children made by merge patches, before server-side apply
 REPLICAS_MANAGER = "regrow-replicas"
+DEFAULTED = {"replicas": 1}  # what the API server gives a Deployment's fields when they are left out
 LEGACY_MANAGER = "OpenAPI-Generator"  # the Python client's User-Agent, which named the manager of those writes
 PLURALS = {
     "Deployment": "deployments",
@@ -70,16 +72,16 @@ def ensure(api: Applier, manifest: Obj, unmanaged: tuple[str, ...] = ()) -> Appl
     desired["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = digest
     where = object_path(desired)
     live = api.get(where)
-    if live is not None:
-        for name in unmanaged:
+    for name in unmanaged:  # left out of a creation too when the API server would give the same value
+        if live is not None or desired["spec"].get(name) == DEFAULTED.get(name):
             desired["spec"].pop(name, None)
     annotations = ((live or {}).get("metadata") or {}).get("annotations") or {}
     current = annotations.get(HASH_ANNOTATION) == digest and LEGACY_HASH_ANNOTATION not in annotations
     if live is not None and current and holds(live, desired):
         return Applied(live, "unchanged")
     applied = api.apply(where, desired)
-    if live is None and unmanaged:
-        handed = {name: manifest["spec"][name] for name in unmanaged if name in manifest["spec"]}
+    handed = {name: desired["spec"][name] for name in unmanaged if name in desired["spec"]}
+    if live is None and handed:
         applied = api.apply(where, {**_identity(desired), "spec": handed}, REPLICAS_MANAGER)
     if LEGACY_HASH_ANNOTATION in annotations:
         applied = _take_over(api, where, applied)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -40,7 +42,7 @@ Key = tuple[str, str, str]  # (plural, namespace, name)
 MAX_BACKOFF_SECONDS = 300.0
 MIN_REPEAT_SECONDS = 1.0  # the shortest time between two reconciles of one object
 EVENT_MESSAGE_LIMIT = 1024
-STALL_SECONDS = 10.0  # the loop ticks every quarter second; one that has not for this long is stuck or gone
+STALL_SECONDS = 10.0  # the loop goes round at least every quarter second; one that has not for this long is stuck
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,60 @@ def event_manifest(body: Obj, event: Event, component: str) -> Obj:
     }
 
 
+class Agenda:
+    """When each object is next due, with a heap per namespace beside it, so that finding what to start next
+    costs the logarithm of what is due, not a pass over every object. An entry whose time is no longer the
+    object's is stale and dropped when it comes up."""
+
+    def __init__(self) -> None:
+        self._at: dict[Key, float] = {}
+        self._heaps: dict[str, list[tuple[float, Key]]] = collections.defaultdict(list)
+
+    def __setitem__(self, key: Key, at: float) -> None:
+        if self._at.get(key) != at:
+            self._at[key] = at
+            heapq.heappush(self._heaps[key[1]], (at, key))
+
+    def __getitem__(self, key: Key) -> float:
+        return self._at[key]
+
+    def __delitem__(self, key: Key) -> None:
+        del self._at[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def get(self, key: Key) -> float | None:
+        return self._at.get(key)
+
+    def pop(self, key: Key) -> None:
+        self._at.pop(key, None)
+
+    def namespaces(self) -> list[str]:
+        return list(self._heaps)
+
+    def first(self, namespace: str, moment: float, busy: set[Key]) -> tuple[float, Key] | None:
+        """The earliest of ``namespace``'s objects due by ``moment`` and not ``busy``, with its due time."""
+        heap, passed, found = self._heaps[namespace], [], None
+        while heap and heap[0][0] <= moment:
+            at, key = heap[0]
+            if self._at.get(key) != at:
+                heapq.heappop(heap)
+            elif key in busy:  # due again while it runs: not now, but kept
+                passed.append(heapq.heappop(heap))
+            else:
+                found = heap[0]
+                break
+        for entry in passed:
+            heapq.heappush(heap, entry)
+        if not heap:
+            del self._heaps[namespace]
+        return found
+
+
 @dataclass
 class Controller:
     api: Api
@@ -122,12 +178,15 @@ class Controller:
     workers: int = 8
     component: str = "regrow-operator"
     objects: dict[Key, Obj] = field(default_factory=dict)
-    due: dict[Key, float] = field(default_factory=dict)
+    due: Agenda = field(default_factory=Agenda)
     failures: dict[Key, int] = field(default_factory=dict)
     last_run: dict[Key, float] = field(default_factory=dict)
     busy: set[Key] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     ticked_at: float = float("-inf")  # when the loop last went round
+    # Set when an object falls due now or a worker comes free: the loop goes round at once instead of at its next
+    # tick, so reconciles follow each other as fast as the workers allow (at most workers per tick, before).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         # One thread per worker: asyncio's default pool has min(32, CPUs + 4), fewer than the workers on a
@@ -142,7 +201,8 @@ class Controller:
         """A watch event: remember the object (or forget it) and schedule it."""
         key = (plural, body["metadata"]["namespace"], body["metadata"]["name"])
         if event_type == "DELETED":
-            for table in (self.objects, self.due, self.failures, self.last_run):
+            self.due.pop(key)
+            for table in (self.objects, self.failures, self.last_run):
                 table.pop(key, None)
             self.kinds[plural].forget(body)
             return
@@ -158,10 +218,14 @@ class Controller:
     def _schedule(self, key: Key, body: Obj, delay: float | None = None) -> None:
         wait = wait_for(self.kinds[key[0]], body) if delay is None else delay
         if wait is None:
-            self.due.pop(key, None)
+            self.due.pop(key)
             return
-        at = max(self.clock() + wait, self.last_run.get(key, float("-inf")) + MIN_REPEAT_SECONDS)
-        self.due[key] = min(self.due.get(key, at), at)
+        moment = self.clock()
+        at = max(moment + wait, self.last_run.get(key, float("-inf")) + MIN_REPEAT_SECONDS)
+        held = self.due.get(key)
+        self.due[key] = at if held is None else min(held, at)
+        if self.due[key] <= moment:
+            self.wake.set()
 
     async def run(self) -> None:
         leading, lease_at = self.lease is None, 0.0
@@ -177,7 +241,9 @@ class Controller:
             self.instruments.leader.set(leading)
             if leading:
                 self._dispatch()
-            await asyncio.sleep(self.tick)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.tick)
 
     def stalled(self) -> bool:
         """Whether the loop has stopped going round (it ended, or a Lease call hangs past its timeouts)."""
@@ -188,19 +254,18 @@ class Controller:
         reconciles running goes next (earliest due first within it), and none holds more than its share of
         all workers but one, so that an object of a namespace that had nothing to do finds a worker free
         however many slow objects another namespace has."""
+        if len(self.busy) >= self.workers:
+            return
         moment = self.clock()
-        waiting: dict[str, collections.deque[Key]] = collections.defaultdict(collections.deque)
-        for key, at in sorted(self.due.items(), key=lambda item: item[1]):
-            if at <= moment and key not in self.busy:
-                waiting[key[1]].append(key)
+        heads = {ns: head for ns in self.due.namespaces() if (head := self.due.first(ns, moment, self.busy))}
         running = collections.Counter(key[1] for key in self.busy)
-        share = max(1, (self.workers - 1) // max(1, len(waiting.keys() | running.keys())))
+        share = max(1, (self.workers - 1) // max(1, len(heads.keys() | running.keys())))
         while len(self.busy) < self.workers:
-            open_ = [ns for ns, keys in waiting.items() if keys and running[ns] < share]
+            open_ = [ns for ns in heads if running[ns] < share]
             if not open_:
                 break
-            namespace = min(open_, key=lambda ns: (running[ns], self.due[waiting[ns][0]]))
-            key = waiting[namespace].popleft()
+            namespace = min(open_, key=lambda ns: (running[ns], heads[ns][0]))
+            key = heads[namespace][1]
             running[namespace] += 1
             del self.due[key]
             self.busy.add(key)
@@ -208,6 +273,10 @@ class Controller:
             task = asyncio.create_task(self._reconcile(key))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+            if (head := self.due.first(namespace, moment, self.busy)) is None:
+                del heads[namespace]
+            else:
+                heads[namespace] = head
 
     async def _reconcile(self, key: Key) -> None:
         body = self.objects.get(key)
@@ -232,10 +301,11 @@ class Controller:
                 self.objects[key] = updated
             if key in self.objects:
                 self._schedule(key, self.objects[key])
-            for other in [k for k in self.objects if k[0] in wake and k[1] == key[1]]:
+            for other in [k for k in self.objects if k[0] in wake and k[1] == key[1]] if wake else ():
                 self._schedule(other, self.objects[other], 0.0)
         finally:
             self.busy.discard(key)
+            self.wake.set()
             if body is not None:
                 self.instruments.reconciles.labels(kind, result).inc()
 
