@@ -8,6 +8,7 @@ and ``node_cluster``, one whose kubelet runs pods, for the end-to-end tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from kubernetes import client
 
 from regrow import __version__
 from regrow.api import KINDS
+from regrow.controller.result import StatusMismatch
 from regrow.manifests.common import PodDefaults
 from tests.cluster import Cluster, control_plane, free_port, from_kubeconfig
 from tests.helpers import wait_for
@@ -84,6 +86,19 @@ def _namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
     core.delete_namespace(name, propagation_policy="Background")
 
 
+class Misfits(logging.Handler):
+    """Every status the operator computes is checked against its kind's Status model before it is written
+    (``checked``); this keeps the failures of that check, which fail the test that ran the operator."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and isinstance(record.exc_info[1], StatusMismatch):
+            self.seen.append(str(record.exc_info[1]))
+
+
 def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Operator:
     """The real operator (kopf, in a thread) watching one namespace: ``with operator(): ...``."""
     import kopf  # noqa: PLC0415
@@ -105,6 +120,8 @@ def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypat
             ),
             daemon=True,
         )
+        misfits = Misfits()
+        logging.getLogger("regrow.controller.loop").addHandler(misfits)
         thread.start()
         try:
             assert ready.wait(30), "the operator did not start in 30s"
@@ -112,6 +129,8 @@ def _operator(cluster: Cluster, api: client.ApiClient, namespace: str, monkeypat
         finally:
             stop.set()
             thread.join(30)
+            logging.getLogger("regrow.controller.loop").removeHandler(misfits)
+        assert not misfits.seen, f"a reconciler's status does not fit its kind's model: {misfits.seen[0]}"
 
     return running
 

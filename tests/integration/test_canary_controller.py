@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from regrow.api import MODEL_DEPLOYMENT
 from regrow.cli import main
+from regrow.contracts import ModelMetadata, ModelParameters
 from regrow.controller.kube import Kube, Obj, path
 from regrow.drift.profile import PREDICTION, FeatureProfile, fit_profile
 from regrow.telemetry import LATENCY_BUCKETS
@@ -161,13 +162,15 @@ class Kubelet:
         pod.latency[next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if how.seconds <= b)] += 1
         return code
 
-    def prober(self, ip: str, model: str) -> Obj | None:
+    def prober(self, ip: str, model: str) -> ModelMetadata | None:
         with self.lock:
             pod = self.pods.get(ip)
         if pod is None:
             return None
         uri = f"file:///var/lib/regrow/registry/iris/versions/{pod.version}"
-        return {"name": model, "versions": [pod.version], "parameters": {"uri": uri, "alias_version": self.alias}}
+        return ModelMetadata(
+            name=model, versions=[pod.version], parameters=ModelParameters(uri=uri, alias_version=self.alias)
+        )
 
     def fetch(self, address: str, url_path: str) -> bytes | None:
         with self.lock:

@@ -14,10 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
+from regrow.api.kinds import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.api.kinds import Kind as ApiKind
 from regrow.controller.handlers import API_QUIET_SECONDS, liveness
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.loop import MIN_REPEAT_SECONDS, STALL_SECONDS, Agenda, Controller, Kind, status_patch
-from regrow.controller.result import Event, Result
+from regrow.controller.result import Event, Result, StatusMismatch, checked
 
 PATH = "/apis/regrow.dev/v1alpha1/namespaces/ml/modeldeployments/iris"
 
@@ -354,3 +356,17 @@ def test_the_agenda_finds_the_earliest_due_object_of_a_namespace_that_is_not_run
             assert (found[0] if found else None) == (min(due) if due else None)
             assert found is None or (plain[found[1]] == found[0] and found[1] not in busy)
         assert len(agenda) == len(plain) and all(agenda[k] == at for k, at in plain.items())
+
+
+@pytest.mark.parametrize("kind", [MODEL_DEPLOYMENT, TRAINING_JOB, DRIFT_POLICY], ids=lambda k: k.kind)
+def test_a_status_that_does_not_fit_its_kinds_model_is_refused_not_written(kind: ApiKind) -> None:
+    """The API server prunes a key the schema lacks without a word: a misspelt key (at any depth) or a value of
+    another shape is a bug that every reconciler's status is checked for before it is written."""
+    base = {"observedGeneration": 2, "conditions": [], "unset": None}
+    with pytest.raises(StatusMismatch):
+        checked(kind.status, base)  # "unset" is no field, even to remove
+    base.pop("unset")
+    assert checked(kind.status, base) == base
+    for wrong in ({"observedGeneration": "two"}, {"readyReplica": 1}, {"conditions": [{"type": "Ready"}]}):
+        with pytest.raises(StatusMismatch):
+            checked(kind.status, {**base, **wrong})

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
+from regrow.contracts import ModelMetadata, ModelParameters
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.modeldeployment import (
     POLL_SECONDS,
@@ -145,9 +146,9 @@ def _pod(name: str, rv: str = "1", phase: str = "Running") -> Obj:
 def test_report_reads_the_pod_and_asks_only_running_pods() -> None:
     asked: list[str] = []
 
-    def ask(pod: Obj) -> Obj | None:
+    def ask(pod: Obj) -> ModelMetadata | None:
         asked.append(pod["status"]["podIP"])
-        return {"versions": ["v1"], "parameters": {"uri": "u", "alias_version": "v2"}}
+        return ModelMetadata(name="iris", versions=["v1"], parameters=ModelParameters(uri="u", alias_version="v2"))
 
     assert report(_pod("a"), "iris", ask) == PodReport("a", True, "v1", "u", "v2", None, None)
     assert report(_pod("b", phase="Pending"), "iris", ask).serving is None
@@ -155,10 +156,10 @@ def test_report_reads_the_pod_and_asks_only_running_pods() -> None:
 
 
 def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_model() -> None:
-    answers: dict[str, Obj | None] = {"ip-a": {"versions": ["v1"], "parameters": {"alias_version": "v1"}}}
+    answers = {"ip-a": ModelMetadata(name="iris", versions=["v1"], parameters=ModelParameters(alias_version="v1"))}
     asked: list[str] = []
 
-    def prober(ip: str, model: str) -> Obj | None:
+    def prober(ip: str, model: str) -> ModelMetadata | None:
         asked.append(ip)
         return answers.get(ip)
 
@@ -184,7 +185,7 @@ def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_mo
     asked.clear()
     look(_pod("a", rv="2"), max_age=0.0)
     assert asked == ["ip-a"]  # a canary runs: every look asks
-    answers["ip-a"] = {"versions": ["v1"], "parameters": {"error": "the registry is unreachable"}}
+    answers["ip-a"] = ModelMetadata(name="iris", versions=["v1"], parameters=ModelParameters(error="unreachable"))
     look(_pod("a", rv="2"), max_age=0.0)
     asked.clear()
     look(_pod("a", rv="2"))

@@ -21,6 +21,8 @@ import uvloop
 
 from regrow.api import TrainingJobSpec, parse_spec
 from regrow.cli import main
+from regrow.contracts import ModelMetadata
+from regrow.controller.modeldeployment import PodReport, report
 from regrow.inference import OnnxModel
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.server import InferenceServer, ServeConfig
@@ -413,6 +415,13 @@ def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> No
     assert 'regrow_inference_rows_total{model="iris"' in text
 
 
+def _as_the_operator_reads_it(server: Server) -> PodReport:
+    """The pod's model metadata through the one model both sides use, as the operator turns it into a report."""
+    answer = ModelMetadata.model_validate_json(json.dumps(server.call("GET", "/v2/models/iris")[1]))
+    pod = {"metadata": {"name": "p"}, "status": {"podIP": "127.0.0.1", "phase": "Running"}}
+    return report(pod, "iris", lambda _: answer)
+
+
 def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
     config = local(tmp_path, alias="champion", refresh_seconds=0.2)
     with running(config) as server:
@@ -423,10 +432,20 @@ def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
         status, body = reply
         assert status == 503 and "alias champion of model iris does not exist" in body["error"]
         assert body["reason"] == "ModelNotPublished"
+        waiting = _as_the_operator_reads_it(server)
+        assert waiting.waiting and waiting.serving is None and waiting.error == body["error"]
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
         version = publish_iris(tmp_path)
         wait_ready(server, 10)
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["model_version"] == version
+        serving = _as_the_operator_reads_it(server)
+        assert (serving.serving, serving.alias_version, serving.error, serving.waiting) == (
+            version,
+            version,
+            None,
+            False,
+        )
+        assert serving.uri is not None and serving.uri.endswith(f"/iris/versions/{version}")
 
 
 def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> None:

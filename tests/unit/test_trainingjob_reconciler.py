@@ -133,6 +133,7 @@ def _pod(message: str, finished_at: str = "2026-01-01T00:00:00Z") -> Obj:
 
 
 REPORT = {"succeeded": True, "version": "v1", "uri": "u", "metrics": {}}
+GATE = {"alias": "champion", "metric": "accuracy", "candidateScore": "0.9"}
 
 
 @pytest.mark.parametrize(
@@ -143,7 +144,7 @@ REPORT = {"succeeded": True, "version": "v1", "uri": "u", "metrics": {}}
         (_job(("Complete", "")), [_pod(json.dumps(REPORT))], ("True", "Completed")),
         (
             _job(("Complete", "")),
-            [_pod(json.dumps({**REPORT, "promotion": {"outcome": "Rejected", "message": "0.9 < 0.95"}}))],
+            [_pod(json.dumps({**REPORT, "promotion": {**GATE, "outcome": "Rejected", "message": "0.9 < 0.95"}}))],
             ("True", "GateRejected"),
         ),
         (_job(("Complete", "")), [], ("False", "NoReport")),
@@ -168,14 +169,14 @@ def test_outcome_of_a_job(job: Obj, pods: list[Obj], expected: tuple[str, str]) 
     ],
 )
 def test_a_promotion_says_whether_the_alias_moved(previous: str, gate: str, expected: str) -> None:
-    promotion = {"outcome": "Promoted", "alias": "champion", "previousVersion": previous, "message": gate}
+    promotion = {**GATE, "outcome": "Promoted", "previousVersion": previous, "message": gate}
     cond = outcome(_job(("Complete", "")), [_pod(json.dumps({**REPORT, "promotion": promotion}))]).cond
     assert (cond.status, cond.reason, cond.message) == ("True", "Promoted", expected)
 
 
 def test_the_promotion_reaches_status_through_its_model() -> None:
     """Which rows graded each part of the gate, as the trainer reported them; a report that does not fit
-    PromotionStatus is left out of status rather than copied."""
+    the trainer's report model is not read at all: nothing of it is copied into status."""
     check = {"holdout": "curated", "rows": 38, "candidateScore": "0.58", "currentScore": "0.39",
              "baselineScore": "0.89", "limit": "0.05", "passed": False}  # fmt: skip
     promotion = {"outcome": "Rejected", "alias": "champion", "metric": "accuracy", "candidateScore": "0.85",
@@ -186,9 +187,11 @@ def test_the_promotion_reaches_status_through_its_model() -> None:
     result = outcome(job, [_pod(json.dumps({**REPORT, "promotion": promotion}))])
     status = status_for(body, job, result)
     assert status["promotion"]["regression"] == check and status["promotion"]["improvement"]["rows"] == 60
-    forged = {**promotion, "outcome": "Maybe", "extra": "x"}
-    result = outcome(job, [_pod(json.dumps({**REPORT, "promotion": forged}))])
-    assert "promotion" not in status_for(body, job, result)
+    for forged in ({**REPORT, "promotion": {**promotion, "outcome": "Maybe"}}, {**REPORT, "extra": "x"},
+                   {**REPORT, "version": None}, {**REPORT, "succeeded": "yes"}, [REPORT]):  # fmt: skip
+        result = outcome(job, [_pod(json.dumps(forged))])
+        assert (result.cond.status, result.cond.reason) == ("False", "NoReport")
+        assert status_for(body, job, result).keys() == {"observedGeneration", "conditions", "jobName"}
 
 
 def test_a_dataset_that_failed_validation_says_which_checks() -> None:

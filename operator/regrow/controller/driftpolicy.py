@@ -25,7 +25,7 @@ import numpy.typing as npt
 from regrow import API_VERSION, GROUP
 from regrow.api import InvalidSpec, parse_spec
 from regrow.api.common import parse_duration
-from regrow.api.driftpolicy import DriftCheck, DriftPolicySpec, FeatureDrift
+from regrow.api.driftpolicy import DriftCheck, DriftPolicySpec, DriftPolicyStatus, FeatureDrift
 from regrow.api.kinds import MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.clock import now
 from regrow.controller import conditions, outbound
@@ -33,7 +33,7 @@ from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.modeldeployment import pod_ready, serving_pods
 from regrow.controller.outbound import Fetch
-from regrow.controller.result import Event, Result, transition_event
+from regrow.controller.result import Event, Result, checked, transition_event
 from regrow.drift.policy import Check, Layout, check
 from regrow.drift.profile import FeatureProfile, Profile
 from regrow.drift.window import History, Scrape, Vector, bins_query, parse_bins, parse_query_result
@@ -95,7 +95,7 @@ def next_check_in(body: Obj, minimum: float = MIN_CHECK_SECONDS) -> float:
 def _waiting(body: Obj, reason: str, message: str) -> Result:
     cond = Cond(READY, "False" if reason in ("InvalidSpec", "TargetNotFound") else "Unknown", reason, message)
     previous = (body.get("status") or {}).get("conditions") or []
-    return Result(conditions.status(body, [cond]), transition_event(previous, cond))
+    return Result(checked(DriftPolicyStatus, conditions.status(body, [cond])), transition_event(previous, cond))
 
 
 def http_query(url: str, promql: str) -> bytes:
@@ -224,7 +224,8 @@ def reconcile(body: Obj, api: Api, fetch: Fetch, memory: Memory, query: Query) -
     if drift.status == "True" and spec.retrain is not None:
         events += _retrain(body, api, spec, owner, last_check, fields)
     ready = Cond(READY, "True", "Watching", f"checked {version} from {source}")
-    return Result(conditions.status(body, [ready, drift], **fields), events + transition_event(previous, drift))
+    status = checked(DriftPolicyStatus, conditions.status(body, [ready, drift], **fields))
+    return Result(status, events + transition_event(previous, drift))
 
 
 def retrain_outcome(tj: Obj | None, target: Obj | None) -> tuple[str | None, str | None]:

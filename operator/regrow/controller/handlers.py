@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from regrow import API_VERSION, GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
+from regrow.contracts import ModelMetadata
 from regrow.controller import canary, driftpolicy, modeldeployment, outbound, trainingjob
 from regrow.controller.cache import Cached, Informer, Resource, Store, owners
 from regrow.controller.kube import Kube, Obj
@@ -160,9 +161,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def kinds(memo: kopf.Memo) -> list[Kind]:
     """The three kinds, each with its reconciler and how often its actual state is checked."""
 
-    def probe(ip: str, model: str) -> Obj | None:
+    def probe(ip: str, model: str) -> ModelMetadata | None:
         memo.instruments.pod_probes.inc()
-        answer: Obj | None = memo.prober(ip, model)
+        answer: ModelMetadata | None = memo.prober(ip, model)
         return answer
 
     probes = modeldeployment.Probes(probe)

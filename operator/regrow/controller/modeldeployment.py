@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -29,13 +28,14 @@ import numpy as np
 from regrow import API_VERSION
 from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec, parse_duration
-from regrow.api.modeldeployment import GateStatus, ModelSource, RetryRequest, RolloutStatus
+from regrow.api.modeldeployment import GateStatus, ModelDeploymentStatus, ModelSource, RetryRequest, RolloutStatus
+from regrow.contracts import ModelMetadata, ModelParameters
 from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Applier, Conflict, Obj, path
 from regrow.controller.outbound import Fetch
-from regrow.controller.result import Event, Result, transition_event
+from regrow.controller.result import Event, Result, checked, transition_event
 from regrow.drift.profile import FeatureProfile, Profile
 from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import (
@@ -71,7 +71,7 @@ STUCK = frozenset(
     }
 )
 
-Prober = Callable[[str, str], Obj | None]
+Prober = Callable[[str, str], ModelMetadata | None]
 NOT_RESTORED = "the alias still points at"
 PROMOTION_MARGIN_SECONDS = 30.0  # a TrainingJob's promotion leads the pods' own reading of the alias this long
 POLL_SECONDS = 5.0  # how often a ModelDeployment is looked at while what it waits for is seen by no watch
@@ -97,14 +97,15 @@ def discover(api: Api) -> ApiVersions:
     )
 
 
-def http_prober(ip: str, model: str) -> Obj | None:
-    """What a serving pod says about its model (its JSON object even on 503), or None if it does not answer
-    with one."""
+def http_prober(ip: str, model: str) -> ModelMetadata | None:
+    """What a serving pod says about its model (its answer even on 503), or None if it does not answer with
+    model metadata."""
     try:
-        metadata = json.loads(outbound.get(f"http://{ip}:{PORT}/v2/models/{model}", 2.0, 1 << 20).body)
-    except (OSError, ValueError):
+        return ModelMetadata.model_validate_json(
+            outbound.get(f"http://{ip}:{PORT}/v2/models/{model}", 2.0, 1 << 20).body
+        )
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-    return metadata if isinstance(metadata, dict) else None
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def pod_ready(pod: Obj) -> bool:
     )
 
 
-def report(pod: Obj, model: str, ask: Callable[[Obj], Obj | None]) -> PodReport:
+def report(pod: Obj, model: str, ask: Callable[[Obj], ModelMetadata | None]) -> PodReport:
     status = pod.get("status") or {}
     ready = pod_ready(pod)
     stuck = None
@@ -142,17 +143,16 @@ def report(pod: Obj, model: str, ask: Callable[[Obj], Obj | None]) -> PodReport:
         if waiting.get("reason") in STUCK:
             stuck = (str(waiting["reason"]), str(waiting.get("message") or f"container {container['name']}"))
     answer = ask(pod) if status.get("podIP") and status.get("phase") == "Running" else None
-    params = (answer or {}).get("parameters") or {}
-    versions = (answer or {}).get("versions") or []
+    params = answer.parameters if answer is not None else ModelParameters()
     return PodReport(
         name=pod["metadata"]["name"],
         ready=ready,
-        serving=versions[0] if versions else None,
-        uri=params.get("uri"),
-        alias_version=params.get("alias_version"),
-        error=params.get("error"),
+        serving=answer.versions[0] if answer is not None and answer.versions else None,
+        uri=params.uri,
+        alias_version=params.alias_version,
+        error=params.error,
         stuck=stuck,
-        waiting=params.get("reason") == "ModelNotPublished",
+        waiting=params.reason == "ModelNotPublished",
     )
 
 
@@ -285,7 +285,7 @@ class Probes:
     resourceVersion then, when, and the answer (only an answer that names the model it serves is kept)."""
 
     prober: Prober
-    held: dict[tuple[str, str], dict[str, tuple[str, float, Obj]]] = field(default_factory=dict)
+    held: dict[tuple[str, str], dict[str, tuple[str, float, ModelMetadata]]] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
 
     def reports(self, owner: Owner, track: str, pods: list[Obj], model: str, max_age: float) -> list[PodReport]:
@@ -293,14 +293,14 @@ class Probes:
         or the pod has changed since."""
         before, kept = self.held.get((owner.uid, track), {}), {}
 
-        def ask(pod: Obj) -> Obj | None:
+        def ask(pod: Obj) -> ModelMetadata | None:
             uid, version = pod["metadata"]["uid"], pod["metadata"].get("resourceVersion", "")
             last = before.get(uid)
             if last is not None and last[0] == version and self.clock() - last[1] < max_age:
                 kept[uid] = last
                 return last[2]
             answer = self.prober(pod["status"]["podIP"], model)
-            if answer and answer.get("versions") and not (answer.get("parameters") or {}).get("error"):
+            if answer is not None and answer.serving is not None:
                 kept[uid] = (version, self.clock(), answer)
             return answer
 
@@ -369,7 +369,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         defaults.check_image(spec.image)
     except (InvalidSpec, ValueError) as error:
         cond = Cond(READY, "False", "InvalidSpec", str(error))
-        return Result(conditions.status(body, [cond]), transition_event(previous, cond))
+        return Result(checked(ModelDeploymentStatus, conditions.status(body, [cond])), transition_event(previous, cond))
 
     reports = serving.reports(body, spec, COMPONENT, serving_pods(api, owner.namespace, owner.name))
     name = owner.child_name(COMPONENT)
@@ -422,7 +422,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         status["model"] = {"uri": uri, "version": served}
     elif previous_status.get("model"):
         status["model"] = previous_status["model"]
-    return Result(status, events + moves.events + transition_event(previous, conds[0]))
+    return Result(checked(ModelDeploymentStatus, status), events + moves.events + transition_event(previous, conds[0]))
 
 
 def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None, pinned: str | None,

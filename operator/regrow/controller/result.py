@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ValidationError
+
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Obj
@@ -21,6 +23,21 @@ class Result:
     status: Obj = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     wake: tuple[str, ...] = ()  # kinds (plurals) of the same namespace to reconcile at once after this is written
+
+
+class StatusMismatch(ValueError):
+    """A reconciler's status that its kind's Status model refuses."""
+
+
+def checked(model: type[BaseModel], status: Obj) -> Obj:
+    """``status`` once it fits its kind's Status model (where a None, which removes a field, is a value only of
+    a field that may be unset). A key the model lacks, which the API server would prune without a word, or a
+    value of another shape is a bug: raised here, not written."""
+    try:
+        model.model_validate(status)
+    except ValidationError as error:
+        raise StatusMismatch(f"the status does not fit {model.__name__}: {error}") from None
+    return status
 
 
 def transition_event(previous: list[Obj], cond: Cond) -> list[Event]:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.api.trainingjob import PromotionStatus, ValidationCheck
+from regrow.api.trainingjob import ArtifactStatus, TrainingJobStatus, ValidationCheck
+from regrow.contracts import TrainerReport
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Api, Conflict, Obj, path
-from regrow.controller.result import Event, Result, transition_event
+from regrow.controller.result import Event, Result, checked, transition_event
 from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.training import CONTAINER, training_job
-
-log = logging.getLogger(__name__)
 
 SUCCEEDED = "Succeeded"
 
@@ -35,8 +32,8 @@ def finished(body: Obj) -> bool:
 @dataclass(frozen=True)
 class Outcome:
     cond: Cond
-    report: Obj | None = None  # a successful run's
-    validation: list[Obj] | None = None  # the dataset's checks, whatever the outcome
+    report: TrainerReport | None = None  # a successful run's
+    validation: list[ValidationCheck] | None = None  # the dataset's checks, whatever the outcome
 
 
 def last_message(pods: list[Obj]) -> str | None:
@@ -50,13 +47,13 @@ def last_message(pods: list[Obj]) -> str | None:
     return max(messages)[1] if messages else None
 
 
-def parse_report(message: str | None) -> Obj | None:
-    """The trainer's JSON report, or None when the message is something else (a log tail)."""
+def parse_report(message: str | None) -> TrainerReport | None:
+    """The trainer's report, or None when the message is something else (a log tail, or a report this version
+    of regrow cannot read)."""
     try:
-        report = json.loads(message or "")
-    except json.JSONDecodeError:
+        return TrainerReport.model_validate_json(message or "")
+    except ValidationError:
         return None
-    return report if isinstance(report, dict) else None
 
 
 def outcome(job: Obj, pods: list[Obj]) -> Outcome:
@@ -73,18 +70,17 @@ def outcome(job: Obj, pods: list[Obj]) -> Outcome:
     return Outcome(Cond(SUCCEEDED, "Unknown", "Pending", "waiting for the trainer pod to start"))
 
 
-def _completed(report: Obj | None) -> Outcome:
-    if report is None or not report.get("succeeded"):
-        return Outcome(Cond(SUCCEEDED, "False", "NoReport", "the trainer exited 0 without a report"))
-    promotion = report.get("promotion") or {}
-    version = report.get("version", "?")
-    if promotion.get("outcome") == "Rejected":
+def _completed(report: TrainerReport | None) -> Outcome:
+    if report is None or not report.succeeded or report.uri is None or report.version is None:
         return Outcome(
-            Cond(SUCCEEDED, "True", "GateRejected", f"version {version}: {promotion.get('message')}"), report
+            Cond(SUCCEEDED, "False", "NoReport", "the trainer exited 0 without a report this operator can read")
         )
-    if promotion.get("outcome") == "Promoted":
-        verb = "stays" if promotion.get("previousVersion") == version else "is now"
-        message = f"version {version} {verb} {promotion.get('alias')}: {promotion.get('message')}"
+    promotion, version = report.promotion, report.version
+    if promotion is not None and promotion.outcome == "Rejected":
+        return Outcome(Cond(SUCCEEDED, "True", "GateRejected", f"version {version}: {promotion.message}"), report)
+    if promotion is not None and promotion.outcome == "Promoted":
+        verb = "stays" if promotion.previous_version == version else "is now"
+        message = f"version {version} {verb} {promotion.alias}: {promotion.message}"
         return Outcome(Cond(SUCCEEDED, "True", "Promoted", message), report)
     return Outcome(Cond(SUCCEEDED, "True", "Completed", f"published version {version}"), report)
 
@@ -92,9 +88,8 @@ def _completed(report: Obj | None) -> Outcome:
 def _failed(condition: Obj, message: str | None) -> Outcome:
     """A failed Job: the trainer's own reason when it reported one, else the Job's with the log tail."""
     report = parse_report(message)
-    if report is not None and not report.get("succeeded") and report.get("reason"):
-        cond = Cond(SUCCEEDED, "False", str(report["reason"]), str(report.get("message", "")))
-        return Outcome(cond, validation=report.get("validation"))
+    if report is not None and not report.succeeded and report.reason:
+        return Outcome(Cond(SUCCEEDED, "False", report.reason, report.message or ""), validation=report.validation)
     detail = condition.get("message") or ""
     if message:
         detail += f"; trainer said: {message.strip()[-1000:]}"
@@ -108,20 +103,13 @@ def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
         job_status = job.get("status") or {}
         status.update({k: job_status[k] for k in ("startTime", "completionTime") if job_status.get(k)})
     report = result.report
-    if report is not None:
-        status["artifact"] = {"uri": report["uri"], "version": report["version"], "metrics": report.get("metrics", {})}
-        if report.get("promotion"):  # the trainer's report, through the one model of its promotion
-            try:
-                status["promotion"] = PromotionStatus.model_validate(report["promotion"]).to_wire()
-            except ValidationError:
-                log.warning("Ignored a promotion report that does not fit PromotionStatus")
-    validation = result.validation or (report or {}).get("validation")
+    if report is not None and report.uri is not None and report.version is not None:
+        status["artifact"] = ArtifactStatus(uri=report.uri, version=report.version, metrics=report.metrics).to_wire()
+        if report.promotion is not None:
+            status["promotion"] = report.promotion.to_wire()
+    validation = result.validation or (report.validation if report is not None else None)
     if validation:
-        try:
-            checks = [ValidationCheck.model_validate(c) for c in validation]
-            status["validation"] = [c.to_wire() for c in checks[:32]]
-        except ValidationError:
-            log.warning("Ignored validation checks that do not fit ValidationCheck")
+        status["validation"] = [c.to_wire() for c in validation[:32]]
     return status
 
 
@@ -161,7 +149,7 @@ def _result(body: Obj, job: Obj | None, result: Outcome, previous: list[Obj]) ->
     events = transition_event(previous, result.cond)
     # A promotion moved an alias: the ModelDeployments that follow it need not wait for their next poll.
     wake = ("modeldeployments",) if any(e.reason == "Promoted" for e in events) else ()
-    return Result(status_for(body, job, result), events, wake)
+    return Result(checked(TrainingJobStatus, status_for(body, job, result)), events, wake)
 
 
 def _owned_by(obj: Obj, owner: Owner) -> bool:

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
+from regrow.contracts import ModelMetadata, ModelParameters, TensorMetadata
 from regrow.inference import Batch, Prediction, rows
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
@@ -118,7 +119,7 @@ class App:
         if path == "/v2/health/live":
             return json_response(200, {"live": True})
         if path == "/v2/health/ready":
-            return json_response(200 if state.ready else 503, {"ready": state.ready, **self._why()})
+            return json_response(200 if state.ready else 503, {"ready": state.ready, **self._why().to_wire()})
         if path == "/metrics" and self.observed:
             body = generate_latest(state.metrics.registry) if state.metrics else b""
             return Response(200, body, CONTENT_TYPE_LATEST.encode())
@@ -137,19 +138,24 @@ class App:
         state = self.state
         rest = self._model_path(path[len("/v2/models/") :])
         if rest == "":
-            return json_response(200, self._metadata())
+            return json_response(200, self._metadata().to_wire())
         if rest == "/profile" and state.model is not None and self.observed:  # the reference profile, for drift checks
             return Response(200, state.model.profile.to_json())
         if rest == "/ready":
-            return json_response(200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why()})
+            return json_response(
+                200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why().to_wire()}
+            )
         raise BadRequest(f"no such endpoint: GET {path}", 404)
 
-    def _why(self) -> dict[str, str]:
+    def _why(self) -> ModelParameters:
+        """Why no model is served (nothing when one is), as the metadata and readiness answers say it."""
         if self.state.draining:
-            return {"error": "the server is shutting down"}
+            return ModelParameters(error="the server is shutting down")
         if not self.state.error:
-            return {}
-        return {"error": self.state.error, "reason": "ModelNotPublished" if self.state.waiting else "ModelUnavailable"}
+            return ModelParameters()
+        if self.state.waiting:
+            return ModelParameters(error=self.state.error, reason="ModelNotPublished")
+        return ModelParameters(error=self.state.error, reason="ModelUnavailable")
 
     def _model_path(self, rest: str) -> str:
         """Check the model name (and version) at the start of ``rest``; return what follows them."""
@@ -165,43 +171,37 @@ class App:
             rest = "/" + tail if tail else ""
         return rest
 
-    def _metadata(self) -> dict[str, Any]:
+    def _metadata(self) -> ModelMetadata:
         state, model = self.state, self.state.model
-        parameters: dict[str, Any] = {"alias": state.alias, "alias_version": state.alias_version}
         if model is None:
-            return {
-                "name": state.name,
-                "versions": [],
-                "platform": "onnxruntime",
-                "parameters": {**parameters, **self._why()},
-            }
-        return {
-            "name": model.name,
-            "versions": [model.version],
-            "platform": "onnxruntime",
-            "inputs": [
-                {"name": name, "datatype": "BYTES" if text else "FP32", "shape": [-1, 1]}
-                for name, text in model.columns
+            why = self._why().model_copy(update={"alias": state.alias, "alias_version": state.alias_version})
+            return ModelMetadata(name=state.name, versions=[], parameters=why)
+        if model.columns:
+            inputs = [
+                TensorMetadata(name=n, datatype="BYTES" if text else "FP32", shape=[-1, 1]) for n, text in model.columns
             ]
-            if model.columns
-            else [{"name": "input", "datatype": "FP32", "shape": [-1, len(model.features)]}],
-            "outputs": [
-                {"name": "label" if model.task == "classification" else "value", "datatype": "BYTES", "shape": [-1]}
-            ]
-            + (
-                [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.classes)]}]
-                if model.classes
-                else []
+        else:
+            inputs = [TensorMetadata(name="input", datatype="FP32", shape=[-1, len(model.features)])]
+        outputs = [
+            TensorMetadata(name="label" if model.task == "classification" else "value", datatype="BYTES", shape=[-1])
+        ]
+        if model.classes:
+            outputs.append(TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(model.classes)]))
+        return ModelMetadata(
+            name=model.name,
+            versions=[model.version],
+            inputs=inputs,
+            outputs=outputs,
+            parameters=ModelParameters(
+                alias=state.alias,
+                alias_version=state.alias_version,
+                uri=model.uri,
+                task=model.task,
+                features=model.features,
+                classes=model.classes,
+                metrics=model.metadata.get("metrics", {}),
             ),
-            "parameters": {
-                **parameters,
-                "uri": model.uri,
-                "task": model.task,
-                "features": model.features,
-                "classes": model.classes,
-                "metrics": model.metadata.get("metrics", {}),
-            },
-        }
+        )
 
     def _post(self, request: Request) -> Response:
         path = request.path

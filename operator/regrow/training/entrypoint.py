@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
+from regrow.contracts import TrainerReport
 from regrow.storage import StoreUnavailable, open_store
 from regrow.storage.registry import Registry
 from regrow.training.trainer import TrainingError, read_dataset, train
@@ -18,16 +18,16 @@ TERMINATION_LOG = Path("/dev/termination-log")
 MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message
 
 
-def report(outcome: dict[str, Any], termination_log: Path | None) -> None:
+def report(outcome: TrainerReport, termination_log: Path | None) -> None:
     """The outcome on stdout, and in the termination message: whole, or without the passed checks' messages,
     or without the checks (the run record keeps them), so that it always parses."""
-    text = json.dumps(outcome, sort_keys=True)
+    text = outcome.to_json()
     print(text, flush=True)
-    if len(text) > MESSAGE_LIMIT and outcome.get("validation"):
-        brief = [c if not c.get("passed") else {**c, "message": ""} for c in outcome["validation"]]
-        text = json.dumps({**outcome, "validation": brief}, sort_keys=True)
+    if len(text) > MESSAGE_LIMIT and outcome.validation:
+        brief = [c.model_copy(update={"message": ""}) if c.passed else c for c in outcome.validation]
+        text = outcome.model_copy(update={"validation": brief}).to_json()
     if len(text) > MESSAGE_LIMIT:
-        text = json.dumps({k: v for k, v in outcome.items() if k != "validation"}, sort_keys=True)
+        text = outcome.model_copy(update={"validation": None}).to_json()
     if termination_log is not None:
         try:
             termination_log.write_text(text[:MESSAGE_LIMIT])
@@ -49,20 +49,20 @@ def run(spec_text: str, run_info: dict[str, str], termination_log: Path | None) 
         )
         result = train(spec, read_dataset(spec), Registry(store), run_info)
     except (InvalidSpec, json.JSONDecodeError) as error:
-        report({"succeeded": False, "reason": "InvalidSpec", "message": str(error)}, termination_log)
+        report(TrainerReport(succeeded=False, reason="InvalidSpec", message=str(error)), termination_log)
         return 1
     except TrainingError as error:
-        report({"succeeded": False, "reason": error.reason, "message": str(error), **error.details}, termination_log)
+        report(error.report(), termination_log)
         return 1
     except StoreUnavailable as error:  # names the store and the call, not what it answered
-        report({"succeeded": False, "reason": "StoreUnavailable", "message": str(error)}, termination_log)
+        report(TrainerReport(succeeded=False, reason="StoreUnavailable", message=str(error)), termination_log)
         return 1
     except Exception as error:  # a bug or a store failure: its message may quote data, so the log gets it
         log.exception("Training failed")
         message = f"the trainer failed with {type(error).__name__}; the training pod's log has the details"
-        report({"succeeded": False, "reason": "TrainerError", "message": message}, termination_log)
+        report(TrainerReport(succeeded=False, reason="TrainerError", message=message), termination_log)
         return 1
-    report({"succeeded": True, **result.summary()}, termination_log)
+    report(result.report(), termination_log)
     return 0
 
 

@@ -27,6 +27,7 @@ from sklearn.utils._param_validation import InvalidParameterError  # no public n
 from regrow.api.common import parse_decimal
 from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec, ValidationCheck
 from regrow.clock import now
+from regrow.contracts import TrainerReport
 from regrow.drift.profile import PREDICTION, Profile, fit_categories, fit_columns, fit_profile, prediction_profile
 from regrow.inference import INPUT_NAME, OnnxModel, Prediction
 from regrow.storage import NotFound, Store, read_uri
@@ -45,13 +46,15 @@ PROBE_ROWS = 5  # rows the parity check repeats with each categorical column uns
 
 
 class TrainingError(Exception):
-    """A run that cannot succeed with this spec or data; ``reason`` is the condition reason, ``details`` more
-    of the report (such as the validation checks)."""
+    """A run that cannot succeed with this spec or data; ``reason`` is the condition reason."""
 
-    def __init__(self, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, reason: str, message: str, validation: list[ValidationCheck] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
-        self.details = details or {}
+        self.validation = validation  # the dataset's checks, when they were what failed
+
+    def report(self) -> TrainerReport:
+        return TrainerReport(succeeded=False, reason=self.reason, message=str(self), validation=self.validation)
 
 
 @dataclass(frozen=True)
@@ -168,22 +171,20 @@ class RunResult:
     gate: Gate | None = None
     validation: list[ValidationCheck] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
+    def report(self) -> TrainerReport:
         """The run as the operator reads it (termination message and run record)."""
-        out: dict[str, Any] = {
-            "model": self.model,
-            "version": self.version,
-            "uri": self.uri,
-            "metric": self.metric,
-            "metrics": {k: f"{v:.6g}" for k, v in self.metrics.items()},
-            "parityError": f"{self.parity_error:.3g}",
-            "trainSeconds": f"{self.train_seconds:.3f}",
-        }
-        if self.gate is not None:
-            out["promotion"] = self.gate.status(self.metric).to_wire()
-        if self.validation:
-            out["validation"] = [check.to_wire() for check in self.validation]
-        return out
+        return TrainerReport(
+            succeeded=True,
+            model=self.model,
+            version=self.version,
+            uri=self.uri,
+            metric=self.metric,
+            metrics={k: f"{v:.6g}" for k, v in self.metrics.items()},
+            parity_error=f"{self.parity_error:.3g}",
+            train_seconds=f"{self.train_seconds:.3f}",
+            promotion=None if self.gate is None else self.gate.status(self.metric),
+            validation=self.validation or None,
+        )
 
 
 def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
@@ -529,11 +530,13 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
     checks = validate(spec, Table(data.columns, data.features, data.x, data.y), contract(spec, registry))
     failed = [check for check in checks if not check.passed]
     if failed:
-        details = {"validation": [check.to_wire() for check in checks]}
-        registry.write_run(spec.output.model_name, run.get("uid") or data.digest[:16],
-                           {"succeeded": False, "reason": "DataValidationFailed", **details, "run": run})  # fmt: skip
         summary = "; ".join(f"{check.check}: {check.message}" for check in failed)
-        raise TrainingError("DataValidationFailed", f"{len(failed)} of {len(checks)} checks failed: {summary}", details)
+        error = TrainingError(
+            "DataValidationFailed", f"{len(failed)} of {len(checks)} checks failed: {summary}", checks
+        )
+        registry.write_run(spec.output.model_name, run.get("uid") or data.digest[:16], {**error.report().to_wire(),
+                                                                                        "run": run})  # fmt: skip
+        raise error
     live, feedback = live_rows(spec, data, registry.store)
     x_train, x_test, y_train, y_test = split(spec, data)
     held, held_requests = split_live(spec, live)
@@ -609,7 +612,9 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
         worst, train_seconds, decision, checks,
     )  # fmt: skip
-    registry.write_run(spec.output.model_name, run.get("uid") or published.version, {**result.summary(), "run": run})
+    registry.write_run(
+        spec.output.model_name, run.get("uid") or published.version, {**result.report().to_wire(), "run": run}
+    )
     log.info(
         "Published %s version %s (%s=%.4g)",
         spec.output.model_name,
