@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,7 +14,7 @@ import yaml
 
 from regrow.api import InvalidSpec, validate_object
 from regrow.api.crd import crd_files
-from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
+from regrow.contracts import ServingEnv
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -231,20 +231,30 @@ def _serve(args: argparse.Namespace) -> int:
     from regrow.serving.server import ServeConfig, run  # noqa: PLC0415 - needs [serving]
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not (args.registry and args.model and (args.alias or args.version)):
+    try:  # the environment, read by this command alone: a variable another program set breaks no other one
+        env = ServingEnv.from_environ(os.environ)
+    except ValueError as error:
+        print(f"regrow serve: {error}", file=sys.stderr)
+        return 2
+    given = {
+        field: value for field, value in vars(args).items() if field in ServingEnv.model_fields and value is not None
+    }
+    settings = env.model_copy(update=given)
+    if not (settings.registry and settings.model_name and (settings.model_alias or settings.model_version)):
         print("regrow serve: give --registry, --model, and --alias or --version", file=sys.stderr)
         return 2
     run(
         ServeConfig(
-            registry=args.registry, model=args.model, alias=args.alias, version=args.version, host=args.host,
-            port=args.port, metrics_port=args.metrics_port,
-            threads=args.threads, refresh_seconds=args.refresh_seconds, drain_seconds=args.drain_seconds,
-            idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections, max_rows=args.max_rows,
-            shed_after=args.shed_after_ms / 1000,
-            max_body=args.max_body_bytes, feature_bins=not args.no_feature_bins, log_percent=args.log_percent,
-            log_max_queue=args.log_max_queue, endpoint_url=args.endpoint_url, region=args.region,
-            feedback_key=os.environ.get("REGROW_FEEDBACK_KEY"), shadow_url=args.shadow_url,
-            shadow_percent=args.shadow_percent,
+            registry=settings.registry, model=settings.model_name, alias=settings.model_alias,
+            version=settings.model_version, host=settings.host, port=settings.port,
+            metrics_port=settings.metrics_port, threads=settings.threads, refresh_seconds=settings.refresh_seconds,
+            drain_seconds=settings.drain_seconds, idle_timeout=settings.idle_timeout_seconds,
+            max_connections=settings.max_connections, max_rows=settings.max_rows,
+            shed_after=settings.shed_after_ms / 1000, max_body=settings.max_body_bytes,
+            feature_bins=not args.no_feature_bins, log_percent=settings.prediction_log_percent,
+            log_max_queue=settings.prediction_log_max_queue, endpoint_url=settings.storage_endpoint,
+            region=args.region, feedback_key=settings.feedback_key, shadow_url=settings.shadow_url,
+            shadow_percent=settings.shadow_percent,
         )
     )  # fmt: skip
     return 0
@@ -309,41 +319,49 @@ def _percent(text: str) -> int:
 
 
 def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser("serve", help="serve a registry model over the Open Inference Protocol")
-    serve.add_argument("--registry", default=_env("REGROW_REGISTRY"), help="$REGROW_REGISTRY")
-    serve.add_argument("--model", default=_env("REGROW_MODEL_NAME"), help="$REGROW_MODEL_NAME")
-    serve.add_argument("--alias", default=_env("REGROW_MODEL_ALIAS"), help="$REGROW_MODEL_ALIAS")
-    serve.add_argument("--version", default=_env("REGROW_MODEL_VERSION"), help="$REGROW_MODEL_VERSION (wins)")
-    serve.add_argument("--host", default=_env("REGROW_HOST", "0.0.0.0"),
-                       help="address to listen on; $REGROW_HOST, else all (0.0.0.0)")  # fmt: skip
-    serve.add_argument("--port", type=int, default=_env("REGROW_PORT", "8080"))
-    serve.add_argument("--metrics-port", type=int, default=_env("REGROW_METRICS_PORT", "0"),
-                       help="answer /metrics and the reference profile on this port alone (0: on --port)")  # fmt: skip
-    serve.add_argument("--threads", type=int, default=_env("REGROW_THREADS", "1"), help="onnxruntime threads")
-    serve.add_argument("--refresh-seconds", type=float, default=_env("REGROW_REFRESH_SECONDS", "30"))
-    serve.add_argument("--drain-seconds", type=float, default=_env("REGROW_DRAIN_SECONDS", "5"))
-    serve.add_argument("--idle-timeout-seconds", type=float, default=_env("REGROW_IDLE_TIMEOUT_SECONDS", "75"),
-                       help="close connections silent this long (above a pooling proxy's idle timeout); "
-                       "408 for a request not whole this long after its first byte")  # fmt: skip
-    serve.add_argument("--max-body-bytes", type=int, default=_env("REGROW_MAX_BODY_BYTES", "8388608"))
-    serve.add_argument("--max-connections", type=int,
-                       default=_env("REGROW_MAX_CONNECTIONS", str(BOUNDS.max_connections)),
-                       help="open connections at most; past it a new one gets 503")  # fmt: skip
-    serve.add_argument("--max-rows", type=int, default=_env("REGROW_MAX_ROWS", str(BOUNDS.max_rows)),
-                       help="rows in one inference request at most; past it 413")  # fmt: skip
-    serve.add_argument("--shed-after-ms", type=int,
-                       default=_env("REGROW_SHED_AFTER_MS", str(BOUNDS.shed_after_milliseconds)),
-                       help="an inference request that waited longer than this behind others gets 429")  # fmt: skip
-    serve.add_argument("--log-percent", type=int, default=_env("REGROW_PREDICTION_LOG_PERCENT", "0"),
-                       help="share of requests written to the prediction log")  # fmt: skip
-    serve.add_argument("--log-max-queue", type=int, default=_env("REGROW_PREDICTION_LOG_MAX_QUEUE", "10000"))
+    serve = commands.add_parser(
+        "serve", help="serve a registry model over the Open Inference Protocol",
+        description="Each option's default is its environment variable ($REGROW_<OPTION>, named in its help), "
+        "as a serving pod's manifest sets them, else the value in brackets.",
+    )  # fmt: skip
+    defaults = ServingEnv()
+
+    def option(flag: str, field: str, kind: Callable[[str], Any] = str, what: str = "") -> None:
+        shown = getattr(defaults, field)
+        help_ = f"{what}{'; ' if what else ''}${ServingEnv.variable(field)}" + ("" if shown is None else f" [{shown}]")
+        serve.add_argument(flag, dest=field, type=kind, help=help_, metavar=flag[2:].upper().replace("-", "_"))
+
+    option("--registry", "registry")
+    option("--model", "model_name")
+    option("--alias", "model_alias")
+    option("--version", "model_version", what="a version (wins over --alias)")
+    option("--host", "host", what="address to listen on")
+    option("--port", "port", int)
+    option(
+        "--metrics-port",
+        "metrics_port",
+        int,
+        "answer /metrics and the reference profile on this port alone (0: on --port)",
+    )
+    option("--threads", "threads", int, "onnxruntime threads")
+    option("--refresh-seconds", "refresh_seconds", float)
+    option("--drain-seconds", "drain_seconds", float)
+    option("--idle-timeout-seconds", "idle_timeout_seconds", float,
+           "close connections silent this long (above a pooling proxy's idle timeout); "
+           "408 for a request not whole this long after its first byte")  # fmt: skip
+    option("--max-body-bytes", "max_body_bytes", int)
+    option("--max-connections", "max_connections", int, "open connections at most; past it a new one gets 503")
+    option("--max-rows", "max_rows", int, "rows in one inference request at most; past it 413")
+    option("--shed-after-ms", "shed_after_ms", int,
+           "an inference request that waited longer than this behind others gets 429")  # fmt: skip
+    option("--log-percent", "prediction_log_percent", _percent, "share of requests written to the prediction log")
+    option("--log-max-queue", "prediction_log_max_queue", int)
+    option("--shadow-url", "shadow_url", what="mirror requests to the shadow pods behind this http:// URL, as they ask")
+    option("--shadow-percent", "shadow_percent", _percent,
+           "serve as a shadow: answer with predictions alone, log and bin nothing, and ask the stable pods for "
+           "this percent of their requests (0: not a shadow)")  # fmt: skip
+    option("--endpoint-url", "storage_endpoint", what="S3-compatible endpoint")
     serve.add_argument("--no-feature-bins", action="store_true", help="do not count inputs into drift bins")
-    serve.add_argument("--shadow-url", default=_env("REGROW_SHADOW_URL"),
-                       help="mirror requests to the shadow pods behind this http:// URL, as they ask")  # fmt: skip
-    serve.add_argument("--shadow-percent", type=_percent, default=_env("REGROW_SHADOW_PERCENT", "0"),
-                       help="serve as a shadow: answer with predictions alone, log and bin nothing, and ask "
-                       "the stable pods for this percent of their requests (0: not a shadow)")  # fmt: skip
-    serve.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     serve.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
     serve.set_defaults(func=_serve)
 

@@ -5,18 +5,20 @@ that reads it, so that a field misspelt on either side is an error, not a value 
   parameters, which the operator reads to learn what each pod serves and where its alias points.
 - A training pod's report (its container's termination message, and stdout), which the operator turns into the
   TrainingJob's status.
+- A serving pod's environment, which the operator's manifest sets and ``regrow serve`` reads.
 
-The serving pod's environment is the third (``regrow.manifests.serving.ServingEnv``, next to the manifest that
-sets it); the statuses the operator writes go through the kinds' Status models (``regrow.controller.result``).
+The statuses the operator writes go through the kinds' Status models (``regrow.controller.result``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from regrow.api.modeldeployment import DEFAULT_SERVER
 from regrow.api.trainingjob import PromotionStatus, ValidationCheck
 
 
@@ -82,3 +84,66 @@ class TrainerReport(Message):
     train_seconds: str | None = None
     promotion: PromotionStatus | None = None
     validation: list[ValidationCheck] | None = None
+
+
+class ServingEnv(BaseModel):
+    """A serving pod's settings, as environment variables: each field is ``REGROW_<FIELD>``. The operator sets
+    those its manifest names (in this order: a change of the order or of a value's text would roll every serving
+    pod); ``regrow serve`` reads them, its flags winning."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, alias_generator=lambda name: f"REGROW_{name.upper()}"
+    )
+
+    registry: str | None = None
+    model_name: str | None = None
+    model_alias: str | None = None
+    model_version: str | None = None
+    refresh_seconds: float = 30.0
+    drain_seconds: float = 5.0
+    max_connections: int = DEFAULT_SERVER.max_connections
+    max_rows: int = DEFAULT_SERVER.max_rows
+    shed_after_ms: int = DEFAULT_SERVER.shed_after_milliseconds
+    metrics_port: int = 0
+    storage_endpoint: str | None = None
+    prediction_log_percent: int = Field(default=0, ge=0, le=100)
+    prediction_log_max_queue: int = 10000
+    feedback_key: str | None = Field(default=None, repr=False)  # from a Secret: signs prediction ids
+    shadow_url: str | None = None
+    shadow_percent: int = Field(default=0, ge=0, le=100)
+    threads: int = 1  # onnxruntime's, from the container's CPU limit
+    host: str = "0.0.0.0"
+    port: int = 8080
+    idle_timeout_seconds: float = 75.0
+    max_body_bytes: int = 8 << 20
+
+    @classmethod
+    def variable(cls, field: str) -> str:
+        alias = cls.model_fields[field].alias
+        assert alias is not None
+        return alias
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> ServingEnv:
+        """The settings the environment holds (other variables are not read); ValueError naming each variable
+        that does not parse, and what it should be, without its value."""
+        names = {cls.variable(field) for field in cls.model_fields}
+        try:
+            return cls.model_validate({name: value for name, value in environ.items() if name in names and value})
+        except ValidationError as error:
+            problems = "; ".join(f"${item['loc'][0]}: {item['msg']}" for item in error.errors(include_url=False))
+            raise ValueError(problems) from None
+
+    def variables(self, sources: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The ``env`` of a container: each field that was set, as text, and each of ``sources`` (fields whose value
+        comes from elsewhere: a Secret, a resource limit) as a ``valueFrom``, all in the order of the fields."""
+        sources = sources or {}
+        out: list[dict[str, Any]] = []
+        for field in type(self).model_fields:
+            value = getattr(self, field)
+            if field in sources:
+                out.append({"name": self.variable(field), "valueFrom": sources[field]})
+            elif field in self.model_fields_set and value is not None:
+                text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+                out.append({"name": self.variable(field), "value": text})
+        return out

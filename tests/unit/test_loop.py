@@ -367,6 +367,8 @@ def test_a_status_that_does_not_fit_its_kinds_model_is_refused_not_written(kind:
         checked(kind.status, base)  # "unset" is no field, even to remove
     base.pop("unset")
     assert checked(kind.status, base) == base
+    removed = {name: None for name in kind.status.model_json_schema(by_alias=True)["properties"]} | base
+    assert checked(kind.status, removed) == removed  # every field has a default to fall back to
     for wrong in ({"observedGeneration": "two"}, {"readyReplica": 1}, {"conditions": [{"type": "Ready"}]}):
         with pytest.raises(StatusMismatch):
             checked(kind.status, {**base, **wrong})

@@ -30,11 +30,12 @@ class StatusMismatch(ValueError):
 
 
 def checked(model: type[BaseModel], status: Obj) -> Obj:
-    """``status`` once it fits its kind's Status model (where a None, which removes a field, is a value only of
-    a field that may be unset). A key the model lacks, which the API server would prune without a word, or a
-    value of another shape is a bug: raised here, not written."""
+    """``status`` once it fits its kind's Status model (a None removes a field: the field then has its default,
+    so it must have one). A key the model lacks, which the API server would prune without a word, or a value of
+    another shape is a bug: raised here, not written."""
+    optional = {field.alias or name for name, field in model.model_fields.items() if not field.is_required()}
     try:
-        model.model_validate(status)
+        model.model_validate({key: value for key, value in status.items() if value is not None or key not in optional})
     except ValidationError as error:
         raise StatusMismatch(f"the status does not fit {model.__name__}: {error}") from None
     return status

@@ -8,6 +8,7 @@ import hashlib
 from regrow import GROUP
 from regrow.api.common import parse_duration
 from regrow.api.modeldeployment import ModelDeploymentSpec
+from regrow.contracts import ServingEnv
 from regrow.manifests.common import (
     SERVING_RESOURCES,
     Manifest,
@@ -23,14 +24,14 @@ from regrow.manifests.common import (
 COMPONENT = "predictor"
 CANARY = "canary"  # the component of a canary's Deployment and pods
 SHADOW = "shadow"  # the component of a shadow candidate's Deployment, pods and Service
-SHADOW_PERCENT_ENV = "REGROW_SHADOW_PERCENT"
+SHADOW_PERCENT_ENV = ServingEnv.variable("shadow_percent")
 SHADOW_OF = f"{GROUP}/shadow-of"  # a shadow pod's label in place of ``modeldeployment``: no client reaches it
 CONTAINER = "server"
 PORT = 8080
 METRICS = "metrics"  # the name of the container port for /metrics and the profile, when it is not PORT
 VERSION_ANNOTATION = f"{GROUP}/model-version"
 FEEDBACK_KEY = "key"
-FEEDBACK_ENV = "REGROW_FEEDBACK_KEY"
+FEEDBACK_ENV = ServingEnv.variable("feedback_key")
 # After SIGTERM a pod answers, reporting not ready, for this long: the time for its removal from the
 # Service's endpoints to reach every node's kube-proxy. 5 s lost 2 of 832 requests in a roll on a busy node
 # (rules updated late, the old pod's IP already reused by another pod).
@@ -87,30 +88,30 @@ def deployment(
     env, env_from = storage_env(spec.storage)
     volumes, mounts = storage_volumes(spec.storage, read_only=not logs)  # the log writes to the store
     pinned = version if canary_replicas is not None else model.version or version
-    model_env = [
-        {"name": "REGROW_REGISTRY", "value": model.registry},
-        {"name": "REGROW_MODEL_NAME", "value": model.name},
-        *([{"name": "REGROW_MODEL_ALIAS", "value": model.alias}] if model.alias else []),
-        *([{"name": "REGROW_MODEL_VERSION", "value": pinned}] if pinned else []),
-        {"name": "REGROW_REFRESH_SECONDS", "value": str(parse_duration(model.refresh_interval))},
-        {"name": "REGROW_DRAIN_SECONDS", "value": str(DRAIN_SECONDS)},
-        {"name": "REGROW_MAX_CONNECTIONS", "value": str(spec.server.max_connections)},
-        {"name": "REGROW_MAX_ROWS", "value": str(spec.server.max_rows)},
-        {"name": "REGROW_SHED_AFTER_MS", "value": str(spec.server.shed_after_milliseconds)},
-        *([{"name": "REGROW_METRICS_PORT", "value": str(defaults.metrics_port)}] if defaults.metrics_port else []),
-        *([{"name": "REGROW_STORAGE_ENDPOINT", "value": spec.storage.endpoint_url}]
-          if spec.storage and spec.storage.endpoint_url else []),
-        *([{"name": "REGROW_PREDICTION_LOG_PERCENT", "value": str(spec.prediction_log.sample_percent)},
-           {"name": "REGROW_PREDICTION_LOG_MAX_QUEUE", "value": str(spec.prediction_log.max_queue)},
-           {"name": FEEDBACK_ENV, "valueFrom": {"secretKeyRef": {
-               "name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}]
-          if logs and spec.prediction_log else []),
-        *([{"name": "REGROW_SHADOW_URL", "value": shadow_url(owner)}]
-          if component == COMPONENT and spec.rollout.mirrors else []),
-        *([{"name": SHADOW_PERCENT_ENV, "value": str(shadow_percent)}] if component == SHADOW else []),
-        {"name": "REGROW_THREADS", "valueFrom": {"resourceFieldRef": {
-            "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}},
-    ]  # fmt: skip
+    logged = logs and spec.prediction_log is not None
+    settings = ServingEnv(
+        registry=model.registry,
+        model_name=model.name,
+        model_alias=model.alias,
+        model_version=pinned,
+        refresh_seconds=parse_duration(model.refresh_interval),
+        drain_seconds=DRAIN_SECONDS,
+        max_connections=spec.server.max_connections,
+        max_rows=spec.server.max_rows,
+        shed_after_ms=spec.server.shed_after_milliseconds,
+        **({"metrics_port": defaults.metrics_port} if defaults.metrics_port else {}),
+        storage_endpoint=spec.storage.endpoint_url if spec.storage else None,
+        **({"prediction_log_percent": spec.prediction_log.sample_percent,
+            "prediction_log_max_queue": spec.prediction_log.max_queue} if logged and spec.prediction_log else {}),
+        shadow_url=shadow_url(owner) if component == COMPONENT and spec.rollout.mirrors else None,
+        **({"shadow_percent": shadow_percent} if component == SHADOW and shadow_percent is not None else {}),
+    )  # fmt: skip
+    sources = {
+        "threads": {"resourceFieldRef": {"containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}},
+        **({"feedback_key": {"secretKeyRef": {"name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}
+           if logged else {}),
+    }  # fmt: skip
+    model_env = settings.variables(sources)
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2}
     labels = {**owner.labels(component), **selector(owner, component)}
     if component == SHADOW:

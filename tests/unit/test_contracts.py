@@ -1,0 +1,62 @@
+"""The serving pod's environment: what the operator's manifest sets is what ``regrow serve`` reads. (The model
+metadata and the trainer's report are checked from both sides in test_server.py and test_trainingjob_reconciler.py.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from regrow.api import ModelDeploymentSpec, parse_spec
+from regrow.contracts import ServingEnv
+from regrow.manifests.common import Owner, PodDefaults
+from regrow.manifests.serving import DRAIN_SECONDS, deployment
+
+TEXT = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
+SETTINGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "registry": TEXT, "model_name": TEXT, "model_alias": TEXT, "model_version": TEXT,
+        "refresh_seconds": st.floats(0.001, 1e6) | st.integers(1, 10**6), "drain_seconds": st.integers(0, 600),
+        "max_connections": st.integers(1, 10**5), "max_rows": st.integers(1, 10**6),
+        "metrics_port": st.integers(1, 65535),
+        "prediction_log_percent": st.integers(0, 100), "shadow_url": TEXT, "shadow_percent": st.integers(0, 100),
+    },
+)  # fmt: skip
+
+
+@given(SETTINGS)
+def test_every_setting_written_as_a_variable_reads_back_the_same(settings: dict[str, Any]) -> None:
+    written = ServingEnv(**settings)
+    variables = written.variables()
+    assert [v["name"] for v in variables] == [ServingEnv.variable(f) for f in ServingEnv.model_fields if f in settings]
+    assert ServingEnv.from_environ({v["name"]: v["value"] for v in variables}) == written
+
+
+def test_a_serving_pod_reads_what_its_manifest_says() -> None:
+    spec = parse_spec(ModelDeploymentSpec, {
+        "model": {"registry": "s3://models/r", "name": "iris", "alias": "champion", "refreshInterval": "2m"},
+        "storage": {"endpointUrl": "http://minio:9000"},
+        "predictionLog": {"samplePercent": 10, "maxQueue": 500},
+        "server": {"maxConnections": 64, "maxRows": 100, "shedAfterMilliseconds": 250},
+        "rollout": {"strategy": "Canary", "steps": [{"mirror": 10, "minRequests": 100}, {"weight": 50, "pause": "1m"}]},
+    })  # fmt: skip
+    owner = Owner("ModelDeployment", "iris", "ml", "u1")
+    for kwargs in ({}, {"canary_replicas": 1, "shadow_percent": 10}):
+        manifest = deployment(owner, spec, PodDefaults(metrics_port=9090), "0123456789abcdef", **kwargs)
+        env = manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+        plain = {e["name"]: e["value"] for e in env if "value" in e}
+        assert {e["name"] for e in env if "valueFrom" in e} == {"REGROW_THREADS"} | (
+            set() if kwargs else {"REGROW_FEEDBACK_KEY"}  # a shadow logs nothing, so signs nothing
+        )
+        read = ServingEnv.from_environ({**plain, "REGROW_THREADS": "2", "REGROW_FEEDBACK_KEY": "k"})
+        assert (read.registry, read.model_name, read.model_alias) == ("s3://models/r", "iris", "champion")
+        assert (read.refresh_seconds, read.drain_seconds, read.metrics_port) == (120, DRAIN_SECONDS, 9090)
+        assert (read.max_connections, read.max_rows, read.shed_after_ms) == (64, 100, 250)
+        assert read.storage_endpoint == "http://minio:9000"
+        if kwargs:  # the shadow: asks for its share, mirrors and logs nothing
+            assert (read.shadow_percent, read.shadow_url, read.prediction_log_percent) == (10, None, 0)
+        else:
+            assert (read.prediction_log_percent, read.prediction_log_max_queue) == (10, 500)
+            assert read.shadow_url is not None and read.shadow_percent == 0
