@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from regrow import GROUP, VERSION
 from regrow.api import MODEL_DEPLOYMENT, ModelDeploymentSpec, parse_spec
-from regrow.controller.children import HASH_ANNOTATION, LEGACY_HASH_ANNOTATION, LEGACY_MANAGER, object_path
+from regrow.api.pod import PodOptions
+from regrow.controller.children import HASH_ANNOTATION, LEGACY_HASH_ANNOTATION, LEGACY_MANAGER, holds, object_path
 from regrow.controller.kube import Kube, path
 from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import autoscaler, deployment, disruption_budget, service
@@ -23,6 +24,7 @@ from tests.cluster import Cluster, free_port
 from tests.conftest import TEST_IMAGE, Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
 from tests.unit.test_api import _example, _with
+from tests.unit.test_pod_options import POD
 from tests.unit.test_trainingjob_reconciler import restricted_violations
 
 pytestmark = pytest.mark.usefixtures("no_kubelet")
@@ -270,3 +272,30 @@ def test_children_made_by_merge_patches_are_taken_over_without_a_roll(
         )
         wait_for(lambda: "memory" not in _limits(_live(api, namespace, "Deployment")), 15, "no memory limit")
     assert _live(api, namespace, "Deployment")["spec"]["replicas"] == 3
+
+
+def test_pod_options_reach_the_pods_as_the_api_server_takes_them_and_only_as_the_chart_allows(
+    api: client.ApiClient, namespace: str, operator: Operator
+) -> None:
+    """spec.pod on a real API server: the Deployment it makes is accepted with every option in its pod template;
+    a service account the operator does not allow is InvalidSpec, and the pods stay as they were."""
+    allowed = PodDefaults(allowed_service_accounts=(f"{namespace}/s3-reader",), allowed_tolerations=("dedicated",))
+    with operator(pod_defaults=allowed):
+        _create(api, namespace, _with(_example("ModelDeployment"), "spec.pod", POD))
+        live = wait_for(lambda: _children(api, namespace)["Deployment"], 30, "the Deployment")[0]
+        template = live["spec"]["template"]
+        assert holds(template["spec"], PodOptions.model_validate(POD).template())  # kept as the operator wrote it
+        assert template["spec"]["automountServiceAccountToken"] is True
+        assert template["metadata"]["labels"].items() >= POD["labels"].items()
+        assert template["metadata"]["annotations"].items() >= POD["annotations"].items()
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            MODEL_DEPLOYMENT.plural,
+            "iris",
+            {"spec": {"pod": {"serviceAccountName": "admin"}}},
+        )
+        obj = _status(api, namespace, "Ready", "False", "InvalidSpec")
+    assert "pod.serviceAccountName admin is not one the operator allows" in condition(obj, "Ready")["message"]  # type: ignore[index]
+    assert _children(api, namespace)["Deployment"][0]["spec"]["template"] == template

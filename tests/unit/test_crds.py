@@ -42,6 +42,12 @@ def _walk(node: dict[str, Any], path: str) -> list[str]:
         problems.append(f"{path}: no type")
     elif "anyOf" in node:
         problems.append(f"{path}: anyOf outside int-or-string")
+    elif (
+        node["type"] == "object"
+        and not ({"properties", "additionalProperties"} & node.keys())
+        and not path.endswith(".metadata")
+    ):
+        problems.append(f"{path}: an object the API server would empty (no properties, no additionalProperties)")
     for key, sub in node.get("properties", {}).items():
         problems += _walk(sub, f"{path}.{key}")
     for key in ("items", "additionalProperties"):

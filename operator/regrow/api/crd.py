@@ -59,6 +59,9 @@ def structural(node: Schema, defs: dict[str, Schema]) -> Schema:
             out["required"] = list(node["required"])
     elif isinstance(node.get("additionalProperties"), dict):
         out["additionalProperties"] = structural(node["additionalProperties"], defs)
+    elif "patternProperties" in node:  # constrained keys (label keys): a CRD cannot say, the operator checks
+        (values,) = node["patternProperties"].values()
+        out["additionalProperties"] = structural(values, defs)
     if "items" in node:
         out["items"] = structural(node["items"], defs)
     out.update({k: v for k, v in node.items() if k.startswith("x-kubernetes-")})

@@ -20,6 +20,7 @@ from regrow.api.common import (
     StoreUri,
     Time,
 )
+from regrow.api.pod import PodOptions
 
 Version = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.\-]{0,62}$")]
 
@@ -213,6 +214,9 @@ class ModelDeploymentSpec(ApiModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     prediction_log: PredictionLogSpec | None = None
     server: ServerSpec = Field(default_factory=ServerSpec)
+    pod: PodOptions | None = Field(
+        default=None, description="Where and how the serving pods (and the Jobs that move the alias back) run."
+    )
 
     @property
     def logs_predictions(self) -> bool:

@@ -18,6 +18,7 @@ from regrow.api.common import (
     StoreUri,
     Time,
 )
+from regrow.api.pod import PodOptions
 
 
 class Task(StrEnum):
@@ -198,6 +199,7 @@ class TrainingJobSpec(ApiModel):
     backoff_limit: int = Field(default=1, ge=0, le=10)
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     storage: StorageSpec | None = None
+    pod: PodOptions | None = Field(default=None, description="Where and how the trainer's pod runs.")
 
     @model_validator(mode="after")
     def _metric_fits_algorithm(self) -> TrainingJobSpec:

@@ -65,6 +65,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", PodDefaults.pull_policy),
             metrics_port=int(os.environ.get("REGROW_SERVING_METRICS_PORT") or 0),
             allowed_images=tuple(os.environ.get("REGROW_ALLOWED_IMAGES", "").split()),
+            allowed_service_accounts=tuple(os.environ.get("REGROW_ALLOWED_SERVICE_ACCOUNTS", "").split()),
+            allowed_tolerations=tuple(os.environ.get("REGROW_ALLOWED_TOLERATIONS", "").split()),
         )
     namespace = memo.get("lease_namespace")
     identity = memo.get("identity") or new_identity()

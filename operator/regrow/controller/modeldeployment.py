@@ -367,6 +367,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         spec = parse_spec(ModelDeploymentSpec, body.get("spec"))
         (spec.storage or StorageSpec()).check_file_uris(spec.model.registry)
         defaults.check_image(spec.image)
+        defaults.check_pod(spec.pod, owner.namespace)
     except (InvalidSpec, ValueError) as error:
         cond = Cond(READY, "False", "InvalidSpec", str(error))
         return Result(checked(ModelDeploymentStatus, conditions.status(body, [cond])), transition_event(previous, cond))

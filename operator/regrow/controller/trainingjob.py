@@ -121,6 +121,7 @@ def reconcile(body: Obj, api: Api, defaults: PodDefaults) -> Result:
         spec = parse_spec(TrainingJobSpec, body.get("spec"))
         (spec.storage or StorageSpec()).check_file_uris(spec.dataset.uri, spec.output.registry)
         defaults.check_image(spec.image)
+        defaults.check_pod(spec.pod, owner.namespace)
     except (InvalidSpec, ValueError) as error:
         cond = Cond(SUCCEEDED, "False", "InvalidSpec", str(error))
         return _result(body, None, Outcome(cond), previous)

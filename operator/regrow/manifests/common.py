@@ -8,6 +8,7 @@ from typing import Any
 
 from regrow import API_VERSION, GROUP, __version__
 from regrow.api.common import ResourceRequirements, StorageSpec
+from regrow.api.pod import PodOptions
 
 Manifest = dict[str, Any]
 NAME_LIMIT = 63  # names that become label values (Job names do) must fit a label
@@ -135,6 +136,12 @@ class PodDefaults:
     # The images a spec may name besides the runtime (the chart's allowedImages): an entry names one image,
     # or, ending in "/", ":" or "@", every image under it (a registry or repository, its tags, its digests).
     allowed_images: tuple[str, ...] = ()
+    # The service accounts a spec's pod.serviceAccountName may name (the chart's allowedServiceAccounts): a name
+    # allows it in every namespace, namespace/name in one. Empty: none.
+    allowed_service_accounts: tuple[str, ...] = ()
+    # The taint keys a spec's pod.tolerations may tolerate (the chart's allowedTolerations); "*" allows any, and
+    # a toleration of every taint (no key). Empty: none.
+    allowed_tolerations: tuple[str, ...] = ()
 
     def check_image(self, image: str | None) -> None:
         """Raise if a spec's ``image`` is not one the operator's settings allow: whoever can create a
@@ -144,3 +151,37 @@ class PodDefaults:
         if not any(image == a or (a[-1] in "/:@" and image.startswith(a)) for a in self.allowed_images):
             allowed = ", ".join(self.allowed_images) or "none but the runtime image"
             raise ValueError(f"image {image} is not one the operator allows (the chart's allowedImages: {allowed})")
+
+    def check_pod(self, options: PodOptions | None, namespace: str) -> None:
+        """Raise if ``options`` reach past the namespace further than the operator's settings allow: a service
+        account (which may hold cloud credentials) or a toleration (which reaches dedicated nodes)."""
+        if options is None:
+            return
+        account = options.service_account_name
+        if account and not {account, f"{namespace}/{account}"} & set(self.allowed_service_accounts):
+            allowed = ", ".join(self.allowed_service_accounts) or "none"
+            raise ValueError(f"pod.serviceAccountName {account} is not one the operator allows in namespace "
+                             f"{namespace} (the chart's allowedServiceAccounts: {allowed})")  # fmt: skip
+        for toleration in options.tolerations:
+            if "*" not in self.allowed_tolerations and (toleration.key or "*") not in self.allowed_tolerations:
+                allowed = ", ".join(self.allowed_tolerations) or "none"
+                what = f"taint {toleration.key}" if toleration.key else "every taint"
+                raise ValueError(f"pod.tolerations: tolerating {what} is not allowed by the operator "
+                                 f"(the chart's allowedTolerations: {allowed})")  # fmt: skip
+
+
+def with_pod_options(template: Manifest, options: PodOptions | None, selector: dict[str, str]) -> Manifest:
+    """A pod template with what ``options`` add: labels and annotations (the operator's own win, though the API
+    refuses their keys), and spec fields. A topology spread constraint without a selector spreads the pods that
+    ``selector`` selects. Without options, the template as it was: nothing rolls."""
+    if options is None:
+        return template
+    meta = template["metadata"]
+    meta["labels"] = {**options.labels, **meta.get("labels", {})}
+    if options.annotations:
+        meta["annotations"] = {**options.annotations, **meta.get("annotations", {})}
+    spec = options.template()
+    for constraint in spec.get("topologySpreadConstraints", []):
+        constraint.setdefault("labelSelector", {"matchLabels": selector})
+    template["spec"].update(spec)
+    return template

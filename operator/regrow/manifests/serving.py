@@ -19,6 +19,7 @@ from regrow.manifests.common import (
     resources,
     storage_env,
     storage_volumes,
+    with_pod_options,
 )
 
 COMPONENT = "predictor"
@@ -175,7 +176,7 @@ def deployment(
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": spec.rollout.max_surge},
             },
             "progressDeadlineSeconds": 300,
-            "template": template,
+            "template": with_pod_options(template, spec.pod, selector(owner, component)),
         },
     }
 
@@ -219,17 +220,21 @@ def alias_job(
         "spec": {
             "backoffLimit": 3,
             "activeDeadlineSeconds": 300,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
+            "template": with_pod_options(
+                {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": pod_security_context(),
+                        "containers": [container],
+                        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
+                    },
                 },
-            },
+                spec.pod,
+                labels,
+            ),
         },
     }
 
