@@ -63,8 +63,11 @@ def _newer(candidate: Obj, held: Obj | None) -> bool:
 
 
 def _lean(obj: Obj) -> Obj:
-    obj["metadata"].pop("managedFields", None)
-    return obj
+    """``obj`` without managedFields: a shallow copy, so the caller's object keeps them."""
+    meta = obj["metadata"]
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def selects(selector: str, labels: dict[str, str]) -> bool | None:
@@ -108,7 +111,8 @@ class Store:
 
     def put(self, obj: Obj) -> bool:
         """Hold ``obj`` if it is newer than what is held; whether it was."""
-        meta = _lean(obj)["metadata"]  # before comparing: the watch's copy of the operator's own write is no change
+        obj = _lean(obj)  # before comparing: the watch's copy of the operator's own write is no change
+        meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         with self.lock:
             held = self.items.get(key)
@@ -234,7 +238,6 @@ class Cached:
     def _keep(self, path: str, answer: Obj) -> Obj:
         parsed = parse(path.removesuffix("/status"))
         store = self.stores.get(parsed[0]) if parsed is not None else None
-        if store is not None:  # without managedFields, which the caller may still read
-            meta = {k: v for k, v in answer["metadata"].items() if k != "managedFields"}
-            store.put(copy.deepcopy({**answer, "metadata": meta}))
+        if store is not None:  # a copy, which the caller may still change
+            store.put(copy.deepcopy(_lean(answer)))
         return answer

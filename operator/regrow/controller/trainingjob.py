@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.api.trainingjob import ArtifactStatus, TrainingJobStatus, ValidationCheck
+from regrow.api.trainingjob import ArtifactStatus, PromotionStatus, TrainingJobStatus, ValidationCheck
 from regrow.contracts import TrainerReport
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
@@ -32,7 +32,8 @@ def finished(body: Obj) -> bool:
 @dataclass(frozen=True)
 class Outcome:
     cond: Cond
-    report: TrainerReport | None = None  # a successful run's
+    artifact: ArtifactStatus | None = None  # a successful run's
+    promotion: PromotionStatus | None = None  # the gate's decision on it
     validation: list[ValidationCheck] | None = None  # the dataset's checks, whatever the outcome
 
 
@@ -77,12 +78,14 @@ def _completed(report: TrainerReport | None) -> Outcome:
         )
     promotion, version = report.promotion, report.version
     if promotion is not None and promotion.outcome == "Rejected":
-        return Outcome(Cond(SUCCEEDED, "True", "GateRejected", f"version {version}: {promotion.message}"), report)
-    if promotion is not None and promotion.outcome == "Promoted":
+        cond = Cond(SUCCEEDED, "True", "GateRejected", f"version {version}: {promotion.message}")
+    elif promotion is not None and promotion.outcome == "Promoted":
         verb = "stays" if promotion.previous_version == version else "is now"
-        message = f"version {version} {verb} {promotion.alias}: {promotion.message}"
-        return Outcome(Cond(SUCCEEDED, "True", "Promoted", message), report)
-    return Outcome(Cond(SUCCEEDED, "True", "Completed", f"published version {version}"), report)
+        cond = Cond(SUCCEEDED, "True", "Promoted", f"version {version} {verb} {promotion.alias}: {promotion.message}")
+    else:
+        cond = Cond(SUCCEEDED, "True", "Completed", f"published version {version}")
+    artifact = ArtifactStatus(uri=report.uri, version=version, metrics=report.metrics)
+    return Outcome(cond, artifact, promotion, report.validation)
 
 
 def _failed(condition: Obj, message: str | None) -> Outcome:
@@ -102,14 +105,12 @@ def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
         status["jobName"] = job["metadata"]["name"]
         job_status = job.get("status") or {}
         status.update({k: job_status[k] for k in ("startTime", "completionTime") if job_status.get(k)})
-    report = result.report
-    if report is not None and report.uri is not None and report.version is not None:
-        status["artifact"] = ArtifactStatus(uri=report.uri, version=report.version, metrics=report.metrics).to_wire()
-        if report.promotion is not None:
-            status["promotion"] = report.promotion.to_wire()
-    validation = result.validation or (report.validation if report is not None else None)
-    if validation:
-        status["validation"] = [c.to_wire() for c in validation[:32]]
+    if result.artifact is not None:
+        status["artifact"] = result.artifact.to_wire()
+    if result.promotion is not None:
+        status["promotion"] = result.promotion.to_wire()
+    if result.validation:
+        status["validation"] = [c.to_wire() for c in result.validation[:32]]
     return status
 
 
