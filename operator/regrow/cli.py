@@ -266,6 +266,7 @@ def _drift(args: argparse.Namespace) -> int:
     from regrow.api.driftpolicy import DriftPolicySpec  # noqa: PLC0415
     from regrow.drift.backtest import BacktestError, feature_matrix, load_registry_profile, windows  # noqa: PLC0415
     from regrow.drift.profile import Profile  # noqa: PLC0415
+    from regrow.drift.report import Compared, report  # noqa: PLC0415
 
     try:
         spec = (
@@ -279,14 +280,19 @@ def _drift(args: argparse.Namespace) -> int:
             profile = Profile.from_json(Path(args.profile).read_bytes())
         data = Path(args.data)
         x = feature_matrix(data.read_bytes(), data.suffix in (".parquet", ".pq"), profile)
-        breached = False
+        checked = []
         for window in windows(profile, x, spec, args.window_rows):
-            breached |= window.result.breached
+            checked.append(window)
             print(json.dumps(window.record(profile)), flush=True)
+        if args.report:
+            whole = checked[0] if len(checked) == 1 else next(windows(profile, x, spec, None))
+            policy = f"the policy in {Path(args.policy).name}" if args.policy else "the default tests, calibrated"
+            compared = Compared(args.profile, data.name, policy, spec)
+            Path(args.report).write_text(report(profile, whole, checked, compared), encoding="utf-8")
     except (BacktestError, InvalidSpec, OSError, ValueError) as error:
         print(f"regrow drift: {error}", file=sys.stderr)
         return 2
-    return 1 if breached and args.fail_on_breach else 0
+    return 1 if args.fail_on_breach and any(w.result.breached for w in checked) else 0
 
 
 def _policy_spec(path: str) -> Any:
@@ -383,6 +389,7 @@ def _add_drift(commands: Any) -> None:
     )
     drift.add_argument("--window-rows", type=_positive, help="rows per window; default: the whole file is one window")
     drift.add_argument("--fail-on-breach", action="store_true", help="exit 1 if any window breached")
+    drift.add_argument("--report", help="also write an HTML page (self-contained) with the histograms and scores")
     drift.add_argument("--endpoint-url", default=_env("REGROW_STORAGE_ENDPOINT"), help="S3-compatible endpoint")
     drift.add_argument("--region", default=_env("AWS_DEFAULT_REGION"))
     drift.set_defaults(func=_drift)

@@ -83,6 +83,7 @@ class Window:
     last: int
     result: Check
     drift_detected: bool
+    counts: npt.NDArray[np.int64]  # the window's rows in the profile's bins, flat (see Profile.offsets)
 
     def record(self, profile: Profile) -> dict[str, Any]:
         """The window as one JSON object: scores and thresholds as numbers, null where undefined."""
@@ -121,4 +122,5 @@ def windows(profile: Profile, x: npt.NDArray[Any], spec: DriftPolicySpec, rows: 
         result = check(layout, live, thresholds, Decimal(spec.drift_share), spec.min_samples,
                        by_type=spec.tests is None)  # fmt: skip
         streak = streak + 1 if result.breached else 0
-        yield Window(index, first, first + len(chunk) - 1, result, streak >= spec.consecutive_breaches)
+        detected = streak >= spec.consecutive_breaches
+        yield Window(index, first, first + len(chunk) - 1, result, detected, counts)
