@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,21 @@ CLAIM = "regrow-store"
 
 @pytest.fixture
 def node_store(node_api: client.ApiClient, node_namespace: str) -> Iterator[Path]:
-    """A host directory behind a hostPath PersistentVolume, bound to the claim ``regrow-store`` in the
-    test's namespace. Pods see it at /var/lib/regrow; the test reads and writes it from the host."""
-    root = STORE_ROOT / node_namespace
+    """A host directory that pods see at /var/lib/regrow through the claim ``regrow-store`` in the test's
+    namespace; the test reads and writes it from the host."""
+    with host_store(node_api, node_namespace) as root:
+        yield root
+
+
+@contextmanager
+def host_store(api: client.ApiClient, namespace: str) -> Iterator[Path]:
+    """A host directory behind a hostPath PersistentVolume, bound to the claim ``regrow-store`` in
+    ``namespace``; both removed on exit."""
+    root = STORE_ROOT / namespace
     root.mkdir(parents=True)
     shutil.chown(root, NON_ROOT_UID, NON_ROOT_UID)
-    kube = Kube(node_api)
-    pv_name = f"regrow-e2e-{node_namespace}"[:63]
+    kube = Kube(api)
+    pv_name = f"regrow-e2e-{namespace}"[:63]
     kube.create(
         "/api/v1/persistentvolumes",
         {
@@ -38,12 +47,12 @@ def node_store(node_api: client.ApiClient, node_namespace: str) -> Iterator[Path
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "regrow-e2e",
                 "hostPath": {"path": str(root), "type": "Directory"},
-                "claimRef": {"namespace": node_namespace, "name": CLAIM},
+                "claimRef": {"namespace": namespace, "name": CLAIM},
             },
         },
     )
     kube.create(
-        path("v1", "persistentvolumeclaims", node_namespace),
+        path("v1", "persistentvolumeclaims", namespace),
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
@@ -59,5 +68,5 @@ def node_store(node_api: client.ApiClient, node_namespace: str) -> Iterator[Path
     try:
         yield root
     finally:
-        client.CoreV1Api(node_api).delete_persistent_volume(pv_name)
+        client.CoreV1Api(api).delete_persistent_volume(pv_name)
         shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,7 @@ from regrow.controller.modeldeployment import (
     PodReport,
     Probes,
     _feedback_key,
+    answer_lifetime,
     assess,
     desired_version,
     discover,
@@ -192,6 +193,20 @@ def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_mo
     assert asked == ["ip-a"]  # an answer with an error is not kept
     probes.forget("u1")
     assert probes.held == {}
+
+
+def test_a_pinned_pod_is_asked_again_only_when_it_changes_one_following_an_alias_once_per_refresh() -> None:
+    body = _example("ModelDeployment")
+    follows = parse_spec(ModelDeploymentSpec, _with(body, "spec.model.refreshInterval", "45s")["spec"])
+    pinned = parse_spec(
+        ModelDeploymentSpec, _with(_with(body, "spec.model.alias", None), "spec.model.version", "v3")["spec"]
+    )
+    assert answer_lifetime(body, follows) == 45.0
+    assert answer_lifetime(body, pinned) == float("inf")
+    canary = {**body, "status": {"rollout": {"candidate": "v4", "stable": "v3", "step": 1}}}
+    assert answer_lifetime(canary, follows) == answer_lifetime(canary, pinned) == 0.0
+    ended = {**body, "status": {"rollout": {"candidate": "v4", "stable": "v3", "step": 2, "outcome": "Promoted"}}}
+    assert answer_lifetime(ended, pinned) == float("inf")
 
 
 def test_a_model_deployment_at_rest_is_looked_at_once_per_alias_refresh_or_resync() -> None:

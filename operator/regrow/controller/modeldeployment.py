@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -319,6 +320,15 @@ def canary_running(body: Obj) -> bool:
     return bool(rollout) and not rollout.get("outcome")
 
 
+def answer_lifetime(body: Obj, spec: ModelDeploymentSpec) -> float:
+    """How long a pod's answer stands while the pod does not change: not past this look while a canary runs
+    (its steps are judged on the pods' counters); one alias refresh while the pods follow an alias (they may
+    have moved with it since); for ever when they serve a pinned version, which only a new pod changes."""
+    if canary_running(body):
+        return 0.0
+    return math.inf if spec.model.version else float(parse_duration(spec.model.refresh_interval))
+
+
 def next_check_in(body: Obj, resync: float) -> float:
     """Seconds to the next look if nothing it owns changes before: POLL_SECONDS while a canary runs (its steps
     are judged on the pods' counters, which no watch sees) or while ready pods have not said what they serve;
@@ -347,10 +357,8 @@ class Serving:
     memory: canary.Memory
 
     def reports(self, body: Obj, spec: ModelDeploymentSpec, track: str, pods: list[Obj]) -> list[PodReport]:
-        """What ``track``'s pods say: each asked anew at every look while a canary runs, else once per alias
-        refresh at most, unless it changed."""
-        max_age = 0.0 if canary_running(body) else parse_duration(spec.model.refresh_interval)
-        return self.probes.reports(Owner.of(body), track, pods, spec.model.name, max_age)
+        """What ``track``'s pods say: each asked when it changes, and besides as ``answer_lifetime`` says."""
+        return self.probes.reports(Owner.of(body), track, pods, spec.model.name, answer_lifetime(body, spec))
 
     def forget(self, uid: str) -> None:
         """Drop what is kept about a deleted ModelDeployment."""
