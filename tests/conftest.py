@@ -257,19 +257,20 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]], str]]:
-    """``start(targets, labels)``: a real Prometheus (Debian's package) on a free loopback port, scraping
-    ``targets`` every second with ``labels`` on every series (as the Prometheus Operator puts ``namespace``);
-    returns its URL. Stopped after the test."""
+def prometheus(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``start(targets, labels, scrape_configs=None)``: a real Prometheus (Debian's package) on a free loopback
+    port, scraping ``targets`` every second with ``labels`` on every series (as the Prometheus Operator puts
+    ``namespace``), or as ``scrape_configs`` say; returns its URL. Stopped after the test."""
     binary = shutil.which("prometheus")
     if binary is None:
         _missing("the Prometheus source tests need Debian's prometheus package (apt-get install prometheus)")
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(targets: list[str], labels: dict[str, str]) -> str:
+    def start(targets: list[str], labels: dict[str, str], scrape_configs: list[dict[str, Any]] | None = None) -> str:
+        static = [{"job_name": "regrow", "static_configs": [{"targets": targets, "labels": labels}]}]
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "regrow", "static_configs": [{"targets": targets, "labels": labels}]}],
+            "scrape_configs": scrape_configs or static,
         }
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()

@@ -221,6 +221,7 @@ def _sample_data(args: argparse.Namespace) -> int:
 
     data = sample_csv(args.name)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_bytes(data)
     else:
         sys.stdout.buffer.write(data)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -215,3 +216,24 @@ def test_the_monitors_select_the_operator_service_and_the_serving_pods(
     ports = [p["name"] for c in template["spec"]["containers"] for p in c["ports"]]
     (endpoint,) = [e["port"] for e in pods["podMetricsEndpoints"]]
     assert endpoint == ("metrics" if serving_port else "http") and endpoint in ports
+
+
+def test_the_dashboard_and_the_alert_rules_are_rendered_as_shipped(
+    cluster: Cluster, namespace: str, release: str
+) -> None:
+    cluster.kubectl("create", "-f", "-", stdin=yaml.safe_dump(_monitoring_crd("PrometheusRule", "prometheusrules")),
+                    check=False)  # fmt: skip
+    cluster.kubectl("wait", "--for=condition=Established", "crd/prometheusrules.monitoring.coreos.com")
+    shipped = yaml.safe_load((ROOT / "charts/regrow/values.yaml").read_text())["metrics"]
+    assert not shipped["grafanaDashboard"]["enabled"] and not shipped["prometheusRule"]["enabled"]  # off by default
+    monitoring = {"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True, "labels": {"role": "x"}}}
+    values = {"watchNamespaces": [namespace], "metrics": monitoring}
+    docs = {d["kind"]: d for d in _install(cluster, namespace, release, values)}
+    dashboard = docs["ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["regrow.json"]) == json.loads(
+        (ROOT / "charts/regrow/files/dashboard.json").read_text()
+    )
+    rule = docs["PrometheusRule"]
+    assert rule["metadata"]["labels"]["role"] == "x"
+    assert rule["spec"] == yaml.safe_load((ROOT / "charts/regrow/files/rules.yaml").read_text())  # {{ $labels }} kept

@@ -150,8 +150,16 @@ def test_drift_is_detected_and_retrains_once(api: client.ApiClient, namespace: s
     assert all("psi" in scores for scores in lineage["drifted"].values())
     assert any(e[:2] == ("Normal", "Retraining") for e in events_for(api, namespace, "iris"))
 
+    _operator_metrics(metrics, namespace, ks_a)
+
+
+def _operator_metrics(metrics: dict[tuple[str, Any], float], namespace: str, ks_a: float) -> None:
+    """The operator's /metrics after the check that drifted and retrained."""
     ids = (("deployment", "iris"), ("namespace", namespace), ("policy", "iris"))
     assert metrics[("regrow_retrains_total", ids)] == 1
+    assert metrics[("regrow_drift_detected", ids)] == 1  # as the DriftDetected condition said just before
+    outcomes = {dict(k)["outcome"]: v for (name, k), v in metrics.items() if name == "regrow_retrain_outcomes_total"}
+    assert outcomes == dict.fromkeys(["Failed", "Rejected", "Published", "RolledBack", "Serving", "Deleted"], 0)
     assert metrics[("regrow_operator_leader", ())] == 1
 
     def series(name: str, test: str) -> float:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT
+from regrow.api.driftpolicy import RetrainOutcome
+from regrow.controller import conditions
+from regrow.controller.driftpolicy import DRIFT as DRIFT_DETECTED
 from regrow.controller.kube import Obj
 
 
@@ -46,8 +50,9 @@ class Instruments:
 
 
 class DriftCollector(Collector):
-    """``regrow_drift_score``, ``regrow_drift_threshold`` and ``regrow_retrains_total`` from the DriftPolicies'
-    status."""
+    """``regrow_drift_score``, ``regrow_drift_threshold``, ``regrow_drift_detected``, ``regrow_retrains_total``
+    and ``regrow_retrain_outcomes_total`` (every outcome, 0 until it happens: an alert on ``increase()`` needs
+    the series before its first increase) from the DriftPolicies' status."""
 
     def __init__(self, objects: dict[tuple[str, str, str], Obj]) -> None:
         self.objects = objects
@@ -67,6 +72,9 @@ class DriftCollector(Collector):
                 labels=per_feature,
             ),
         }
+        detected = GaugeMetricFamily(
+            "regrow_drift_detected", "1 while a DriftPolicy's DriftDetected condition is True, else 0.", labels=labels
+        )
         retrains = CounterMetricFamily("regrow_retrains", "TrainingJobs a DriftPolicy has created.", labels=labels)
         outcomes = CounterMetricFamily(
             "regrow_retrain_outcomes",
@@ -79,9 +87,12 @@ class DriftCollector(Collector):
                 continue
             status = body.get("status") or {}
             ids = [namespace, name, ((body.get("spec") or {}).get("targetRef") or {}).get("name", "")]
+            drift = conditions.find(status.get("conditions") or [], DRIFT_DETECTED) or {}
+            detected.add_metric(ids, 1 if drift.get("status") == "True" else 0)
             retrains.add_metric(ids, status.get("retrains", 0))
-            for outcome, count in (status.get("retrainOutcomes") or {}).items():
-                outcomes.add_metric([*ids, outcome], count)
+            counts = status.get("retrainOutcomes") or {}
+            for outcome in get_args(RetrainOutcome):
+                outcomes.add_metric([*ids, outcome], counts.get(outcome, 0))
             check = status.get("lastCheck") or {}
             for feature in check.get("features") or []:
                 for field, family in families.items():
@@ -90,7 +101,7 @@ class DriftCollector(Collector):
                         if number is not None:
                             family.add_metric([*ids, check.get("version", ""), feature["name"], test], number)
         yield from families.values()
-        yield from (retrains, outcomes)
+        yield from (detected, retrains, outcomes)
 
 
 class RolloutCollector(Collector):

@@ -174,6 +174,14 @@ def desired_version(
     return pinned
 
 
+def canary_target(target: str | None, stable: str | None, reports: list[PodReport]) -> str | None:
+    """Where the alias points, as a canary's plan reads it: unknown (None) while the ready stable pods disagree,
+    as they do for up to a refreshInterval after it moves (each pod reads the registry on its own clock), so
+    that a pod yet to read the move is not taken for the alias moving back."""
+    aliased = {r.alias_version for r in reports if r.ready and r.alias_version}
+    return (target or stable) if len(aliased) <= 1 else None
+
+
 def just_promoted(trainingjobs: list[Obj], spec: ModelDeploymentSpec, at: datetime) -> str | None:
     """The version a TrainingJob of the namespace moved this ModelDeployment's alias to within the pods' refresh
     interval (and PROMOTION_MARGIN_SECONDS), if one did: the newest."""
@@ -549,7 +557,7 @@ def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
     )
     return canary.Seen(
         stable=stable,
-        target=target or stable,
+        target=canary_target(target, stable, reports),
         stable_replicas=int(((live or {}).get("spec") or {}).get("replicas") or spec.replicas.min),
         canary_problem=_problem(candidate_live, candidate_reports)
         if candidate_live and _current(candidate_live, running)
