@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import io
+import shutil
 import sys
 import threading
 import time
@@ -137,8 +138,9 @@ class View:
                     self.said[i] = said
                     print(f"[{now - self.begun:5.0f} s] {stage.line(now)}", flush=True)
             return
-        lines = [f"regrow: the closed loop, {now - self.begun:.0f} s", *(s.line(now) for s in self.stages),
-                 self.traffic.summary()]  # fmt: skip
+        width = shutil.get_terminal_size().columns  # a line that wrapped would throw the redraw off
+        lines = [line[:width] for line in (f"regrow: the closed loop, {now - self.begun:.0f} s",
+                                           *(s.line(now) for s in self.stages), self.traffic.summary())]  # fmt: skip
         sys.stdout.write((f"\x1b[{self.drawn}F\x1b[J" if self.drawn else "") + "\n".join(lines) + "\n")
         sys.stdout.flush()
         self.drawn = len(lines)
