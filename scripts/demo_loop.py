@@ -95,7 +95,7 @@ class Traffic(threading.Thread):
                     label = {"id": answer["parameters"]["prediction_id"], "label": self.species[picks].tolist()}
                     self.kube.create(f"{self.base}/feedback", label)
                     self.labelled += ROWS
-            except (ApiException, OSError, KeyError):  # a pod going away mid-roll; the next request goes elsewhere
+            except (ApiException, OSError, KeyError, ValueError):  # a pod going away mid-roll: the next goes elsewhere
                 self.failed += 1
 
     def summary(self) -> str:
