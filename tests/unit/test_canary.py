@@ -27,6 +27,7 @@ from regrow.controller.kube import Obj
 from regrow.controller.metrics import RolloutCollector
 from regrow.controller.modeldeployment import PodReport, canary_target
 from regrow.drift.profile import PREDICTION, FeatureProfile, prediction_profile
+from regrow.serving.feedback import MAX_PREDICTED_ROWS
 from regrow.telemetry import LATENCY_BUCKETS
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
@@ -516,3 +517,8 @@ def test_a_shadow_step_gates_errors_as_the_stable_pods_saw_them_latency_and_disa
     unknown = canary.Predictions(None, None)  # no prediction bins: a regressor counts magnitudes, a classifier none
     assert shadow((100, 100, 0, 100, 5_000_000, 50_000_000), unknown)[2][1] == "0.1"
     assert shadow((100, 100, 0, 100, 60, 0), unknown)[2][1] == "0.4"
+
+
+def test_the_quality_gate_says_which_requests_it_can_grade() -> None:
+    described = CanaryAnalysis.model_fields["max_quality_drop"].description or ""
+    assert f"at most {MAX_PREDICTED_ROWS} rows" in described  # as many as a prediction id carries predictions of

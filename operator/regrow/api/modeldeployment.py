@@ -122,7 +122,9 @@ class CanaryAnalysis(ApiModel):
         default=None,
         description="Live quality from feedback, for a prediction log whose ids clients label: how much worse "
         "the candidate may do than the stable version on the labels of the step's predictions (accuracy lost, or "
-        "for a regressor the mean absolute error's relative increase). Unset: not gated.",
+        "for a regressor the mean absolute error's relative increase). Only requests of at most 16 rows are graded "
+        "(their prediction ids carry what was predicted); labels of larger ones count as feedback, not here. "
+        "Unset: not gated.",
     )
     min_labels: int = Field(
         default=50, ge=1, le=1_000_000, description="Labelled rows each version needs before quality is compared."
