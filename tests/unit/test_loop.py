@@ -372,3 +372,19 @@ def test_a_status_that_does_not_fit_its_kinds_model_is_refused_not_written(kind:
     for wrong in ({"observedGeneration": "two"}, {"readyReplica": 1}, {"conditions": [{"type": "Ready"}]}):
         with pytest.raises(StatusMismatch):
             checked(kind.status, {**base, **wrong})
+
+
+def test_the_loop_ends_when_cancelled_even_as_it_is_woken() -> None:
+    """A cancellation that comes as the wake-up does ends the loop (Python 3.11's wait_for lost it, and the
+    loop went round for ever: a shutdown, or a test's asyncio.run, hung)."""
+    controller = Controller(FreeApi(), {}, tick=60.0)
+
+    async def run() -> None:
+        task = asyncio.create_task(controller.run())
+        await asyncio.sleep(0.05)  # waiting to be woken
+        controller.wake.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+    asyncio.run(run())

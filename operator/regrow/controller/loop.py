@@ -242,8 +242,11 @@ class Controller:
             if leading:
                 self._dispatch()
             self.wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that comes as
+            # the wake-up does, and this loop then never ends (a test's asyncio.run hung on it)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.tick)
+                async with asyncio.timeout(self.tick):
+                    await self.wake.wait()
 
     def stalled(self) -> bool:
         """Whether the loop has stopped going round (it ended, or a Lease call hangs past its timeouts)."""
