@@ -157,6 +157,11 @@ def report(pod: Obj, model: str, ask: Callable[[Obj], ModelMetadata | None]) -> 
     )
 
 
+def aliased_versions(reports: list[PodReport]) -> set[str]:
+    """The versions the ready pods last read the alias at."""
+    return {r.alias_version for r in reports if r.ready and r.alias_version}
+
+
 def desired_version(
     spec: ModelDeploymentSpec, pinned: str | None, reports: list[PodReport], promoted: str | None = None
 ) -> str | None:
@@ -165,7 +170,7 @@ def desired_version(
     the alias to goes first, until they have read the registry again (what they read then decides)."""
     if spec.model.version:
         return spec.model.version
-    aliased = {r.alias_version for r in reports if r.ready and r.alias_version}
+    aliased = aliased_versions(reports)
     current = serving_version(pinned, reports)
     if len(aliased) == 1 and current is not None and (target := next(iter(aliased))) != current:
         return target
@@ -178,8 +183,7 @@ def canary_target(target: str | None, stable: str | None, reports: list[PodRepor
     """Where the alias points, as a canary's plan reads it: unknown (None) while the ready stable pods disagree,
     as they do for up to a refreshInterval after it moves (each pod reads the registry on its own clock), so
     that a pod yet to read the move is not taken for the alias moving back."""
-    aliased = {r.alias_version for r in reports if r.ready and r.alias_version}
-    return (target or stable) if len(aliased) <= 1 else None
+    return (target or stable) if len(aliased_versions(reports)) <= 1 else None
 
 
 def just_promoted(trainingjobs: list[Obj], spec: ModelDeploymentSpec, at: datetime) -> str | None:
