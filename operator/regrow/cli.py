@@ -247,7 +247,8 @@ def _serve(args: argparse.Namespace) -> int:
     run(
         ServeConfig(
             registry=settings.registry, model=settings.model_name, alias=settings.model_alias,
-            version=settings.model_version, host=settings.host, port=settings.port,
+            version=settings.model_version, await_version=settings.await_version, host=settings.host,
+            port=settings.port,
             metrics_port=settings.metrics_port, threads=settings.threads, refresh_seconds=settings.refresh_seconds,
             drain_seconds=settings.drain_seconds, idle_timeout=settings.idle_timeout_seconds,
             max_connections=settings.max_connections, max_rows=settings.max_rows,

@@ -6,13 +6,15 @@ that reads it, so that a field misspelt on either side is an error, not a value 
 - A training pod's report (its container's termination message, and stdout), which the operator turns into the
   TrainingJob's status.
 - A serving pod's environment, which the operator's manifest sets and ``regrow serve`` reads.
+- An alias as read from the registry (``AliasReading``): what the pods report and a promotion records, ordered
+  by the alias record's generation.
 
 The statuses the operator writes go through the kinds' Status models (``regrow.controller.result``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -32,17 +34,45 @@ class Message(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True)
 
 
+class AliasReading(Message):
+    """Where an alias pointed when it was read: its version, and the generation of its record, which every move
+    of the alias raises by one (a record written before generations were kept reads as 0). Of two readings, the
+    one of the higher generation is the newer, whoever read it and whenever: no clock orders them."""
+
+    version: str
+    generation: int = Field(ge=0)
+
+
+def newest(readings: Iterable[AliasReading | None]) -> AliasReading | None:
+    """The newest of ``readings`` (None where they say nothing, or where those of the highest generation name
+    different versions, as two writers that keep no generation could make them)."""
+    known = [r for r in readings if r is not None]
+    if not known:
+        return None
+    top = max(r.generation for r in known)
+    versions = {r.version for r in known if r.generation == top}
+    return AliasReading(version=versions.pop(), generation=top) if len(versions) == 1 else None
+
+
 class TensorMetadata(Message):
     name: str
     datatype: str
     shape: list[int]
 
 
+Reason = Literal["ModelNotPublished", "AwaitingVersion", "ModelUnavailable"]
+
+
 class ModelParameters(Message):
     alias: str | None = None
     alias_version: str | None = Field(default=None, description="The version the alias resolved to when last read.")
+    alias_generation: int | None = Field(default=None, ge=0, description="The alias record's generation then.")
     error: str | None = Field(default=None, description="Why no model is served, or the server is draining.")
-    reason: Literal["ModelNotPublished", "ModelUnavailable"] | None = None
+    reason: Reason | None = Field(
+        default=None,
+        description="ModelNotPublished: the alias or version is not in the registry yet; AwaitingVersion: the pod "
+        "reads the alias but loads only a version the operator pins; ModelUnavailable: it failed to load.",
+    )
     uri: str | None = None
     task: str | None = None
     features: list[str] | None = None
@@ -64,6 +94,14 @@ class ModelMetadata(Message):
     def serving(self) -> str | None:
         """The version this pod serves, if it serves one and is not failing or draining."""
         return self.versions[0] if self.versions and not self.parameters.error else None
+
+    @property
+    def reading(self) -> AliasReading | None:
+        """Where this pod last read its alias to point, if it has read it."""
+        params = self.parameters
+        if params.alias_version is None:
+            return None
+        return AliasReading(version=params.alias_version, generation=params.alias_generation or 0)
 
 
 class TrainerReport(Message):
@@ -99,6 +137,7 @@ class ServingEnv(BaseModel):
     model_name: str | None = None
     model_alias: str | None = None
     model_version: str | None = None
+    await_version: bool = False  # with no model_version: read the alias, load nothing (a Canary's stable pods)
     refresh_seconds: float = 30.0
     drain_seconds: float = 5.0
     max_connections: int = DEFAULT_SERVER.max_connections

@@ -175,9 +175,12 @@ class Rollouts:
         return get_custom(self.api, self.namespace, MODEL_DEPLOYMENT.plural, "iris")
 
     def serving(self, version: str) -> bool:
+        """Whether ``version`` answers every request: every ready pod serves it, and no old pod is left
+        finishing what it had received."""
         md = self.md()
+        status = md.get("status") or {}
         settled = (condition(md, "Progressing") or {}).get("reason") in ("RolloutComplete", "RolledBack")
-        return settled and (md.get("status") or {}).get("model", {}).get("version") == version
+        return settled and status.get("model", {}).get("version") == version and not status.get("terminatingReplicas")
 
     def promote(self, version: str) -> tuple[dict[str, Any], float]:
         started = time.monotonic()

@@ -1,7 +1,8 @@
 """Canary rollouts on a real API server with the real Deployment and ReplicaSet controllers. No kubelet runs
-here, so ``Kubelet`` plays it and the serving pods: every pod runs and is ready at an address of its own,
-serves the version its Deployment pins (else the alias's), and counts the requests the test spreads over
-the ready pods, as kube-proxy spreads connections."""
+here, so ``Kubelet`` plays it and the serving pods: every pod runs at an address of its own, serves the version
+its Deployment pins (else the alias's, once the alias exists), reads the alias as the real server does (when it
+starts, then every ``refresh`` seconds on its own clock), and counts the requests the test spreads over the
+ready pods, as kube-proxy spreads connections."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from regrow.api import MODEL_DEPLOYMENT
 from regrow.cli import main
-from regrow.contracts import ModelMetadata, ModelParameters
+from regrow.contracts import AliasReading, ModelMetadata, ModelParameters
 from regrow.controller.kube import Kube, Obj, path
 from regrow.drift.profile import PREDICTION, FeatureProfile, fit_profile
 from regrow.telemetry import LATENCY_BUCKETS
@@ -55,7 +56,11 @@ class Behaviour:
 
 @dataclasses.dataclass
 class Pod:
-    version: str
+    version: str  # empty: waiting for the alias to exist (not ready)
+    name: str = ""
+    reading: AliasReading | None = None  # where it last read the alias to point
+    read_at: float = 0.0  # when (a pod that waits for the alias: when it looks again)
+    awaits: bool = False  # it pins no version and loads none: it waits for the operator to pin one
     codes: dict[int, int] = dataclasses.field(default_factory=lambda: {200: 0, 500: 0})
     latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     predicted: list[int] = dataclasses.field(default_factory=lambda: [0] * len(CLASSES))
@@ -85,14 +90,35 @@ class Pod:
 
 
 class Kubelet:
-    def __init__(self, api: client.ApiClient, namespace: str, behaviours: dict[str, Behaviour]) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, behaviours: dict[str, Behaviour],
+                 refresh: float = 0.0, aliased: str | None = "v1", retry: float = 5.0,
+                 start: float = 0.0) -> None:  # fmt: skip
         self.api, self.namespace, self.behaviours = api, namespace, behaviours
-        self.alias = "v1"
+        self.history: list[str] = [aliased] if aliased else []  # the alias's versions by generation (1-based)
+        self.refresh = refresh  # seconds between a pod's readings of the alias (0: at every answer)
+        self.retry = retry  # seconds between a waiting pod's looks for the alias (the server's: 5)
+        self.start = start  # seconds from a pod's creation to its running (and ready, if it serves a model)
+        self.seen: dict[str, float] = {}  # when each pod was first seen
         self.pods: dict[str, Pod] = {}  # by IP
+        self.created: set[str] = set()  # the names of every serving pod it ever ran
+        self.loaded: set[str] = set()  # of those that loaded a model
         self.served: dict[str, int] = {}  # requests answered, by version
         self.lock = threading.Lock()
         self.rng = np.random.default_rng(1)
         self.ips = (f"10.9.{i // 250}.{i % 250 + 1}" for i in itertools.count())
+
+    @property
+    def alias(self) -> str | None:
+        return self.history[-1] if self.history else None
+
+    @alias.setter
+    def alias(self, version: str) -> None:
+        """Move the alias, as a promotion or the alias Job does: its generation rises by one."""
+        if version != self.alias:
+            self.history.append(version)
+
+    def reading(self) -> AliasReading | None:
+        return AliasReading(version=self.history[-1], generation=len(self.history)) if self.history else None
 
     def tick(self) -> None:
         """Run every pod of the ModelDeployment; remove the deleted ones (no kubelet confirms a deletion), and
@@ -112,30 +138,49 @@ class Kubelet:
                 del self.pods[ip]
 
     def _run(self, pod: Obj) -> str | None:
-        """Run ``pod`` (the IP it got, if it starts now), or remove it once it is being deleted."""
+        """Run ``pod`` (the IP it got, if it starts now), or remove it once it is being deleted; a pod that waits
+        for the alias loads its version once it exists (every retry, as the server does)."""
         core = client.CoreV1Api(self.api)
         meta, status = pod["metadata"], pod.get("status") or {}
         if meta.get("deletionTimestamp"):
             with self.lock:
                 self.pods.pop(status.get("podIP", ""), None)
             core.delete_namespaced_pod(meta["name"], self.namespace, grace_period_seconds=0)
-        elif status.get("phase") != "Running":
-            env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-            ip = next(self.ips)
+            return None
+        ip, now = status.get("podIP"), time.monotonic()
+        with self.lock:
+            waiting = self.pods.get(ip or "")
+            looks = ip is not None and waiting is not None and not waiting.version and now >= waiting.read_at
+            if waiting is not None and looks:
+                waiting.reading, waiting.version = self.reading(), "" if waiting.awaits else self.alias or ""
+                waiting.read_at = now if waiting.version else now + self.retry
+        if ip is not None and waiting is not None and looks and waiting.version:
             with self.lock:
-                self.pods[ip] = Pod(env.get("REGROW_MODEL_VERSION") or self.alias, shadow=int(env.get(
-                    "REGROW_SHADOW_PERCENT") or 0))  # fmt: skip
-            ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
-            running = {"phase": "Running", "podIP": ip, "conditions": [ready]}
-            core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": running})
-            return ip
-        return None
+                self.loaded.add(meta["name"])
+            core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": _running(ip, ready=True)})
+        if status.get("phase") == "Running":
+            return None
+        with self.lock:
+            self.created.add(meta["name"])
+        if now - self.seen.setdefault(meta["name"], now) < self.start:
+            return None  # still starting: its image, its process, its model
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        ip = next(self.ips)
+        awaits = env.get("REGROW_AWAIT_VERSION") == "True"
+        version = env.get("REGROW_MODEL_VERSION") or ("" if awaits else self.alias or "")
+        with self.lock:
+            if version:
+                self.loaded.add(meta["name"])
+            self.pods[ip] = Pod(version, meta["name"], self.reading(), now + (0 if version else self.retry), awaits,
+                                shadow=int(env.get("REGROW_SHADOW_PERCENT") or 0))  # fmt: skip
+        core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": _running(ip, bool(version))})
+        return ip
 
     def send(self, requests: int) -> None:
         """``requests`` spread evenly over the ready pods behind the Service, each answered as its version
         behaves, and the share a shadow asks for mirrored to it by the pod that answered."""
         with self.lock:
-            pods = [p for p in self.pods.values() if not p.shadow]
+            pods = [p for p in self.pods.values() if not p.shadow and p.version]
             shadows = [p for p in self.pods.values() if p.shadow]
             for i in range(requests):
                 pod = pods[i % len(pods)] if pods else None
@@ -165,12 +210,18 @@ class Kubelet:
     def prober(self, ip: str, model: str) -> ModelMetadata | None:
         with self.lock:
             pod = self.pods.get(ip)
-        if pod is None:
-            return None
+            if pod is None:
+                return None
+            if pod.version and time.monotonic() - pod.read_at >= self.refresh:
+                pod.reading, pod.read_at = self.reading(), time.monotonic()
+            reading = pod.reading
+        params = ModelParameters(alias="champion", alias_version=reading.version if reading else None,
+                                 alias_generation=reading.generation if reading else None)  # fmt: skip
+        if not pod.version:
+            waiting = {"error": "alias champion of model iris does not exist", "reason": "ModelNotPublished"}
+            return ModelMetadata(name=model, versions=[], parameters=params.model_copy(update=waiting))
         uri = f"file:///var/lib/regrow/registry/iris/versions/{pod.version}"
-        return ModelMetadata(
-            name=model, versions=[pod.version], parameters=ModelParameters(uri=uri, alias_version=self.alias)
-        )
+        return ModelMetadata(name=model, versions=[pod.version], parameters=params.model_copy(update={"uri": uri}))
 
     def fetch(self, address: str, url_path: str) -> bytes | None:
         with self.lock:
@@ -195,6 +246,25 @@ class Kubelet:
         finally:
             stop.set()
             thread.join(10)
+
+
+def _running(ip: str, ready: bool) -> Obj:
+    condition = {"type": "Ready", "status": str(ready), "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    return {"phase": "Running", "podIP": ip, "conditions": [condition]}
+
+
+def _promote(api: client.ApiClient, namespace: str, kubelet: Kubelet, name: str, version: str) -> Obj:
+    """What a TrainingJob does that trains ``version`` and wins its gate: the alias moves in the registry (the pods
+    read it at their next refresh), and its status records the move's generation. Returns it once Succeeded."""
+    tj = _with(_with(_example("TrainingJob"), "metadata.name", name), "spec.promote.minImprovement", "0.0")
+    _create_tj(api, namespace, tj)
+    kubelet.alias = version
+    promotion = {"alias": "champion", "outcome": "Promoted", "metric": "accuracy", "candidateScore": "0.97",
+                 "generation": len(kubelet.history), "message": "beat the champion"}  # fmt: skip
+    report = {"succeeded": True, "model": "iris", "version": version, "metric": "accuracy", "promotion": promotion,
+              "uri": f"file:///var/lib/regrow/registry/iris/versions/{version}"}  # fmt: skip
+    _finish_pod(api, namespace, _pod_of(api, namespace, f"{name}-train"), 0, json.dumps(report))
+    return _succeeded(api, namespace, name, "True")
 
 
 def _canary(**rollout: Any) -> dict[str, Any]:
@@ -396,18 +466,12 @@ def test_a_promotion_by_a_trainingjob_starts_the_canary_before_the_pods_look_at_
     api: client.ApiClient, namespace: str, operator: Operator
 ) -> None:
     """The pods would read the moved alias only at their next refresh (10 minutes here): the TrainingJob's
-    status, which names the version and the alias, starts the canary within 10 seconds."""
-    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour()})
-    report = {"succeeded": True, "model": "iris", "version": "v2", "uri": "file:///var/lib/regrow/registry/iris/versions/v2",
-              "metric": "accuracy", "metrics": {"accuracy": "0.97"},
-              "promotion": {"alias": "champion", "outcome": "Promoted", "metric": "accuracy", "candidateScore": "0.97",
-                            "message": "beat v1"}}  # fmt: skip
+    status, which names the version and the alias's generation, starts the canary within 10 seconds."""
+    kubelet = Kubelet(api, namespace, {"v1": Behaviour(), "v2": Behaviour()}, refresh=600)
     with operator(prober=kubelet.prober, fetch=kubelet.fetch), kubelet.running():
         _create(api, namespace, _with(_canary(), "spec.model.refreshInterval", "10m"))
         _serving_v1(api, namespace)
-        _create_tj(api, namespace, _example("TrainingJob"))
-        _finish_pod(api, namespace, _pod_of(api, namespace, "iris-v1-train"), 0, json.dumps(report))
-        tj = _succeeded(api, namespace, "iris-v1", "True")
+        tj = _promote(api, namespace, kubelet, "iris-v2", "v2")
         started = wait_for(lambda: ((_md(api, namespace).get("status") or {}).get("rollout") or {}).get("started"),
                            30, "the canary of v2")  # fmt: skip
         rollout = _md(api, namespace)["status"]["rollout"]

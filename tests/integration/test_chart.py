@@ -11,6 +11,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tests.cluster import Cluster
 from tests.conftest import ROOT, Operator
 from tests.helpers import wait_for
 from tests.integration.test_operator import PLURALS, _apply_examples
+from tests.integration.test_trainingjob_controller import _finish_pod, _pod_of
 from tests.unit.test_api import _example
 from tests.unit.test_trainingjob_reconciler import restricted_violations
 
@@ -73,6 +75,7 @@ def test_the_chart_lints_clean(cluster: Cluster, namespace: str) -> None:
         ({"drift": {"prometheusUrls": ["http://prometheus:9090/?x=1"]}}, "prometheusUrls"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
+        ({"demoStore": {"accessMode": "ReadOnlyMany"}}, "accessMode"),
     ],
 )
 def test_bad_values_fail_the_install_naming_the_key(
@@ -237,3 +240,20 @@ def test_the_dashboard_and_the_alert_rules_are_rendered_as_shipped(
     rule = docs["PrometheusRule"]
     assert rule["metadata"]["labels"]["role"] == "x"
     assert rule["spec"] == yaml.safe_load((ROOT / "charts/regrow/files/rules.yaml").read_text())  # {{ $labels }} kept
+
+
+def test_the_demo_store_takes_a_shared_claim_for_several_nodes(cluster: Cluster, namespace: str, release: str) -> None:
+    """Every pod of the examples mounts the demo store: ReadWriteOnce by default (one node), ReadWriteMany on a
+    StorageClass that offers it when asked."""
+    shared = {"enabled": True, "accessMode": "ReadWriteMany", "storageClassName": "nfs-client"}
+    with ThreadPoolExecutor(2) as pool:  # the install waits for its hook Job, whose pod the test runs to its end
+        pod = pool.submit(lambda: _pod_of(cluster.api_client(), namespace, "regrow-demo-data"))
+        installed = pool.submit(
+            _install, cluster, namespace, release, {"watchNamespaces": [namespace], "demoStore": shared}
+        )
+        _finish_pod(cluster.api_client(), namespace, pod.result(60), 0, "")
+        docs = installed.result(120)
+    (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs-client"
+    shipped = yaml.safe_load((ROOT / "charts/regrow/values.yaml").read_text())["demoStore"]
+    assert shipped["accessMode"] == "ReadWriteOnce" and not shipped["storageClassName"]

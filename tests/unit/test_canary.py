@@ -25,7 +25,6 @@ from regrow.controller import canary
 from regrow.controller.canary import Plan, Seen
 from regrow.controller.kube import Obj
 from regrow.controller.metrics import RolloutCollector
-from regrow.controller.modeldeployment import PodReport, canary_target
 from regrow.drift.profile import PREDICTION, FeatureProfile, prediction_profile
 from regrow.serving.feedback import MAX_PREDICTED_ROWS
 from regrow.telemetry import LATENCY_BUCKETS
@@ -350,18 +349,13 @@ def test_the_alias_moving_mid_canary_ends_it_or_replaces_the_candidate() -> None
     assert newer.canary == ("v3", 1) and newer.rollout is not None and newer.rollout.candidate == "v3"
 
 
-def test_stable_pods_yet_to_read_the_alias_move_do_not_end_the_canary() -> None:
-    def pod(name: str, alias: str | None, ready: bool = True) -> PodReport:
-        return PodReport(name, ready, "v1", "u", alias, None, None)
-
-    agree, behind = [pod("a", "v2"), pod("b", "v2")], [pod("a", "v2"), pod("b", "v1")]
-    assert canary_target("v2", "v1", agree) == "v2" and canary_target(None, "v1", [pod("a", "v1")]) == "v1"
-    assert canary_target("v1", "v1", behind) is None  # b has not read the move yet: not a move back
-    assert canary_target("v1", "v1", [pod("a", "v2"), pod("b", "v1", ready=False)]) == "v1"  # only ready pods say
-    started = canary.plan(SPEC, 10, None, [], _seen())
-    held = canary.plan(SPEC, 10, started.rollout, [], _seen(target=canary_target("v1", "v1", behind)))
-    assert held.rollout is not None and held.rollout.outcome is None and held.canary == ("v2", 1)
-    assert canary.plan(SPEC, 10, None, [], _seen(target=None)) == Plan("v1", None, None, [])  # none starts meanwhile
+def test_a_canary_starts_once_no_old_stable_pod_is_left_answering() -> None:
+    waiting = canary.plan(SPEC, 10, None, [], _seen(draining=2))
+    assert waiting == Plan("v1", None, None, [])  # the stable version stays pinned; nothing starts
+    started = canary.plan(SPEC, 10, None, [], _seen(draining=0))
+    assert started.canary == ("v2", 1) and started.rollout is not None
+    going = canary.plan(SPEC, 10, started.rollout, [], _seen(draining=1))  # a running canary is not held back
+    assert going.rollout is not None and going.rollout.outcome is None and going.canary == ("v2", 1)
 
 
 def test_nothing_to_roll_out_without_a_stable_version_or_a_new_target() -> None:

@@ -18,6 +18,7 @@ SETTINGS = st.fixed_dictionaries(
     {},
     optional={
         "registry": TEXT, "model_name": TEXT, "model_alias": TEXT, "model_version": TEXT,
+        "await_version": st.booleans(),
         "refresh_seconds": st.floats(0.001, 1e6) | st.integers(1, 10**6), "drain_seconds": st.integers(0, 600),
         "max_connections": st.integers(1, 10**5), "max_rows": st.integers(1, 10**6),
         "metrics_port": st.integers(1, 65535),
@@ -60,3 +61,6 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
         else:
             assert (read.prediction_log_percent, read.prediction_log_max_queue) == (10, 500)
             assert read.shadow_url is not None and read.shadow_percent == 0
+    unpinned = deployment(owner, spec, PodDefaults(), None)["spec"]["template"]["spec"]["containers"][0]["env"]
+    read = ServingEnv.from_environ({e["name"]: e["value"] for e in unpinned if "value" in e})
+    assert read.model_version is None and read.await_version  # a Canary's stable pods wait for a pinned version

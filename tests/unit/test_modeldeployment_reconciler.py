@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
-from regrow.contracts import ModelMetadata, ModelParameters
+from regrow.contracts import AliasReading, ModelMetadata, ModelParameters
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.modeldeployment import (
     POLL_SECONDS,
     PodReport,
     Probes,
     _feedback_key,
+    _recorded,
     answer_lifetime,
     assess,
-    desired_version,
     discover,
-    just_promoted,
     next_check_in,
     report,
 )
@@ -46,49 +44,8 @@ def _spec(**changes: Any) -> ModelDeploymentSpec:
 
 
 def _report(serving: str | None, alias_version: str | None, ready: bool = True, error: str | None = None) -> PodReport:
-    return PodReport("p", ready, serving, f"file:///r/iris/versions/{serving}", alias_version, error, None)
-
-
-def test_version_pinning() -> None:
-    spec = _spec()
-    assert desired_version(spec, None, []) is None  # nothing reported: the pods follow the alias themselves
-    assert desired_version(spec, None, [_report("v1", "v1")]) is None  # no needless roll
-    assert desired_version(spec, None, [_report("v1", "v2")]) == "v2"  # the alias moved
-    assert desired_version(spec, "v2", [_report("v1", "v2"), _report("v2", "v2")]) == "v2"  # rolling
-    assert desired_version(spec, "v2", [_report("v2", "v1")]) == "v1"  # rolled back
-    assert desired_version(spec, "v2", [_report("v2", "v3", ready=False)]) == "v2"  # only ready pods count
-    assert desired_version(spec, None, [_report("v1", "v2"), _report("v1", "v3")]) is None  # pods disagree: wait
-    pinned = _spec(spec__model__alias=..., spec__model__version="v7")
-    assert desired_version(pinned, None, [_report("v1", None)]) == "v7"
-
-
-def test_a_promotion_a_trainingjob_just_made_goes_before_the_pods_next_look_at_the_alias() -> None:
-    spec = _spec()
-    assert desired_version(spec, "v1", [_report("v1", "v1")], promoted="v2") == "v2"  # the pods have not looked yet
-    assert desired_version(spec, "v1", [_report("v1", "v3")], promoted="v2") == "v3"  # they have: the registry decides
-    assert desired_version(spec, None, [], promoted="v2") is None  # nothing serves yet: nothing to move from
-    assert desired_version(spec, None, [_report("v1", "v1")], promoted="v1") is None  # what serves: no needless roll
-    assert desired_version(_spec(spec__model__alias=..., spec__model__version="v7"), "v1", [], promoted="v2") == "v7"
-
-
-def _promoted(version: str, done: str, alias: str = "champion", model: str = "iris", outcome: str = "Promoted") -> Obj:
-    return {"spec": {"output": {"registry": "file:///var/lib/regrow/registry", "modelName": model}},
-            "status": {"completionTime": done, "artifact": {"version": version},
-                       "promotion": {"alias": alias, "outcome": outcome}}}  # fmt: skip
-
-
-def test_only_a_recent_promotion_of_this_deployments_alias_counts() -> None:
-    spec = _spec()  # follows iris@champion, refreshInterval 30s
-    at = datetime(2026, 12, 1, 12, 1, 0, tzinfo=UTC)
-    assert just_promoted([_promoted("v2", "2026-12-01T12:00:50Z")], spec, at) == "v2"
-    assert just_promoted([_promoted("v2", "2026-12-01T12:00:10Z"), _promoted("v3", "2026-12-01T12:00:40Z")], spec,
-                         at) == "v3"  # fmt: skip
-    assert just_promoted([_promoted("v2", "2026-12-01T11:59:59Z")], spec, at) is None  # 61 s: the pods have looked
-    done = "2026-12-01T12:00:50Z"
-    others: list[Obj] = [_promoted("v2", done, alias="staging"), _promoted("v2", done, model="wine"),
-                         _promoted("v2", done, outcome="Rejected"), {"spec": {}, "status": {}}]  # fmt: skip
-    for other in others:
-        assert just_promoted([other], spec, at) is None
+    reading = AliasReading(version=alias_version, generation=1) if alias_version else None
+    return PodReport("p", ready, serving, f"file:///r/iris/versions/{serving}", reading, error, None)
 
 
 def _deployment(replicas: int = 2, ready: int = 2, updated: int = 2, **extra: Any) -> Obj:
@@ -132,28 +89,43 @@ def test_assess_a_model_not_published_yet_is_waiting_not_failed() -> None:
     assert got["Ready"] == ("Unknown", "WaitingForModel") and got["ModelResolved"] == ("Unknown", "WaitingForModel")
 
 
+def test_old_pods_still_shutting_down_are_said_apart_from_a_complete_roll() -> None:
+    conds = assess(_deployment(), [_report("v2", "v2")] * 2, "v2", draining=1)
+    assert _states(conds)["Progressing"] == ("False", "RolloutComplete")
+    assert conds[3].message == "every replica serves v2; 1 old pod(s) shutting down"
+
+
 def test_assess_a_deadline_passed() -> None:
     deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
     got = _states(assess(_deployment(ready=0, updated=1, conditions=[deadline]), [], None))
     assert got["Ready"] == ("False", "ProgressDeadlineExceeded")
 
 
-def _pod(name: str, rv: str = "1", phase: str = "Running") -> Obj:
+def _pod(name: str, rv: str = "1", phase: str = "Running", spec: ModelDeploymentSpec | None = None) -> Obj:
+    """A stable pod of the example ModelDeployment (of ``spec``'s, given one), as its Deployment makes it."""
+    template = deployment(OWNER, spec or _spec(), PodDefaults(), None)["spec"]["template"]
     ready = [{"type": "Ready", "status": "True"}]
-    return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": rv},
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": rv}, "spec": template["spec"],
             "status": {"phase": phase, "podIP": f"ip-{name}", "conditions": ready}}  # fmt: skip
 
 
 def test_report_reads_the_pod_and_asks_only_running_pods() -> None:
     asked: list[str] = []
+    spec = _spec()
 
     def ask(pod: Obj) -> ModelMetadata | None:
         asked.append(pod["status"]["podIP"])
-        return ModelMetadata(name="iris", versions=["v1"], parameters=ModelParameters(uri="u", alias_version="v2"))
+        params = ModelParameters(uri="u", alias_version="v2", alias_generation=4)
+        return ModelMetadata(name="iris", versions=["v1"], parameters=params)
 
-    assert report(_pod("a"), "iris", ask) == PodReport("a", True, "v1", "u", "v2", None, None)
-    assert report(_pod("b", phase="Pending"), "iris", ask).serving is None
+    read = AliasReading(version="v2", generation=4)
+    assert report(_pod("a"), spec.model, ask) == PodReport("a", True, "v1", "u", read, None, None)
+    assert report(_pod("b", phase="Pending"), spec.model, ask).serving is None
     assert asked == ["ip-a"]
+    # A pod made for another alias, registry or model name (a roll replaces it) reports another alias's reading.
+    for change in ({"spec__model__alias": "staging"}, {"spec__model__registry": "s3://other/registry"}):
+        other = _pod("c", spec=_spec(**change))
+        assert report(other, spec.model, ask).reading is None and report(other, _spec(**change).model, ask).reading
 
 
 def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_model() -> None:
@@ -169,13 +141,14 @@ def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_mo
     owner = Owner("ModelDeployment", "iris", "ml", "u1")
 
     def look(*pods: Obj, max_age: float = 30.0) -> list[PodReport]:
-        return probes.reports(owner, "predictor", list(pods), "iris", max_age)
+        return probes.reports(owner, "predictor", list(pods), _spec().model, max_age)
 
     assert look(_pod("a"), _pod("b"))[0].serving == "v1" and asked == ["ip-a", "ip-b"]
     asked.clear()
     clock[0] = 29.0
     reports = look(_pod("a"), _pod("b"))
-    assert reports[0].alias_version == "v1" and asked == ["ip-b"]  # a kept its answer; b gave none: asked again
+    assert reports[0].reading == AliasReading(version="v1", generation=0)  # of a record that keeps no generation
+    assert asked == ["ip-b"]  # a kept its answer; b gave none: asked again
     asked.clear()
     look(_pod("a", rv="2"), _pod("b"))
     assert asked == ["ip-a", "ip-b"]  # a changed
@@ -260,6 +233,29 @@ def test_builders() -> None:
     assert deployment(OWNER, spec, PodDefaults(), "v4") != manifest  # a new version changes the template: a roll
     assert autoscaler(OWNER, spec, "autoscaling/v2")["apiVersion"] == "autoscaling/v2"
     assert disruption_budget(OWNER, "policy/v1beta1")["spec"]["maxUnavailable"] == 1
+
+
+def test_under_a_canary_pods_that_pin_no_version_load_none() -> None:
+    """A Canary's stable pods load only a version the operator pins: an unpinned pod (the first, before any
+    version is known; or one started after the alias moved) must not serve a version no canary judged."""
+
+    def env(spec: ModelDeploymentSpec, version: str | None, **candidate: int) -> dict[str, str]:
+        containers = deployment(OWNER, spec, PodDefaults(), version, **candidate)["spec"]["template"]["spec"]
+        return {e["name"]: e.get("value") for e in containers["containers"][0]["env"]}
+
+    canary_spec = _spec(spec__rollout={"strategy": "Canary", "steps": [{"weight": 50, "minRequests": 10}]})
+    assert env(canary_spec, None)["REGROW_AWAIT_VERSION"] == "True"
+    assert "REGROW_AWAIT_VERSION" not in env(canary_spec, "v1")  # pinned: it loads that
+    assert "REGROW_AWAIT_VERSION" not in env(canary_spec, "v2", canary_replicas=1)  # the candidate's: pinned
+    assert "REGROW_AWAIT_VERSION" not in env(_spec(), None)  # a rolling update's pods follow the alias themselves
+
+
+def test_a_status_reading_counts_only_for_the_alias_it_was_read_of() -> None:
+    recorded = {"alias": {"ref": "file:///var/lib/regrow/registry/iris@champion", "version": "v3", "generation": 9}}
+    assert _recorded(_spec(), recorded) == AliasReading(version="v3", generation=9)
+    assert _recorded(_spec(spec__model__alias="staging"), recorded) is None  # another alias: its own generations
+    assert _recorded(_spec(spec__model__registry="s3://other/registry"), recorded) is None
+    assert _recorded(_spec(), {}) is None and _recorded(_spec(), {"alias": {"version": "v3"}}) is None
 
 
 def test_the_prediction_log_gets_its_settings_and_a_writable_store() -> None:

@@ -20,10 +20,12 @@ import tritonclient.http as oip
 import uvloop
 
 from regrow.api import TrainingJobSpec, parse_spec
+from regrow.api.modeldeployment import ModelSource
 from regrow.cli import main
-from regrow.contracts import ModelMetadata
+from regrow.contracts import AliasReading, ModelMetadata, ServingEnv
 from regrow.controller.modeldeployment import PodReport, report
 from regrow.inference import OnnxModel
+from regrow.manifests.serving import CONTAINER
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.server import InferenceServer, ServeConfig
 from regrow.storage import open_store
@@ -415,11 +417,15 @@ def test_metrics_count_every_feature_into_the_profile_bins(tmp_path: Path) -> No
     assert 'regrow_inference_rows_total{model="iris"' in text
 
 
-def _as_the_operator_reads_it(server: Server) -> PodReport:
-    """The pod's model metadata through the one model both sides use, as the operator turns it into a report."""
+def _as_the_operator_reads_it(server: Server, config: ServeConfig) -> PodReport:
+    """The pod's model metadata through the one model both sides use, as the operator turns it into a report of
+    a pod that its manifest made to follow ``config``'s alias."""
     answer = ModelMetadata.model_validate_json(json.dumps(server.call("GET", "/v2/models/iris")[1]))
-    pod = {"metadata": {"name": "p"}, "status": {"podIP": "127.0.0.1", "phase": "Running"}}
-    return report(pod, "iris", lambda _: answer)
+    model = ModelSource(registry=config.registry, name=config.model, alias=config.alias)
+    env = ServingEnv(registry=config.registry, model_name=config.model, model_alias=config.alias).variables()
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": CONTAINER, "env": env}]},
+           "status": {"podIP": "127.0.0.1", "phase": "Running"}}  # fmt: skip
+    return report(pod, model, lambda _: answer)
 
 
 def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
@@ -432,20 +438,39 @@ def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:
         status, body = reply
         assert status == 503 and "alias champion of model iris does not exist" in body["error"]
         assert body["reason"] == "ModelNotPublished"
-        waiting = _as_the_operator_reads_it(server)
+        waiting = _as_the_operator_reads_it(server, config)
         assert waiting.waiting and waiting.serving is None and waiting.error == body["error"]
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
         version = publish_iris(tmp_path)
         wait_ready(server, 10)
         assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["model_version"] == version
-        serving = _as_the_operator_reads_it(server)
-        assert (serving.serving, serving.alias_version, serving.error, serving.waiting) == (
+        serving = _as_the_operator_reads_it(server, config)
+        assert (serving.serving, serving.reading, serving.error, serving.waiting) == (
             version,
-            version,
+            AliasReading(version=version, generation=1),
             None,
             False,
         )
         assert serving.uri is not None and serving.uri.endswith(f"/iris/versions/{version}")
+
+
+def test_a_server_that_awaits_a_pinned_version_reads_the_alias_and_loads_nothing(tmp_path: Path) -> None:
+    """A Canary's stable pod before the operator pins a version: it reports where the alias points, with its
+    generation, and stays unready; it never serves a version on its own."""
+    version = publish_iris(tmp_path)
+    config = local(tmp_path, alias="champion", await_version=True, refresh_seconds=0.2)
+    with running(config) as server:
+        deadline = time.monotonic() + 10
+        while (reply := server.call("GET", "/v2/health/ready"))[1].get("reason") != "AwaitingVersion":
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.05)
+        time.sleep(0.5)  # it looked again, and still loads nothing
+        status, body = server.call("GET", "/v2/health/ready")
+        assert status == 503 and body["reason"] == "AwaitingVersion" and version in body["error"]
+        awaiting = _as_the_operator_reads_it(server, config)
+        assert awaiting.waiting and awaiting.serving is None
+        assert awaiting.reading == AliasReading(version=version, generation=1)
+        assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 503
 
 
 def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> None:
@@ -460,7 +485,8 @@ def test_reports_a_moved_alias_but_keeps_serving_its_version(tmp_path: Path) -> 
         while server.call("GET", "/v2/models/iris")[1]["parameters"]["alias_version"] != second:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert server.call("GET", "/v2/models/iris")[1]["versions"] == [first]
+        meta = server.call("GET", "/v2/models/iris")[1]
+        assert meta["versions"] == [first] and meta["parameters"]["alias_generation"] == 2  # the second move
 
 
 def test_sigterm_drains_then_stops(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from regrow.contracts import AliasReading
 from regrow.storage import (
     STALE_SECONDS,
     FileStore,
@@ -118,6 +119,24 @@ def test_aliases_point_at_complete_versions(store: Store) -> None:
     with pytest.raises(NotFound):
         registry.set_alias("iris", "champion", "0123456789abcdef")
     assert registry.resolve("iris", "champion") == v2
+
+
+def test_each_move_of_an_alias_raises_its_generation(store: Store) -> None:
+    registry = Registry(store)
+    v1, v2 = (registry.publish("iris", m, b"p", {}).version for m in (b"a", b"b"))
+    assert registry.read_alias("iris", "champion") is None
+    assert registry.set_alias("iris", "champion", v1) == AliasReading(version=v1, generation=1)
+    assert registry.promote("iris", "champion", v2, over=v1) == AliasReading(version=v2, generation=2)
+    assert registry.set_alias("iris", "champion", v2) == AliasReading(version=v2, generation=2)  # there: no move
+    assert registry.set_alias("iris", "champion", v1) == AliasReading(version=v1, generation=3)  # back is a move
+    with pytest.raises(AliasMoved):
+        registry.promote("iris", "champion", v2, over=v2)
+    assert registry.read_alias("iris", "champion") == AliasReading(version=v1, generation=3)
+    assert json.loads(store.get("iris/aliases/champion.json"))["previous"] == v2
+    # A record written before generations were kept reads as generation 0, and the next move makes it 1.
+    store.put("iris/aliases/legacy.json", json.dumps({"version": v1, "previous": None, "updated": "x"}).encode())
+    assert registry.read_alias("iris", "legacy") == AliasReading(version=v1, generation=0)
+    assert registry.promote("iris", "legacy", v2, over=v1) == AliasReading(version=v2, generation=1)
 
 
 def test_conditional_writes(store: Store) -> None:

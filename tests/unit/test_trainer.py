@@ -119,11 +119,13 @@ def test_quality_gate_promotes_only_a_better_model(tmp_path: Path) -> None:
     assert strong.gate.current_score == pytest.approx(weak.metrics["accuracy"])
     assert strong.gate.previous_version == weak.version
     assert registry.resolve("m", "champion") == strong.version
+    assert (weak.gate.generation, strong.gate.generation) == (1, 2)  # each move's, for the operator to order them
 
     strong_again = attempt({"C": "1.0"}, "0.01")
     assert strong_again.version == strong.version and strong_again.gate is not None
     assert strong_again.gate.outcome == "Promoted" and strong_again.gate.previous_version == strong.version
     assert strong_again.gate.message == "the same model was trained again"
+    assert strong_again.gate.generation == 2  # no move
     # The alias record is untouched, so it still names the version to roll back to.
     assert json.loads((tmp_path / "registry/m/aliases/champion.json").read_text())["previous"] == weak.version
 
@@ -203,7 +205,7 @@ def test_entrypoint_trains_from_s3_to_s3(tmp_path: Path, s3_bucket: str, s3_endp
     status, report = _run(wire, tmp_path)
     assert status == 0, report
     assert report["succeeded"] is True
-    assert report["promotion"]["outcome"] == "Promoted"
+    assert report["promotion"]["outcome"] == "Promoted" and report["promotion"]["generation"] == 1
     registry = Registry(open_store(f"s3://{s3_bucket}/registry", endpoint_url=s3_endpoint))
     assert registry.resolve("m", "champion") == report["version"]
     assert registry.read_run("m", "u-1")["run"] == {"namespace": "ns", "name": "tj", "uid": "u-1"}

@@ -240,6 +240,16 @@ class ServingModelStatus(ApiModel):
     version: str
 
 
+class AliasStatus(ApiModel):
+    """Where the followed alias points, as the newest reading known to the operator says: the serving pods read
+    the registry and report it, and a promoting TrainingJob records it. Each move of the alias raises its
+    generation by one, so a reading of a lower generation is older, whoever made it."""
+
+    ref: str = Field(description="The alias read: <registry>/<model>@<alias>.")
+    version: str
+    generation: int = Field(ge=0)
+
+
 class GateStatus(ApiModel):
     """One gate of the analysis as last measured at the current step."""
 
@@ -308,15 +318,25 @@ class RolloutStatus(ApiModel):
 class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = None
     conditions: Conditions
-    model: ServingModelStatus | None = Field(default=None, description="The model every ready pod serves.")
+    model: ServingModelStatus | None = Field(
+        default=None,
+        description="The model every ready pod serves, once the Deployment has rolled out (terminatingReplicas old "
+        "pods may still be answering requests they had received).",
+    )
     desired_version: str | None = Field(
         default=None,
         description="The version the stable pods are to serve: where the alias resolves, once any canary of it has "
         "passed (a running canary's candidate is in rollout.candidate).",
     )
+    alias: AliasStatus | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
     updated_replicas: int | None = None
+    terminating_replicas: int | None = Field(
+        default=None,
+        description="Stable pods shutting down: out of the Service's endpoints, they finish what they received. "
+        "A canary starts once there are none.",
+    )
     url: str | None = None
     rollout: RolloutStatus | None = None
     promotions: int = Field(default=0, description="Canaries that reached every pod, in all.")

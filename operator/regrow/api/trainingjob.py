@@ -245,6 +245,9 @@ class PromotionStatus(ApiModel):
     candidate_score: str = Field(description="The new model's score on the rows that graded the improvement.")
     current_score: str | None = None
     previous_version: str | None = None
+    generation: int | None = Field(
+        default=None, ge=0, description="Promoted: the alias record's generation after the move (each move adds one)."
+    )
     message: str = ""
     improvement: GateCheck | None = Field(default=None, description="Does it beat the current model?")
     regression: GateCheck | None = Field(default=None, description="Does it keep its score on the curated holdout?")

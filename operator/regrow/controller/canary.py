@@ -400,6 +400,7 @@ class Seen:
     measured: tuple[int, list[GateStatus]]  # the candidate's requests at this step, and the gates
     now: datetime
     mirrored: int = 0  # at a shadow step: the requests the stable pods sampled for the candidate
+    draining: int = 0  # stable pods shutting down, which may still answer what they received
 
 
 @dataclass(frozen=True)
@@ -473,12 +474,13 @@ def _finish(running: RolloutStatus, outcome: Literal["Promoted", "RolledBack"], 
 
 def plan(spec: RolloutSpec, most: int, previous: RolloutStatus | None, rejected: list[str], seen: Seen) -> Plan:
     """The next move of a Canary rollout, from the last one recorded and what is seen now (level-based: the
-    same inputs give the same plan, however often it runs)."""
+    same inputs give the same plan, however often it runs). A canary starts once no stable pod of an earlier
+    version is left answering: its steps compare the candidate with the stable version alone."""
     running = previous if previous is not None and previous.outcome is None else None
     if running is not None:
         return _advance(spec, most, running, rejected, seen)
     candidate = seen.target
-    if seen.stable is None or candidate is None or candidate == seen.stable or candidate in rejected:
+    if seen.stable is None or candidate is None or candidate in (seen.stable, *rejected) or seen.draining:
         return Plan(seen.stable or candidate, None, previous, rejected)
     return _start(spec, most, candidate, seen, rejected)
 

@@ -1,16 +1,19 @@
 """The ModelDeployment reconciler.
 
 The operator never reads the registry itself: the serving pods do (they hold the store's credentials and
-volumes), and report on ``/v2/models/<name>`` which version they serve and where the alias points now.
-When the alias has moved, the reconciler pins the new version in the pod template, and the Deployment
-rolls (``maxUnavailable: 0``). ``status.model`` names a version only once every pod serves it.
+volumes), and report on ``/v2/models/<name>`` which version they serve and where the alias points now, with
+the generation of the alias record they read. When the alias has moved (``regrow.controller.decide``), the
+reconciler pins the new version in the pod template, and the Deployment rolls (``maxUnavailable: 0``).
+``status.model`` names a version once every ready pod serves it; ``status.terminatingReplicas`` counts the old
+pods still finishing what they received, and a canary starts only once there are none.
 
 A pod is asked when it changed (its resourceVersion), when its last answer is older than the alias's
 ``refreshInterval`` (the pod has read the registry again since), when it gave no answer or no model, and at
 every look while a canary runs. A ModelDeployment at rest is looked at when something it owns changes, once
 per ``refreshInterval`` while its ready pods follow an alias (only they can tell that it moved), and else once
 per resync period: at rest each pod is asked once per refreshInterval, and the API server nothing. An alias
-moved by a TrainingJob of the cluster is seen at once (the TrainingJob wakes its ModelDeployments).
+moved by a TrainingJob of the namespace is seen at once (the TrainingJob wakes its ModelDeployments, and its
+status records the alias's generation).
 """
 
 from __future__ import annotations
@@ -29,11 +32,19 @@ import numpy as np
 from regrow import API_VERSION
 from regrow.api import MODEL_DEPLOYMENT, TRAINING_JOB, InvalidSpec, ModelDeploymentSpec, parse_spec
 from regrow.api.common import StorageSpec, parse_duration
-from regrow.api.modeldeployment import GateStatus, ModelDeploymentStatus, ModelSource, RetryRequest, RolloutStatus
-from regrow.contracts import ModelMetadata, ModelParameters
+from regrow.api.modeldeployment import (
+    AliasStatus,
+    GateStatus,
+    ModelDeploymentStatus,
+    ModelSource,
+    RetryRequest,
+    RolloutStatus,
+)
+from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, ServingEnv
 from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
+from regrow.controller.decide import Desired, alias_ref, decide, promotions
 from regrow.controller.kube import Api, Applier, Conflict, Obj, path
 from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, checked, transition_event
@@ -42,6 +53,7 @@ from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import (
     CANARY,
     COMPONENT,
+    CONTAINER,
     FEEDBACK_ENV,
     PORT,
     SHADOW,
@@ -74,7 +86,6 @@ STUCK = frozenset(
 
 Prober = Callable[[str, str], ModelMetadata | None]
 NOT_RESTORED = "the alias still points at"
-PROMOTION_MARGIN_SECONDS = 30.0  # a TrainingJob's promotion leads the pods' own reading of the alias this long
 POLL_SECONDS = 5.0  # how often a ModelDeployment is looked at while what it waits for is seen by no watch
 REFRESH_DEFAULT = ModelSource.model_fields["refresh_interval"].default
 
@@ -115,10 +126,10 @@ class PodReport:
     ready: bool
     serving: str | None
     uri: str | None
-    alias_version: str | None
+    reading: AliasReading | None  # where the pod last read the spec's alias to point
     error: str | None
     stuck: tuple[str, str] | None  # (reason, message) of a container that cannot start
-    waiting: bool = False  # the error says the registry has not published the model yet
+    waiting: bool = False  # the error says the registry has not published the model yet, or no version is pinned
 
 
 def serving_pods(api: Api, namespace: str, name: str, component: str = COMPONENT, draining: bool = False) -> list[Obj]:
@@ -135,7 +146,16 @@ def pod_ready(pod: Obj) -> bool:
     )
 
 
-def report(pod: Obj, model: str, ask: Callable[[Obj], ModelMetadata | None]) -> PodReport:
+def follows(pod: Obj, model: ModelSource) -> bool:
+    """Whether ``pod`` reads the alias ``model`` names (a pod made for another registry, model or alias, which a
+    roll is replacing, reports another alias's reading)."""
+    env = {e["name"]: e.get("value") for c in pod["spec"]["containers"] if c["name"] == CONTAINER
+           for e in c.get("env") or []}  # fmt: skip
+    wanted = {"registry": model.registry, "model_name": model.name, "model_alias": model.alias}
+    return all(env.get(ServingEnv.variable(field)) == value for field, value in wanted.items())
+
+
+def report(pod: Obj, model: ModelSource, ask: Callable[[Obj], ModelMetadata | None]) -> PodReport:
     status = pod.get("status") or {}
     ready = pod_ready(pod)
     stuck = None
@@ -150,60 +170,11 @@ def report(pod: Obj, model: str, ask: Callable[[Obj], ModelMetadata | None]) -> 
         ready=ready,
         serving=answer.versions[0] if answer is not None and answer.versions else None,
         uri=params.uri,
-        alias_version=params.alias_version,
+        reading=answer.reading if answer is not None and follows(pod, model) else None,
         error=params.error,
         stuck=stuck,
-        waiting=params.reason == "ModelNotPublished",
+        waiting=params.reason in ("ModelNotPublished", "AwaitingVersion"),
     )
-
-
-def aliased_versions(reports: list[PodReport]) -> set[str]:
-    """The versions the ready pods last read the alias at."""
-    return {r.alias_version for r in reports if r.ready and r.alias_version}
-
-
-def desired_version(
-    spec: ModelDeploymentSpec, pinned: str | None, reports: list[PodReport], promoted: str | None = None
-) -> str | None:
-    """The version to pin: the spec's, else where the alias points now if that is not what the pods serve.
-    The pods read the alias every refreshInterval; a ``promoted`` version that a TrainingJob has just moved
-    the alias to goes first, until they have read the registry again (what they read then decides)."""
-    if spec.model.version:
-        return spec.model.version
-    aliased = aliased_versions(reports)
-    current = serving_version(pinned, reports)
-    if len(aliased) == 1 and current is not None and (target := next(iter(aliased))) != current:
-        return target
-    if promoted not in (None, current) and current is not None and aliased <= {current}:
-        return promoted
-    return pinned
-
-
-def canary_target(target: str | None, stable: str | None, reports: list[PodReport]) -> str | None:
-    """Where the alias points, as a canary's plan reads it: unknown (None) while the ready stable pods disagree,
-    as they do for up to a refreshInterval after it moves (each pod reads the registry on its own clock), so
-    that a pod yet to read the move is not taken for the alias moving back."""
-    return (target or stable) if len(aliased_versions(reports)) <= 1 else None
-
-
-def just_promoted(trainingjobs: list[Obj], spec: ModelDeploymentSpec, at: datetime) -> str | None:
-    """The version a TrainingJob of the namespace moved this ModelDeployment's alias to within the pods' refresh
-    interval (and PROMOTION_MARGIN_SECONDS), if one did: the newest."""
-    model = spec.model
-    window = parse_duration(model.refresh_interval) + PROMOTION_MARGIN_SECONDS
-    found = []
-    for tj in trainingjobs:
-        output, status = (tj.get("spec") or {}).get("output") or {}, tj.get("status") or {}
-        promotion, done = status.get("promotion") or {}, status.get("completionTime")
-        version = (status.get("artifact") or {}).get("version")
-        ours = (output.get("registry"), output.get("modelName"), promotion.get("alias")) == (
-            model.registry, model.name, model.alias
-        )  # fmt: skip
-        if ours and promotion.get("outcome") == "Promoted" and version and done:
-            age = (at - datetime.fromisoformat(done)).total_seconds()
-            if age <= window:
-                found.append((done, version))
-    return max(found)[1] if found else None
 
 
 def pinned_version(deployment: Obj | None) -> str | None:
@@ -252,8 +223,9 @@ def _problem(live: Obj, reports: list[PodReport]) -> tuple[str, str] | None:
     return None
 
 
-def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Cond]:
-    """Ready, ModelResolved, Available and Progressing, from the Deployment and what its pods report."""
+def assess(live: Obj, reports: list[PodReport], version: str | None, draining: int = 0) -> list[Cond]:
+    """Ready, ModelResolved, Available and Progressing, from the Deployment and what its pods report (and how
+    many old ones are still shutting down)."""
     status = live.get("status") or {}
     resolved = _resolved(reports)
     problem = _problem(live, reports)
@@ -263,7 +235,9 @@ def assess(live: Obj, reports: list[PodReport], version: str | None) -> list[Con
     else:
         available = Cond(AVAILABLE, "False", *(problem or ("NoReadyReplicas", "no replica is ready yet")))
     if rolled_out(live):
-        progressing = Cond(PROGRESSING, "False", "RolloutComplete", f"every replica serves {version or 'the alias'}")
+        leaving = f"; {draining} old pod(s) shutting down" if draining else ""
+        progressing = Cond(PROGRESSING, "False", "RolloutComplete",
+                           f"every replica serves {version or 'the alias'}{leaving}")  # fmt: skip
     elif problem:
         progressing = Cond(PROGRESSING, "False", *problem)
     else:
@@ -301,7 +275,8 @@ class Probes:
     held: dict[tuple[str, str], dict[str, tuple[str, float, ModelMetadata]]] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
 
-    def reports(self, owner: Owner, track: str, pods: list[Obj], model: str, max_age: float) -> list[PodReport]:
+    def reports(self, owner: Owner, track: str, pods: list[Obj], model: ModelSource,
+                max_age: float) -> list[PodReport]:  # fmt: skip
         """The pods' reports, each pod asked again only when its last kept answer is older than ``max_age``
         or the pod has changed since."""
         before, kept = self.held.get((owner.uid, track), {}), {}
@@ -312,7 +287,7 @@ class Probes:
             if last is not None and last[0] == version and self.clock() - last[1] < max_age:
                 kept[uid] = last
                 return last[2]
-            answer = self.prober(pod["status"]["podIP"], model)
+            answer = self.prober(pod["status"]["podIP"], model.name)
             if answer is not None and answer.serving is not None:
                 kept[uid] = (version, self.clock(), answer)
             return answer
@@ -370,7 +345,7 @@ class Serving:
 
     def reports(self, body: Obj, spec: ModelDeploymentSpec, track: str, pods: list[Obj]) -> list[PodReport]:
         """What ``track``'s pods say: each asked when it changes, and besides as ``answer_lifetime`` says."""
-        return self.probes.reports(Owner.of(body), track, pods, spec.model.name, answer_lifetime(body, spec))
+        return self.probes.reports(Owner.of(body), track, pods, spec.model, answer_lifetime(body, spec))
 
     def forget(self, uid: str) -> None:
         """Drop what is kept about a deleted ModelDeployment."""
@@ -393,15 +368,13 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         return Result(checked(ModelDeploymentStatus, conditions.status(body, [cond])), transition_event(previous, cond))
 
     reports = serving.reports(body, spec, COMPONENT, serving_pods(api, owner.namespace, owner.name))
+    draining = len(serving_pods(api, owner.namespace, owner.name, draining=True))
     name = owner.child_name(COMPONENT)
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
     pinned = pinned_version(live)
-    promoted = None
-    if spec.model.alias:
-        trainingjobs = api.list(path(API_VERSION, TRAINING_JOB.plural, owner.namespace))
-        promoted = just_promoted(trainingjobs, spec, datetime.now(UTC))
-    version = desired_version(spec, pinned, reports, promoted)
-    moves = _rollout(body, spec, serving, live, pinned, version, reports)
+    desired = decide(spec.model, pinned, _readings(api, owner, spec, previous_status, reports),
+                     {r.serving for r in reports if r.ready and r.serving})  # fmt: skip
+    moves = _rollout(body, spec, serving, (live, pinned, draining), desired, reports)
     version = moves.stable
     events = []
     if version != pinned and live is not None:
@@ -417,7 +390,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     if applied.action == "created":
         events.append(Event("Normal", "Created", f"Created Deployment {name}"))
 
-    conds = assess(applied.obj, reports, version)
+    conds = assess(applied.obj, reports, version or desired.target, draining)
     progressing = canary.progressing(spec.rollout, moves.rollout, version)
     if progressing is not None:
         conds[3] = progressing
@@ -428,17 +401,18 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         replicas=live_status.get("replicas", 0),
         readyReplicas=live_status.get("readyReplicas", 0),
         updatedReplicas=live_status.get("updatedReplicas", 0),
+        terminatingReplicas=draining or None,
         url=f"http://{name}.{owner.namespace}.svc.cluster.local/v2/models/{spec.model.name}",
         rollout=moves.rollout.to_wire() if moves.rollout else None,
         rejectedVersions=moves.rejected or None,
         lastRetry=moves.retried.to_wire() if moves.retried else previous_status.get("lastRetry"),
+        alias=_alias_status(spec, desired, previous_status),
         **canary.tally(moves, previous_status),
     )
-    if version:
-        status["desiredVersion"] = version
+    if version or desired.target:
+        status["desiredVersion"] = version or desired.target
     serving_now = {(r.serving, r.uri) for r in reports if r.ready and r.serving and r.uri}
-    drained = not serving_pods(api, owner.namespace, owner.name, draining=True)  # no old pod answers any more
-    if rolled_out(applied.obj) and len(serving_now) == 1 and drained:
+    if rolled_out(applied.obj) and len(serving_now) == 1:
         served, uri = next(iter(serving_now))
         status["model"] = {"uri": uri, "version": served}
     elif previous_status.get("model"):
@@ -446,11 +420,42 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     return Result(checked(ModelDeploymentStatus, status), events + moves.events + transition_event(previous, conds[0]))
 
 
-def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None, pinned: str | None,
-             target: str | None, reports: list[PodReport]) -> canary.Plan:  # fmt: skip
-    """The canary's next move (a RollingUpdate's is to pin ``target``): the stable version to pin, the
-    candidate's Deployment scaled to the step, a rolled-back version's alias moved back by a Job."""
-    owner, api = Owner.of(body), serving.api
+def _recorded(spec: ModelDeploymentSpec, previous_status: Obj) -> AliasReading | None:
+    """The newest reading of the spec's alias that the status keeps (None: none, or one of another alias)."""
+    raw = previous_status.get("alias")
+    try:
+        recorded = AliasStatus.model_validate(raw) if raw else None
+    except ValueError:  # not one: a status this operator did not write
+        return None
+    if recorded is None or recorded.ref != alias_ref(spec.model):
+        return None
+    return AliasReading(version=recorded.version, generation=recorded.generation)
+
+
+def _readings(api: Api, owner: Owner, spec: ModelDeploymentSpec, previous_status: Obj,
+              reports: list[PodReport]) -> list[AliasReading | None]:  # fmt: skip
+    """What is known of the alias: the reading the status keeps, the pods', and the promotions of the namespace's
+    TrainingJobs (read from the cache)."""
+    if alias_ref(spec.model) is None:
+        return []
+    trainingjobs = api.list(path(API_VERSION, TRAINING_JOB.plural, owner.namespace))
+    return [_recorded(spec, previous_status), *(r.reading for r in reports), *promotions(trainingjobs, spec.model)]
+
+
+def _alias_status(spec: ModelDeploymentSpec, desired: Desired, previous_status: Obj) -> Obj | None:
+    ref = alias_ref(spec.model)
+    known = desired.alias or _recorded(spec, previous_status)
+    if ref is None or known is None:
+        return None
+    return AliasStatus(ref=ref, version=known.version, generation=known.generation).to_wire()
+
+
+def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tuple[Obj | None, str | None, int],
+             desired: Desired, reports: list[PodReport]) -> canary.Plan:  # fmt: skip
+    """The canary's next move (a RollingUpdate's is to pin what ``desired`` says): the stable version to pin,
+    the candidate's Deployment scaled to the step, a rolled-back version's alias moved back by a Job.
+    ``stable``: the stable Deployment, the version it pins, and its pods shutting down."""
+    owner, api, (live, pinned, draining) = Owner.of(body), serving.api, stable
     recorded = body.get("status") or {}
     last = RolloutStatus.model_validate(recorded["rollout"]) if recorded.get("rollout") else None
     rejected = list(recorded.get("rejectedVersions") or [])
@@ -461,7 +466,8 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
         shadow_live = api.get(path("apps/v1", "deployments", owner.namespace, owner.child_name(SHADOW)))
     if spec.rollout.strategy == "Canary":
         running = last if last is not None and last.outcome is None else None
-        seen = _seen(body, spec, serving, (live, canary_live, shadow_live), (pinned, target, running), reports)
+        seen = _seen(body, spec, serving, (live, canary_live, shadow_live), (pinned, desired.target, running), reports,
+                     draining)  # fmt: skip
         retried = canary.retry(body["metadata"].get("annotations") or {}, recorded.get("lastRetry"))
         if retried is not None:  # a person asks: no longer rejected, and the alias goes there if it can
             rejected = [v for v in rejected if v != retried.version]
@@ -470,8 +476,8 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
             moves = _retry(owner, spec, serving, moves, retried)
     else:
         ended = last is not None and last.outcome is None
-        moves = canary.Plan(target, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"), rejected,
-                            ended=ended)  # fmt: skip
+        moves = canary.Plan(desired.pin, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"),
+                            rejected, ended=ended)  # fmt: skip
     if moves.canary is not None:
         ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1]))
     else:
@@ -487,7 +493,7 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, live: Obj |
         job = alias_job(owner, spec, serving.defaults, moves.restore, moves.rollout.started)
         with contextlib.suppress(Conflict):  # made once: its name is the move's and the canary's
             api.create(path("batch/v1", "jobs", owner.namespace), job)
-    return _restored(owner, spec, serving, moves, target)
+    return _restored(owner, spec, serving, moves, desired.target)
 
 
 def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None) -> None:
@@ -539,11 +545,11 @@ def _retry(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: can
 
 def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
           lives: tuple[Obj | None, Obj | None, Obj | None],
-          versions: tuple[str | None, str | None, RolloutStatus | None], reports: list[PodReport]
-          ) -> canary.Seen:  # fmt: skip
+          versions: tuple[str | None, str | None, RolloutStatus | None], reports: list[PodReport],
+          draining: int) -> canary.Seen:  # fmt: skip
     """What the canary's plan is made from: the Deployments and pods of both tracks (the candidate's being the
     canary's, or the shadow's at a shadow step), a person's decision, and the running step's counts so far.
-    ``versions``: the pinned one, the target, and the running canary."""
+    ``versions``: the pinned one, the target, and the running canary; ``draining``: the stable pods shutting down."""
     owner, (live, canary_live, shadow_live), (pinned, target, running) = Owner.of(body), lives, versions
     stable = serving_version(pinned, reports)
     measuring = running is not None and running.step <= len(spec.rollout.steps)
@@ -561,7 +567,7 @@ def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
     )
     return canary.Seen(
         stable=stable,
-        target=canary_target(target, stable, reports),
+        target=target,
         stable_replicas=int(((live or {}).get("spec") or {}).get("replicas") or spec.replicas.min),
         canary_problem=_problem(candidate_live, candidate_reports)
         if candidate_live and _current(candidate_live, running)
@@ -571,6 +577,7 @@ def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
         measured=(requests, gates),
         now=datetime.now(UTC),
         mirrored=mirrored,
+        draining=draining,
     )
 
 

@@ -79,7 +79,8 @@ def deployment(
     canary_replicas: int | None = None, shadow_percent: int | None = None,
 ) -> Manifest:  # fmt: skip
     """The stable Deployment; ``version`` pins the model version (None: the pods resolve the alias
-    themselves). The version is in the pod template, so a new version rolls the pods. With
+    themselves, or under a Canary load nothing until one is pinned, so that none serves a version no canary
+    judged). The version is in the pod template, so a new version rolls the pods. With
     ``canary_replicas``, the canary's Deployment instead: ``version`` is the candidate, on that many pods; and
     with ``shadow_percent`` too, the shadow's, whose pods ask the stable ones for that percent of their
     requests, log none and reach no client."""
@@ -95,6 +96,7 @@ def deployment(
         model_name=model.name,
         model_alias=model.alias,
         model_version=pinned,
+        **({"await_version": True} if pinned is None and spec.rollout.strategy == "Canary" else {}),
         refresh_seconds=parse_duration(model.refresh_interval),
         drain_seconds=DRAIN_SECONDS,
         max_connections=spec.server.max_connections,

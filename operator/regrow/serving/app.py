@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
-from regrow.contracts import ModelMetadata, ModelParameters, TensorMetadata
+from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Reason, TensorMetadata
 from regrow.inference import Batch, Prediction, rows
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
@@ -51,10 +51,10 @@ class State:
     model: LoadedModel | None = None
     metrics: ServingMetrics | None = None
     error: str = "the model is loading"
-    waiting: bool = True  # for the registry to publish the model, as opposed to failing to load it
+    reason: Reason = "ModelNotPublished"  # why no model is served: waiting (for the registry, or a pin), or failing
     draining: bool = False
     alias: str | None = None
-    alias_version: str | None = None
+    alias_reading: AliasReading | None = None  # where the alias pointed when last read, and its generation
     feature_bins: bool = True
     max_rows: int = BOUNDS.max_rows
     predictions: PredictionLog | None = None
@@ -153,9 +153,16 @@ class App:
             return ModelParameters(error="the server is shutting down")
         if not self.state.error:
             return ModelParameters()
-        if self.state.waiting:
-            return ModelParameters(error=self.state.error, reason="ModelNotPublished")
-        return ModelParameters(error=self.state.error, reason="ModelUnavailable")
+        return ModelParameters(error=self.state.error, reason=self.state.reason)
+
+    def _alias(self) -> dict[str, Any]:
+        """The alias this server follows and where it last read it to point, as its metadata reports them."""
+        reading = self.state.alias_reading
+        return {
+            "alias": self.state.alias,
+            "alias_version": reading.version if reading else None,
+            "alias_generation": reading.generation if reading else None,
+        }
 
     def _model_path(self, rest: str) -> str:
         """Check the model name (and version) at the start of ``rest``; return what follows them."""
@@ -174,8 +181,7 @@ class App:
     def _metadata(self) -> ModelMetadata:
         state, model = self.state, self.state.model
         if model is None:
-            why = self._why().model_copy(update={"alias": state.alias, "alias_version": state.alias_version})
-            return ModelMetadata(name=state.name, versions=[], parameters=why)
+            return ModelMetadata(name=state.name, versions=[], parameters=self._why().model_copy(update=self._alias()))
         if model.columns:
             inputs = [
                 TensorMetadata(name=n, datatype="BYTES" if text else "FP32", shape=[-1, 1]) for n, text in model.columns
@@ -193,8 +199,7 @@ class App:
             inputs=inputs,
             outputs=outputs,
             parameters=ModelParameters(
-                alias=state.alias,
-                alias_version=state.alias_version,
+                **self._alias(),
                 uri=model.uri,
                 task=model.task,
                 features=model.features,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from regrow.contracts import AliasReading, Reason
 from regrow.drift.profile import Profile
 from regrow.inference import OnnxModel
 from regrow.storage import NotFound
@@ -17,9 +18,19 @@ from regrow.storage.registry import METADATA, MODEL, PROFILE, Registry
 class ModelUnavailable(Exception):
     """The model cannot be served: it is missing from the registry, or its parts disagree."""
 
+    reason: Reason = "ModelUnavailable"  # as the server's metadata reports it
+
 
 class ModelNotPublished(ModelUnavailable):
     """The alias or version is not in the registry (yet): a TrainingJob may still be publishing it."""
+
+    reason: Reason = "ModelNotPublished"
+
+
+class AwaitingVersion(ModelUnavailable):
+    """The server loads only a version the operator pins (a Canary's stable pods): it reads the alias meanwhile."""
+
+    reason: Reason = "AwaitingVersion"
 
 
 @dataclass(frozen=True)
@@ -60,14 +71,17 @@ class LoadedModel:
             self.session.predict(np.asarray([typical], dtype=np.float32))
 
 
-def resolve(registry: Registry, name: str, alias: str | None, version: str | None) -> str:
+def resolve(registry: Registry, name: str, alias: str | None, version: str | None,
+            reading: AliasReading | None, await_version: bool = False) -> str:  # fmt: skip
+    """The version to load: the pinned one, else where the alias was just read to point (unless the server awaits
+    a pinned one)."""
     if version is not None:
         return version
-    assert alias is not None
-    resolved = registry.resolve(name, alias)
-    if resolved is None:
+    if reading is None:
         raise ModelNotPublished(f"alias {alias} of model {name} does not exist in {registry.store.uri}")
-    return resolved
+    if await_version:
+        raise AwaitingVersion(f"waiting for the operator to pin a version (alias {alias} points at {reading.version})")
+    return reading.version
 
 
 def load(registry: Registry, name: str, version: str, threads: int = 1) -> LoadedModel:

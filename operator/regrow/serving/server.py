@@ -14,7 +14,7 @@ from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
 from regrow.serving.mirror import Mirror
-from regrow.serving.model import ModelNotPublished, ModelUnavailable, load, resolve
+from regrow.serving.model import ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
@@ -31,6 +31,7 @@ class ServeConfig:
     model: str
     alias: str | None = None
     version: str | None = None
+    await_version: bool = False  # without a version: report the alias's, load none (the operator pins one)
     host: str = "0.0.0.0"
     port: int = 8080
     metrics_port: int = 0  # serves /metrics and the reference profile, which the port then does not (0: it does)
@@ -124,21 +125,24 @@ class InferenceServer:
 
 
 async def keep_model(state: State, registry: Registry, config: ServeConfig) -> None:
-    """Load the model as soon as the registry has it (a pinned version wins over the alias), then keep
-    ``alias_version`` current, for the operator to notice a moved alias and roll out its version."""
+    """Load the model as soon as the registry has it (a pinned version wins over the alias), then keep the
+    alias's reading current, for the operator to notice a moved alias and roll out its version."""
     retry = min(5.0, config.refresh_seconds)
     while state.model is None:
         try:
-            version = await asyncio.to_thread(resolve, registry, config.model, config.alias, config.version)
+            if config.version is None:  # the version to load is where the alias points: reported from now on
+                await read_alias(state, registry, config)
+            version = resolve(registry, config.model, config.alias, config.version, state.alias_reading,
+                              config.await_version)  # fmt: skip
             model = await asyncio.to_thread(load, registry, config.model, version, config.threads)
             await asyncio.to_thread(model.warm_up)
         except ModelUnavailable as error:
-            state.error, state.waiting = str(error), isinstance(error, ModelNotPublished)
+            state.error, state.reason = str(error), error.reason
             log.warning("Model not available yet (retrying in %.0fs): %s", retry, error)
             await asyncio.sleep(retry)
             continue
         except Exception as error:  # unreadable store, corrupt model: say why, keep trying, stay alive
-            state.error, state.waiting = f"could not load the model: {type(error).__name__}: {error}", False
+            state.error, state.reason = f"could not load the model: {type(error).__name__}: {error}", "ModelUnavailable"
             log.exception("Could not load the model (retrying in %.0fs)", retry)
             await asyncio.sleep(retry)
             continue
@@ -150,10 +154,16 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
         log.info("Serving %s version %s from %s", model.name, model.version, model.uri)
     while config.alias is not None:
         try:
-            state.alias_version = await asyncio.to_thread(registry.resolve, config.model, config.alias)
+            await read_alias(state, registry, config)
         except Exception:  # a store hiccup must not stop serving; the next refresh tries again
             log.exception("Could not look up alias %s", config.alias)
         await asyncio.sleep(config.refresh_seconds)
+
+
+async def read_alias(state: State, registry: Registry, config: ServeConfig) -> None:
+    """Read where the alias points now (nothing to read without one)."""
+    if config.alias is not None:
+        state.alias_reading = await asyncio.to_thread(registry.read_alias, config.model, config.alias)
 
 
 def run(config: ServeConfig) -> None:

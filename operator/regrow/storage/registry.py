@@ -5,7 +5,7 @@ Layout under the registry root::
     <model>/versions/<version>/model.onnx      the model
     <model>/versions/<version>/profile.json    the reference profile of the training data
     <model>/versions/<version>/metadata.json   written last: a version is complete once it exists
-    <model>/aliases/<alias>.json               {"version": ..., "previous": ..., "updated": ...}
+    <model>/aliases/<alias>.json               {"version": ..., "generation": ..., "previous": ..., "updated": ...}
     <model>/runs/<run-id>.json                 what one training run produced and decided
 
 A version is the first 16 hex digits of the SHA-256 over the model and profile bytes, so the same
@@ -15,6 +15,10 @@ An alias moves by a conditional write of its record (S3's If-Match, or a lock be
 a promotion moves it only from the version its gate compared with, so of two runs gated against the same
 champion one wins and the other is told it lost, where both used to report Promoted and the last write won.
 An S3-compatible store that ignores conditional writes is refused for alias moves, not trusted.
+
+Each move raises the record's ``generation`` by one (a record written before generations were kept counts as 0),
+so that readers can order what they read without a clock: a serving pod reports the generation with the
+version it read, a promotion records the one it wrote, and the operator follows the highest it has seen.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regrow.clock import now
+from regrow.contracts import AliasReading
 from regrow.storage import NotFound, PreconditionFailed, Store
 
 MODEL, PROFILE, METADATA = "model.onnx", "profile.json", "metadata.json"
@@ -78,37 +83,44 @@ class Registry:
 
     def resolve(self, model: str, alias: str) -> str | None:
         """The version an alias points at, or None if the alias does not exist."""
+        reading = self.read_alias(model, alias)
+        return reading.version if reading is not None else None
+
+    def read_alias(self, model: str, alias: str) -> AliasReading | None:
+        """Where an alias points and the generation of its record, or None if the alias does not exist."""
         try:
-            record = json.loads(self.store.get(f"{model}/aliases/{alias}.json"))
+            return _reading(self.store.get(f"{model}/aliases/{alias}.json"))
         except NotFound:
             return None
-        version: str = record["version"]
-        return version
 
-    def set_alias(self, model: str, alias: str, version: str) -> None:
+    def set_alias(self, model: str, alias: str, version: str) -> AliasReading:
         """Point ``alias`` at ``version``, over whatever it points at now (a person's promotion)."""
-        self._move(model, alias, version, None, check=False)
+        return self._move(model, alias, version, None, check=False)
 
-    def promote(self, model: str, alias: str, version: str, over: str | None) -> None:
+    def promote(self, model: str, alias: str, version: str, over: str | None) -> AliasReading:
         """Point ``alias`` at ``version`` only if it still points at ``over``, the version the gate compared
-        with (None: it did not exist); else AliasMoved, and the alias stays as the other writer set it."""
-        self._move(model, alias, version, over, check=True)
+        with (None: it did not exist); else AliasMoved, and the alias stays as the other writer set it. Returns
+        the alias as it now reads."""
+        return self._move(model, alias, version, over, check=True)
 
-    def _move(self, model: str, alias: str, version: str, over: str | None, check: bool) -> None:
+    def _move(self, model: str, alias: str, version: str, over: str | None, check: bool) -> AliasReading:
         if not self.store.exists(f"{model}/versions/{version}/{METADATA}"):
             raise NotFound(f"{model} has no complete version {version}")
         key = f"{model}/aliases/{alias}.json"
         current = self.store.read_tagged(key)
-        previous = json.loads(current[0])["version"] if current else None
-        if previous == version:  # already there: keep the record, and with it the version to roll back to
-            return
+        before = _reading(current[0]) if current else None
+        previous = before.version if before is not None else None
+        if before is not None and previous == version:  # already there: keep the record, and the version before
+            return before
         if check and previous != over:
             raise AliasMoved(f"{alias} of {model} moved to {previous} after {version} was compared with {over}")
-        record = {"version": version, "previous": previous, "updated": now()}
+        moved = AliasReading(version=version, generation=before.generation + 1 if before is not None else 1)
+        record = {"version": version, "generation": moved.generation, "previous": previous, "updated": now()}
         try:  # the same write only if no one moved the alias since it was read
             self.store.put_if(key, _json(record), current[1] if current else None)
         except PreconditionFailed:
             raise AliasMoved(f"{alias} of {model} was moved by another writer at the same moment") from None
+        return moved
 
     def write_run(self, model: str, run_id: str, record: dict[str, Any]) -> None:
         self.store.put(f"{model}/runs/{run_id}.json", _json(record))
@@ -116,6 +128,11 @@ class Registry:
     def read_run(self, model: str, run_id: str) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(self.store.get(f"{model}/runs/{run_id}.json"))
         return loaded
+
+
+def _reading(raw: bytes) -> AliasReading:
+    record = json.loads(raw)
+    return AliasReading(version=str(record["version"]), generation=int(record.get("generation") or 0))
 
 
 def _json(value: dict[str, Any]) -> bytes:

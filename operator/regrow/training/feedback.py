@@ -8,11 +8,12 @@ categorical columns ``columns`` instead, each column's values by its name) and
 request of n rows a list of n labels. The latest label for an id wins.
 
 Predictions are read newest first (by the time in their file's name, across versions) until ``max_rows``
-rows are labelled, so the whole history is never held. A record that does not fit is left out and counted
-by reason, never fatal: ``malformed`` (not a record the log writes), ``shape`` (not the model's features, or
-a value of the wrong kind: a number for a numeric column, text for a categorical one), ``label`` (a label of
-another kind than the dataset's, or not one per row); a prediction with no label is counted as
-``unlabelled``.
+rows are labelled, so no more predictions than that are held; every label ever posted for the model is read
+first, though (the latest one of each id), so memory grows with the labels the store holds. A record that does
+not fit is left out and counted by reason, never fatal: ``malformed`` (not a record the log writes), ``shape``
+(not the model's features, or a value of the wrong kind: a number for a numeric column, text for a categorical
+one), ``label`` (a label of another kind than the dataset's, or not one per row); a prediction with no label is
+counted as ``unlabelled``.
 """
 
 from __future__ import annotations

@@ -139,6 +139,7 @@ class Gate:
     message: str
     improvement: Check | None = None
     regression: Check | None = None
+    generation: int | None = None  # Promoted: the alias record's generation after the move
 
     def status(self, metric: str) -> PromotionStatus:
         return PromotionStatus(
@@ -148,6 +149,7 @@ class Gate:
             candidate_score=_fmt(self.candidate_score),
             current_score=None if self.current_score is None else _fmt(self.current_score),
             previous_version=self.previous_version,
+            generation=self.generation,
             message=self.message,
             improvement=None if self.improvement is None else self.improvement.status(),
             regression=None if self.regression is None else self.regression.status(),
@@ -368,10 +370,10 @@ def promote(spec: TrainingJobSpec, registry: Registry, version: str, decision: G
     if decision is None or decision.outcome != "Promoted":
         return decision
     try:
-        registry.promote(spec.output.model_name, decision.alias, version, decision.previous_version)
+        moved = registry.promote(spec.output.model_name, decision.alias, version, decision.previous_version)
     except AliasMoved as lost:
         return replace(decision, outcome="Rejected", message=f"not promoted: {lost}")
-    return decision
+    return replace(decision, generation=moved.generation)
 
 
 def gate(spec: TrainingJobSpec, registry: Registry, version: str, data: Dataset, graders: Graders) -> Gate | None:
