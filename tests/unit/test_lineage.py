@@ -74,3 +74,10 @@ def test_a_rolled_back_canary_shows_the_gate_that_failed_and_a_plain_deployment_
     assert "  step 2 at 25% with 120 requests: errorShare 0.2 (max 0.01, FAILED), p99Seconds - (max 0.25, not " \
            "measured)" in lines  # fmt: skip
     assert lineage({"metadata": {"name": "iris", "namespace": "ml"}}, [])[1] == "serves no version yet"
+
+
+def test_a_roll_just_done_says_what_still_shuts_down_and_where_the_alias_points() -> None:
+    alias = {"ref": "s3://models/prod/iris@champion", "version": "v2", "generation": 7}
+    lines = lineage(_md(model={"version": "v2", "uri": "u"}, terminatingReplicas=2, alias=alias), [])
+    assert lines[1] == "serves v2 from u (2 old pod(s) still shutting down)"
+    assert "s3://models/prod/iris@champion points at v2 (generation 7, as last read)" in lines

@@ -78,12 +78,15 @@ def lineage(md: Obj, trainingjobs: list[Obj]) -> list[str]:
     ready = find(status.get("conditions") or [], "Ready") or {}
     lines = [f"ModelDeployment {meta['namespace']}/{meta['name']}: Ready={ready.get('status', 'Unknown')} "
              f"({ready.get('reason', 'not observed yet')}: {ready.get('message', '')})"]  # fmt: skip
-    model = status.get("model") or {}
+    model, alias, leaving = status.get("model") or {}, status.get("alias") or {}, status.get("terminatingReplicas")
     if model:
-        lines.append(f"serves {model['version']} from {model['uri']}")
+        shutting = f" ({leaving} old pod(s) still shutting down)" if leaving else ""
+        lines.append(f"serves {model['version']} from {model['uri']}{shutting}")
         lines += _made_by(model["version"], trainingjobs)
     else:
         lines.append("serves no version yet")
+    if alias:
+        lines.append(f"{alias['ref']} points at {alias['version']} (generation {alias['generation']}, as last read)")
     if status.get("rollout"):
         lines += _rollout(status["rollout"])
     if status.get("rejectedVersions"):
