@@ -67,6 +67,9 @@ class ModelParameters(Message):
     alias: str | None = None
     alias_version: str | None = Field(default=None, description="The version the alias resolved to when last read.")
     alias_generation: int | None = Field(default=None, ge=0, description="The alias record's generation then.")
+    alias_age_seconds: float | None = Field(
+        default=None, ge=0, description="How long ago the alias was last read (a failed read keeps the one before)."
+    )
     error: str | None = Field(default=None, description="Why no model is served, or the server is draining.")
     reason: Reason | None = Field(
         default=None,

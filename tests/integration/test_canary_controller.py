@@ -59,8 +59,9 @@ class Pod:
     version: str  # empty: waiting for the alias to exist (not ready)
     name: str = ""
     reading: AliasReading | None = None  # where it last read the alias to point
-    read_at: float = 0.0  # when (a pod that waits for the alias: when it looks again)
+    read_at: float = 0.0  # when
     awaits: bool = False  # it pins no version and loads none: it waits for the operator to pin one
+    next_look: float = 0.0  # a pod that serves nothing yet: when it reads the alias again
     codes: dict[int, int] = dataclasses.field(default_factory=lambda: {200: 0, 500: 0})
     latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     predicted: list[int] = dataclasses.field(default_factory=lambda: [0] * len(CLASSES))
@@ -150,10 +151,10 @@ class Kubelet:
         ip, now = status.get("podIP"), time.monotonic()
         with self.lock:
             waiting = self.pods.get(ip or "")
-            looks = ip is not None and waiting is not None and not waiting.version and now >= waiting.read_at
+            looks = ip is not None and waiting is not None and not waiting.version and now >= waiting.next_look
             if waiting is not None and looks:
-                waiting.reading, waiting.version = self.reading(), "" if waiting.awaits else self.alias or ""
-                waiting.read_at = now if waiting.version else now + self.retry
+                waiting.reading, waiting.read_at, waiting.next_look = self.reading(), now, now + self.retry
+                waiting.version = "" if waiting.awaits else self.alias or ""
         if ip is not None and waiting is not None and looks and waiting.version:
             with self.lock:
                 self.loaded.add(meta["name"])
@@ -171,8 +172,9 @@ class Kubelet:
         with self.lock:
             if version:
                 self.loaded.add(meta["name"])
-            self.pods[ip] = Pod(version, meta["name"], self.reading(), now + (0 if version else self.retry), awaits,
-                                shadow=int(env.get("REGROW_SHADOW_PERCENT") or 0))  # fmt: skip
+            # One that loads a pinned version reads the alias as it starts; one that waits, a moment after it runs.
+            self.pods[ip] = Pod(version, meta["name"], self.reading() if version else None, now, awaits,
+                                next_look=now + 1.0, shadow=int(env.get("REGROW_SHADOW_PERCENT") or 0))  # fmt: skip
         core.patch_namespaced_pod_status(meta["name"], self.namespace, {"status": _running(ip, bool(version))})
         return ip
 
@@ -215,10 +217,14 @@ class Kubelet:
             if pod.version and time.monotonic() - pod.read_at >= self.refresh:
                 pod.reading, pod.read_at = self.reading(), time.monotonic()
             reading = pod.reading
+            age = round(time.monotonic() - pod.read_at, 3)
         params = ModelParameters(alias="champion", alias_version=reading.version if reading else None,
-                                 alias_generation=reading.generation if reading else None)  # fmt: skip
+                                 alias_generation=reading.generation if reading else None,
+                                 alias_age_seconds=age if reading else None)  # fmt: skip
         if not pod.version:
             waiting = {"error": "alias champion of model iris does not exist", "reason": "ModelNotPublished"}
+            if pod.awaits and reading is not None:
+                waiting = {"error": "waiting for the operator to pin a version", "reason": "AwaitingVersion"}
             return ModelMetadata(name=model, versions=[], parameters=params.model_copy(update=waiting))
         uri = f"file:///var/lib/regrow/registry/iris/versions/{pod.version}"
         return ModelMetadata(name=model, versions=[pod.version], parameters=params.model_copy(update={"uri": uri}))

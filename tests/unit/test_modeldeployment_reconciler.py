@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
@@ -17,8 +18,10 @@ from regrow.controller.modeldeployment import (
     answer_lifetime,
     assess,
     discover,
+    follows,
     next_check_in,
     report,
+    shutting_down,
 )
 from regrow.manifests.common import Manifest, Owner, PodDefaults
 from regrow.manifests.serving import (
@@ -113,19 +116,23 @@ def test_report_reads_the_pod_and_asks_only_running_pods() -> None:
     asked: list[str] = []
     spec = _spec()
 
-    def ask(pod: Obj) -> ModelMetadata | None:
+    def ask(pod: Obj) -> tuple[ModelMetadata | None, float]:
         asked.append(pod["status"]["podIP"])
-        params = ModelParameters(uri="u", alias_version="v2", alias_generation=4)
-        return ModelMetadata(name="iris", versions=["v1"], parameters=params)
+        params = ModelParameters(uri="u", alias_version="v2", alias_generation=4, alias_age_seconds=2.5)
+        return ModelMetadata(name="iris", versions=["v1"], parameters=params), 100.0
 
     read = AliasReading(version="v2", generation=4)
-    assert report(_pod("a"), spec.model, ask) == PodReport("a", True, "v1", "u", read, None, None)
+    assert report(_pod("a"), spec.model, ask) == PodReport("a", True, "v1", "u", read, None, None, read_at=97.5)
     assert report(_pod("b", phase="Pending"), spec.model, ask).serving is None
     assert asked == ["ip-a"]
     # A pod made for another alias, registry or model name (a roll replaces it) reports another alias's reading.
     for change in ({"spec__model__alias": "staging"}, {"spec__model__registry": "s3://other/registry"}):
-        other = _pod("c", spec=_spec(**change))
-        assert report(other, spec.model, ask).reading is None and report(other, _spec(**change).model, ask).reading
+        other = report(_pod("c", spec=_spec(**change)), spec.model, ask)
+        assert other.reading is None and not other.follows
+        assert report(_pod("c", spec=_spec(**change)), _spec(**change).model, ask).reading
+    # A pod too old to say how old its reading is: as old as the refresh interval (30 s) allows.
+    quiet = ModelMetadata(name="iris", versions=["v1"], parameters=ModelParameters(alias_version="v2"))
+    assert report(_pod("d"), spec.model, lambda _: (quiet, 100.0)).read_at == 70.0
 
 
 def test_a_pod_is_asked_again_only_when_it_changed_its_answer_aged_or_said_no_model() -> None:
@@ -199,6 +206,8 @@ def test_a_model_deployment_at_rest_is_looked_at_once_per_alias_refresh_or_resyn
     assert next_check_in({"spec": bad, "status": settled}, 300.0) == 300.0
     unresolved = {"readyReplicas": 1, "conditions": [{**resolved, "status": "Unknown"}]}
     assert next_check_in({"spec": alias, "status": unresolved}, 300.0) == POLL_SECONDS  # pods yet to say
+    waiting = {"readyReplicas": 0, "conditions": [{**resolved, "status": "Unknown", "reason": "WaitingForModel"}]}
+    assert next_check_in({"spec": alias, "status": waiting}, 300.0) == POLL_SECONDS  # they read, and no pod changes
     running = {**settled, "rollout": {"step": 1}}
     assert next_check_in({"spec": alias, "status": running}, 300.0) == POLL_SECONDS  # a canary step is measured
     ended = {**settled, "rollout": {"step": 1, "outcome": "Promoted"}}
@@ -248,6 +257,27 @@ def test_under_a_canary_pods_that_pin_no_version_load_none() -> None:
     assert "REGROW_AWAIT_VERSION" not in env(canary_spec, "v1")  # pinned: it loads that
     assert "REGROW_AWAIT_VERSION" not in env(canary_spec, "v2", canary_replicas=1)  # the candidate's: pinned
     assert "REGROW_AWAIT_VERSION" not in env(_spec(), None)  # a rolling update's pods follow the alias themselves
+
+
+def test_only_pods_within_their_grace_period_are_shutting_down() -> None:
+    """A pod past its deletionTimestamp (a lost node, a finalizer) is stuck, not draining: it holds back no canary."""
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def deleting(at: str) -> Obj:
+        return {"metadata": {"name": at, "deletionTimestamp": at}}
+
+    pods = [deleting("2026-12-01T12:00:30Z"), deleting("2026-12-01T11:59:59Z"), deleting("2026-12-01T12:00:01Z")]
+    assert shutting_down(pods, now) == 2 and shutting_down([], now) == 0
+
+
+def test_a_template_made_for_another_alias_pins_nothing_for_this_one() -> None:
+    """After a spec edit to another registry, model or alias, the version the old template pinned is no version
+    of the new alias: the decision starts from nothing."""
+    template = deployment(OWNER, _spec(), PodDefaults(), "v3")["spec"]["template"]
+    assert follows(template, _spec().model)
+    for change in ({"spec__model__alias": "staging"}, {"spec__model__name": "wine"},
+                   {"spec__model__registry": "s3://other/registry"}):  # fmt: skip
+        assert not follows(template, _spec(**change).model)
 
 
 def test_a_status_reading_counts_only_for_the_alias_it_was_read_of() -> None:

@@ -150,7 +150,9 @@ def test_health_and_metadata(iris: tuple[Server, Path, str]) -> None:
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     assert meta["parameters"]["features"] == FEATURES
     assert meta["parameters"]["alias"] == "champion" and meta["parameters"]["alias_version"] == version
-    assert server.call("GET", f"/v2/models/iris/versions/{version}")[1] == meta
+    assert 0 <= meta["parameters"].pop("alias_age_seconds") <= 30  # it reads the alias every refresh (30 s)
+    again = server.call("GET", f"/v2/models/iris/versions/{version}")[1]
+    assert again["parameters"].pop("alias_age_seconds") >= 0 and again == meta
     assert server.call("GET", "/v2")[1]["name"] == "regrow"
     profile = server.call("GET", "/v2/models/iris/profile")[1]
     assert [f["name"] for f in profile["features"]] == FEATURES
@@ -425,7 +427,7 @@ def _as_the_operator_reads_it(server: Server, config: ServeConfig) -> PodReport:
     env = ServingEnv(registry=config.registry, model_name=config.model, model_alias=config.alias).variables()
     pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": CONTAINER, "env": env}]},
            "status": {"podIP": "127.0.0.1", "phase": "Running"}}  # fmt: skip
-    return report(pod, model, lambda _: answer)
+    return report(pod, model, lambda _: (answer, 0.0))
 
 
 def test_waits_for_the_alias_then_serves_it(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Servi
 from regrow.controller import canary, conditions, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
-from regrow.controller.decide import Desired, alias_ref, decide, promotions
+from regrow.controller.decide import Desired, alias_ref, decide, promotions, standing
 from regrow.controller.kube import Api, Applier, Conflict, Obj, path
 from regrow.controller.outbound import Fetch
 from regrow.controller.result import Event, Result, checked, transition_event
@@ -85,6 +85,7 @@ STUCK = frozenset(
 )
 
 Prober = Callable[[str, str], ModelMetadata | None]
+Answer = tuple[ModelMetadata | None, float]  # what a pod said, and when it was asked (time.monotonic)
 NOT_RESTORED = "the alias still points at"
 POLL_SECONDS = 5.0  # how often a ModelDeployment is looked at while what it waits for is seen by no watch
 REFRESH_DEFAULT = ModelSource.model_fields["refresh_interval"].default
@@ -130,6 +131,8 @@ class PodReport:
     error: str | None
     stuck: tuple[str, str] | None  # (reason, message) of a container that cannot start
     waiting: bool = False  # the error says the registry has not published the model yet, or no version is pinned
+    read_at: float | None = None  # when it read the alias (time.monotonic; at the latest, if it does not say)
+    follows: bool = True  # it was made for the spec's registry, model and alias
 
 
 def serving_pods(api: Api, namespace: str, name: str, component: str = COMPONENT, draining: bool = False) -> list[Obj]:
@@ -146,16 +149,24 @@ def pod_ready(pod: Obj) -> bool:
     )
 
 
+def shutting_down(pods: list[Obj], now: datetime) -> int:
+    """How many of ``pods`` (being deleted) are within their grace period: they may still answer what they
+    received. One past it is stuck (a lost node, a finalizer), not draining."""
+    return sum(datetime.fromisoformat(p["metadata"]["deletionTimestamp"]) > now for p in pods)
+
+
 def follows(pod: Obj, model: ModelSource) -> bool:
-    """Whether ``pod`` reads the alias ``model`` names (a pod made for another registry, model or alias, which a
-    roll is replacing, reports another alias's reading)."""
+    """Whether ``pod`` (or a pod template) reads the alias ``model`` names (a pod made for another registry,
+    model or alias, which a roll is replacing, reports another alias's reading and serves another model)."""
     env = {e["name"]: e.get("value") for c in pod["spec"]["containers"] if c["name"] == CONTAINER
            for e in c.get("env") or []}  # fmt: skip
     wanted = {"registry": model.registry, "model_name": model.name, "model_alias": model.alias}
     return all(env.get(ServingEnv.variable(field)) == value for field, value in wanted.items())
 
 
-def report(pod: Obj, model: ModelSource, ask: Callable[[Obj], ModelMetadata | None]) -> PodReport:
+def report(pod: Obj, model: ModelSource, ask: Callable[[Obj], Answer]) -> PodReport:
+    """What ``pod`` says of itself and of the alias: its reading is as old as it says, or else as old as the
+    alias's refreshInterval allows (a pod reads it that often)."""
     status = pod.get("status") or {}
     ready = pod_ready(pod)
     stuck = None
@@ -163,17 +174,22 @@ def report(pod: Obj, model: ModelSource, ask: Callable[[Obj], ModelMetadata | No
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK:
             stuck = (str(waiting["reason"]), str(waiting.get("message") or f"container {container['name']}"))
-    answer = ask(pod) if status.get("podIP") and status.get("phase") == "Running" else None
+    answer, asked = ask(pod) if status.get("podIP") and status.get("phase") == "Running" else (None, 0.0)
     params = answer.parameters if answer is not None else ModelParameters()
+    ours = follows(pod, model)
+    reading = answer.reading if answer is not None and ours else None
+    age = params.alias_age_seconds if params.alias_age_seconds is not None else parse_duration(model.refresh_interval)
     return PodReport(
         name=pod["metadata"]["name"],
         ready=ready,
         serving=answer.versions[0] if answer is not None and answer.versions else None,
         uri=params.uri,
-        reading=answer.reading if answer is not None and follows(pod, model) else None,
+        reading=reading,
         error=params.error,
         stuck=stuck,
         waiting=params.reason in ("ModelNotPublished", "AwaitingVersion"),
+        read_at=asked - age if reading is not None else None,
+        follows=ours,
     )
 
 
@@ -185,7 +201,7 @@ def pinned_version(deployment: Obj | None) -> str | None:
 
 def serving_version(pinned: str | None, reports: list[PodReport]) -> str | None:
     """The version the stable pods serve: the pinned one, else the one every ready pod reports, if they agree."""
-    served = {r.serving for r in reports if r.ready and r.serving}
+    served = {r.serving for r in reports if r.ready and r.serving and r.follows}
     return pinned or (next(iter(served)) if len(served) == 1 else None)
 
 
@@ -274,6 +290,14 @@ class Probes:
     prober: Prober
     held: dict[tuple[str, str], dict[str, tuple[str, float, ModelMetadata]]] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
+    known: dict[str, tuple[AliasReading | None, float]] = field(default_factory=dict)  # by ModelDeployment uid
+
+    def since(self, uid: str, reading: AliasReading | None) -> float:
+        """When this operator first knew ``reading`` as the newest of a ModelDeployment's alias."""
+        held = self.known.get(uid)
+        if held is None or held[0] != reading:
+            held = self.known[uid] = (reading, self.clock())
+        return held[1]
 
     def reports(self, owner: Owner, track: str, pods: list[Obj], model: ModelSource,
                 max_age: float) -> list[PodReport]:  # fmt: skip
@@ -281,16 +305,17 @@ class Probes:
         or the pod has changed since."""
         before, kept = self.held.get((owner.uid, track), {}), {}
 
-        def ask(pod: Obj) -> ModelMetadata | None:
+        def ask(pod: Obj) -> Answer:
             uid, version = pod["metadata"]["uid"], pod["metadata"].get("resourceVersion", "")
             last = before.get(uid)
             if last is not None and last[0] == version and self.clock() - last[1] < max_age:
                 kept[uid] = last
-                return last[2]
+                return last[2], last[1]
+            asked = self.clock()
             answer = self.prober(pod["status"]["podIP"], model.name)
             if answer is not None and answer.serving is not None:
-                kept[uid] = (version, self.clock(), answer)
-            return answer
+                kept[uid] = (version, asked, answer)
+            return answer, asked
 
         reports = [report(pod, model, ask) for pod in pods]
         self.held[(owner.uid, track)] = kept
@@ -299,6 +324,7 @@ class Probes:
     def forget(self, uid: str) -> None:
         for key in [k for k in self.held if k[0] == uid]:
             del self.held[key]
+        self.known.pop(uid, None)
 
 
 def canary_running(body: Obj) -> bool:
@@ -318,12 +344,15 @@ def answer_lifetime(body: Obj, spec: ModelDeploymentSpec) -> float:
 
 def next_check_in(body: Obj, resync: float) -> float:
     """Seconds to the next look if nothing it owns changes before: POLL_SECONDS while a canary runs (its steps
-    are judged on the pods' counters, which no watch sees) or while ready pods have not said what they serve;
+    are judged on the pods' counters, which no watch sees), while ready pods have not said what they serve, or
+    while its pods wait for a model (for the registry to publish it, or under a Canary for a pinned version:
+    what they read of the alias changes no pod, so no watch sees it);
     the alias's refreshInterval (POLL_SECONDS at least) while ready pods follow an alias (they read the registry
     that often, and only asking them tells whether it moved); else the resync period."""
     status = body.get("status") or {}
     resolved = conditions.find(status.get("conditions") or [], RESOLVED) or {}
-    if canary_running(body) or (status.get("readyReplicas") and resolved.get("status") != "True"):
+    unresolved = status.get("readyReplicas") and resolved.get("status") != "True"
+    if canary_running(body) or unresolved or resolved.get("reason") == "WaitingForModel":
         return POLL_SECONDS
     model = (body.get("spec") or {}).get("model") or {}
     if status.get("readyReplicas") and model.get("alias") and not model.get("version"):
@@ -368,12 +397,11 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         return Result(checked(ModelDeploymentStatus, conditions.status(body, [cond])), transition_event(previous, cond))
 
     reports = serving.reports(body, spec, COMPONENT, serving_pods(api, owner.namespace, owner.name))
-    draining = len(serving_pods(api, owner.namespace, owner.name, draining=True))
+    draining = shutting_down(serving_pods(api, owner.namespace, owner.name, draining=True), datetime.now(UTC))
     name = owner.child_name(COMPONENT)
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
-    pinned = pinned_version(live)
-    desired = decide(spec.model, pinned, _readings(api, owner, spec, previous_status, reports),
-                     {r.serving for r in reports if r.ready and r.serving})  # fmt: skip
+    pinned = pinned_version(live) if live is not None and follows(live["spec"]["template"], spec.model) else None
+    desired = _decide(api, serving.probes, owner, spec, (pinned, previous_status), reports)
     moves = _rollout(body, spec, serving, (live, pinned, draining), desired, reports)
     version = moves.stable
     events = []
@@ -432,14 +460,30 @@ def _recorded(spec: ModelDeploymentSpec, previous_status: Obj) -> AliasReading |
     return AliasReading(version=recorded.version, generation=recorded.generation)
 
 
-def _readings(api: Api, owner: Owner, spec: ModelDeploymentSpec, previous_status: Obj,
-              reports: list[PodReport]) -> list[AliasReading | None]:  # fmt: skip
-    """What is known of the alias: the reading the status keeps, the pods', and the promotions of the namespace's
-    TrainingJobs (read from the cache)."""
+def _decide(api: Api, probes: Probes, owner: Owner, spec: ModelDeploymentSpec, stable: tuple[str | None, Obj],
+            reports: list[PodReport]) -> Desired:  # fmt: skip
+    """What is known of the alias (the reading the status keeps, the pods', the promotions of the namespace's
+    TrainingJobs, read from the cache) and the decision made of it. ``stable``: the version the stable
+    Deployment pins (None: none, or it was made for another alias) and the status as it was."""
+    pinned, previous_status = stable
+    served = {r.serving for r in reports if r.ready and r.serving and r.follows}
     if alias_ref(spec.model) is None:
-        return []
+        return decide(spec.model, pinned, None, [], served)
+    recorded = _recorded(spec, previous_status)
     trainingjobs = api.list(path(API_VERSION, TRAINING_JOB.plural, owner.namespace))
-    return [_recorded(spec, previous_status), *(r.reading for r in reports), *promotions(trainingjobs, spec.model)]
+    readings = [*(r.reading for r in reports), *promotions(trainingjobs, spec.model)]
+    since = probes.since(owner.uid, standing(recorded, readings))
+    return decide(spec.model, pinned, recorded, readings, served, agreement(reports, since))
+
+
+def agreement(reports: list[PodReport], since: float) -> AliasReading | None:
+    """The reading every ready pod holds, if each read the registry after ``since`` and they agree on a version
+    (its highest generation among them)."""
+    ready = [r for r in reports if r.ready and r.follows]
+    readings = [r.reading for r in ready if r.reading is not None and r.read_at is not None and r.read_at > since]
+    if not ready or len(readings) < len(ready) or len({r.version for r in readings}) != 1:
+        return None
+    return max(readings, key=lambda r: r.generation)
 
 
 def _alias_status(spec: ModelDeploymentSpec, desired: Desired, previous_status: Obj) -> Obj | None:

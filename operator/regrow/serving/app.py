@@ -55,6 +55,7 @@ class State:
     draining: bool = False
     alias: str | None = None
     alias_reading: AliasReading | None = None  # where the alias pointed when last read, and its generation
+    alias_read_at: float | None = None  # when it was last read (time.monotonic)
     feature_bins: bool = True
     max_rows: int = BOUNDS.max_rows
     predictions: PredictionLog | None = None
@@ -157,11 +158,12 @@ class App:
 
     def _alias(self) -> dict[str, Any]:
         """The alias this server follows and where it last read it to point, as its metadata reports them."""
-        reading = self.state.alias_reading
+        reading, read_at = self.state.alias_reading, self.state.alias_read_at
         return {
             "alias": self.state.alias,
             "alias_version": reading.version if reading else None,
             "alias_generation": reading.generation if reading else None,
+            "alias_age_seconds": round(time.monotonic() - read_at, 3) if read_at is not None else None,
         }
 
     def _model_path(self, rest: str) -> str:

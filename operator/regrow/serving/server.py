@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,8 +131,12 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
     retry = min(5.0, config.refresh_seconds)
     while state.model is None:
         try:
-            if config.version is None:  # the version to load is where the alias points: reported from now on
+            try:  # where the alias points, reported from now on: the version to load, unless one is pinned
                 await read_alias(state, registry, config)
+            except Exception:
+                if config.version is None:
+                    raise
+                log.exception("Could not look up alias %s", config.alias)
             version = resolve(registry, config.model, config.alias, config.version, state.alias_reading,
                               config.await_version)  # fmt: skip
             model = await asyncio.to_thread(load, registry, config.model, version, config.threads)
@@ -164,6 +169,7 @@ async def read_alias(state: State, registry: Registry, config: ServeConfig) -> N
     """Read where the alias points now (nothing to read without one)."""
     if config.alias is not None:
         state.alias_reading = await asyncio.to_thread(registry.read_alias, config.model, config.alias)
+        state.alias_read_at = time.monotonic()
 
 
 def run(config: ServeConfig) -> None:
