@@ -15,6 +15,7 @@ from regrow.controller.driftpolicy import (
     SourceNotAllowed,
     _retrain,
     allowing,
+    dot_segments,
     follow_retrains,
     next_check_in,
     retrain_outcome,
@@ -174,6 +175,22 @@ def test_only_the_prometheus_urls_the_settings_allow_are_queried() -> None:
         SourceNotAllowed, match=r"\(the chart's drift.prometheusUrls: none\)"
     ):  # nothing allowed by default
         allowing([])("http://prometheus.monitoring:9090", "up")
+
+
+def test_a_prometheus_url_with_a_dot_segment_is_refused_however_it_is_encoded() -> None:
+    """A server that resolves ``..`` would take a URL under an allowed one anywhere on its host."""
+    query = allowing(["https://thanos.example/prom"], lambda url, promql: b"{}")
+    for segment in ("..", ".", "%2e%2e", "%2E%2e", ".%2E", "%2e", "%252e%252e", "%25252e%25252e"):
+        for url in (f"https://thanos.example/prom/{segment}/admin", f"https://thanos.example/prom/tenant/{segment}"):
+            assert dot_segments(url), url
+            with pytest.raises(SourceNotAllowed):
+                query(url, "up")
+    for fine in (
+        "https://thanos.example/prom/v1.2",
+        "https://thanos.example/prom/...",
+        "https://thanos.example/prom/.a",
+    ):
+        assert not dot_segments(fine) and query(fine, "up") == b"{}"
 
 
 def test_a_prometheus_url_has_no_user_query_or_fragment() -> None:

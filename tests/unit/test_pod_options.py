@@ -95,6 +95,11 @@ def test_without_options_or_with_none_set_the_pods_are_as_they_were() -> None:
          "maxSkew"),
         ({"serviceAccountName": "Not_A_Name"}, "pod.serviceAccountName"),
         ({"hostNetwork": True}, "pod.hostNetwork: Extra inputs are not permitted"),
+        ({"annotations": {"container.apparmor.security.beta.kubernetes.io/server": "unconfined"}},
+         "may not set the pods' AppArmor or seccomp profile: container.apparmor.security.beta.kubernetes.io/server"),
+        ({"annotations": {"seccomp.security.alpha.kubernetes.io/pod": "unconfined"}}, "AppArmor or seccomp profile"),
+        ({"annotations": {"container.seccomp.security.alpha.kubernetes.io/trainer": "runtime/default", "team": "a"}},
+         "seccomp profile: container.seccomp.security.alpha.kubernetes.io/trainer"),
     ],
 )  # fmt: skip
 def test_the_api_refuses_what_kubernetes_would_and_the_operators_own_keys(pod: dict[str, Any], message: str) -> None:

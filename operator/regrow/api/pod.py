@@ -20,6 +20,11 @@ LabelKey = Annotated[str, StringConstraints(pattern=QUALIFIED, max_length=317)]
 LabelValue = Annotated[str, StringConstraints(pattern=rf"^{_NAME}?$", max_length=63)]
 RESERVED = ("regrow.dev/", "app.kubernetes.io/")  # the operator's own labels: selectors and owners
 RESERVED_ANNOTATIONS = ("regrow.dev/", "prometheus.io/")  # the operator's own annotations on serving pods
+CONFINEMENT = (  # annotations that set a pod's AppArmor or seccomp profile: "unconfined" would lift them
+    "container.apparmor.security.beta.kubernetes.io/",
+    "seccomp.security.alpha.kubernetes.io/",
+    "container.seccomp.security.alpha.kubernetes.io/",
+)
 Values = Annotated[list[Annotated[str, StringConstraints(max_length=253)]], Field(max_length=64)]
 
 
@@ -137,7 +142,7 @@ class PodOptions(ApiModel):
     )  # fmt: skip
     annotations: dict[LabelKey, Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=dict, description="Added to the pods' annotations; keys under regrow.dev/ and prometheus.io/ "
-        "are the operator's."
+        "are the operator's, and none may set the pods' AppArmor or seccomp profile (the pods run RuntimeDefault)."
     )  # fmt: skip
 
     @model_validator(mode="after")
@@ -146,6 +151,9 @@ class PodOptions(ApiModel):
         taken += [k for k in self.annotations if k.startswith(RESERVED_ANNOTATIONS)]
         if taken:
             raise ValueError(f"pod.labels and pod.annotations may not set the operator's own keys: {', '.join(taken)}")
+        unconfining = ", ".join(k for k in self.annotations if k.startswith(CONFINEMENT))
+        if unconfining:
+            raise ValueError(f"pod.annotations may not set the pods' AppArmor or seccomp profile: {unconfining}")
         return self
 
     def template(self) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def allowing(urls: Iterable[str], query: Query = http_query) -> Query:
 
     def guarded(url: str, promql: str) -> bytes:
         base = url.rstrip("/")
-        if not any(base == a or base.startswith(a + "/") for a in allowed):
+        if dot_segments(base) or not any(base == a or base.startswith(a + "/") for a in allowed):
             raise SourceNotAllowed(
                 f"the operator queries only the Prometheus URLs its settings allow (the chart's "
                 f"drift.prometheusUrls: {', '.join(allowed) or 'none'}), and {url} is not one of them"
@@ -124,6 +124,18 @@ def allowing(urls: Iterable[str], query: Query = http_query) -> Query:
         return query(url, promql)
 
     return guarded
+
+
+def dot_segments(url: str) -> bool:
+    """Whether ``url``'s path has a ``.`` or ``..`` segment, percent-encoded (once or more) or not: one that the
+    server resolves would take a URL under an allowed one anywhere on its host."""
+    for raw in urllib.parse.urlsplit(url).path.split("/"):
+        decoded = raw
+        for _ in range(4):  # %2e, %252e, ...: each decoding may reveal another
+            decoded = urllib.parse.unquote(decoded)
+        if decoded in (".", ".."):
+            return True
+    return False
 
 
 def scrape(api: Api, fetch: Fetch, owner: Owner, target: str, model: str, version: str,
