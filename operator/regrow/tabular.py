@@ -5,7 +5,9 @@ request, a binary BYTES tensor): a string, the empty string being a missing valu
 - booleans become ``"true"`` and ``"false"``;
 - integers, and floats that are whole numbers, become their decimal digits (``3``, ``3.0`` and ``"3"`` are
   one category); other floats their shortest round-trip text (``2.5``);
-- bytes are decoded as UTF-8 (a binary BYTES tensor's elements).
+- bytes are decoded as UTF-8 (a binary BYTES tensor's elements);
+- a value of more than MAX_CATEGORY_CHARS characters is no category: refused, in a request (400) as in a data
+  set, so that the model and the drift bins never see one the other could not.
 
 The trainer, the server and the backtests all go through ``canonical``, so a value lands in the same
 category in the model, in the drift bins and in the prediction log.
@@ -20,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 MISSING = ""
+MAX_CATEGORY_CHARS = 1024
 
 
 class NotCategorical(ValueError):
@@ -35,6 +38,13 @@ def _number(value: float) -> str:
 
 
 def _one(value: Any) -> str:
+    text = _text(value)
+    if len(text) > MAX_CATEGORY_CHARS:
+        raise NotCategorical(f"a category longer than {MAX_CATEGORY_CHARS} characters")
+    return text
+
+
+def _text(value: Any) -> str:
     if value is None:
         return MISSING
     if type(value) is str:

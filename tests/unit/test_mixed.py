@@ -27,12 +27,13 @@ from regrow.controller.driftpolicy import _last_check
 from regrow.drift.policy import Layout, check
 from regrow.drift.profile import MISSING_BIN, OTHER, FeatureProfile, Profile, fit_categories, fit_columns
 from regrow.inference import OnnxModel
+from regrow.serving import metrics
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
-from regrow.tabular import NotCategorical, canonical, missing
+from regrow.tabular import MAX_CATEGORY_CHARS, NotCategorical, canonical, missing
 from regrow.training.sample_data import sample_csv
 from regrow.training.trainer import TrainingError, load_dataset, train
-from tests.unit.test_server import Server, local, running, wait_ready
+from tests.unit.test_server import Server, local, running, start, stop, wait_ready
 
 CATEGORICAL = ["island", "sex"]
 NUMERIC = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
@@ -45,9 +46,10 @@ def test_every_value_has_one_canonical_category() -> None:
         "Biscoe", "", "", "", "true", "false", "3", "3", "3", "2.5", "7", "true", "Dream",
     ]  # fmt: skip
     assert canonical([["a"], [None]]).tolist() == [["a"], [""]]
-    for bad in ([1, [2]], [{"a": 1}], [float("inf")], [b"\xff"]):
+    for bad in ([1, [2]], [{"a": 1}], [float("inf")], [b"\xff"], ["x" * (MAX_CATEGORY_CHARS + 1)]):
         with pytest.raises((NotCategorical, ValueError)):
             canonical(bad)
+    assert canonical(["x" * MAX_CATEGORY_CHARS]).tolist() == ["x" * MAX_CATEGORY_CHARS]
     table = np.array([["a", 1.0], ["", np.nan], ["b", 2.0]], dtype=object)
     assert missing(table).tolist() == [[False, False], [True, True], [False, False]]
     assert missing(np.array([[1.0, np.nan]])).tolist() == [[False, True]]
@@ -63,6 +65,17 @@ def test_a_categorical_profile_keeps_the_commonest_categories_then_other_and_mis
     assert FeatureProfile.from_dict(json.loads(json.dumps(feature.to_dict()))) == feature
     prediction = FeatureProfile("__prediction__", (), (0, 0), ("x", "y"))  # a classifier's: no other, no missing
     assert prediction.count(["x", "z", "y", "y"]).tolist() == [1, 2] and prediction.labels == ["x", "y"]
+    assert FeatureProfile("p", (), (0, 0), ("1", "2")).count(np.array([1, 2, 2, 3])).tolist() == [1, 2]  # int labels
+
+
+def test_a_category_counts_as_itself_whatever_its_bytes_and_length() -> None:
+    """Counted as the values are, with no fixed-width copy: such a copy dropped a trailing NUL ("Dream\\0" counted
+    as Dream, which the model takes for unseen) and made rows x the longest value x 4 bytes."""
+    feature = fit_categories(canonical(["Dream", "Biscoe", "Dream", ""]), "island")
+    long = "y" * MAX_CATEGORY_CHARS
+    got = feature.count(canonical(["Dream\0", "Dream", "Biscoe\0\0", long, "", None])).tolist()
+    assert got == [1, 0, 3, 2]  # Dream, Biscoe, then other (two NUL-ended and the long one), then missing
+    assert fit_categories(canonical(["a\0", "a", "a\0"]), "f").categories == ("a\0", "a")
 
 
 @given(st.lists(st.sampled_from(["<other>", "<missing>", "<<other>", "<", "", "a", "<a"]), min_size=1, max_size=40))
@@ -251,6 +264,56 @@ def test_a_bad_column_is_a_4xx_naming_it(penguins: tuple[Server, Path, str], cha
     change(body)
     got = server.call("POST", "/v2/models/penguins/infer", body)
     assert got[0] == status and message in got[1]["error"], got
+
+
+def test_a_category_longer_than_the_bound_is_refused_naming_its_column(penguins: tuple[Server, Path, str]) -> None:
+    """One such value once asked a pod for gigabytes (a fixed-width copy of every queued value) and answered 500
+    ever after; now the request is a 400 that names the column, and the pod serves on."""
+    server, _, _ = penguins
+    huge = "Dream" * 40_000  # 200,000 characters
+    for body, url in (({"inputs": [_tensor(n, [huge, *ROWS[n][1:]] if n == "island" else ROWS[n]) for n in COLUMNS]},
+                       "/v2/models/penguins/infer"),
+                      ({"instances": [{**{n: ROWS[n][0] for n in COLUMNS}, "island": huge}]},
+                       "/v1/models/penguins:predict")):  # fmt: skip
+        status, answer = server.call("POST", url, body)
+        assert status == 400 and "input island" in answer["error"], answer
+        assert f"longer than {MAX_CATEGORY_CHARS} characters" in answer["error"] and "Dream" not in answer["error"]
+    fine = {"inputs": [_tensor(n, ROWS[n]) for n in COLUMNS]}
+    assert server.call("POST", "/v2/models/penguins/infer", fine)[0] == 200
+    assert server.call("GET", "/v2/health/ready")[0] == 200 and server.call("GET", "/metrics")[0] == 200
+
+
+def test_a_flush_of_the_feature_bins_that_fails_answers_no_500_and_the_pod_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever makes counting fail (memory, say): the request is answered, the rows queued are dropped and counted,
+    and the pod is not ready for a while (out of the Service's endpoints), then ready and counting again."""
+    version = publish_penguins(tmp_path)
+    monkeypatch.setattr(metrics, "FLUSH_ROWS", 4)  # every request of ROWS' four rows flushes
+    monkeypatch.setattr(metrics, "RECOVER_SECONDS", 1.0)
+    server, inference = start(local(tmp_path, model="penguins", alias="champion"))
+    try:
+        wait_ready(server)
+        body = {"inputs": [_tensor(n, ROWS[n]) for n in COLUMNS]}
+        real = Profile.column_counts
+
+        def exhausted(*_: Any) -> Any:
+            raise MemoryError
+
+        monkeypatch.setattr(Profile, "column_counts", exhausted)
+        status, answer = server.call("POST", "/v2/models/penguins/infer", body)
+        assert status == 200 and answer["model_version"] == version
+        status, why = server.call("GET", "/v2/health/ready")
+        assert status == 503 and "feature bins failed" in why["error"], why
+        text = server.call("GET", "/metrics")[1]
+        assert f'regrow_feature_bin_dropped_rows_total{{model="penguins",version="{version}"}} 4.0' in text
+        monkeypatch.setattr(Profile, "column_counts", real)
+        wait_ready(server, 5)
+        assert server.call("POST", "/v2/models/penguins/infer", body)[0] == 200
+        assert inference.state.metrics is not None and inference.state.metrics.bins is not None
+        assert inference.state.metrics.bins.counts.sum() > 0  # counting again
+    finally:
+        stop(inference, server)
 
 
 def test_v1_objects_name_only_known_columns(penguins: tuple[Server, Path, str]) -> None:

@@ -17,6 +17,7 @@ The model's predictions of a classifier are categorical too, one bin per class a
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -59,28 +60,22 @@ class FeatureProfile:
         return ["underflow", *(f"b{i}" for i in range(len(self.edges) - 1)), "overflow", "missing"]
 
     @cached_property
-    def _sorted(self) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64]]:
-        order = np.argsort(np.asarray(self.categories, dtype=str), kind="stable")
-        return np.asarray(self.categories, dtype=str)[order], order.astype(np.int64)
+    def _index(self) -> dict[str, int]:
+        return {category: i for i, category in enumerate(self.categories)}
 
     def count(self, values: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """Counts of one-dimensional ``values`` in this feature's bins: by category (canonical text, see
-        ``regrow.tabular``), or binned like any numeric feature. Vectorised: each distinct value is looked up
-        once, by a binary search among the sorted categories."""
+        ``regrow.tabular``), or binned like any numeric feature. Each distinct value is looked up once; no
+        fixed-width copy of the values is made (its size would be rows times the longest value)."""
         if self.numeric:
             return Profile((self,), 0).bin_counts(np.asarray(values, dtype=np.float32).reshape(-1, 1))
-        distinct, inverse = np.unique(np.asarray(values, dtype=str).reshape(-1), return_inverse=True)
-        names, order = self._sorted
-        index, known = np.zeros(len(distinct), dtype=np.int64), np.zeros(len(distinct), dtype=bool)
-        if len(names):
-            at = np.searchsorted(names, distinct).clip(0, len(names) - 1)
-            index, known = order[at], names[at] == distinct
+        distinct, counts = tally(values)
         size = len(self.categories) + (2 if self.grouped else 0)
-        if self.grouped:
-            where = np.where(known, index, np.where(distinct == "", size - 1, size - 2))
-        else:  # a classifier's predictions: a class it does not know counts nowhere
-            where = np.where(known, index, size)
-        return np.bincount(where[inverse], minlength=size + 1)[:size].astype(np.int64)
+        # A grouped input's unknown value is other, and "" missing; a classifier's unknown class counts nowhere.
+        unknown = size - 2 if self.grouped else size
+        where = np.fromiter((self._index.get(v, size - 1 if self.grouped and v == "" else unknown) for v in distinct),
+                            dtype=np.int64, count=len(distinct))  # fmt: skip
+        return np.bincount(where, weights=counts, minlength=size + 1)[:size].astype(np.int64)
 
     def to_dict(self) -> dict[str, object]:
         if self.categories or self.grouped:
@@ -259,13 +254,21 @@ def prediction_profile(outputs: npt.ArrayLike, classes: list[Any]) -> FeaturePro
     return fit_profile(np.asarray(outputs, dtype=np.float64).reshape(-1, 1), [PREDICTION]).features[0]
 
 
+def tally(values: npt.ArrayLike) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The distinct values of ``values`` (any shape) as text, and how often each occurs: counted by hashing the
+    values as they are, never copied into a fixed-width array."""
+    merged: collections.Counter[str] = collections.Counter()
+    for value, n in collections.Counter(np.asarray(values, dtype=object).reshape(-1).tolist()).items():
+        merged[value if type(value) is str else str(value)] += n  # once per distinct value: 1 and "1" are one
+    return list(merged), np.fromiter(merged.values(), dtype=np.int64, count=len(merged))
+
+
 def fit_categories(values: npt.ArrayLike, name: str, max_categories: int = DEFAULT_MAX_CATEGORIES) -> FeatureProfile:
     """A categorical input's reference from canonical ``values``: the ``max_categories`` most frequent
     categories (ties by name), then the rest as other, then the missing ones."""
-    distinct, counts = np.unique(np.asarray(values, dtype=str).reshape(-1), return_counts=True)
-    present = distinct != ""
-    order = np.lexsort((distinct[present], -counts[present]))[:max_categories]
-    kept = tuple(str(c) for c in distinct[present][order])
+    distinct, counts = tally(values)
+    present = [(-int(n), v) for v, n in zip(distinct, counts.tolist(), strict=True) if v != ""]
+    kept = tuple(v for _, v in sorted(present)[:max_categories])
     empty = FeatureProfile(name, (), (0,) * (len(kept) + 2), kept, grouped=True)
     return replace(empty, counts=tuple(int(n) for n in empty.count(values)))
 

@@ -83,7 +83,8 @@ class State:
 
     @property
     def ready(self) -> bool:
-        return self.model is not None and not self.draining
+        """Serving, not draining, and counting what it serves into the drift bins."""
+        return self.model is not None and not self.draining and (self.metrics is None or self.metrics.counting())
 
 
 class App:
@@ -152,6 +153,8 @@ class App:
         """Why no model is served (nothing when one is), as the metadata and readiness answers say it."""
         if self.state.draining:
             return ModelParameters(error="the server is shutting down")
+        if self.state.metrics is not None and not self.state.metrics.counting():
+            return ModelParameters(error="the feature bins failed to count the last requests")
         if not self.state.error:
             return ModelParameters()
         return ModelParameters(error=self.state.error, reason=self.state.reason)

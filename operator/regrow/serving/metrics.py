@@ -10,7 +10,9 @@ from __future__ import annotations
 import bisect
 import collections
 import itertools
+import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +27,8 @@ from regrow.serving.model import LoadedModel
 from regrow.telemetry import LATENCY_BUCKETS
 
 FLUSH_ROWS = 8192
+RECOVER_SECONDS = 10.0  # after a failed flush, not ready this long: out of the Service's endpoints, it recovers
+log = logging.getLogger(__name__)
 
 
 class FeatureBins:
@@ -32,7 +36,9 @@ class FeatureBins:
     reference profile's bins.
 
     Requests only queue their rows and outputs; they are binned together, vectorised, once ``FLUSH_ROWS``
-    have queued and at every scrape. The serving event loop is the only caller, so no lock is needed.
+    have queued and at every scrape. The serving event loop is the only caller, so no lock is needed. A flush
+    that fails (out of memory, say) drops what was queued and counts it; the request that set it off is answered
+    all the same, and the server says it is not ready for RECOVER_SECONDS after (see ``ServingMetrics.counting``).
     """
 
     def __init__(self, model: LoadedModel) -> None:
@@ -46,6 +52,8 @@ class FeatureBins:
         self.pending_columns: list[list[Any]] = [[] for _ in profile.features]
         self.pending_outputs: list[npt.NDArray[np.generic]] = []
         self.pending_rows = 0
+        self.failed_at: float | None = None  # when a flush last failed (time.monotonic), until one succeeds
+        self.dropped = 0  # rows dropped by failed flushes
 
     def observe(self, x: Batch, outputs: npt.NDArray[np.generic] | None = None) -> None:
         if isinstance(x, list):
@@ -60,19 +68,24 @@ class FeatureBins:
             self.flush()
 
     def flush(self) -> None:
-        if not self.pending_rows:
-            return
         profile = self.model.profile
-        if self.pending:
-            self.counts += profile.bin_counts(np.concatenate(self.pending))
-        elif self.pending_columns[0]:
-            columns = [np.asarray(c, dtype=np.float32 if f.numeric else object)
-                       for c, f in zip(self.pending_columns, profile.features, strict=True)]  # fmt: skip
-            self.counts += profile.column_counts(columns)
-        if profile.prediction is not None and self.pending_outputs:
-            self.predicted_counts += profile.prediction.count(np.concatenate(self.pending_outputs))
-        self.pending, self.pending_outputs, self.pending_rows = [], [], 0
-        self.pending_columns = [[] for _ in profile.features]
+        try:
+            if self.pending:
+                self.counts += profile.bin_counts(np.concatenate(self.pending))
+            elif self.pending_columns[0]:
+                columns = [np.asarray(c, dtype=np.float32 if f.numeric else object)
+                           for c, f in zip(self.pending_columns, profile.features, strict=True)]  # fmt: skip
+                self.counts += profile.column_counts(columns)
+            if profile.prediction is not None and self.pending_outputs:
+                self.predicted_counts += profile.prediction.count(np.concatenate(self.pending_outputs))
+            if self.pending_rows:
+                self.failed_at = None
+        except Exception:  # whatever it was, the queued rows go and serving goes on
+            self.failed_at, self.dropped = time.monotonic(), self.dropped + self.pending_rows
+            log.exception("Could not count %d rows into the feature bins: dropped them", self.pending_rows)
+        finally:
+            self.pending, self.pending_outputs, self.pending_rows = [], [], 0
+            self.pending_columns = [[] for _ in profile.features]
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -82,6 +95,12 @@ class FeatureBins:
             labels=["model", "version", "feature", "bin"],
         )
         self.flush()
+        dropped = CounterMetricFamily(
+            "regrow_feature_bin_dropped_rows", "Rows the feature bins failed to count, and dropped.",
+            labels=["model", "version"],
+        )  # fmt: skip
+        dropped.add_metric([self.model.name, self.model.version], self.dropped)
+        yield dropped
         profile = self.model.profile
         parts = [*zip(profile.features, profile.split(self.counts), strict=True)]
         if profile.prediction is not None:
@@ -151,7 +170,7 @@ class ServingMetrics:
         lag: Callable[[], float] = lambda: 0.0,
     ) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
-        bins = FeatureBins(model) if feature_bins else None
+        self.bins = bins = FeatureBins(model) if feature_bins else None
         self.stats = RequestStats(model, bins)
         self.registry.register(self.stats)
         if bins is not None:
@@ -169,3 +188,8 @@ class ServingMetrics:
             registry=self.registry,
         ).labels(model.name, model.version, model.uri).set(1)  # fmt: skip
         self.request = self.stats.request
+
+    def counting(self) -> bool:
+        """Whether the feature bins count: not within RECOVER_SECONDS of a failed flush."""
+        failed = self.bins.failed_at if self.bins is not None else None
+        return failed is None or time.monotonic() - failed > RECOVER_SECONDS

@@ -193,9 +193,10 @@ def _column(data: Any, name: str, text: bool, rows: int | None) -> npt.NDArray[A
             raise BadRequest(f"input {name}: data must be a JSON array")
         try:
             values = canonical(data)
-        except (NotCategorical, ValueError):
+        except (NotCategorical, ValueError) as error:
+            why = f" ({error})" if isinstance(error, NotCategorical) else ""  # what, never the value
             raise BadRequest(f"input {name} is categorical: its values must be strings, booleans, whole numbers "
-                             "or null") from None  # fmt: skip
+                             f"or null{why}") from None  # fmt: skip
     else:
         values = _array(data, f"input {name}")
     if values.ndim > 2 or (values.ndim == 2 and (values.shape[1] != 1 or rows is None)):

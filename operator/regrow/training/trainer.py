@@ -229,9 +229,10 @@ def load_dataset(spec: TrainingJobSpec, raw: bytes) -> Dataset:
         values = frame[name].to_numpy(dtype=object, na_value=None)
         try:
             x[:, j] = canonical(values) if name in categorical else np.asarray(values, dtype=np.float64)
-        except (NotCategorical, TypeError):
+        except (NotCategorical, TypeError) as error:
             named = columns_named([name], columns, declared | set(spec.dataset.features or []))
-            raise TrainingError("InvalidDataset", f"column {named} holds values that are not categories") from None
+            why = f" ({error})" if isinstance(error, NotCategorical) else ""  # what, never the value
+            raise TrainingError("InvalidDataset", f"column {named} holds values that are not categories{why}") from None
     return Dataset(x, y, features, digest, columns, categorical, spec.dataset.max_categories)
 
 

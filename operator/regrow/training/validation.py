@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from regrow.api.trainingjob import Task, TrainingJobSpec, ValidationCheck
-from regrow.drift.profile import Profile
+from regrow.drift.profile import Profile, tally
 from regrow.tabular import missing as blank
 from regrow.training.feedback import label_kind, plain
 
@@ -186,6 +186,8 @@ def _outside(profile: Profile, name: str, column: npt.NDArray[Any]) -> float:
     if not present.size:
         return 0.0
     if not feature.numeric:
-        return float(1 - np.isin(present.astype(str), np.asarray(feature.categories, dtype=str)).mean())
+        distinct, counts = tally(present)
+        known = np.fromiter((v in feature.categories for v in distinct), dtype=bool, count=len(distinct))
+        return float(counts[~known].sum() / counts.sum())
     values = present.astype(np.float64)
     return float(((values < feature.edges[0]) | (values > feature.edges[-1])).mean())
