@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,24 @@ from regrow.manifests.common import NON_ROOT_UID
 
 STORE_ROOT = Path(os.environ.get("REGROW_E2E_STORE", "/var/lib/regrow-e2e"))
 CLAIM = "regrow-store"
+QUIET_SECONDS = 120
+
+
+@pytest.fixture
+def quiet_node(node_api: client.ApiClient) -> None:
+    """For a test that counts every failed request: wait (QUIET_SECONDS at most) until no namespace or pod of an
+    earlier test is still being deleted. Their teardown churns kube-proxy's rules on this one node, and frees pod
+    IPs that a new pod may take while a stale rule still sends a Service's connections there (a roll on a node
+    that was deleting a test's namespace once saw 12 refused connections and another pod's 404s)."""
+    kube, deadline = Kube(node_api), time.monotonic() + QUIET_SECONDS
+    while time.monotonic() < deadline:
+        namespaces = [
+            n for n in kube.list("/api/v1/namespaces") if (n.get("status") or {}).get("phase") == "Terminating"
+        ]
+        pods = [p for p in kube.list("/api/v1/pods") if p["metadata"].get("deletionTimestamp")]
+        if not namespaces and not pods:
+            return
+        time.sleep(1)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from regrow import GROUP, VERSION
@@ -213,6 +214,7 @@ class Rollouts:
         return done, waited, still
 
 
+@pytest.mark.usefixtures("quiet_node")
 def test_a_canary_climbs_its_steps_under_load_and_an_absurd_one_is_rolled_back(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
 ) -> None:

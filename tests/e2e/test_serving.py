@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from regrow import GROUP, VERSION
@@ -84,6 +85,7 @@ def own_like_a_trainer_pod(root: Path) -> None:
         shutil.chown(entry, NON_ROOT_UID, NON_ROOT_UID)
 
 
+@pytest.mark.usefixtures("quiet_node")
 def test_serves_through_the_service_and_rolls_to_a_moved_alias_without_errors(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
 ) -> None:

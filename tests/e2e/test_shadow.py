@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from kubernetes import client
 
 from regrow import GROUP, VERSION
@@ -84,6 +85,7 @@ def _received(record: dict[str, Any]) -> float:
     return float(record["requests"] / record["mirrored"])
 
 
+@pytest.mark.usefixtures("quiet_node")
 def test_a_shadow_answers_no_client_costs_the_clients_little_and_one_that_disagrees_is_rolled_back(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path
 ) -> None:
