@@ -68,6 +68,7 @@ class Pod:
     graded: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # labelled rows, right ones
     shadow: int = 0  # a shadow pod: the percent it asks for
     mirrored: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # by candidate: answered, failed, agreed
+    timed: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # by candidate: its latency, as timed here
 
     def metrics(self) -> bytes:
         ids = f'model="iris",version="{self.version}"'
@@ -77,6 +78,9 @@ class Pod:
         bounds = ["+Inf" if math.isinf(b) else str(b) for b in (*LATENCY_BUCKETS, math.inf)]
         lines += [f'regrow_inference_request_duration_seconds_bucket{{{ids},le="{le}"}} {n}'
                   for le, n in zip(bounds, itertools.accumulate(self.latency), strict=True)]  # fmt: skip
+        lines += [f'regrow_shadow_request_duration_seconds_bucket{{{ids},candidate="{candidate}",le="{le}"}} {n}'
+                  for candidate, timed in self.timed.items()
+                  for le, n in zip(bounds, itertools.accumulate(timed), strict=True)]  # fmt: skip
         lines += [f'regrow_feature_bin_total{{{ids},feature="{PREDICTION}",bin="{c}"}} {n}'
                   for c, n in zip(CLASSES, self.predicted, strict=True)]  # fmt: skip
         lines += [f"regrow_feedback_labelled_rows_total{{{ids}}} {self.graded[0]}",
@@ -88,6 +92,11 @@ class Pod:
                       f'regrow_shadow_compared_rows_total{{{shadow},output="label"}} {answered}',
                       f'regrow_shadow_agreed_rows_total{{{shadow},output="label"}} {agreed}']  # fmt: skip
         return ("\n".join(lines) + "\n").encode()
+
+
+def _bucket(seconds: float) -> int:
+    """The latency histogram's bucket that counts an answer of ``seconds``."""
+    return next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if seconds <= b)
 
 
 class Kubelet:
@@ -196,6 +205,8 @@ class Kubelet:
                 if code == 200 and shadows and self.rng.random() * 100 < shadows[i % len(shadows)].shadow:
                     shadow = shadows[i % len(shadows)]
                     counts = pod.mirrored.setdefault(shadow.version, [0, 0, 0])
+                    timed = pod.timed.setdefault(shadow.version, [0] * (len(LATENCY_BUCKETS) + 1))
+                    timed[_bucket(self.behaviours[shadow.version].seconds)] += 1
                     if self._answer(shadow) == 200:
                         counts[0] += 1
                         counts[2] += int(self.rng.random() < self.behaviours[shadow.version].agreement)
@@ -206,7 +217,7 @@ class Kubelet:
         how = self.behaviours[pod.version]
         code = 500 if self.rng.random() < how.errors else 200
         pod.codes[code] += 1
-        pod.latency[next(j for j, b in enumerate((*LATENCY_BUCKETS, math.inf)) if how.seconds <= b)] += 1
+        pod.latency[_bucket(how.seconds)] += 1
         return code
 
     def prober(self, ip: str, model: str) -> ModelMetadata | None:

@@ -76,6 +76,7 @@ def test_the_chart_lints_clean(cluster: Cluster, namespace: str) -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
         ({"demoStore": {"accessMode": "ReadOnlyMany"}}, "accessMode"),
+        ({"clusterDomain": "cluster.local. evil.example"}, "clusterDomain"),
     ],
 )
 def test_bad_values_fail_the_install_naming_the_key(

@@ -74,18 +74,20 @@ def _metrics(version: str, codes: dict[int, int], latencies: list[float], predic
     return "\n".join(lines) + "\n"
 
 
-def test_a_pods_counters_are_read_for_one_version_without_shed_requests() -> None:
-    text = _metrics("v2", {200: 90, 400: 5, 429: 40, 500: 3, 503: 2}, [0.001] * 90 + [0.3] * 10, {"setosa": 7})
+def test_a_pods_counters_are_read_for_one_version_without_refused_requests() -> None:
+    text = _metrics("v2", {200: 90, 400: 5, 413: 1, 429: 40, 500: 3, 503: 2}, [0.001] * 90 + [0.3] * 5,
+                    {"setosa": 7})  # fmt: skip
     text += _metrics("v1", {200: 1000}, [0.001] * 1000, {"setosa": 1000})  # another version in the same pod
     text += 'regrow_feedback_labelled_rows_total{model="iris",version="v2"} 30.0\n'
     text += 'regrow_feedback_correct_rows_total{model="iris",version="v2"} 27.0\n'
     text += 'regrow_feedback_labelled_rows_total{model="iris",version="v1"} 99.0\n'
     vector = canary.read_version(text, "iris", "v2", CLASSES)
     assert vector[canary.LABELLED] == 30 and vector[canary.GRADED] == 27
-    assert vector[canary.ANSWERED] == 100 and vector[canary.ERRORS] == 5  # 429s are neither
-    buckets = vector[canary.BUCKETS : canary.BUCKETS + canary.LATENCY]
-    assert buckets[-1] == 100 and buckets[LATENCY_BUCKETS.index(0.001)] == 90
-    assert vector[canary.BUCKETS + canary.LATENCY :].tolist() == [7, 0, 0]
+    assert vector[canary.ANSWERED] == 95 and vector[canary.ERRORS] == 5  # 4xx (429s among them) are neither
+    assert canary.requests(vector, vector) == 95
+    buckets = vector[canary.BUCKETS : canary.SHADOW_BUCKETS]
+    assert buckets[-1] == 95 and buckets[LATENCY_BUCKETS.index(0.001)] == 90
+    assert vector[canary.PREDICTED :].tolist() == [7, 0, 0]
     assert canary.read_version("", "iris", "v2", None).tolist() == [0] * canary.size(None)
 
 
@@ -134,12 +136,15 @@ def test_divergence_is_zero_for_the_same_predictions_and_one_for_disjoint_or_inc
 
 def _vector(
     answered: int, errors: int, latency: float, predictions: list[int], labelled: int = 0, graded: int = 0,
-    mirrored: tuple[int, ...] = (0, 0, 0, 0, 0, 0),
+    mirrored: tuple[int, ...] = (0, 0, 0, 0, 0, 0), mirror_latency: float = 0.0,
 ) -> np.ndarray:  # fmt: skip
     """A version's vector; ``mirrored``: sampled, answered, failed, rows compared, agreed (or the absolute
-    differences) and the stable magnitudes, as read_version lays them out."""
+    differences) and the stable magnitudes, as read_version lays them out; the answered and failed ones each
+    took ``mirror_latency``."""
     buckets = [answered if latency <= b else 0 for b in (*LATENCY_BUCKETS, math.inf)]
-    return np.array([answered, errors, labelled, graded, *mirrored, *buckets, *predictions], dtype=np.int64)
+    tried = mirrored[1] + mirrored[2]
+    timed = [tried if mirror_latency <= b else 0 for b in (*LATENCY_BUCKETS, math.inf)]
+    return np.array([answered, errors, labelled, graded, *mirrored, *buckets, *timed, *predictions], dtype=np.int64)
 
 
 def test_live_quality_is_compared_once_both_versions_have_enough_labels() -> None:
@@ -490,16 +495,21 @@ def test_the_shadow_counters_are_read_for_the_candidate_they_name() -> None:
 def test_a_shadow_step_gates_errors_as_the_stable_pods_saw_them_latency_and_disagreement() -> None:
     analysis = CanaryAnalysis(max_error_share="0.05", max_p99_seconds="0.05", max_disagreement="0.2",
                               max_quality_drop="0.1")  # fmt: skip
-    candidate = _vector(96, 0, 0.004, [0, 0, 0])
+    # The shadow pods' own counters count whatever reached them (anyone may send the shadow Service requests):
+    # here 6,000 fast ones, which neither meet the step's evidence nor dilute its latency.
+    candidate = _vector(6000, 0, 0.0004, [0, 0, 0])
     classes = canary.Predictions(CLASSES, CLASSES)
 
-    def shadow(mirrored: tuple[int, ...], predictions: canary.Predictions = classes) -> list[Any]:
-        stable = _vector(1000, 0, 0.004, [0, 0, 0], mirrored=mirrored)
+    def shadow(mirrored: tuple[int, ...], predictions: canary.Predictions = classes, took: float = 0.004) -> list[Any]:
+        stable = _vector(1000, 0, 0.004, [0, 0, 0], mirrored=mirrored, mirror_latency=took)
+        assert canary.requests(candidate, stable, shadow=True) == mirrored[1] + mirrored[2]
         measured = canary.gates(analysis, candidate, stable, predictions, shadow=True)
         return [(g.name, g.value, g.passed) for g in measured]
 
     assert shadow((100, 96, 4, 480, 450, 0)) == [("errorShare", "0.04", True), ("p99Seconds", "0.004975", True),
                                                 ("disagreement", "0.0625", True)]  # fmt: skip
+    assert shadow((100, 96, 4, 480, 450, 0), took=0.16)[1] == ("p99Seconds", "0.2485", False)
+    assert shadow((100, 0, 0, 0, 0, 0))[1] == ("p99Seconds", None, None)  # mirrored, none answered yet
     assert shadow((100, 80, 20, 400, 100, 0))[::2] == [("errorShare", "0.2", False), ("disagreement", "0.75", False)]
     assert shadow((10, 10, 0, 49, 49, 0))[2] == ("disagreement", None, None)  # too few rows compared yet
     assert shadow((0, 0, 0, 0, 0, 0))[0] == ("errorShare", None, None)

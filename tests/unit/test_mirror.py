@@ -19,12 +19,26 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from regrow.cli import main
 from regrow.inference import OnnxModel
-from regrow.serving.mirror import QUEUE, SHADOW_PATH, Mirror, ShadowOffer, Unreadable, compare
+from regrow.serving.mirror import (
+    CHALLENGE_HEADER,
+    MAX_MIRRORED_BYTES,
+    PASS_HEADER,
+    PROOF_HEADER,
+    QUEUE,
+    QUEUE_BYTES,
+    SHADOW_PATH,
+    Mirror,
+    ShadowKey,
+    ShadowOffer,
+    Unreadable,
+    compare,
+)
 from tests.cluster import free_port
 from tests.helpers import wait_for
 from tests.unit.test_server import ROWS, Server, local, publish_iris, running, v2, wait_ready
 
 RNG = np.random.default_rng(7)
+KEY = "the deployment's key"  # both sides hold it, as the operator's Secret gives it to both
 
 
 def _samples(server: Server, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -63,10 +77,10 @@ def _rows(n: int) -> list[list[float]]:
 
 def test_the_stable_server_mirrors_what_it_answers_and_compares_row_by_row(versions: tuple[Path, str, str]) -> None:
     root, stable, candidate = versions
-    shadow_config = local(root, version=candidate, shadow_percent=100, log_percent=100)
+    shadow_config = local(root, feedback_key=KEY, version=candidate, shadow_percent=100, log_percent=100)
     with running(shadow_config) as shadow:
         wait_ready(shadow)
-        config = local(root, alias="champion", shadow_url=f"http://127.0.0.1:{shadow_config.port}")
+        config = local(root, feedback_key=KEY, alias="champion", shadow_url=f"http://127.0.0.1:{shadow_config.port}")
         with running(config) as server:
             wait_ready(server)
             wait_for(lambda: _ask_until_mirrored(server), 15, "the stable server to follow the shadow's offer")
@@ -95,6 +109,8 @@ def test_the_stable_server_mirrors_what_it_answers_and_compares_row_by_row(versi
             assert label - agreed_before == agreed
             assert all(status == 200 for status, _ in answers)
             assert {a.get("model_version") for _, a in answers} == {stable}  # no client saw the candidate
+            refused = shadow.call("POST", "/v2/models/iris/infer", v2(ROWS))  # a client of the shadow Service
+            assert refused == (403, {"error": "a shadow pod answers only the requests the stable pods mirror to it"})
             shadow_requests = _samples(shadow, "regrow_inference_requests_total")
             assert sum(shadow_requests.values()) == _shadow(server, "regrow_shadow_requests_total", candidate)
             assert not _samples(shadow, "regrow_feature_bin_total")  # mirrored rows are no live traffic
@@ -112,10 +128,12 @@ def _ask_until_mirrored(server: Server) -> bool:
 
 def test_the_shadow_samples_the_share_it_asks_for(versions: tuple[Path, str, str]) -> None:
     root, _, candidate = versions
-    shadow_config = local(root, version=candidate, shadow_percent=30)
+    shadow_config = local(root, feedback_key=KEY, version=candidate, shadow_percent=30)
     with running(shadow_config) as shadow:
         wait_ready(shadow)
-        with running(local(root, alias="champion", shadow_url=f"http://127.0.0.1:{shadow_config.port}")) as server:
+        with running(
+            local(root, feedback_key=KEY, alias="champion", shadow_url=f"http://127.0.0.1:{shadow_config.port}")
+        ) as server:
             wait_ready(server)
             wait_for(lambda: _ask_until_mirrored(server), 30, "a mirrored request")
             before = _shadow(server, "regrow_shadow_requests_total", candidate)
@@ -127,11 +145,13 @@ def test_the_shadow_samples_the_share_it_asks_for(versions: tuple[Path, str, str
 
 
 class FakeShadow:
-    """A shadow that offers ``percent`` and then answers every mirrored request as ``behaviour`` says."""
+    """A shadow that offers ``percent``, proving it holds the key (a ``stranger`` does not), and then answers
+    every mirrored request as ``behaviour`` says."""
 
     def __init__(self, behaviour: str, version: str = "v9", percent: int = 100) -> None:
         self.behaviour, self.received = behaviour, 0
         offer = ShadowOffer(model="iris", version=version, percent=percent).model_dump_json().encode()
+        key = ShadowKey(b"another key" if behaviour == "stranger" else KEY.encode())
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -141,7 +161,8 @@ class FakeShadow:
                 pass
 
             def do_GET(self) -> None:
-                self._send(200, offer)
+                challenge = self.headers.get(CHALLENGE_HEADER.decode(), "").encode()
+                self._send(200, offer, headers={PROOF_HEADER.decode(): key.proof(challenge, offer).decode()})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -149,8 +170,11 @@ class FakeShadow:
                 fake.received += 1
                 fake.answer(self, rows)
 
-            def _send(self, status: int, body: bytes, length: str | None = None) -> None:
+            def _send(self, status: int, body: bytes, length: str | None = None,
+                      headers: dict[str, str] | None = None) -> None:  # fmt: skip
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", length or str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -171,6 +195,11 @@ class FakeShadow:
             handler._send(200, json.dumps({"model_version": "v9", "predictions": ["setosa"] * (rows + 1)}).encode())
         elif how == "no version":
             handler._send(200, json.dumps({"predictions": ["setosa"] * rows}).encode())
+        elif how == "another version":  # answers as a version it did not offer: credited to none
+            handler._send(200, json.dumps({"model_version": "v7", "predictions": ["setosa"] * rows}).encode())
+        elif how == "slow":
+            time.sleep(0.3)
+            handler._send(200, json.dumps({"model_version": "v9", "predictions": ["setosa"] * rows}).encode())
         elif how == "huge":
             handler._send(200, b"{}", length=str(10**12))
         elif how == "close":
@@ -188,10 +217,13 @@ class FakeShadow:
             self.http.server_close()
 
 
-@pytest.mark.parametrize("behaviour", ["500", "garbage", "rows", "no version", "huge", "close"])
+@pytest.mark.parametrize("behaviour", ["500", "garbage", "rows", "no version", "another version", "huge", "close"])
 def test_a_failing_candidate_is_counted_and_fails_no_client(versions: tuple[Path, str, str], behaviour: str) -> None:
     root, stable, _ = versions
-    with FakeShadow(behaviour).serving() as fake, running(local(root, alias="champion", shadow_url=fake.url)) as server:
+    with (
+        FakeShadow(behaviour).serving() as fake,
+        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
+    ):
         wait_ready(server)
         wait_for(lambda: server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200 and fake.received, 15,
                  "a mirrored request")  # fmt: skip
@@ -201,11 +233,69 @@ def test_a_failing_candidate_is_counted_and_fails_no_client(versions: tuple[Path
                  "every mirrored request counted as failed")  # fmt: skip
         assert _shadow(server, "regrow_shadow_requests_total", "v9", outcome="answered") == 0
         assert not _shadow(server, "regrow_shadow_compared_rows_total", "v9")
+        assert _shadow(server, "regrow_shadow_request_duration_seconds_count", "v9") >= 50  # failures are timed
+        candidates = {dict(k).get("candidate") for k in _samples(server, "regrow_shadow_requests_total")}
+        assert candidates == {"v9"}  # only the offered version is credited, whatever an answer names
+
+
+def test_no_body_is_sent_to_a_shadow_that_cannot_prove_it_holds_the_key(versions: tuple[Path, str, str]) -> None:
+    """Any pod labelled as a shadow pod joins the shadow Service; one without the deployment's key offers in vain:
+    nothing is mirrored to it, and no version it names is credited."""
+    root, stable, _ = versions
+    fake = FakeShadow("stranger", version="v666")
+    with fake.serving(), running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server:
+        wait_ready(server)
+        time.sleep(1)  # its first poll
+        for _ in range(100):
+            assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["model_version"] == stable
+        assert fake.received == 0 and not _samples(server, "regrow_shadow_requests_total")
+
+
+def test_a_shadow_pod_refuses_requests_that_no_stable_pod_mirrored(versions: tuple[Path, str, str]) -> None:
+    """A pass is bound to its handshake's challenge by the key: made up, reused with another challenge, or made
+    with another key, it is refused."""
+    root, _, candidate = versions
+    with running(local(root, feedback_key=KEY, version=candidate, shadow_percent=100)) as shadow:
+        wait_ready(shadow)
+        key, challenge = ShadowKey(KEY.encode()), ShadowKey.challenge()
+        good = key.mirror_pass(challenge)
+        forged = [b"", b"x.y", challenge, ShadowKey(b"other").mirror_pass(challenge),
+                  ShadowKey.challenge() + good[len(challenge) :]]  # fmt: skip
+        for token in forged:
+            status, _ = shadow.call(
+                "POST", "/v2/models/iris/infer", v2(ROWS), headers={PASS_HEADER.decode(): token.decode()}
+            )
+            assert status == 403, token
+        status, answer = shadow.call(
+            "POST", "/v2/models/iris/infer", v2(ROWS), headers={PASS_HEADER.decode(): good.decode()}
+        )
+        assert status == 200 and answer["model_version"] == candidate
+        assert sum(_samples(shadow, "regrow_inference_requests_total").values()) == 1
+
+
+def test_the_candidates_latency_is_what_the_stable_pods_timed(versions: tuple[Path, str, str]) -> None:
+    """A shadow step's p99 gate reads how long the mirrored requests took, as the stable pod timed them."""
+    root, _, _ = versions
+    with (
+        FakeShadow("slow").serving() as fake,
+        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
+    ):
+        wait_ready(server)
+        for _ in range(12):
+            assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
+        wait_for(lambda: _shadow(server, "regrow_shadow_requests_total", "v9", outcome="answered") >= 12, 15,
+                 "the mirrored requests answered")  # fmt: skip
+        answered = _shadow(server, "regrow_shadow_requests_total", "v9", outcome="answered")
+        assert _shadow(server, "regrow_shadow_request_duration_seconds_bucket", "v9", le="0.25") == 0
+        assert _shadow(server, "regrow_shadow_request_duration_seconds_bucket", "v9", le="0.5") == answered
 
 
 def test_a_candidate_that_sheds_load_drops_its_share_without_failing(versions: tuple[Path, str, str]) -> None:
     root, _, _ = versions
-    with FakeShadow("429").serving() as fake, running(local(root, alias="champion", shadow_url=fake.url)) as server:
+    with (
+        FakeShadow("429").serving() as fake,
+        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
+    ):
         wait_ready(server)
         for _ in range(60):
             assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
@@ -216,7 +306,10 @@ def test_a_candidate_that_sheds_load_drops_its_share_without_failing(versions: t
 
 def test_a_hung_candidate_fills_the_queue_which_drops_and_no_client_waits(versions: tuple[Path, str, str]) -> None:
     root, stable, _ = versions
-    with FakeShadow("hang").serving() as fake, running(local(root, alias="champion", shadow_url=fake.url)) as server:
+    with (
+        FakeShadow("hang").serving() as fake,
+        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
+    ):
         wait_ready(server)
         wait_for(lambda: server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200 and fake.received, 15,
                  "a mirrored request")  # fmt: skip
@@ -229,9 +322,48 @@ def test_a_hung_candidate_fills_the_queue_which_drops_and_no_client_waits(versio
         assert stable
 
 
+def test_a_hung_candidate_holds_at_most_the_queues_bytes_however_large_the_bodies(
+    versions: tuple[Path, str, str],
+) -> None:
+    """The queue is bounded in bytes as well as in count: a body over MAX_MIRRORED_BYTES is answered but not
+    mirrored, and the bodies queued and being sent never pass QUEUE_BYTES (300 one-row requests padded to
+    2 MiB once took the stable server up by 725 MB). Each dropped request is counted."""
+    root, stable, _ = versions
+    fake = FakeShadow("hang")
+    config = local(root, feedback_key=KEY, alias="champion", max_body=4 * MAX_MIRRORED_BYTES, shadow_url=fake.url)
+    with fake.serving(), running(config) as server:
+        wait_ready(server)
+        wait_for(lambda: server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200 and fake.received, 15,
+                 "a mirrored request")  # fmt: skip
+
+        def padded(size: int) -> bytes:
+            body = json.dumps({"instances": ROWS[:1]}).encode()
+            return body + b" " * (size - len(body))  # JSON allows the whitespace
+
+        def held() -> float:
+            return sum(_samples(server, "regrow_shadow_queue_bytes").values())
+
+        dropped = _shadow(server, "regrow_shadow_requests_total", "v9", outcome="dropped")
+        for _ in range(20):  # too large to mirror at all
+            assert server.call("POST", "/v1/models/iris:predict", raw=padded(2 * MAX_MIRRORED_BYTES))[0] == 200
+        assert _shadow(server, "regrow_shadow_requests_total", "v9", outcome="dropped") - dropped == 20
+        assert held() < MAX_MIRRORED_BYTES
+        size = MAX_MIRRORED_BYTES // 4
+        sent = QUEUE_BYTES // size + 40
+        for _ in range(sent):
+            assert server.call("POST", "/v1/models/iris:predict", raw=padded(size))[0] == 200
+            assert held() <= QUEUE_BYTES
+        assert held() > QUEUE_BYTES - 5 * size  # it filled up, to within the hung workers' few
+        dropped = _shadow(server, "regrow_shadow_requests_total", "v9", outcome="dropped") - dropped - 20
+        assert dropped >= sent - QUEUE_BYTES // size  # in bytes, long before QUEUE requests
+        assert stable
+
+
 def test_an_absent_candidate_is_never_sent_anything(versions: tuple[Path, str, str]) -> None:
     root, _, _ = versions
-    with running(local(root, alias="champion", shadow_url=f"http://127.0.0.1:{free_port()}")) as server:
+    with running(
+        local(root, feedback_key=KEY, alias="champion", shadow_url=f"http://127.0.0.1:{free_port()}")
+    ) as server:
         wait_ready(server)
         for _ in range(200):
             assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
@@ -259,7 +391,7 @@ def test_compare_pairs_rows_or_says_why_not() -> None:
 def test_the_shadow_url_and_percent_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
     for url in ["https://shadow", "shadow:80", "http://", "file:///tmp/x"]:
         with pytest.raises(ValueError, match="must be http://host"):
-            Mirror(url, "iris")
+            Mirror(url, "iris", ShadowKey(KEY.encode()))
     for percent in ["-1", "101", "x"]:
         with pytest.raises(SystemExit):
             main(["serve", "--registry", "file:///r", "--model", "iris", "--alias", "a", "--shadow-percent", percent])

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
+from regrow.api.modeldeployment import CanaryStep, RolloutSpec
 from regrow.contracts import AliasReading, ModelMetadata, ModelParameters
 from regrow.controller.kube import Conflict, Obj
 from regrow.controller.modeldeployment import (
@@ -317,13 +318,29 @@ def test_a_shadow_reaches_no_client_logs_nothing_and_the_stable_pods_know_where_
     (container,) = template["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert (env["REGROW_SHADOW_PERCENT"], env["REGROW_MODEL_VERSION"]) == ("50", "v4")
-    assert not {"REGROW_PREDICTION_LOG_PERCENT", "REGROW_FEEDBACK_KEY", "REGROW_SHADOW_URL"} & set(env)
+    assert not {"REGROW_PREDICTION_LOG_PERCENT", "REGROW_SHADOW_URL"} & set(env)
     assert [m["readOnly"] for m in container["volumeMounts"] if m["name"] == "store"] == [True]
-    stable = {e["name"]: e.get("value") for e in deployment(OWNER, spec, PodDefaults(), "v3")["spec"]["template"]
-              ["spec"]["containers"][0]["env"]}  # fmt: skip
-    assert stable["REGROW_SHADOW_URL"] == shadow_url(OWNER) == "http://iris-shadow"
-    canary = deployment(OWNER, spec, PodDefaults(), "v4", 1)["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert not {"REGROW_SHADOW_URL", "REGROW_SHADOW_PERCENT"} & {e["name"] for e in canary}
+    stable_env = deployment(OWNER, spec, PodDefaults(cluster_domain="corp.example"), "v3")["spec"]["template"]["spec"][
+        "containers"][0]["env"]  # fmt: skip
+    stable = {e["name"]: e.get("value") for e in stable_env}
+    # Fully qualified, ending in a dot: a missing Service resolves nowhere through the DNS search path.
+    assert (
+        stable["REGROW_SHADOW_URL"]
+        == shadow_url(OWNER, "corp.example")
+        == ("http://iris-shadow.ml.svc.corp.example.:8080")
+    )
+    # Both hold the deployment's key, which the shadow's handshake proves, though neither logs predictions.
+    unlogged = spec.model_copy(update={"prediction_log": None})
+    assert unlogged.keyed and not unlogged.logs_predictions
+
+    def env_of(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        container = deployment(OWNER, unlogged, PodDefaults(), *args, **kwargs)["spec"]["template"]["spec"]
+        return {e["name"]: e for e in container["containers"][0]["env"]}
+
+    keys = [env_of("v3"), env_of("v4", 2, shadow_percent=50)]
+    assert [e["REGROW_FEEDBACK_KEY"]["valueFrom"]["secretKeyRef"]["name"] for e in keys] == ["iris-feedback-key"] * 2
+    canary = env_of("v4", 1)  # it mirrors nothing and is mirrored to by none
+    assert not {"REGROW_SHADOW_URL", "REGROW_SHADOW_PERCENT", "REGROW_FEEDBACK_KEY"} & set(canary)
     plain = deployment(OWNER, _spec(), PodDefaults(), "v3")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert "REGROW_SHADOW_URL" not in {e["name"] for e in plain}  # no shadow step, nothing to ask: no roll either
 
@@ -364,6 +381,11 @@ def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() 
     assert api.created == []
     containers = deployment(OWNER, quiet, PodDefaults(), None)["spec"]["template"]["spec"]["containers"]
     assert "REGROW_FEEDBACK_KEY" not in {e["name"] for e in containers[0]["env"]}
+    shadowed = quiet.model_copy(
+        update={"rollout": RolloutSpec(strategy="Canary", steps=[CanaryStep(mirror=10, pause="1m")])}
+    )
+    _feedback_key(api, OWNER, shadowed, None)  # type: ignore[arg-type]  # the shadow's handshake needs the key
+    assert len(api.created) == 1
 
 
 def test_a_spec_without_resources_gets_the_defaults() -> None:

@@ -83,7 +83,8 @@ class CanaryStep(ApiModel):
         default=None,
         ge=1,
         le=100_000_000,
-        description="Requests the candidate answers at this step (mirrored ones at a shadow step), then it is judged.",
+        description="Requests the candidate answers or fails (2xx, 5xx: refused ones count for nothing) at this "
+        "step, then it is judged; at a shadow step, those the stable pods mirrored to it.",
     )
     max_wait: Duration = Field(
         default="10m", description="A gate that cannot be measured by then (too few requests, no ready pod) fails."
@@ -106,11 +107,13 @@ class CanaryAnalysis(ApiModel):
 
     max_error_share: FractionString = Field(
         default="0.01",
-        description="Share of the candidate's answered requests that may be 5xx (429s from load shedding are "
-        "neither errors nor counted).",
+        description="Share of the candidate's answers (2xx, 5xx) that may be 5xx; refused requests (4xx, 429s "
+        "from load shedding among them) are neither errors nor counted.",
     )
     max_p99_seconds: DecimalString | None = Field(
-        default=None, description="The candidate's p99 latency at most (from its latency histogram's buckets)."
+        default=None,
+        description="The candidate's p99 latency at most (from its answers' latency histogram; at a shadow step, "
+        "as the stable pods timed the mirrored requests).",
     )
     max_prediction_divergence: FractionString | None = Field(
         default="0.5",
@@ -224,6 +227,12 @@ class ModelDeploymentSpec(ApiModel):
     def logs_predictions(self) -> bool:
         """Whether its pods log predictions (and so take feedback, signed with the deployment's key)."""
         return self.prediction_log is not None and self.prediction_log.sample_percent > 0
+
+    @property
+    def keyed(self) -> bool:
+        """Whether its pods hold the deployment's key: to sign prediction ids, or for the handshake between the
+        stable pods and a shadow candidate's."""
+        return self.logs_predictions or self.rollout.mirrors
 
     @model_validator(mode="after")
     def _labels_can_arrive(self) -> ModelDeploymentSpec:

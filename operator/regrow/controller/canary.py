@@ -46,15 +46,18 @@ from regrow.controller.result import Event
 from regrow.drift.profile import PREDICTION, FeatureProfile
 from regrow.drift.stats import jensen_shannon
 from regrow.drift.window import Vector
-from regrow.telemetry import LATENCY_BUCKETS, SHED
+from regrow.telemetry import LATENCY_BUCKETS, answered
 
-# A version's flat vector: requests answered and 5xx, rows a label graded and the grade (rows right, or the
-# absolute errors summed in millionths); what the stable pods mirrored to a shadow candidate (requests sampled,
-# answered and failed, rows compared, and the rows that agreed or the absolute differences, and the stable
-# predictions' magnitudes, both in millionths); the cumulative latency buckets, then its predictions in its bins.
+# A version's flat vector: requests answered (2xx) or failed (5xx) and the 5xx, rows a label graded and the grade
+# (rows right, or the absolute errors summed in millionths); what the stable pods mirrored to a shadow candidate
+# (requests sampled, answered and failed, rows compared, and the rows that agreed or the absolute differences,
+# and the stable predictions' magnitudes, both in millionths); the cumulative latency buckets of its answers,
+# then of the shadow candidate's answers as the stable pods timed them; then its predictions in its bins.
 ANSWERED, ERRORS, LABELLED, GRADED = 0, 1, 2, 3
 MIRRORED, MIRROR_ANSWERED, MIRROR_FAILED, COMPARED, AGREED, MAGNITUDE, BUCKETS = 4, 5, 6, 7, 8, 9, 10
 LATENCY = len(LATENCY_BUCKETS) + 1
+SHADOW_BUCKETS = BUCKETS + LATENCY
+PREDICTED = SHADOW_BUCKETS + LATENCY
 MICRO = 1_000_000
 _BOUNDS = {bound: i for i, bound in enumerate((*LATENCY_BUCKETS, math.inf))}  # a bucket's le: its place
 MIN_PREDICTIONS = 50  # rows each version predicted at the step before their predictions are compared
@@ -66,6 +69,10 @@ _COUNTERS = {  # counters summed as they are: their place in the vector, and the
     "regrow_shadow_agreed_rows_total": (AGREED, 1),
     "regrow_shadow_absolute_difference_total": (AGREED, MICRO),
     "regrow_shadow_stable_magnitude_total": (MAGNITUDE, MICRO),
+}
+_HISTOGRAMS = {  # cumulative latency buckets: where in the vector they start
+    "regrow_inference_request_duration_seconds_bucket": BUCKETS,
+    "regrow_shadow_request_duration_seconds_bucket": SHADOW_BUCKETS,
 }
 
 
@@ -90,13 +97,14 @@ def share(canary: int, stable: int) -> int:
 
 
 def size(prediction: FeatureProfile | None) -> int:
-    return BUCKETS + LATENCY + (len(prediction.labels) if prediction else 0)
+    return PREDICTED + (len(prediction.labels) if prediction else 0)
 
 
 def read_version(text: str, model: str, version: str, prediction: FeatureProfile | None,
                  candidate: str | None = None) -> Vector:  # fmt: skip
-    """One pod's counters of ``model``/``version`` as a flat vector (see ANSWERED): 429s from load shedding
-    are left out, 4xx count as answered, 5xx as answered and errors. Any pod may grade a version's
+    """One pod's counters of ``model``/``version`` as a flat vector (see ANSWERED): requests it refused (4xx,
+    429 from load shedding included) are left out, so that no client sending bad requests dilutes the gates;
+    5xx count as answered and as errors. Any pod may grade a version's
     predictions (a label reaches whichever pod the Service picks), so every pod is read for each version.
     With ``candidate``, also what ``version``'s pods mirrored to that shadow candidate and how it compared."""
     out = np.zeros(size(prediction), dtype=np.int64)
@@ -117,17 +125,17 @@ def read_version(text: str, model: str, version: str, prediction: FeatureProfile
                 out[counted] += round(sample.value) if counted is not None else 0
             elif sample.name == "regrow_inference_requests_total" and labels.get("code", "").isdigit():
                 code = int(labels["code"])
-                if code != SHED:
+                if answered(code):
                     out[ANSWERED] += round(sample.value)
                     out[ERRORS] += round(sample.value) if code >= 500 else 0
-            elif sample.name == "regrow_inference_request_duration_seconds_bucket":
+            elif sample.name in _HISTOGRAMS:
                 bound = _BOUNDS.get(float(labels.get("le", "nan")))
                 if bound is not None:
-                    out[BUCKETS + bound] = round(sample.value)
+                    out[_HISTOGRAMS[sample.name] + bound] = round(sample.value)
             elif sample.name == "regrow_feature_bin_total" and labels.get("feature") == PREDICTION:
                 place = bins.get(labels.get("bin", ""))
                 if place is not None:
-                    out[BUCKETS + LATENCY + place] = round(sample.value)
+                    out[PREDICTED + place] = round(sample.value)
     return out
 
 
@@ -228,16 +236,14 @@ def gates(analysis: CanaryAnalysis, candidate: Vector, stable: Vector, predictio
           shadow: bool = False) -> list[GateStatus]:  # fmt: skip
     """Every gate the analysis sets, measured over the step's counts (unset value: not measurable yet). At a
     shadow step: the candidate's errors as the stable pods saw them (an answer other than 200, late or
-    unreadable), its latency, and its disagreement with the stable version; predictions and labels are not
-    gated there (it serves no client, and none labels its answers)."""
-    answered = int(candidate[ANSWERED])
-    tried = int(stable[MIRROR_ANSWERED] + stable[MIRROR_FAILED])
-    errors = (stable[MIRROR_FAILED] / tried if tried else None) if shadow else (
-        candidate[ERRORS] / answered if answered else None
-    )  # fmt: skip
-    out = [_gate("errorShare", analysis.max_error_share, errors)]
+    unreadable), its latency as they timed it, and its disagreement with the stable version; predictions and
+    labels are not gated there (it serves no client, and none labels its answers)."""
+    tried = requests(candidate, stable, shadow)
+    failed = stable[MIRROR_FAILED] if shadow else candidate[ERRORS]
+    out = [_gate("errorShare", analysis.max_error_share, failed / tried if tried else None)]
     if analysis.max_p99_seconds is not None:
-        p99 = quantile(0.99, candidate[BUCKETS : BUCKETS + LATENCY]) if answered else None
+        timed = stable[SHADOW_BUCKETS:PREDICTED] if shadow else candidate[BUCKETS:SHADOW_BUCKETS]
+        p99 = quantile(0.99, timed) if timed[-1] else None
         out.append(_gate("p99Seconds", analysis.max_p99_seconds, p99))
     if shadow:
         if analysis.max_disagreement is not None:
@@ -245,7 +251,7 @@ def gates(analysis: CanaryAnalysis, candidate: Vector, stable: Vector, predictio
             out.append(_gate("disagreement", analysis.max_disagreement, value))
         return out
     if analysis.max_prediction_divergence is not None:
-        mine, theirs = candidate[BUCKETS + LATENCY :], stable[BUCKETS + LATENCY :]
+        mine, theirs = candidate[PREDICTED:], stable[PREDICTED:]
         known = predictions.candidate is not None and predictions.stable is not None
         enough = known and min(int(mine.sum()), int(theirs.sum())) >= MIN_PREDICTIONS
         value = (
@@ -261,6 +267,13 @@ def gates(analysis: CanaryAnalysis, candidate: Vector, stable: Vector, predictio
         ) else None  # fmt: skip
         out.append(_gate("qualityDrop", analysis.max_quality_drop, drop))
     return out
+
+
+def requests(candidate: Vector, stable: Vector, shadow: bool = False) -> int:
+    """The candidate's requests at a step, the evidence its gates are judged on: those its pods answered or
+    failed (2xx, 5xx), or at a shadow step those the stable pods mirrored to it and got an answer to or
+    failed on (what reaches the shadow pods by any other way is no evidence)."""
+    return int(stable[MIRROR_ANSWERED] + stable[MIRROR_FAILED] if shadow else candidate[ANSWERED])
 
 
 def quality_drop(candidate: Vector, stable: Vector, classifier: bool) -> float:

@@ -271,9 +271,10 @@ def assess(live: Obj, reports: list[PodReport], version: str | None, draining: i
 
 
 def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj | None) -> None:
-    """Create the Secret whose key signs prediction ids before the first Deployment that reads it. The
-    operator may create Secrets but not read them: an existing one answers Conflict, and is kept."""
-    if not spec.logs_predictions:
+    """Create the Secret of the deployment's key (it signs prediction ids, and authenticates a shadow's pods
+    and the stable ones to each other) before the first Deployment that reads it. The operator may create
+    Secrets but not read them: an existing one answers Conflict, and is kept."""
+    if not spec.keyed:
         return
     containers = (live or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
     if any(e.get("name") == FEEDBACK_ENV for e in containers[0].get("env") or []):
@@ -667,7 +668,7 @@ def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running:
         analysis = analysis.model_copy(update={"max_prediction_divergence": None})
     predictions = canary.Predictions(bins["candidate"], bins["stable"])
     measured = canary.gates(analysis, mine, theirs, predictions, shadow=shadowing)
-    return int(mine[canary.ANSWERED]), measured, int(theirs[canary.MIRRORED]) if shadowing else 0
+    return canary.requests(mine, theirs, shadowing), measured, int(theirs[canary.MIRRORED]) if shadowing else 0
 
 
 def _prediction(owner: Owner, model: str, version: str, pods: list[Obj], serving: Serving) -> FeatureProfile | None:

@@ -133,6 +133,7 @@ class PodDefaults:
     runtime: str = f"regrow-serving:{__version__}"
     pull_policy: str = "IfNotPresent"
     metrics_port: int = 0
+    cluster_domain: str = "cluster.local"  # the cluster's DNS domain (the kubelet's clusterDomain)
     # The images a spec may name besides the runtime (the chart's allowedImages): an entry names one image,
     # or, ending in "/", ":" or "@", every image under it (a registry or repository, its tags, its digests).
     allowed_images: tuple[str, ...] = ()

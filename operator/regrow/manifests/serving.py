@@ -1,5 +1,6 @@
 """The children of a ModelDeployment: Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget, and
-with a prediction log the Secret whose key signs its prediction ids."""
+with a prediction log or a shadow step the Secret of its key (which signs prediction ids, and authenticates
+a shadow's pods and the stable ones to each other)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def feedback_key_name(owner: Owner) -> str:
 
 def feedback_key(owner: Owner, key: str) -> Manifest:
     """The Secret that holds the key every replica signs and verifies prediction ids with (see
-    ``regrow.serving.feedback``). The operator creates it once and never reads it back."""
+    ``regrow.serving.feedback``), and a shadow's pods and the stable ones prove themselves to each other with
+    (``regrow.serving.mirror``). The operator creates it once and never reads it back."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -69,9 +71,10 @@ def selector(owner: Owner, component: str = COMPONENT) -> dict[str, str]:
             "app.kubernetes.io/component": component}  # fmt: skip
 
 
-def shadow_url(owner: Owner) -> str:
-    """Where the stable pods find the shadow Service: its name alone resolves in their namespace."""
-    return f"http://{owner.child_name(SHADOW)}"
+def shadow_url(owner: Owner, cluster_domain: str) -> str:
+    """Where the stable pods find the shadow Service: its fully qualified name (the trailing dot: no search
+    domain is tried, so a missing Service resolves nowhere else)."""
+    return f"http://{owner.child_name(SHADOW)}.{owner.namespace}.svc.{cluster_domain}.:{PORT}"
 
 
 def deployment(
@@ -91,6 +94,7 @@ def deployment(
     volumes, mounts = storage_volumes(spec.storage, read_only=not logs)  # the log writes to the store
     pinned = version if canary_replicas is not None else model.version or version
     logged = logs and spec.prediction_log is not None
+    mirroring = component == COMPONENT and spec.rollout.mirrors  # the stable pods mirror to a shadow
     settings = ServingEnv(
         registry=model.registry,
         model_name=model.name,
@@ -106,13 +110,14 @@ def deployment(
         storage_endpoint=spec.storage.endpoint_url if spec.storage else None,
         **({"prediction_log_percent": spec.prediction_log.sample_percent,
             "prediction_log_max_queue": spec.prediction_log.max_queue} if logged and spec.prediction_log else {}),
-        shadow_url=shadow_url(owner) if component == COMPONENT and spec.rollout.mirrors else None,
+        shadow_url=shadow_url(owner, defaults.cluster_domain) if mirroring else None,
         **({"shadow_percent": shadow_percent} if component == SHADOW and shadow_percent is not None else {}),
     )  # fmt: skip
+    keyed = logged or mirroring or component == SHADOW
     sources = {
         "threads": {"resourceFieldRef": {"containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}},
         **({"feedback_key": {"secretKeyRef": {"name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}
-           if logged else {}),
+           if keyed else {}),
     }  # fmt: skip
     model_env = settings.variables(sources)
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2}

@@ -22,7 +22,16 @@ from regrow.inference import Batch, Prediction, rows
 from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
 from regrow.serving.metrics import ServingMetrics
-from regrow.serving.mirror import SHADOW_PATH, Mirror, Mirrored, ShadowOffer
+from regrow.serving.mirror import (
+    CHALLENGE_HEADER,
+    PASS_HEADER,
+    PROOF_HEADER,
+    SHADOW_PATH,
+    Mirror,
+    Mirrored,
+    ShadowKey,
+    ShadowOffer,
+)
 from regrow.serving.model import LoadedModel
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
@@ -39,6 +48,7 @@ from regrow.serving.protocol import (
     v2_outputs,
 )
 from regrow.tabular import missing
+from regrow.telemetry import Refusal
 
 RETRY_AFTER = b"retry-after: 1\r\n"
 
@@ -108,7 +118,7 @@ class App:
             if request.method == "POST":
                 return self._post(request)
             if request.method == "GET":
-                return self._get(request.path)
+                return self._get(request)
             raise BadRequest(f"method {request.method} is not allowed", 405)
         except BadRequest as error:
             response = error_response(error.status, str(error))
@@ -116,8 +126,8 @@ class App:
                 response.headers = RETRY_AFTER
             return response
 
-    def _get(self, path: str) -> Response:
-        state = self.state
+    def _get(self, request: Request) -> Response:
+        state, path = self.state, request.path
         if path == "/v2/health/live":
             return json_response(200, {"live": True})
         if path == "/v2/health/ready":
@@ -131,7 +141,9 @@ class App:
             if state.model is None:
                 raise BadRequest(f"the model is not ready: {state.error}", 503)
             offer = ShadowOffer(model=state.name, version=state.model.version, percent=state.shadow)
-            return Response(200, offer.model_dump_json().encode())
+            body, challenge = offer.model_dump_json().encode(), request.headers.get(CHALLENGE_HEADER)
+            proof = ShadowKey(state.signer.key).proof(challenge, body) if challenge else None
+            return Response(200, body, headers=b"%s: %s\r\n" % (PROOF_HEADER, proof) if proof else b"")
         if path.startswith("/v2/models/"):
             return self._get_model(path)
         raise BadRequest(f"no such endpoint: GET {path}", 404)
@@ -217,6 +229,10 @@ class App:
         path = request.path
         if not self.inference:
             raise BadRequest(f"no such endpoint on the metrics port: POST {path}", 404)
+        if self.state.shadow is not None and not ShadowKey(self.state.signer.key).admits(
+            request.headers.get(PASS_HEADER)
+        ):
+            raise BadRequest("a shadow pod answers only the requests the stable pods mirror to it", 403)
         if path.startswith("/v2/models/"):
             protocol = "v2"
             rest = self._model_path(path[len("/v2/models/") :])
@@ -238,10 +254,13 @@ class App:
         if model is None or metrics is None:
             raise BadRequest(f"the model is not ready: {state.error}", 503)
         code, x, binary_outputs, predicted = 500, None, b"", None
+        refusal: Refusal = "malformed"
         try:
             waited = state.waited()
             if waited > state.shed_after:  # shed: a 429 costs little, so the loop catches up
-                raise BadRequest(f"the server is overloaded (this request waited {waited:.2f} s): retry", 429)
+                raise BadRequest(
+                    f"the server is overloaded (this request waited {waited:.2f} s): retry", 429, "overloaded"
+                )
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             x = self._inputs(protocol, parsed, binary)
@@ -269,14 +288,14 @@ class App:
             code = 200
             if state.mirror is not None:
                 binary_header = request.headers.get(BINARY_HEADER)
-                state.mirror.sample(lambda: Mirrored(request.path, request.body, binary_header,
-                                                     v1_predictions(prediction)))  # fmt: skip
+                state.mirror.sample(len(request.body), lambda: Mirrored(request.path, request.body, binary_header,
+                                                                        v1_predictions(prediction)))  # fmt: skip
             return binary_response(response, binary_outputs) if binary_outputs else json_response(200, response)
         except BadRequest as error:
-            code, x = error.status, None
+            code, x, refusal = error.status, None, error.reason
             raise
         finally:
-            metrics.request(protocol, code, time.perf_counter() - request.started, x, predicted)
+            metrics.request(protocol, code, time.perf_counter() - request.started, x, predicted, refusal)
 
     def _inputs(self, protocol: str, parsed: Any, binary: bytes) -> Batch:
         """The request's rows: a float matrix, or one column per input for a model that takes columns."""

@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from regrow.inference import Batch, rows
 from regrow.serving.model import LoadedModel
-from regrow.telemetry import LATENCY_BUCKETS
+from regrow.telemetry import LATENCY_BUCKETS, Refusal, answered
 
 FLUSH_ROWS = 8192
 RECOVER_SECONDS = 10.0  # after a failed flush, not ready this long: out of the Service's endpoints, it recovers
@@ -114,8 +114,25 @@ class FeatureBins:
         return []
 
 
+class Latency:
+    """A latency histogram in plain Python numbers (LATENCY_BUCKETS, then +Inf), for a collector to export."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: upper bounds are inclusive
+        self.seconds += seconds
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS, math.inf)]  # type: ignore[no-untyped-call]
+        family.add_metric(labels, list(zip(bounds, itertools.accumulate(self.buckets), strict=True)), self.seconds)
+
+
 class RequestStats:
-    """Requests by protocol and code, their latency and the rows predicted, for one model version.
+    """Requests by protocol and code, the refused ones by reason, the latency of those the model answered or
+    failed (2xx, 5xx), and the rows predicted, for one model version.
 
     Kept in plain Python numbers by the event loop (the only writer) and turned into metric families at
     each scrape: no lock and no metric child per request.
@@ -125,16 +142,20 @@ class RequestStats:
         self.labels = [model.name, model.version]
         self.bins = bins
         self.codes: collections.Counter[tuple[str, int]] = collections.Counter()
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.seconds = 0.0
+        self.refused: collections.Counter[tuple[str, Refusal]] = collections.Counter()
+        self.latency = Latency()
         self.rows = 0
 
     def request(
         self, protocol: str, code: int, seconds: float, x: Batch | None, outputs: npt.NDArray[np.generic] | None = None,
+        refusal: Refusal = "malformed",
     ) -> None:  # fmt: skip
+        """Count one inference request; ``refusal`` says why one that was not ``answered`` was refused."""
         self.codes[protocol, code] += 1
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: upper bounds are inclusive
-        self.seconds += seconds
+        if not answered(code):  # it reached no model: how fast it was refused says nothing of the version
+            self.refused[protocol, refusal] += 1
+            return
+        self.latency.observe(seconds)
         if x is not None:
             self.rows += rows(x)
             if self.bins is not None:
@@ -147,18 +168,23 @@ class RequestStats:
         )  # fmt: skip
         for (protocol, code), count in sorted(self.codes.items()):
             requests.add_metric([*self.labels, protocol, str(code)], count)
+        refused = CounterMetricFamily(
+            "regrow_inference_refused_requests", "Inference requests refused (4xx), by protocol and reason: "
+            "malformed, columns, values, rows or overloaded.",
+            labels=["model", "version", "protocol", "reason"],
+        )  # fmt: skip
+        for (protocol, reason), count in sorted(self.refused.items()):
+            refused.add_metric([*self.labels, protocol, reason], count)
         latency = HistogramMetricFamily(
             "regrow_inference_request_duration_seconds",
-            "Time to answer an inference request, from its first byte.",
+            "Time to answer an inference request the model answered or failed (2xx, 5xx; refused ones are left "
+            "out), from its first byte.",
             labels=["model", "version"],
         )
-        bounds = [floatToGoString(b) for b in (*LATENCY_BUCKETS, math.inf)]  # type: ignore[no-untyped-call]
-        latency.add_metric(
-            self.labels, list(zip(bounds, itertools.accumulate(self.buckets), strict=True)), self.seconds
-        )
+        self.latency.add_to(latency, self.labels)
         rows = CounterMetricFamily("regrow_inference_rows", "Rows predicted.", labels=["model", "version"])
         rows.add_metric(self.labels, self.rows)
-        yield from (requests, latency, rows)
+        yield from (requests, refused, latency, rows)
 
     def describe(self) -> list[Metric]:
         return []

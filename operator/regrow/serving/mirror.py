@@ -1,22 +1,38 @@
 """Shadow traffic, both sides of it.
 
 A stable pod mirrors a sampled share of the inference requests it answered with 200 to the candidate's
-shadow pods (the ``<name>-shadow`` Service, ``REGROW_SHADOW_URL``) and compares their answers with its own,
-row by row. A shadow pod answers every inference request with its predictions alone
-(``{"model_version", "predictions"}``, whatever the protocol), counts no drift bins and logs nothing: all
-that reaches it is taken for mirrored traffic, so no header a client could set decides what is counted
-where, and a client of the ModelDeployment's Service never reaches it.
+shadow pods (the ``<name>-shadow`` Service, by its fully qualified name: ``REGROW_SHADOW_URL``) and compares
+their answers with its own, row by row. A shadow pod answers the mirrored requests with its predictions
+alone (``{"model_version", "predictions"}``, whatever the protocol), counts no drift bins and logs nothing;
+a client of the ModelDeployment's Service never reaches it.
 
+- Neither side trusts a stranger. Any pod that carries the shadow pods' labels joins the shadow Service, so
+  each connection a stable pod opens to it begins with a handshake under the deployment's key (the Secret
+  that also signs prediction ids): the stable pod asks for the offer with a fresh challenge, and the answer
+  must carry a proof (an HMAC of the challenge and the offer) that only a holder of the key can make. No
+  request body is sent on a connection before its proof checks out; one that fails is counted
+  ``untrusted``. Each request mirrored on it carries a pass bound to the challenge, which the shadow pod
+  checks: without one, it answers 403 and counts nothing, so no client sending requests straight to the
+  shadow Service reaches the model or the counters a shadow step is judged on. (A stranger that could
+  reach a genuine shadow pod could relay its proofs: the chart's NetworkPolicy lets only the stable pods
+  reach the shadow pods.)
 - What to mirror: every POLL_SECONDS the stable pod asks the shadow Service for its offer
   (``GET /v2/shadow``: the candidate's version and the percent of requests it asks for). No offer, nothing
-  is mirrored; a refused connection withdraws the offer until the next poll.
-- A client never waits for the candidate: a request is sampled and queued (at most QUEUE) as it is
-  answered, a full queue drops it (counted), and WORKERS tasks on the server's event loop send the queued
-  ones after the answers are written, each on a kept-alive connection (opened again after
-  REQUESTS_PER_CONNECTION, so that kube-proxy spreads them over the shadow pods), with a deadline.
-- Counted per candidate version (``regrow_shadow_*``): requests answered, failed (an answer other than
-  200 or 429, none within TIMEOUT_SECONDS, or one that is unreadable), dropped (by the full queue, or shed
-  by the candidate with 429) and unreachable; the rows compared,
+  is mirrored; a refused connection, or an offer without a valid proof, withdraws the offer until the next
+  poll.
+- A client never waits for the candidate: a request is sampled and queued as it is answered, and WORKERS
+  tasks on the server's event loop send the queued ones after the answers are written, each on a kept-alive
+  connection (opened again after REQUESTS_PER_CONNECTION, so that kube-proxy spreads them over the shadow
+  pods), with a deadline. What is held is bounded in count and in bytes: a body over MAX_MIRRORED_BYTES is
+  not mirrored, and one that would take the queue past QUEUE requests, or the bodies queued and being sent
+  past QUEUE_BYTES, is dropped (counted), so a hung candidate costs the stable pod at most QUEUE_BYTES of
+  bodies, whatever its clients send.
+- Counted per candidate version, the offer's (``regrow_shadow_*``): requests answered, failed (an answer other
+  than 200 or 429, none within TIMEOUT_SECONDS, one that is unreadable or names another version), dropped (too
+  large, by the full queue, or shed by the candidate with 429), unreachable and untrusted (sent to no pod
+  that proved it holds the key); how long the answered and failed ones
+  took (``regrow_shadow_request_duration_seconds``: the candidate's latency gate at a shadow step reads this,
+  not the shadow pods' own histogram, which counts whatever reaches them); the rows compared,
   and those whose label agreed (classifiers), or the absolute differences and the stable version's
   magnitudes (regressors).
 """
@@ -24,20 +40,26 @@ where, and a client of the ModelDeployment's Service never reaches it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
+import os
 import random
+import time
 import urllib.parse
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from regrow.serving.metrics import Latency
 from regrow.telemetry import SHED
 
 log = logging.getLogger(__name__)
@@ -45,12 +67,47 @@ log = logging.getLogger(__name__)
 SHADOW_PATH = "/v2/shadow"
 POLL_SECONDS = 5.0
 QUEUE = 1000
+QUEUE_BYTES = 32 * 1024 * 1024  # the bodies queued and being sent, at most
+MAX_MIRRORED_BYTES = 1024 * 1024  # a larger request is answered but not mirrored
 WORKERS = 4
 TIMEOUT_SECONDS = 5.0
 REQUESTS_PER_CONNECTION = 1000
 MAX_HEAD = 64 * 1024
 MAX_ANSWER = 16 * 1024 * 1024
+CHALLENGE_HEADER = b"regrow-shadow-challenge"  # the stable pod's, asking for the offer
+PROOF_HEADER = b"regrow-shadow-proof"  # the shadow pod's, answering it
+PASS_HEADER = b"regrow-mirror-pass"  # on each mirrored request
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@dataclass(frozen=True)
+class ShadowKey:
+    """The deployment's key as both sides of the shadow use it (each MAC names its purpose, so that neither a
+    proof, a pass nor a prediction id's tag stands for another)."""
+
+    key: bytes = field(repr=False)
+
+    def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
+        message = b"\0".join((purpose, *parts))
+        return base64.urlsafe_b64encode(hmac.new(self.key, message, hashlib.sha256).digest()).rstrip(b"=")
+
+    @staticmethod
+    def challenge() -> bytes:
+        return base64.urlsafe_b64encode(os.urandom(18))
+
+    def proof(self, challenge: bytes, offer: bytes) -> bytes:
+        """The shadow pod's answer to ``challenge``, for the ``offer`` it makes with it."""
+        return self._mac(b"regrow-shadow-offer", challenge, offer)
+
+    def proves(self, challenge: bytes, offer: bytes, proof: bytes | None) -> bool:
+        return proof is not None and hmac.compare_digest(proof, self.proof(challenge, offer))
+
+    def mirror_pass(self, challenge: bytes) -> bytes:
+        """What each request the stable pod mirrors on the connection of ``challenge`` carries."""
+        return challenge + b"." + self._mac(b"regrow-mirror", challenge)
+
+    def admits(self, token: bytes | None) -> bool:
+        return token is not None and hmac.compare_digest(token, self.mirror_pass(token.partition(b".")[0]))
 
 
 class ShadowOffer(BaseModel):
@@ -100,20 +157,24 @@ class ShadowCounts:
     """The comparisons, by candidate version: ``regrow_shadow_requests_total{outcome}``, and the rows compared,
     agreed (classifiers) or their absolute differences and the stable values' magnitudes (regressors)."""
 
-    def __init__(self, model: str, classifier: bool, queued: Any) -> None:
+    def __init__(self, model: str, classifier: bool, queued: Callable[[], tuple[int, int]]) -> None:
         self.model, self.classifier, self.queued = model, classifier, queued
         self.version = ""  # the stable version, once loaded
         self.requests: Counter[tuple[str, str]] = Counter()
         self.rows: Counter[str] = Counter()
         self.agreed: defaultdict[str, float] = defaultdict(float)  # agreed rows, or summed absolute differences
         self.magnitude: defaultdict[str, float] = defaultdict(float)
+        self.latency: defaultdict[str, Latency] = defaultdict(Latency)
 
-    def add(self, candidate: str, outcome: str) -> None:
+    def add(self, candidate: str, outcome: str, seconds: float | None = None) -> None:
+        """Count a request of ``outcome``; ``seconds``: how long the candidate took to answer it, or to fail."""
         self.requests[candidate, outcome] += 1
+        if seconds is not None:
+            self.latency[candidate].observe(seconds)
 
-    def compared(self, candidate: str, counts: tuple[int, float, float]) -> None:
+    def compared(self, candidate: str, counts: tuple[int, float, float], seconds: float) -> None:
         rows, agreed, magnitude = counts
-        self.requests[candidate, "answered"] += 1
+        self.add(candidate, "answered", seconds)
         self.rows[candidate] += rows
         self.agreed[candidate] += agreed
         self.magnitude[candidate] += magnitude
@@ -129,6 +190,14 @@ class ShadowCounts:
         for (candidate, outcome), count in sorted(self.requests.items()):
             requests.add_metric([self.model, self.version, candidate, outcome], count)
         yield requests
+        latency = HistogramMetricFamily(
+            "regrow_shadow_request_duration_seconds", "Time a shadow candidate took to answer, or to fail, the "
+            "requests mirrored to it, as the stable pod timed them.",
+            labels=labels,
+        )  # fmt: skip
+        for candidate, histogram in sorted(self.latency.items()):
+            histogram.add_to(latency, [self.model, self.version, candidate])
+        yield latency
         per_row: list[tuple[str, str, Mapping[str, float]]] = [
             ("regrow_shadow_compared_rows", "Rows both versions predicted, compared.", self.rows)
         ]
@@ -145,9 +214,13 @@ class ShadowCounts:
             for candidate in sorted(self.rows):
                 family.add_metric([self.model, self.version, candidate, output], values[candidate])
             yield family
+        requests_queued, bytes_held = self.queued()
         queue = GaugeMetricFamily("regrow_shadow_queue_requests", "Requests waiting to be mirrored.", labels=labels[:2])
-        queue.add_metric([self.model, self.version], self.queued())
-        yield queue
+        queue.add_metric([self.model, self.version], requests_queued)
+        held = GaugeMetricFamily("regrow_shadow_queue_bytes", "Bytes of the request bodies waiting to be mirrored "
+                                 "or being sent.", labels=labels[:2])  # fmt: skip
+        held.add_metric([self.model, self.version], bytes_held)
+        yield from (queue, held)
 
     def describe(self) -> list[Metric]:
         return []
@@ -156,26 +229,29 @@ class ShadowCounts:
 class Mirror:
     """The stable pod's side: the offer it follows, its queue, and the tasks that send and compare."""
 
-    def __init__(self, url: str, model: str, classifier: bool = True) -> None:
+    def __init__(self, url: str, model: str, key: ShadowKey, classifier: bool = True) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"the shadow URL must be http://host[:port], not {url!r}")
         self.host, self.port = parsed.hostname, parsed.port or 80
-        self.model = model
+        self.model, self.key = model, key
         self.offer: ShadowOffer | None = None
         self.queue: asyncio.Queue[tuple[str, Mirrored]] = asyncio.Queue(QUEUE)
-        self.counts = ShadowCounts(model, classifier, self.queue.qsize)
+        self.held = 0  # bytes of the bodies queued or being sent
+        self.counts = ShadowCounts(model, classifier, lambda: (self.queue.qsize(), self.held))
         self.tasks: list[asyncio.Task[None]] = []
 
-    def sample(self, make: Any) -> None:
-        """Queue the request ``make()`` builds, if the offer samples it; drop it, counted, if the queue is full."""
+    def sample(self, size: int, make: Callable[[], Mirrored]) -> None:
+        """Queue the request of a body of ``size`` bytes that ``make()`` builds, if the offer samples it; drop it,
+        counted, if it is too large or the queue is full, in count or in bytes."""
         offer = self.offer
         if offer is None or random.random() * 100 >= offer.percent:
             return
-        try:
-            self.queue.put_nowait((offer.version, make()))
-        except asyncio.QueueFull:
+        if size > MAX_MIRRORED_BYTES or self.held + size > QUEUE_BYTES or self.queue.full():
             self.counts.add(offer.version, "dropped")
+            return
+        self.queue.put_nowait((offer.version, make()))
+        self.held += size
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._poll()), *(asyncio.create_task(self._work()) for _ in range(WORKERS))]
@@ -201,70 +277,97 @@ class Mirror:
         except (OSError, TimeoutError):
             return None  # no shadow pod ready: nothing to mirror
         try:
-            head = f"GET {SHADOW_PATH} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n".encode()
-            status, body, _ = await asyncio.wait_for(_exchange(reader, writer, head), TIMEOUT_SECONDS)
-            offer = ShadowOffer.model_validate_json(body) if status == 200 else None
-        except (OSError, TimeoutError, Unreadable, ValidationError, asyncio.IncompleteReadError):
-            offer = None
+            offer, _ = await self._handshake((reader, writer))
         finally:
             writer.close()
-        return offer if offer is not None and offer.model == self.model else None
+        return offer
+
+    async def _handshake(self, connection: Connection) -> tuple[ShadowOffer | None, bytes]:
+        """Ask for the offer with a fresh challenge: the offer, if the answer proves its sender holds the key
+        and is for this model (else None), and the pass for the requests mirrored on this connection."""
+        challenge = self.key.challenge()
+        head = b"GET %s HTTP/1.1\r\nHost: %s\r\n%s: %s\r\n\r\n" % (
+            SHADOW_PATH.encode(), self.host.encode(), CHALLENGE_HEADER, challenge
+        )  # fmt: skip
+        try:
+            status, body, headers = await asyncio.wait_for(_exchange(*connection, head), TIMEOUT_SECONDS)
+            proven = status == 200 and self.key.proves(challenge, body, headers.get(PROOF_HEADER.decode(), "").encode())
+            offer = ShadowOffer.model_validate_json(body) if proven else None
+        except (OSError, TimeoutError, Unreadable, ValidationError, asyncio.IncompleteReadError):
+            offer = None
+        return (offer if offer is not None and offer.model == self.model else None), self.key.mirror_pass(challenge)
 
     async def _work(self) -> None:
         connection: Connection | None = None
-        used = 0
+        used, token = 0, b""
         while True:
             candidate, item = await self.queue.get()
-            if connection is not None and used >= REQUESTS_PER_CONNECTION:
-                connection[1].close()
-                connection = None
-            if connection is None:
-                try:
-                    connection, used = await asyncio.wait_for(self._connect(), TIMEOUT_SECONDS), 0
-                except (OSError, TimeoutError):
-                    self.counts.add(candidate, "unreachable")
-                    self.offer = None  # gone: until the next poll finds one
-                    continue
-            used += 1
-            if not await self._send(connection, candidate, item):
-                connection[1].close()
-                connection = None
+            try:
+                if connection is not None and used >= REQUESTS_PER_CONNECTION:
+                    connection[1].close()
+                    connection = None
+                if connection is None:
+                    try:
+                        connection, used = await asyncio.wait_for(self._connect(), TIMEOUT_SECONDS), 0
+                    except (OSError, TimeoutError):
+                        self.counts.add(candidate, "unreachable")
+                        self.offer = None  # gone: until the next poll finds one
+                        continue
+                    offer, token = await self._handshake(connection)
+                    if offer is None or offer.version != candidate:  # a stranger, or no longer this candidate's
+                        self.counts.add(candidate, "untrusted")
+                        connection[1].close()
+                        connection = None
+                        continue
+                used += 1
+                if not await self._send(connection, candidate, item, token):
+                    connection[1].close()
+                    connection = None
+            finally:
+                self.held -= len(item.body)
 
-    async def _send(self, connection: Connection, candidate: str, item: Mirrored) -> bool:
+    async def _send(self, connection: Connection, candidate: str, item: Mirrored, token: bytes) -> bool:
         """Send one request and compare the answer; whether the connection may carry another."""
+        started = time.perf_counter()
         try:
-            status, body, closing = await asyncio.wait_for(_exchange(*connection, _request(self.host, item)),
+            status, body, headers = await asyncio.wait_for(_exchange(*connection, _request(self.host, item, token)),
                                                            TIMEOUT_SECONDS)  # fmt: skip
+            closing = headers.get("connection", "").lower() == "close"
             if status == SHED:  # it could not keep up: not its answer's fault, and it answered nothing
                 self.counts.add(candidate, "dropped")
                 return not closing
             if status != 200:
                 raise Unreadable(f"the candidate answered {status}")
             answer = orjson.loads(body)
-            if not isinstance(answer, dict) or not isinstance(answer.get("model_version"), str):
-                raise Unreadable("the candidate's answer names no version")
+            if not isinstance(answer, dict) or answer.get("model_version") != candidate:
+                raise Unreadable("the answer is not the offered version's")  # credited to no version it names
             counts = compare(item.predicted, answer.get("predictions"), self.counts.classifier)
         except (OSError, TimeoutError, Unreadable, orjson.JSONDecodeError, asyncio.IncompleteReadError):
-            self.counts.add(candidate, "failed")
+            self.counts.add(candidate, "failed", time.perf_counter() - started)
             return False
-        self.counts.compared(answer["model_version"], counts)
+        self.counts.compared(candidate, counts, time.perf_counter() - started)
         return not closing
 
 
-def _request(host: str, item: Mirrored) -> bytes:
+def _request(host: str, item: Mirrored, token: bytes) -> bytes:
     binary = b"inference-header-content-length: %s\r\n" % item.binary if item.binary is not None else b""
-    head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
-        urllib.parse.quote(item.path).encode(),
-        host.encode(),
-        len(item.body),
-        binary,
+    head = (
+        b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s: %s\r\n%s\r\n"
+        % (
+            urllib.parse.quote(item.path).encode(),
+            host.encode(),
+            len(item.body),
+            PASS_HEADER,
+            token,
+            binary,
+        )
     )
     return head + item.body
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> tuple[int, bytes, bool]:  # fmt: skip
-    """Send ``request``; the answer's status, body and whether the server closes the connection after it."""
+                    request: bytes) -> tuple[int, bytes, dict[str, str]]:  # fmt: skip
+    """Send ``request``; the answer's status, body and headers (names in lower case)."""
     writer.write(request)
     await writer.drain()
     try:
@@ -280,4 +383,4 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     if not length.isdigit() or int(length) > MAX_ANSWER:
         raise Unreadable("the answer has no length, or one past the limit")
     body = await reader.readexactly(int(length))
-    return int(parts[1]), body, headers.get("connection", "").lower() == "close"
+    return int(parts[1]), body, headers

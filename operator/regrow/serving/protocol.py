@@ -28,6 +28,7 @@ import orjson
 
 from regrow.inference import Columns, Prediction
 from regrow.tabular import NotCategorical, canonical
+from regrow.telemetry import Refusal
 
 NUMERIC = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 BINARY_HEADER = b"inference-header-content-length"
@@ -35,11 +36,12 @@ TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data"})  # what every inp
 
 
 class BadRequest(Exception):
-    """A request the client must fix; the message says how."""
+    """A request the client must fix; the message says how, and ``reason`` (for an inference request, the
+    label it is counted under: see ``regrow.telemetry.Refusal``) what kind of fault it is."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, reason: Refusal = "malformed") -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.reason = status, reason
 
 
 def parse_json(body: bytes) -> Any:
@@ -80,7 +82,7 @@ def _checked(tensor: Any, text: bool = False) -> str:
         raise BadRequest("an input's name must be a string")
     datatype = tensor["datatype"]
     if text and datatype != "BYTES":
-        raise BadRequest(f"input {tensor['name']} is categorical: its datatype must be BYTES")
+        raise BadRequest(f"input {tensor['name']} is categorical: its datatype must be BYTES", reason="columns")
     if not text and (not isinstance(datatype, str) or datatype not in NUMERIC):
         raise BadRequest(f"input {tensor['name']}: datatype must be one of {', '.join(sorted(NUMERIC))}")
     return str(tensor["name"])
@@ -137,15 +139,17 @@ def _array(data: Any, what: str) -> npt.NDArray[np.float32]:
             with np.errstate(over="ignore"):
                 array = np.array(data, dtype=np.float32)
         except (TypeError, ValueError):
-            raise BadRequest(f"{what}: data must be numbers (or null for a missing value), nested regularly") from None
+            raise BadRequest(
+                f"{what}: data must be numbers (or null for a missing value), nested regularly", reason="values"
+            ) from None
     if np.count_nonzero(np.isinf(array)):
-        raise BadRequest(f"{what}: data must be finite (use null for a missing value)")
+        raise BadRequest(f"{what}: data must be finite (use null for a missing value)", reason="values")
     return array
 
 
 def _too_many(rows: int, max_rows: int) -> None:
     if rows > max_rows:
-        raise BadRequest(f"at most {max_rows} rows in one request: send {rows} as several", 413)
+        raise BadRequest(f"at most {max_rows} rows in one request: send {rows} as several", 413, "rows")
 
 
 def v2_inputs(body: Any, features: list[str], binary: bytes, max_rows: int) -> npt.NDArray[np.float32]:
@@ -169,18 +173,21 @@ def v2_inputs(body: Any, features: list[str], binary: bytes, max_rows: int) -> n
         array = _array(tensor["data"], f"input {tensor['name']}")
         shape = tensor["shape"]
         if array.size != math.prod(shape):
-            raise BadRequest(f"input {tensor['name']}: {array.size} values do not fill shape {shape}")
+            raise BadRequest(f"input {tensor['name']}: {array.size} values do not fill shape {shape}", reason="columns")
         if len(shape) != 2 or shape[1] != len(features):
             raise BadRequest(
-                f"input {tensor['name']}: shape must be [n, {len(features)}] (features: {', '.join(features)})"
+                f"input {tensor['name']}: shape must be [n, {len(features)}] (features: {', '.join(features)})",
+                reason="columns",
             )
         return array.reshape(shape)
     by_name = {t["name"]: t for t in inputs}
     if sorted(by_name) != sorted(features):
-        raise BadRequest(f"with one input per feature, the inputs must be exactly: {', '.join(features)}")
+        raise BadRequest(
+            f"with one input per feature, the inputs must be exactly: {', '.join(features)}", reason="columns"
+        )
     columns = [_array(by_name[f]["data"], f"input {f}").reshape(-1) for f in features]
     if len({c.size for c in columns}) != 1:
-        raise BadRequest("every feature input must have the same number of rows")
+        raise BadRequest("every feature input must have the same number of rows", reason="columns")
     return np.column_stack(columns)
 
 
@@ -196,14 +203,14 @@ def _column(data: Any, name: str, text: bool, rows: int | None) -> npt.NDArray[A
         except (NotCategorical, ValueError) as error:
             why = f" ({error})" if isinstance(error, NotCategorical) else ""  # what, never the value
             raise BadRequest(f"input {name} is categorical: its values must be strings, booleans, whole numbers "
-                             f"or null{why}") from None  # fmt: skip
+                             f"or null{why}", reason="values") from None  # fmt: skip
     else:
         values = _array(data, f"input {name}")
     if values.ndim > 2 or (values.ndim == 2 and (values.shape[1] != 1 or rows is None)):
-        raise BadRequest(f"input {name}: a column's shape is [n] or [n, 1], with one value per row")
+        raise BadRequest(f"input {name}: a column's shape is [n] or [n, 1], with one value per row", reason="columns")
     values = values.reshape(-1)
     if rows is not None and len(values) != rows:
-        raise BadRequest(f"input {name}: {len(values)} values do not fill its shape")
+        raise BadRequest(f"input {name}: {len(values)} values do not fill its shape", reason="columns")
     return values
 
 
@@ -223,15 +230,15 @@ def v2_columns(body: Any, inputs: list[tuple[str, bool]], binary: bytes, max_row
         if "data" not in tensor or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise BadRequest(f"input {name} needs data and a shape of non-negative integers")
         if len(shape) not in (1, 2) or shape[1:] not in ([], [1]):
-            raise BadRequest(f"input {name}: a column's shape is [n] or [n, 1]")
+            raise BadRequest(f"input {name}: a column's shape is [n] or [n, 1]", reason="columns")
         _too_many(shape[0], max_rows)
         by_name[name] = tensor
     names = [name for name, _ in inputs]
     if set(by_name) != set(names):
-        raise BadRequest(f"the inputs must be one per column, exactly: {', '.join(names)}")
+        raise BadRequest(f"the inputs must be one per column, exactly: {', '.join(names)}", reason="columns")
     columns = [_column(by_name[n]["data"], n, n in text, math.prod(by_name[n]["shape"])) for n in names]
     if len({len(c) for c in columns}) != 1:
-        raise BadRequest("every column must have the same number of rows")
+        raise BadRequest("every column must have the same number of rows", reason="columns")
     return columns
 
 
@@ -246,13 +253,13 @@ def v1_columns(body: Any, inputs: list[tuple[str, bool]], max_rows: int) -> Colu
         unknown = sorted({k for i in instances for k in i} - set(names))
         if unknown:
             raise BadRequest(f"instances name unknown columns ({', '.join(map(str, unknown[:5]))}); the columns "
-                             f"are: {', '.join(names)}")  # fmt: skip
+                             f"are: {', '.join(names)}", reason="columns")  # fmt: skip
         table = [[i.get(n) for i in instances] for n in names]
     elif all(isinstance(i, list) and len(i) == len(names) for i in instances):
         table = [list(column) for column in zip(*instances, strict=True)]
     else:
         raise BadRequest(f"instances must be objects by column name, or rows of {len(names)} values "
-                         f"({', '.join(names)})")  # fmt: skip
+                         f"({', '.join(names)})", reason="columns")  # fmt: skip
     return [_column(values, name, text, None) for values, (name, text) in zip(table, inputs, strict=True)]
 
 
@@ -264,7 +271,9 @@ def v1_inputs(body: Any, features: list[str], max_rows: int) -> npt.NDArray[np.f
         _too_many(len(body["instances"]), max_rows)
     array = _array(body["instances"], "instances")
     if array.ndim != 2 or array.shape[1] != len(features):
-        raise BadRequest(f"instances must be rows of {len(features)} numbers (features: {', '.join(features)})")
+        raise BadRequest(
+            f"instances must be rows of {len(features)} numbers (features: {', '.join(features)})", reason="columns"
+        )
     return array
 
 

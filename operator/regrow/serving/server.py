@@ -14,7 +14,7 @@ from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
-from regrow.serving.mirror import Mirror
+from regrow.serving.mirror import Mirror, ShadowKey
 from regrow.serving.model import ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import open_store
@@ -65,12 +65,16 @@ class InferenceServer:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
+        signer = Signer.from_env(config.feedback_key)
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
-                           max_rows=config.max_rows, shed_after=config.shed_after,
-                           signer=Signer.from_env(config.feedback_key), shadow=config.shadow_percent or None,
-                           mirror=Mirror(config.shadow_url, config.model) if config.shadow_url else None)  # fmt: skip
+                           max_rows=config.max_rows, shed_after=config.shed_after, signer=signer,
+                           shadow=config.shadow_percent or None,
+                           mirror=Mirror(config.shadow_url, config.model, ShadowKey(signer.key))
+                           if config.shadow_url else None)  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
+        if (config.shadow_url or config.shadow_percent) and not config.feedback_key:
+            log.warning("No REGROW_FEEDBACK_KEY: no other process trusts this one's shadow handshake")
         apart = config.metrics_port > 0
         self.http = HttpServer(App(self.state, observed=not apart), config.max_body, config.max_connections,
                                config.idle_timeout)  # fmt: skip
