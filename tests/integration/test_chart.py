@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
@@ -258,3 +259,106 @@ def test_the_demo_store_takes_a_shared_claim_for_several_nodes(cluster: Cluster,
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs-client"
     shipped = yaml.safe_load((ROOT / "charts/regrow/values.yaml").read_text())["demoStore"]
     assert shipped["accessMode"] == "ReadWriteOnce" and not shipped["storageClassName"]
+
+
+def _selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """Whether a label selector selects ``labels`` (an empty selector selects everything)."""
+    expressions = {
+        "In": lambda e: labels.get(e["key"]) in e["values"],
+        "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+        "Exists": lambda e: e["key"] in labels,
+        "DoesNotExist": lambda e: e["key"] not in labels,
+    }
+    return (selector.get("matchLabels") or {}).items() <= labels.items() and all(
+        expressions[e["operator"]](e) for e in selector.get("matchExpressions") or []
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    labels: dict[str, str]
+    namespace: str
+    namespace_labels: dict[str, str]
+
+
+def _admits(policies: list[Obj], target: Peer, port: int, source: Peer) -> bool:
+    """Whether NetworkPolicies let ``source`` reach ``target`` on ``port``, as Kubernetes reads them: a pod that no
+    policy selects takes anything; one that some do takes what any of their ingress rules admits (a peer with a
+    podSelector alone is in the policy's namespace)."""
+    selecting = [p for p in policies if p["metadata"]["namespace"] == target.namespace
+                 and _selects(p["spec"]["podSelector"], target.labels)]  # fmt: skip
+    if not selecting:
+        return True
+
+    def peer(rule: Obj) -> bool:
+        where = rule.get("namespaceSelector")
+        in_namespace = (
+            source.namespace == target.namespace if where is None else _selects(where, source.namespace_labels)
+        )
+        return in_namespace and _selects(rule.get("podSelector") or {}, source.labels)
+
+    return any(
+        any(p["port"] == port for p in rule.get("ports") or [{"port": port}]) and (
+            "from" not in rule or any(peer(r) for r in rule["from"])
+        )
+        for policy in selecting
+        for rule in policy["spec"].get("ingress") or []
+    )  # fmt: skip
+
+
+def test_the_network_policies_let_only_the_stable_pods_reach_a_shadow_and_only_observers_the_metrics(
+    cluster: Cluster, namespace: str, release: str
+) -> None:
+    """The node cluster's network enforces no NetworkPolicy, so the rendered policies are read here as Kubernetes
+    reads them, against the pods the operator really makes."""
+    assert not yaml.safe_load((ROOT / "charts/regrow/values.yaml").read_text())["networkPolicy"]["enabled"]
+    ml = f"{namespace}-ml"
+    cluster.kubectl("create", "namespace", ml)
+    try:
+        prometheus = {"namespaceSelector": {"matchLabels": {"team": "monitoring"}},
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}  # fmt: skip
+        values = {"networkPolicy": {"enabled": True, "namespaces": [ml], "prometheus": prometheus}}
+        docs = _install(cluster, namespace, release, values)
+    finally:
+        cluster.kubectl("delete", "namespace", ml, "--wait=false")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["namespace"] for p in policies} == {ml} and len(policies) == 2
+    (operator,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    defaults = PodDefaults(metrics_port=int(env["REGROW_SERVING_METRICS_PORT"]))
+    assert defaults.metrics_port == 9090  # /metrics is apart from the inference port by default
+
+    md = parse_spec(ModelDeploymentSpec, _example("ModelDeployment")["spec"])
+    owner = Owner("ModelDeployment", "iris", ml, "u")
+    ml_labels = {"kubernetes.io/metadata.name": ml}
+
+    def pod(manifest: Obj) -> Peer:
+        return Peer(manifest["spec"]["template"]["metadata"]["labels"], ml, ml_labels)
+
+    stable, canary = pod(deployment(owner, md, defaults, None)), pod(deployment(owner, md, defaults, "v2", 1))
+    shadow = pod(deployment(owner, md, defaults, "v2", canary_replicas=1, shadow_percent=50))
+    ports = {p["name"]: p["containerPort"] for p in deployment(owner, md, defaults, None)["spec"]["template"]["spec"]
+             ["containers"][0]["ports"]}  # fmt: skip
+    http, metrics = ports["http"], ports["metrics"]
+    client_pod = Peer({"app": "client"}, ml, ml_labels)
+    operator_pod = Peer(operator["spec"]["template"]["metadata"]["labels"], namespace,
+                        {"kubernetes.io/metadata.name": namespace})  # fmt: skip
+    scraper = Peer({"app.kubernetes.io/name": "prometheus"}, "monitoring", {"team": "monitoring"})
+    elsewhere = Peer(stable.labels, "other", {"kubernetes.io/metadata.name": "other"})  # a stable pod's labels
+
+    def reach(source: Peer, target: Peer, port: int) -> bool:
+        return _admits(policies, target, port, source)
+
+    for serving in (stable, canary):
+        assert (
+            reach(client_pod, serving, http)
+            and reach(scraper, serving, metrics)
+            and reach(operator_pod, serving, metrics)
+        )
+        assert not reach(client_pod, serving, metrics)
+    assert reach(stable, shadow, http) and reach(operator_pod, shadow, http)  # mirrored requests; what it serves
+    assert not any(reach(p, shadow, http) for p in (client_pod, canary, scraper, elsewhere))
+    assert reach(scraper, shadow, metrics) and reach(operator_pod, shadow, metrics)
+    assert not any(reach(p, shadow, metrics) for p in (client_pod, stable))
+    trainer = Peer({"app.kubernetes.io/component": "trainer", "app.kubernetes.io/managed-by": "regrow"}, ml, ml_labels)
+    assert reach(client_pod, trainer, 1234)  # the policies select only serving pods

@@ -419,7 +419,7 @@ def test_a_metrics_port_reaches_the_pods_their_annotations_and_the_drift_checks(
         template = deployment(OWNER, _spec(), defaults, None)["spec"]["template"]
         return {**template, "status": {"podIP": "10.1.2.3"}}
 
-    shared, apart = pod(PodDefaults()), pod(PodDefaults(metrics_port=9090))
+    shared, apart = pod(PodDefaults(metrics_port=0)), pod(PodDefaults())  # /metrics apart, by default
     assert (metrics_address(shared), metrics_address(apart)) == ("10.1.2.3:8080", "10.1.2.3:9090")
     assert shared["metadata"]["annotations"]["prometheus.io/port"] == "8080"
     assert apart["metadata"]["annotations"]["prometheus.io/port"] == "9090"

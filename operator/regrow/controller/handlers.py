@@ -63,7 +63,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         memo.pod_defaults = PodDefaults(
             runtime=os.environ.get("REGROW_RUNTIME_IMAGE", PodDefaults.runtime),
             pull_policy=os.environ.get("REGROW_IMAGE_PULL_POLICY", PodDefaults.pull_policy),
-            metrics_port=int(os.environ.get("REGROW_SERVING_METRICS_PORT") or 0),
+            metrics_port=int(os.environ.get("REGROW_SERVING_METRICS_PORT") or PodDefaults.metrics_port),
             cluster_domain=os.environ.get("REGROW_CLUSTER_DOMAIN") or PodDefaults.cluster_domain,
             allowed_images=tuple(os.environ.get("REGROW_ALLOWED_IMAGES", "").split()),
             allowed_service_accounts=tuple(os.environ.get("REGROW_ALLOWED_SERVICE_ACCOUNTS", "").split()),

@@ -127,12 +127,13 @@ def storage_volumes(storage: StorageSpec | None, *, read_only: bool) -> tuple[li
 @dataclass(frozen=True)
 class PodDefaults:
     """What the operator gives the pods it makes, from its own settings (the chart's values): the image of those
-    whose spec names none (one image serves and trains), and the serving pods' metrics port (0: the inference
-    port answers /metrics and the reference profile; a port: that port alone does)."""
+    whose spec names none (one image serves and trains), and the serving pods' metrics port (a port: that port
+    alone answers /metrics and the reference profile, so that clients of the inference port read neither; 0:
+    the inference port does)."""
 
     runtime: str = f"regrow-serving:{__version__}"
     pull_policy: str = "IfNotPresent"
-    metrics_port: int = 0
+    metrics_port: int = 9090
     cluster_domain: str = "cluster.local"  # the cluster's DNS domain (the kubelet's clusterDomain)
     # The images a spec may name besides the runtime (the chart's allowedImages): an entry names one image,
     # or, ending in "/", ":" or "@", every image under it (a registry or repository, its tags, its digests).
