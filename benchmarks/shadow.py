@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import os
 import shutil
 import sys
 import tempfile
@@ -28,7 +29,9 @@ import numpy as np
 from common import free_port, infer_body, regrow_serve, serve, trained_iris, wait_up, wrk
 from prometheus_client.parser import text_string_to_metric_families
 
-from regrow.serving.mirror import SHADOW_PATH, ShadowOffer
+from regrow.serving.mirror import CHALLENGE_HEADER, PROOF_HEADER, SHADOW_PATH, ShadowKey, ShadowOffer
+
+KEY = "the deployment's key"  # both servers hold it (REGROW_FEEDBACK_KEY), as a ModelDeployment's pods do
 
 
 def mirrored(port: int) -> dict[str, float]:
@@ -68,8 +71,9 @@ def report(args: argparse.Namespace, results: dict[str, list[Any]], sent: dict[s
 
 
 def hung_shadow(port: int, version: str) -> http.server.ThreadingHTTPServer:
-    """A shadow that offers 100% and never answers a mirrored request."""
+    """A shadow that offers 100% (proving it holds the key) and never answers a mirrored request."""
     offer = ShadowOffer(model="iris", version=version, percent=100).model_dump_json().encode()
+    key = ShadowKey(KEY.encode())
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -79,6 +83,8 @@ def hung_shadow(port: int, version: str) -> http.server.ThreadingHTTPServer:
 
         def do_GET(self) -> None:
             self.send_response(200 if self.path == SHADOW_PATH else 404)
+            challenge = self.headers.get(CHALLENGE_HEADER.decode(), "").encode()
+            self.send_header(PROOF_HEADER.decode(), key.proof(challenge, offer).decode())
             self.send_header("Content-Length", str(len(offer)))
             self.end_headers()
             self.wfile.write(offer)
@@ -103,6 +109,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     percents = [int(p) for p in args.percents.split(",")]
+    os.environ["REGROW_FEEDBACK_KEY"] = KEY  # for every server started below
     results: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
     sent: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:

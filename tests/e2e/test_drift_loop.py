@@ -22,7 +22,7 @@ from regrow.cli import main
 from regrow.controller.driftpolicy import http_query
 from regrow.controller.kube import Kube, path
 from regrow.controller.modeldeployment import serving_pods
-from regrow.manifests.serving import PORT
+from regrow.manifests.serving import metrics_address
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
@@ -103,7 +103,7 @@ def _prometheus_source(
 ) -> dict[str, Any]:
     """A Prometheus on this node scraping the serving pods, as a PodMonitor would, as the policy's source."""
     pods = serving_pods(Kube(api), namespace, "iris")
-    url = prometheus([f"{p['status']['podIP']}:{PORT}" for p in pods], {"namespace": namespace})
+    url = prometheus([metrics_address(p) for p in pods], {"namespace": namespace})
     wait_for(lambda: _series(url, "regrow_feature_bin_total"), 30, "a first scrape of the zero counters")
     return {"type": "Prometheus", "prometheus": {"url": url}}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -324,11 +325,9 @@ def test_a_shadow_reaches_no_client_logs_nothing_and_the_stable_pods_know_where_
         "containers"][0]["env"]  # fmt: skip
     stable = {e["name"]: e.get("value") for e in stable_env}
     # Fully qualified, ending in a dot: a missing Service resolves nowhere through the DNS search path.
-    assert (
-        stable["REGROW_SHADOW_URL"]
-        == shadow_url(OWNER, "corp.example")
-        == ("http://iris-shadow.ml.svc.corp.example.:8080")
-    )
+    assert stable["REGROW_SHADOW_URL"] == shadow_url(OWNER, "corp.example") == "http://iris-shadow.ml.svc.corp.example."
+    (port,) = shadow_service(OWNER)["spec"]["ports"]  # what the URL reaches is the Service's port
+    assert (urllib.parse.urlsplit(stable["REGROW_SHADOW_URL"]).port or 80) == port["port"]
     # Both hold the deployment's key, which the shadow's handshake proves, though neither logs predictions.
     unlogged = spec.model_copy(update={"prediction_log": None})
     assert unlogged.keyed and not unlogged.logs_predictions

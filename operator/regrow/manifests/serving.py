@@ -74,7 +74,7 @@ def selector(owner: Owner, component: str = COMPONENT) -> dict[str, str]:
 def shadow_url(owner: Owner, cluster_domain: str) -> str:
     """Where the stable pods find the shadow Service: its fully qualified name (the trailing dot: no search
     domain is tried, so a missing Service resolves nowhere else)."""
-    return f"http://{owner.child_name(SHADOW)}.{owner.namespace}.svc.{cluster_domain}.:{PORT}"
+    return f"http://{owner.child_name(SHADOW)}.{owner.namespace}.svc.{cluster_domain}."  # the Service's port 80
 
 
 def deployment(

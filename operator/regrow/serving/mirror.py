@@ -183,8 +183,8 @@ class ShadowCounts:
         labels, output = ["model", "version", "candidate"], "label" if self.classifier else "value"
         requests = CounterMetricFamily(
             "regrow_shadow_requests", "Requests mirrored to a shadow candidate, by outcome: answered, failed (an "
-            "answer other than 200 or 429, late or unreadable), dropped (the queue was full, or the candidate shed "
-            "it) or unreachable.",
+            "answer other than 200 or 429, late, unreadable or another version's), dropped (too large, the queue "
+            "was full, or the candidate shed it), unreachable or untrusted (no pod proved it holds the key).",
             labels=[*labels, "outcome"],
         )  # fmt: skip
         for (candidate, outcome), count in sorted(self.requests.items()):
