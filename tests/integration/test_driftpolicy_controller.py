@@ -19,6 +19,7 @@ from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.cli import main
 from regrow.controller.kube import Kube, path
 from regrow.drift.profile import Profile, fit_profile
+from regrow.manifests.common import PodDefaults
 from tests.cluster import free_port
 from tests.conftest import Operator
 from tests.helpers import condition, events_for, get_custom, wait_for
@@ -26,6 +27,9 @@ from tests.unit.test_api import _example, _with
 
 pytestmark = pytest.mark.usefixtures("no_kubelet")
 FEATURES = ["a", "b", "c"]
+
+
+POD_METRICS = f"10.1.2.3:{PodDefaults.metrics_port}"  # where the operator reads the serving pod's /metrics
 
 
 class FakePod:
@@ -41,7 +45,7 @@ class FakePod:
             self.counts = self.counts + self.profile.bin_counts(rows)
 
     def fetch(self, address: str, url_path: str) -> bytes | None:
-        assert address == "10.1.2.3:8080"
+        assert address == POD_METRICS  # the pod's port named metrics
         return self.answer(url_path)
 
     def answer(self, url_path: str) -> bytes:

@@ -24,7 +24,7 @@ from regrow.training.sample_data import sample_csv
 from tests.cluster import free_port
 from tests.conftest import Operator
 from tests.helpers import condition, get_custom, wait_for
-from tests.integration.test_driftpolicy_controller import _custom, _policy, _serve_v1
+from tests.integration.test_driftpolicy_controller import POD_METRICS, _custom, _policy, _serve_v1
 from tests.unit.test_server import Server, local, publish_iris, running, v2
 
 pytestmark = pytest.mark.usefixtures("no_kubelet")
@@ -58,7 +58,7 @@ def test_drift_from_prometheus_retrains(
         wait_for(lambda: _series(url, "regrow_feature_bin_total"), 30, "a first scrape of the zero counters")
 
         def fetch(address: str, url_path: str) -> bytes | None:
-            assert (address, url_path) == ("10.1.2.3:8080", "/v2/models/iris/profile")  # only the profile: no scraping
+            assert (address, url_path) == (POD_METRICS, "/v2/models/iris/profile")  # only the profile: no scraping
             status, body = server.call("GET", url_path)
             return json.dumps(body).encode() if status == 200 else None
 
