@@ -150,7 +150,7 @@ class ServingEnv(BaseModel):
     storage_endpoint: str | None = None
     prediction_log_percent: int = Field(default=0, ge=0, le=100)
     prediction_log_max_queue: int = 10000
-    feedback_key: str | None = Field(default=None, repr=False)  # from a Secret: signs prediction ids
+    feedback_key: str | None = Field(default=None, repr=False)  # a Secret: signs ids, proves the shadow
     shadow_url: str | None = None
     shadow_percent: int = Field(default=0, ge=0, le=100)
     threads: int = 1  # onnxruntime's, from the container's CPU limit
