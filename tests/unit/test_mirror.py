@@ -217,14 +217,20 @@ class FakeShadow:
             self.http.server_close()
 
 
+@contextmanager
+def mirroring_to(fake: FakeShadow, root: Path, **options: Any) -> Iterator[Server]:
+    """A ready stable server of the champion, holding the key, that mirrors to ``fake`` while ``fake`` serves."""
+    config = local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url, **options)
+    with fake.serving(), running(config) as server:
+        wait_ready(server)
+        yield server
+
+
 @pytest.mark.parametrize("behaviour", ["500", "garbage", "rows", "no version", "another version", "huge", "close"])
 def test_a_failing_candidate_is_counted_and_fails_no_client(versions: tuple[Path, str, str], behaviour: str) -> None:
     root, stable, _ = versions
-    with (
-        FakeShadow(behaviour).serving() as fake,
-        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
-    ):
-        wait_ready(server)
+    fake = FakeShadow(behaviour)
+    with mirroring_to(fake, root) as server:
         wait_for(lambda: server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200 and fake.received, 15,
                  "a mirrored request")  # fmt: skip
         answers = [server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1] for _ in range(50)]
@@ -243,8 +249,7 @@ def test_no_body_is_sent_to_a_shadow_that_cannot_prove_it_holds_the_key(versions
     nothing is mirrored to it, and no version it names is credited."""
     root, stable, _ = versions
     fake = FakeShadow("stranger", version="v666")
-    with fake.serving(), running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server:
-        wait_ready(server)
+    with mirroring_to(fake, root) as server:
         time.sleep(1)  # its first poll
         for _ in range(100):
             assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[1]["model_version"] == stable
@@ -276,11 +281,8 @@ def test_a_shadow_pod_refuses_requests_that_no_stable_pod_mirrored(versions: tup
 def test_the_candidates_latency_is_what_the_stable_pods_timed(versions: tuple[Path, str, str]) -> None:
     """A shadow step's p99 gate reads how long the mirrored requests took, as the stable pod timed them."""
     root, _, _ = versions
-    with (
-        FakeShadow("slow").serving() as fake,
-        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
-    ):
-        wait_ready(server)
+    fake = FakeShadow("slow")
+    with mirroring_to(fake, root) as server:
         for _ in range(12):
             assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
         wait_for(lambda: _shadow(server, "regrow_shadow_requests_total", "v9", outcome="answered") >= 12, 15,
@@ -292,11 +294,8 @@ def test_the_candidates_latency_is_what_the_stable_pods_timed(versions: tuple[Pa
 
 def test_a_candidate_that_sheds_load_drops_its_share_without_failing(versions: tuple[Path, str, str]) -> None:
     root, _, _ = versions
-    with (
-        FakeShadow("429").serving() as fake,
-        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
-    ):
-        wait_ready(server)
+    fake = FakeShadow("429")
+    with mirroring_to(fake, root) as server:
         for _ in range(60):
             assert server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200
         wait_for(lambda: _shadow(server, "regrow_shadow_requests_total", "v9", outcome="dropped") >= 50, 15,
@@ -306,11 +305,8 @@ def test_a_candidate_that_sheds_load_drops_its_share_without_failing(versions: t
 
 def test_a_hung_candidate_fills_the_queue_which_drops_and_no_client_waits(versions: tuple[Path, str, str]) -> None:
     root, stable, _ = versions
-    with (
-        FakeShadow("hang").serving() as fake,
-        running(local(root, feedback_key=KEY, alias="champion", shadow_url=fake.url)) as server,
-    ):
-        wait_ready(server)
+    fake = FakeShadow("hang")
+    with mirroring_to(fake, root) as server:
         wait_for(lambda: server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200 and fake.received, 15,
                  "a mirrored request")  # fmt: skip
         sent = QUEUE + 500
@@ -330,9 +326,7 @@ def test_a_hung_candidate_holds_at_most_the_queues_bytes_however_large_the_bodie
     2 MiB once took the stable server up by 725 MB). Each dropped request is counted."""
     root, stable, _ = versions
     fake = FakeShadow("hang")
-    config = local(root, feedback_key=KEY, alias="champion", max_body=4 * MAX_MIRRORED_BYTES, shadow_url=fake.url)
-    with fake.serving(), running(config) as server:
-        wait_ready(server)
+    with mirroring_to(fake, root, max_body=4 * MAX_MIRRORED_BYTES) as server:
         wait_for(lambda: server.call("POST", "/v2/models/iris/infer", v2(ROWS))[0] == 200 and fake.received, 15,
                  "a mirrored request")  # fmt: skip
 
