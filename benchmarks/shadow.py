@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from regrow.serving.mirror import CHALLENGE_HEADER, PROOF_HEADER, SHADOW_PATH, ShadowKey, ShadowOffer
 
-KEY = "the deployment's key"  # both servers hold it (REGROW_FEEDBACK_KEY), as a ModelDeployment's pods do
+KEY = "the deployment's key, 32 bytes or more"  # both servers hold it (REGROW_FEEDBACK_KEY), as pods do
 
 
 def mirrored(port: int) -> dict[str, float]:

@@ -155,7 +155,7 @@ def _decide(args: argparse.Namespace) -> int:
     action = "Promote" if args.command == "promote" else "Rollback"
     try:
         decision = Decision(action=action, candidate=rollout["candidate"], started=rollout["started"],
-                            actor=args.actor or user, reason=args.reason, time=now())  # fmt: skip
+                            actor=args.actor or user, reason=args.reason or None, time=now())  # fmt: skip
     except ValueError as error:  # pydantic's ValidationError: an empty actor, a reason over 1,024 characters
         print(f"regrow {args.command}: {error}", file=sys.stderr)
         return 2
@@ -191,7 +191,8 @@ def _retry(args: argparse.Namespace, kube: Any, where: str, md: dict[str, Any], 
         print(f"regrow promote: version {args.version} of {args.deployment} was not rolled back", file=sys.stderr)
         return 1
     try:
-        request = RetryRequest(version=args.version, actor=args.actor or user, reason=args.reason, time=now())
+        request = RetryRequest(version=args.version, actor=args.actor or user, reason=args.reason or None,
+                               time=now())  # fmt: skip
     except ValueError as error:  # pydantic's ValidationError
         print(f"regrow promote: {error}", file=sys.stderr)
         return 2
@@ -254,7 +255,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=settings.max_connections, max_rows=settings.max_rows,
             shed_after=settings.shed_after_ms / 1000, max_body=settings.max_body_bytes,
             feature_bins=not args.no_feature_bins, log_percent=settings.prediction_log_percent,
-            log_max_queue=settings.prediction_log_max_queue, endpoint_url=settings.storage_endpoint,
+            log_max_queue=settings.prediction_log_max_queue,
+            log_retention_seconds=settings.prediction_log_retention_seconds, endpoint_url=settings.storage_endpoint,
             region=args.region, feedback_key=settings.feedback_key, shadow_url=settings.shadow_url,
             shadow_percent=settings.shadow_percent,
         )
@@ -364,6 +366,8 @@ def _add_serve(commands: Any) -> None:
            "an inference request that waited longer than this behind others gets 429")  # fmt: skip
     option("--log-percent", "prediction_log_percent", _percent, "share of requests written to the prediction log")
     option("--log-max-queue", "prediction_log_max_queue", int)
+    option("--log-retention-seconds", "prediction_log_retention_seconds", int,
+           "delete the log's files (every version's) older than this, about once an hour")  # fmt: skip
     option("--shadow-url", "shadow_url", what="mirror requests to the shadow pods behind this http:// URL, as they ask")
     option("--shadow-percent", "shadow_percent", _percent,
            "serve as a shadow: answer with predictions alone, log and bin nothing, and ask the stable pods for "

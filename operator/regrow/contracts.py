@@ -8,12 +8,18 @@ that reads it, so that a field misspelt on either side is an error, not a value 
 - A serving pod's environment, which the operator's manifest sets and ``regrow serve`` reads.
 - An alias as read from the registry (``AliasReading``): what the pods report and a promotion records, ordered
   by the alias record's generation.
+- A serving pod's quality answer (``Quality``): what the labels of the ids it issued graded, which a canary's
+  quality gate sums.
+- The prediction log's files (``log_key``, ``logged_at``): the serving pods write them, and read the labels back;
+  the trainer reads them by time.
 
 The statuses the operator writes go through the kinds' Status models (``regrow.controller.result``).
 """
 
 from __future__ import annotations
 
+import calendar
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -127,6 +133,58 @@ class TrainerReport(Message):
     validation: list[ValidationCheck] | None = None
 
 
+class Graded(Message):
+    """What the labels of one version's ids graded: the ids, their rows, and the grade (rows right, for a
+    classifier; the absolute errors summed, for a regressor)."""
+
+    ids: int = Field(ge=0)
+    rows: int = Field(ge=0)
+    graded: float = Field(ge=0, allow_inf_nan=False)
+
+
+class Quality(Message):
+    """A serving process's answer to ``GET /v2/models/<model>/quality?since=<unix seconds>`` (metrics port):
+    the labels of the ids it issued at ``since`` or later, each id graded once (see regrow.serving.labels).
+    ``complete`` is False when it has forgotten ids issued since then (it holds a bounded number)."""
+
+    since: int
+    complete: bool
+    versions: dict[str, Graded] = Field(default_factory=dict, max_length=16)
+
+
+LOG_KINDS = ("predictions", "feedback")
+_LOG_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def log_key(model: str, kind: str, version: str, when: float, writer: str, sequence: int) -> str:
+    """Where the prediction log writes a batch of ``kind`` records (predictions, or the labels of predictions
+    by ``version``): named by the time it was written, so that readers list them by time."""
+    stamp = time.strftime(_LOG_STAMP, time.gmtime(when))
+    return f"{model}/{kind}/{version}/{stamp}-{writer}-{sequence:06d}.jsonl"
+
+
+def log_prefix(model: str, kind: str, version: str = "") -> str:
+    return f"{model}/{kind}/{version}/" if version else f"{model}/{kind}/"
+
+
+def log_start(model: str, kind: str, version: str, when: float) -> str:
+    """A key that sorts just before every file of that log written at ``when`` or later (for ``list``'s
+    ``start_after``)."""
+    return log_prefix(model, kind, version) + time.strftime(_LOG_STAMP, time.gmtime(when))
+
+
+def logged_at(key: str) -> float | None:
+    """When the log file ``key`` was written, by its name (None: not a log file's name)."""
+    name = key.rsplit("/", 1)[-1]
+    try:
+        return calendar.timegm(time.strptime(name[: len("20261207T000000Z")], _LOG_STAMP))
+    except ValueError:
+        return None
+
+
+MIN_KEY_BYTES = 32  # the deployment's key (REGROW_FEEDBACK_KEY), at least
+
+
 class ServingEnv(BaseModel):
     """A serving pod's settings, as environment variables: each field is ``REGROW_<FIELD>``. The operator sets
     those its manifest names (in this order: a change of the order or of a value's text would roll every serving
@@ -150,7 +208,10 @@ class ServingEnv(BaseModel):
     storage_endpoint: str | None = None
     prediction_log_percent: int = Field(default=0, ge=0, le=100)
     prediction_log_max_queue: int = 10000
-    feedback_key: str | None = Field(default=None, repr=False)  # a Secret: signs ids, proves the shadow
+    prediction_log_retention_seconds: int = Field(default=30 * 86400, ge=1)
+    # A Secret: signs ids, proves the shadow. Set, it must be long enough to guess no id: an empty one (a Secret
+    # holding nothing) is refused rather than replaced by a key of the process's own that no other replica has.
+    feedback_key: str | None = Field(default=None, repr=False, min_length=MIN_KEY_BYTES)
     shadow_url: str | None = None
     shadow_percent: int = Field(default=0, ge=0, le=100)
     threads: int = 1  # onnxruntime's, from the container's CPU limit
@@ -169,9 +230,11 @@ class ServingEnv(BaseModel):
     def from_environ(cls, environ: Mapping[str, str]) -> ServingEnv:
         """The settings the environment holds (other variables are not read); ValueError naming each variable
         that does not parse, and what it should be, without its value."""
-        names = {cls.variable(field) for field in cls.model_fields}
+        names, kept = {cls.variable(field) for field in cls.model_fields}, {cls.variable("feedback_key")}
         try:
-            return cls.model_validate({name: value for name, value in environ.items() if name in names and value})
+            return cls.model_validate(
+                {name: value for name, value in environ.items() if name in names and (value or name in kept)}
+            )
         except ValidationError as error:
             problems = "; ".join(f"${item['loc'][0]}: {item['msg']}" for item in error.errors(include_url=False))
             raise ValueError(problems) from None

@@ -23,9 +23,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from regrow import GROUP
 from regrow.api import MODEL_DEPLOYMENT
+from regrow.api.modeldeployment import RetryRequest
 from regrow.cli import main
-from regrow.contracts import AliasReading, ModelMetadata, ModelParameters
+from regrow.clock import now
+from regrow.contracts import AliasReading, Graded, ModelMetadata, ModelParameters, Quality
+from regrow.controller import canary
 from regrow.controller.kube import Kube, Obj, path
 from regrow.drift.profile import PREDICTION, FeatureProfile, fit_profile
 from regrow.telemetry import LATENCY_BUCKETS
@@ -65,7 +69,7 @@ class Pod:
     codes: dict[int, int] = dataclasses.field(default_factory=lambda: {200: 0, 500: 0})
     latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     predicted: list[int] = dataclasses.field(default_factory=lambda: [0] * len(CLASSES))
-    graded: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # labelled rows, right ones
+    graded: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (issued, right) per labelled row
     shadow: int = 0  # a shadow pod: the percent it asks for
     mirrored: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # by candidate: answered, failed, agreed
     timed: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # by candidate: its latency, as timed here
@@ -83,8 +87,6 @@ class Pod:
                   for le, n in zip(bounds, itertools.accumulate(timed), strict=True)]  # fmt: skip
         lines += [f'regrow_feature_bin_total{{{ids},feature="{PREDICTION}",bin="{c}"}} {n}'
                   for c, n in zip(CLASSES, self.predicted, strict=True)]  # fmt: skip
-        lines += [f"regrow_feedback_labelled_rows_total{{{ids}}} {self.graded[0]}",
-                  f"regrow_feedback_correct_rows_total{{{ids}}} {self.graded[1]}"]  # fmt: skip
         for candidate, (answered, failed, agreed) in self.mirrored.items():
             shadow = f'{ids},candidate="{candidate}"'
             lines += [f'regrow_shadow_requests_total{{{shadow},outcome="answered"}} {answered}',
@@ -92,6 +94,12 @@ class Pod:
                       f'regrow_shadow_compared_rows_total{{{shadow},output="label"}} {answered}',
                       f'regrow_shadow_agreed_rows_total{{{shadow},output="label"}} {agreed}']  # fmt: skip
         return ("\n".join(lines) + "\n").encode()
+
+    def quality(self, since: int) -> bytes:
+        """Its answer to the quality query: the labelled rows of the predictions it issued since then."""
+        graded = [right for issued, right in self.graded if issued >= since]
+        versions = {self.version: Graded(ids=len(graded), rows=len(graded), graded=sum(graded))} if graded else {}
+        return Quality(since=since, complete=True, versions=versions).model_dump_json().encode()
 
 
 def _bucket(seconds: float) -> int:
@@ -113,6 +121,7 @@ class Kubelet:
         self.created: set[str] = set()  # the names of every serving pod it ever ran
         self.loaded: set[str] = set()  # of those that loaded a model
         self.served: dict[str, int] = {}  # requests answered, by version
+        self.since: set[int] = set()  # the times the operator asked the pods' quality since
         self.lock = threading.Lock()
         self.rng = np.random.default_rng(1)
         self.ips = (f"10.9.{i // 250}.{i % 250 + 1}" for i in itertools.count())
@@ -200,8 +209,7 @@ class Kubelet:
                 code = self._answer(pod)
                 self.served[pod.version] = self.served.get(pod.version, 0) + 1
                 pod.predicted[int(self.rng.choice(len(CLASSES), p=self.behaviours[pod.version].predictions))] += 1
-                pod.graded[0] += 1
-                pod.graded[1] += int(self.rng.random() < self.behaviours[pod.version].accuracy)
+                pod.graded.append((time.time(), int(self.rng.random() < self.behaviours[pod.version].accuracy)))
                 if code == 200 and shadows and self.rng.random() * 100 < shadows[i % len(shadows)].shadow:
                     shadow = shadows[i % len(shadows)]
                     counts = pod.mirrored.setdefault(shadow.version, [0, 0, 0])
@@ -245,6 +253,9 @@ class Kubelet:
             pod = self.pods.get(address.split(":", 1)[0])
         if pod is None:
             return None
+        if url_path.startswith("/v2/models/iris/quality?since="):
+            self.since.add(int(url_path.rpartition("=")[2]))
+            return pod.quality(int(url_path.rpartition("=")[2]))
         return PROFILE.to_json() if url_path == "/v2/models/iris/profile" else pod.metrics()
 
     @contextmanager
@@ -391,9 +402,10 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
 
         retry = ["promote", "iris", "--namespace", namespace, "--as", "ana", "--reason", "fixed the features"]
         assert main([*retry, "--version", "v9"]) == 1  # never rolled back
+        refused = _forge_retry(api, namespace, "v9")  # past the CLI's check
         assert main([*retry, "--version", "v2"]) == 0
         forward = wait_for(lambda: [j for j in _alias_jobs(api, namespace) if "--to=v2" in _args(j)], 30, "a Job")
-        retried = wait_for(lambda: (_md(api, namespace).get("status") or {}).get("lastRetry"), 30, "the retry taken")
+        retried = wait_for(lambda: _last_retry(api, namespace, "v2"), 30, "the retry taken")
         kubelet.alias = "v2"  # the Job moved it
         again = _outcome(api, namespace, "RolledBack", set(), since=_rollout_of(md)["started"])
     rollout = md["status"]["rollout"]
@@ -417,8 +429,25 @@ def test_a_candidate_that_fails_a_gate_is_rolled_back_and_the_stable_pods_are_un
     assert stuck and any(e[:2] == ("Warning", "AliasNotRestored") for e in events_for(api, namespace, "iris"))
     # tried again when a person asked: the alias moved on by a Job, a canary, and a second rollback of its own
     assert "--from=v1" in _args(forward[0]) and (retried["version"], retried["actor"]) == ("v2", "ana")
+    assert "v9" in refused[0][2] and not [j for j in _alias_jobs(api, namespace) if "--to=v9" in _args(j)]
     assert again["status"]["rejectedVersions"] == ["v2"] and again["status"]["rollbacks"] == 2
     assert len([j for j in _alias_jobs(api, namespace) if "--to=v1" in _args(j)]) == 2  # one per rollback
+
+
+def _forge_retry(api: client.ApiClient, namespace: str, version: str) -> list[tuple[str, str, str]]:
+    """Write the retry annotation as anyone who may patch the ModelDeployment could; the Events refusing it."""
+    request = RetryRequest(version=version, actor="mallory", time=now())
+    annotation = {canary.RETRY_ANNOTATION: request.model_dump_json(by_alias=True)}
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, "v1alpha1", namespace, "modeldeployments", "iris", {"metadata": {"annotations": annotation}}
+    )
+    refused = lambda: [e for e in events_for(api, namespace, "iris") if e[1] == "RetryRefused"]  # noqa: E731
+    return wait_for(refused, 30, "the forged retry refused")
+
+
+def _last_retry(api: client.ApiClient, namespace: str, version: str) -> dict[str, Any] | None:
+    last = (_md(api, namespace).get("status") or {}).get("lastRetry") or {}
+    return last if last.get("version") == version else None
 
 
 def _alias_jobs(api: client.ApiClient, namespace: str) -> list[Obj]:
@@ -445,6 +474,8 @@ def test_a_candidate_that_its_labels_grade_worse_is_rolled_back(
         md = _outcome(api, namespace, "RolledBack", set())
     gates = {g["name"]: g for g in md["status"]["rollout"]["gates"]}
     assert gates["qualityDrop"]["passed"] is False and float(gates["qualityDrop"]["value"]) > 0.2
+    began = datetime.fromisoformat(md["status"]["rollout"]["stepStarted"]).timestamp()
+    assert kubelet.since == {int(began)}  # the labels of ids issued inside the step alone
     assert gates["errorShare"]["passed"] is True and "qualityDrop" in md["status"]["rollout"]["message"]
 
 

@@ -53,7 +53,7 @@ def test_wire_names_are_camel_case() -> None:
     wire = spec.to_wire()
     assert wire["autoscaling"] == {"targetCPUUtilizationPercentage": 70}
     assert wire["model"]["refreshInterval"] == "30s"
-    assert wire["predictionLog"] == {"samplePercent": 10, "maxQueue": 10000}
+    assert wire["predictionLog"] == {"samplePercent": 10, "maxQueue": 10000, "retention": "720h"}
 
 
 def test_defaults_fill_what_the_user_left_out() -> None:

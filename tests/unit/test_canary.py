@@ -21,6 +21,7 @@ from regrow.api.modeldeployment import (
     RolloutSpec,
     RolloutStatus,
 )
+from regrow.contracts import Graded, Quality
 from regrow.controller import canary
 from regrow.controller.canary import Plan, Seen
 from regrow.controller.kube import Obj
@@ -80,9 +81,8 @@ def test_a_pods_counters_are_read_for_one_version_without_refused_requests() -> 
     text += _metrics("v1", {200: 1000}, [0.001] * 1000, {"setosa": 1000})  # another version in the same pod
     text += 'regrow_feedback_labelled_rows_total{model="iris",version="v2"} 30.0\n'
     text += 'regrow_feedback_correct_rows_total{model="iris",version="v2"} 27.0\n'
-    text += 'regrow_feedback_labelled_rows_total{model="iris",version="v1"} 99.0\n'
     vector = canary.read_version(text, "iris", "v2", CLASSES)
-    assert vector[canary.LABELLED] == 30 and vector[canary.GRADED] == 27
+    assert vector[canary.LABELLED] == 0 and vector[canary.GRADED] == 0  # labels: from the quality query alone
     assert vector[canary.ANSWERED] == 95 and vector[canary.ERRORS] == 5  # 4xx (429s among them) are neither
     assert canary.requests(vector, vector) == 95
     buckets = vector[canary.BUCKETS : canary.SHADOW_BUCKETS]
@@ -145,6 +145,20 @@ def _vector(
     tried = mirrored[1] + mirrored[2]
     timed = [tried if mirror_latency <= b else 0 for b in (*LATENCY_BUCKETS, math.inf)]
     return np.array([answered, errors, labelled, graded, *mirrored, *buckets, *timed, *predictions], dtype=np.int64)
+
+
+def test_a_versions_labels_at_a_step_are_summed_over_its_pods_quality_answers() -> None:
+    """Each pod grades the ids it issued since the step began; the operator sums the version's, in millionths
+    for a regressor's errors, and a pod whose answer is not one (an older pod's 404 page, nothing) adds none."""
+    answers = [
+        Quality(since=5, complete=True, versions={"v2": Graded(ids=3, rows=4, graded=3.5)}).model_dump_json().encode(),
+        Quality(since=5, complete=True, versions={"v2": Graded(ids=1, rows=2, graded=1),
+                                                  "v1": Graded(ids=9, rows=9, graded=9)}).model_dump_json().encode(),
+        b'{"error": "no such endpoint"}', None, b"",
+    ]  # fmt: skip
+    assert canary.graded(answers, "v2", classifier=True) == (6, 4)
+    assert canary.graded(answers, "v2", classifier=False) == (6, 4_500_000)
+    assert canary.graded(answers, "v3", classifier=True) == (0, 0)
 
 
 def test_live_quality_is_compared_once_both_versions_have_enough_labels() -> None:

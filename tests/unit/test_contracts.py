@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from regrow.api import ModelDeploymentSpec, parse_spec
-from regrow.contracts import ServingEnv
+from regrow.contracts import MIN_KEY_BYTES, ServingEnv
 from regrow.manifests.common import Owner, PodDefaults
 from regrow.manifests.serving import DRAIN_SECONDS, deployment
 
@@ -39,7 +40,7 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
     spec = parse_spec(ModelDeploymentSpec, {
         "model": {"registry": "s3://models/r", "name": "iris", "alias": "champion", "refreshInterval": "2m"},
         "storage": {"endpointUrl": "http://minio:9000"},
-        "predictionLog": {"samplePercent": 10, "maxQueue": 500},
+        "predictionLog": {"samplePercent": 10, "maxQueue": 500, "retention": "48h"},
         "server": {"maxConnections": 64, "maxRows": 100, "shedAfterMilliseconds": 250},
         "rollout": {"strategy": "Canary", "steps": [{"mirror": 10, "minRequests": 100}, {"weight": 50, "pause": "1m"}]},
     })  # fmt: skip
@@ -50,7 +51,7 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
         plain = {e["name"]: e["value"] for e in env if "value" in e}
         # a shadow logs nothing, but holds the key for its handshake with the stable pods
         assert {e["name"] for e in env if "valueFrom" in e} == {"REGROW_THREADS", "REGROW_FEEDBACK_KEY"}
-        read = ServingEnv.from_environ({**plain, "REGROW_THREADS": "2", "REGROW_FEEDBACK_KEY": "k"})
+        read = ServingEnv.from_environ({**plain, "REGROW_THREADS": "2", "REGROW_FEEDBACK_KEY": "k" * MIN_KEY_BYTES})
         assert (read.registry, read.model_name, read.model_alias) == ("s3://models/r", "iris", "champion")
         assert (read.refresh_seconds, read.drain_seconds, read.metrics_port) == (120, DRAIN_SECONDS, 9090)
         assert (read.max_connections, read.max_rows, read.shed_after_ms) == (64, 100, 250)
@@ -59,7 +60,18 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
             assert (read.shadow_percent, read.shadow_url, read.prediction_log_percent) == (10, None, 0)
         else:
             assert (read.prediction_log_percent, read.prediction_log_max_queue) == (10, 500)
+            assert read.prediction_log_retention_seconds == 48 * 3600
             assert read.shadow_url is not None and read.shadow_percent == 0
     unpinned = deployment(owner, spec, PodDefaults(), None)["spec"]["template"]["spec"]["containers"][0]["env"]
     read = ServingEnv.from_environ({e["name"]: e["value"] for e in unpinned if "value" in e})
     assert read.model_version is None and read.await_version  # a Canary's stable pods wait for a pinned version
+
+
+@pytest.mark.parametrize("key", ["", "short-key-of-31-bytes-0123456789"[:31]])
+def test_regrow_serve_refuses_an_empty_or_short_key_without_echoing_it(key: str) -> None:
+    """An empty key (a Secret holding nothing) gave each process a random key of its own, so that ids verified
+    on one replica only; a short one can be guessed. Either is refused, naming the variable, never the value."""
+    with pytest.raises(ValueError, match=r"\$REGROW_FEEDBACK_KEY: String should have at least 32") as error:
+        ServingEnv.from_environ({"REGROW_FEEDBACK_KEY": key, "REGROW_MODEL_NAME": "iris"})
+    assert (key or "<none>") not in str(error.value)
+    assert ServingEnv.from_environ({"REGROW_MODEL_NAME": "iris"}).feedback_key is None  # unset: a process key

@@ -6,20 +6,27 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from regrow.contracts import LOG_KINDS, Graded, log_key
 from regrow.serving.feedback import (
     MAX_AGE_SECONDS,
     MAX_ITEMS,
-    FeedbackCounts,
+    Recent,
     Rejected,
+    Share,
     Signer,
     check_label,
     parse_feedback,
 )
+from regrow.serving.labels import LabelBook
 from regrow.serving.predlog import PredictionLog
+from regrow.storage import FileStore
 from tests.helpers import HangingStore
 
 SIGNER = Signer(b"the deployment's key")
@@ -168,11 +175,70 @@ def test_malformed_feedback_is_a_bad_request(body: Any) -> None:
 
 
 def test_a_request_holds_a_bounded_number_of_items() -> None:
-    items = [{"id": issued(), "label": "setosa"}] * (MAX_ITEMS + 1)
+    items = [{"id": issued(), "label": "setosa"} for _ in range(MAX_ITEMS + 1)]
     with pytest.raises(Rejected) as error:
         parse_feedback({"feedback": items}, SIGNER, SPECIES, NOW)
     assert error.value.reason == "too_many_items"
     assert len(parse_feedback({"feedback": items[:MAX_ITEMS]}, SIGNER, SPECIES, NOW)) == MAX_ITEMS
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(SPECIES)), min_size=1, max_size=60))
+def test_an_id_given_many_times_in_a_batch_is_one_item_with_its_last_label(picks: list[tuple[int, str]]) -> None:
+    """However often each id repeats, and in whatever order: one item per id, with its last label, in the order
+    of the last items (a thousand replays of one id are one label)."""
+    ids = [issued() for _ in range(5)]
+    out = parse_feedback({"feedback": [{"id": ids[i], "label": label} for i, label in picks]}, SIGNER, SPECIES, NOW)
+    last: dict[int, str] = {}
+    for i, label in picks:
+        last.pop(i, None)
+        last[i] = label
+    assert [(item.record["id"], item.record["label"]) for item in out] == [(ids[i], label) for i, label in last.items()]
+
+
+def test_a_label_accepted_lately_is_a_repeat_neither_checked_nor_written_again() -> None:
+    """Replaying a batch across requests costs a hash per item: the same id with the same label is left out
+    (counted as repeated), a new label for it is news, and the memory keeps the latest ``most`` ids."""
+    recent, ids = Recent(most=2), [issued() for _ in range(3)]
+    first = parse_feedback({"feedback": [{"id": i, "label": "setosa"} for i in ids[:2]]}, SIGNER, SPECIES, NOW,
+                           recent=recent)  # fmt: skip
+    recent.remember(first)
+    again = [{"id": ids[0], "label": "setosa"}, {"id": ids[1], "label": "virginica"}, {"id": "forged", "label": 1}]
+    with pytest.raises(Rejected):  # a repeat is left out unchecked; anything else is checked as ever
+        parse_feedback({"feedback": again}, SIGNER, SPECIES, NOW, recent=recent)
+    news = parse_feedback({"feedback": again[:2]}, SIGNER, SPECIES, NOW, recent=recent)
+    assert [item.record["label"] for item in news] == ["virginica"] and recent.repeated == 2
+    recent.remember(news)
+    recent.remember(parse_feedback({"id": ids[2], "label": "setosa"}, SIGNER, SPECIES, NOW, recent=recent))
+    assert len(parse_feedback({"id": ids[0], "label": "setosa"}, SIGNER, SPECIES, NOW, recent=recent)) == 1  # forgotten
+
+
+def test_feedback_is_shed_once_it_has_taken_its_share_of_the_loop() -> None:
+    """Over about a second, feedback may take a quarter of the event loop; past it, it is shed until what it
+    took has decayed, so that a flood of any feedback leaves inference the rest."""
+    now = [0.0]
+    share = Share(0.25, 1.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert not share.exhausted()
+        share.charge(0.12)
+        now[0] += 0.1
+    assert share.exhausted()  # 0.36 s taken in the last 0.3 s, decayed a little: past 0.25
+    now[0] += 0.5
+    assert not share.exhausted()  # decayed below it
+    share.charge(10.0)  # one request that took ten seconds
+    now[0] += 3.0
+    assert share.exhausted()
+    now[0] += 4.0
+    assert not share.exhausted()
+
+
+def test_an_id_issued_in_the_future_is_refused() -> None:
+    """Only a holder of the key can date an id: one dated ahead (beyond a minute's clock skew between pods)
+    would never expire, so it is refused."""
+    assert SIGNER.verify(issued(at=NOW + 30), NOW).issued == int(NOW + 30)  # skew between pods
+    for ahead in (120, 2100 * 365 * 86400):
+        with pytest.raises(Rejected) as error:
+            SIGNER.verify(issued(at=NOW + ahead), NOW)
+        assert error.value.reason == "future"
 
 
 def test_predictions_cannot_crowd_out_feedback() -> None:
@@ -201,16 +267,32 @@ def test_an_id_carries_its_predictions_when_short_and_labels_grade_them_per_vers
     assert SIGNER.verify(SIGNER.issue("v2", 17, NOW, ["setosa"] * 17), NOW).predicted is None  # too many rows
     assert SIGNER.verify(SIGNER.issue("v2", 1, NOW, ["x" * 600]), NOW).predicted is None  # too long an id
     assert SIGNER.verify(issued(), NOW).predicted is None  # an id made without them still verifies
-    counts = FeedbackCounts("iris", classifier=True)
+    book = LabelBook("iris", classifier=True)
     for item in parse_feedback({"feedback": [{"id": short, "label": ["setosa", "versicolor"]},
                                              {"id": issued(), "label": "setosa"}]}, SIGNER, SPECIES, NOW):  # fmt: skip
-        counts.grade(item)
-    assert (counts.labelled, dict(counts.graded)) == ({"v2": 2}, {"v2": 1})  # one of two right; one not graded
-    regressor = FeedbackCounts("house", classifier=False)
-    for label, predicted in ((3.0, 2.5), (1.0, 2.0)):
-        regressor.grade(*parse_feedback({"id": SIGNER.issue("r1", 1, NOW, [predicted]), "label": label}, SIGNER,
-                                        None, NOW))  # fmt: skip
-    regressor.grade(*parse_feedback({"id": SIGNER.issue("r1", 1, NOW, [[1.0, 2.0]]), "label": 1.0}, SIGNER, None, NOW))
-    assert (regressor.labelled, dict(regressor.graded)) == ({"r1": 2}, {"r1": 1.5})  # two outputs: not graded
-    text = "".join(f"{s.name} {s.labels} {s.value}\n" for f in counts.collect() for s in f.samples)
+        book.add(item.claims, item.record["label"], NOW)
+    assert book.quality(0).versions["v2"] == Graded(ids=1, rows=2, graded=1)  # one of two right
+    assert book.quality(0).versions["v1"] == Graded(ids=1, rows=0, graded=0)  # its id says no prediction
+    regressor = LabelBook("house", classifier=False)
+    for label, predicted in ((3.0, 2.5), (1.0, 2.0), (1.0, [1.0, 2.0])):  # two outputs: not graded
+        (item,) = parse_feedback({"id": SIGNER.issue("r1", 1, NOW, [predicted]), "label": label}, SIGNER, None, NOW)
+        regressor.add(item.claims, item.record["label"], NOW)
+    assert regressor.quality(0).versions["r1"] == Graded(ids=3, rows=2, graded=1.5)
+    text = "".join(f"{s.name} {s.labels} {s.value}\n" for f in book.collect() for s in f.samples)
     assert "regrow_feedback_correct_rows_total {'model': 'iris', 'version': 'v2'} 1" in text
+
+
+def test_the_log_deletes_its_models_files_past_the_retention(tmp_path: Path) -> None:
+    """Every version's predictions and labels older than the retention go, by the time in their names; newer
+    ones, other models' and files that are no log's stay."""
+    store, now = FileStore(tmp_path), time.time()
+    old = [log_key("iris", kind, version, now - 3 * 86400, "h", 1) for kind in LOG_KINDS for version in ("v1", "v0")]
+    kept = [log_key("iris", "feedback", "v1", now - 3600, "h", 2), log_key("wine", "feedback", "v1", now - 9e6, "h", 3),
+            "iris/feedback/v1/notes.jsonl"]  # fmt: skip
+    for key in old + kept:
+        store.put(key, b"{}\n")
+    log = PredictionLog(store, "iris", "v1", 100, 10, flush_seconds=3600, retention=2 * 86400)
+    assert log.sweep(now) == 4 and sorted(store.list("")) == sorted(kept)
+    deleted = {s.labels["kind"]: s.value for f in log.collect() for s in f.samples if "deleted" in s.name}
+    assert deleted == {"predictions": 2, "feedback": 2}
+    log.close()

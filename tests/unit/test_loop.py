@@ -159,6 +159,20 @@ def test_unobserved_generations_are_due_at_once_observed_ones_after_their_period
     assert KEY not in controller.due and KEY not in controller.objects
 
 
+def test_what_a_person_asks_in_an_annotation_is_looked_at_at_once() -> None:
+    """An annotation of the kind's ``asks`` bumps no generation; a change to it is due now, not at the period,
+    and any other annotation waits for the period."""
+    controller, _, clock = _controller(replace(_kind(READY, period=3600.0), asks=("regrow.dev/retry",)))
+    controller.observe("modeldeployments", None, _body(2, observed=2))
+    assert controller.due[KEY] == clock.now + 3600
+    for written, due in (({"other": "x"}, 3600.0), ({"other": "x", "regrow.dev/retry": "{}"}, 0.0)):
+        del controller.due[KEY]
+        body = _body(2, observed=2)
+        body["metadata"]["annotations"] = written
+        controller.observe("modeldeployments", "MODIFIED", body)
+        assert controller.due[KEY] == clock.now + due
+
+
 def test_a_deleted_object_is_forgotten_by_its_reconciler_too() -> None:
     forgotten: list[str] = []
     kind = replace(_kind(READY), forget=lambda body: forgotten.append(body["metadata"]["uid"]))
@@ -369,8 +383,11 @@ def test_a_status_that_does_not_fit_its_kinds_model_is_refused_not_written(kind:
     assert checked(kind.status, base) == base
     removed = {name: None for name in kind.status.model_json_schema(by_alias=True)["properties"]} | base
     assert checked(kind.status, removed) == removed  # every field has a default to fall back to
-    for wrong in ({"observedGeneration": "two"}, {"readyReplica": 1}, {"conditions": [{"type": "Ready"}]}):
-        with pytest.raises(StatusMismatch):
+    empty = {"type": "Ready", "status": "True", "reason": "Ready", "message": "",
+             "lastTransitionTime": "2026-12-07T20:28:56Z"}  # fmt: skip
+    for wrong in ({"observedGeneration": "two"}, {"readyReplica": 1}, {"conditions": [{"type": "Ready"}]},
+                  {"conditions": [empty]}):  # fmt: skip
+        with pytest.raises(StatusMismatch):  # the API server (1.20) took the empty message for null, and refused it
             checked(kind.status, {**base, **wrong})
 
 

@@ -575,7 +575,8 @@ def test_an_unreadable_model_is_reported_and_retried(tmp_path: Path) -> None:
 
 def test_prediction_log_and_feedback(tmp_path: Path) -> None:
     version = publish_iris(tmp_path)
-    config = local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2, feedback_key="k")
+    config = local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2, feedback_key="k",
+                   label_read_seconds=0.2)  # fmt: skip
     with running(config) as server:
         wait_ready(server)
         ids = [
@@ -586,7 +587,7 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
         assert server.call("POST", "/v1/models/iris:predict", {"instances": ROWS[:1]})[1]["prediction_id"]
         labels = [{"id": i, "label": ["setosa", "virginica", "versicolor"]} for i in ids]
         status, body = server.call("POST", "/v2/models/iris/feedback", {"feedback": labels})
-        assert (status, body) == (202, {"accepted": 3})
+        assert (status, body) == (202, {"accepted": 3, "repeated": 0})
         assert server.call("POST", "/v2/models/iris/feedback", {"id": 5})[0] == 400
         records: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
@@ -595,7 +596,10 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
             time.sleep(0.1)
             files = sorted((tmp_path / "registry/iris/predictions" / version).glob("*.jsonl"))
             records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
-        metrics = server.call("GET", "/metrics")[1]
+        metrics = _metrics_once(server, "regrow_feedback_labelled_rows_total{")  # the labels read from the store
+        quality = server.call("GET", "/v2/models/iris/quality?since=0")[1]
+        assert server.call("GET", "/v2/models/iris/quality?since=-1")[0] == 400
+        later = server.call("GET", f"/v2/models/iris/quality?since={int(time.time()) + 5}")[1]
     assert [r["id"] for r in records[:3]] == ids
     assert records[0]["inputs"] == [pytest.approx(r) for r in ROWS] and records[0]["outputs"][0] == "setosa"
     assert records[3]["id"] == named["parameters"]["prediction_id"] and records[3]["inputs"][0][1] is None
@@ -612,6 +616,46 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
     right = sum(p == t for p, t in zip(records[0]["outputs"], ["setosa", "virginica", "versicolor"], strict=True))
     assert f'regrow_feedback_labelled_rows_total{{model="iris",version="{version}"}} 9.0' in metrics  # graded
     assert f'regrow_feedback_correct_rows_total{{model="iris",version="{version}"}} {3 * right}.0' in metrics
+    assert quality["versions"] == {version: {"ids": 3, "rows": 9, "graded": 3 * right}} and quality["complete"]
+    assert later["versions"] == {}  # no id issued since then
+
+
+def test_feedback_is_shed_and_timed_as_inference_is_and_a_replayed_id_counts_once(tmp_path: Path) -> None:
+    """Checking a thousand ids takes the loop a while: a feedback request that waited past the budget gets 429
+    (counted, with Retry-After), every feedback request is timed, and one id repeated a thousand times in a
+    batch is one label, written once."""
+    version = publish_iris(tmp_path)
+    server, inference = start(local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2,
+                                    feedback_key="k" * 32, label_read_seconds=0.2))  # fmt: skip
+    try:
+        wait_ready(server)
+        token = server.call("POST", "/v2/models/iris/infer", v2(ROWS[:1]))[1]["parameters"]["prediction_id"]
+        replays = {"feedback": [{"id": token, "label": "setosa"}] * 999 + [{"id": token, "label": "virginica"}]}
+        assert server.call("POST", "/v2/models/iris/feedback", replays) == (202, {"accepted": 1, "repeated": 0})
+        assert server.call("POST", "/v2/models/iris/feedback", replays) == (202, {"accepted": 1, "repeated": 1})
+        inference.state.waited = lambda: 1.0  # as if the loop had been busy for a second
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("POST", "/v2/models/iris/feedback", body=json.dumps({"id": token, "label": "setosa"}))
+        shed = connection.getresponse()
+        assert (shed.status, shed.getheader("retry-after")) == (429, "1") and "overloaded" in shed.read().decode()
+        inference.state.waited = lambda: 0.0
+        metrics = _metrics_once(server, "regrow_feedback_labelled_rows_total{")
+    finally:
+        stop(inference, server)
+    (written,) = (tmp_path / "registry/iris/feedback" / version).glob("*.jsonl")
+    assert [json.loads(line)["label"] for line in written.read_text().splitlines()] == ["virginica"]
+    assert f'regrow_feedback_labelled_rows_total{{model="iris",version="{version}"}} 1.0' in metrics
+    assert 'outcome="rejected",reason="overloaded"' in metrics and 'outcome="repeated",reason="ok"' in metrics
+    assert 'regrow_feedback_request_duration_seconds_count{model="iris"} 3.0' in metrics
+
+
+def _metrics_once(server: Server, name: str, timeout: float = 10) -> str:
+    """The server's metrics, once they hold ``name``."""
+    deadline = time.monotonic() + timeout
+    while name not in (metrics := server.call("GET", "/metrics")[1]):
+        assert time.monotonic() < deadline, f"no {name} within {timeout:.0f} s"
+        time.sleep(0.1)
+    return str(metrics)
 
 
 def test_prediction_log_is_bounded_and_never_waits(tmp_path: Path) -> None:

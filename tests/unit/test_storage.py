@@ -59,6 +59,12 @@ def test_round_trip(store: Store) -> None:
     assert store.list("a/") == ["a/b.txt", "a/c/d.bin"]
     assert store.list("") == ["a/b.txt", "a/c/d.bin", "z.txt"]
     assert store.list("nothing/") == []
+    assert store.list("a/", start_after="a/b.txt") == ["a/c/d.bin"]  # the keys after one alone (S3's StartAfter)
+    assert store.list("a/", start_after="a/b") == ["a/b.txt", "a/c/d.bin"]  # after: not necessarily a key
+    assert store.list("", start_after="a/c/d.bin") == ["z.txt"]
+    store.delete("z.txt")
+    store.delete("z.txt")  # gone already: nothing to do
+    assert not store.exists("z.txt") and store.list("") == ["a/b.txt", "a/c/d.bin"]
 
 
 def test_file_store_keeps_keys_inside_its_root(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sklearn import datasets
 
 from regrow.api import TrainingJobSpec, parse_spec
 from regrow.api.trainingjob import Algorithm, Task
+from regrow.contracts import log_key
 from regrow.drift.profile import Profile
 from regrow.inference import OnnxModel
 from regrow.serving.app import log_prediction
@@ -54,6 +56,7 @@ CASES = [
     for dataset in (["diabetes"] if algorithm.task is Task.REGRESSION else ["iris", "breast_cancer", "wine"])
 ]
 FLOORS = {"iris": 0.85, "breast_cancer": 0.9, "wine": 0.85}
+DAY = 86400
 
 
 @pytest.mark.parametrize(("dataset", "algorithm"), CASES, ids=[f"{d}-{a.value}" for d, a in CASES])
@@ -386,15 +389,15 @@ def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_p
     def prediction(i: int, row: Any = None) -> dict[str, Any]:
         return {"id": f"p{i}", "time": i, "inputs": [row or [5.0 + i / 10, 3.0, 1.5, 0.2]], "outputs": ["setosa"]}
 
-    old, new = range(0, 5), range(10, 15)
-    store.put("iris/predictions/vz/20260101T000000Z-h-000001.jsonl", _lines(*map(prediction, old)))
-    store.put("iris/predictions/va/20261130T000000Z-h-000001.jsonl", _lines(
+    old, new, now = range(0, 5), range(10, 15), time.time()
+    store.put(log_key("iris", "predictions", "vz", now - 7 * DAY, "h", 1), _lines(*map(prediction, old)))
+    store.put(log_key("iris", "predictions", "va", now - DAY, "h", 1), _lines(
         *map(prediction, new), "not json", {"inputs": [[1, 2, 3, 4]]}, prediction(20, [1.0, 2.0, 3.0]),
         prediction(21, [1.0, "2", 3.0, 4.0]), prediction(22), prediction(23), prediction(24)))  # fmt: skip
     labels = [{"id": f"p{i}", "label": "virginica", "time": 1} for i in [*old, *new, 20, 21]]
     hostile = [{"id": "p22", "label": 7, "time": 1}, {"id": "p23", "label": ["setosa", "setosa"], "time": 1},
                {"id": "p24", "label": {"x": 1}, "time": 1}]  # fmt: skip
-    store.put("iris/feedback/va/20261130T000001Z-h-000002.jsonl", _lines(*labels, *hostile, "{broken"))
+    store.put(log_key("iris", "feedback", "va", now - DAY + 1, "h", 2), _lines(*labels, *hostile, "{broken"))
 
     wire = spec.to_wire()
     live = parse_spec(TrainingJobSpec, {**wire, "dataset": {**wire["dataset"], "feedback": {"maxRows": 5}}})
@@ -413,6 +416,27 @@ def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_p
         6.3,
         6.4,
     ]  # the newest file's, though its version sorts first
+
+
+def test_feedback_reads_only_what_was_logged_within_its_window(tmp_path: Path) -> None:
+    """Predictions and labels logged before the window are not read (nor listed files that are no log's), so
+    that a store full of old or replayed records costs a retrain nothing; a label for a prediction inside the
+    window, posted inside it, is."""
+    store, now = open_store(f"file://{tmp_path}/registry"), time.time()
+    inside = {"id": "in", "time": now, "inputs": [[5.0, 3.0, 1.5, 0.2]], "outputs": ["setosa"]}
+    outside = {**inside, "id": "out"}
+    store.put(log_key("iris", "predictions", "v1", now - 31 * DAY, "h", 1), _lines(outside))
+    store.put(log_key("iris", "predictions", "v1", now - 29 * DAY, "h", 2), _lines(inside))
+    store.put(log_key("iris", "feedback", "v1", now - 31 * DAY, "h", 3), _lines({"id": "in", "label": "x", "time": 1}))
+    store.put(log_key("iris", "feedback", "v1", now - DAY, "h", 4), _lines({"id": "out", "label": "y", "time": 2}))
+    store.put("iris/feedback/v1/not-a-log-file.jsonl", _lines({"id": "in", "label": "z", "time": 3}))
+    fits = lambda label: isinstance(label, str)  # noqa: E731
+    read = labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 100, fits, since=now - 30 * DAY)
+    assert (read.predictions, read.unlabelled, len(read.y)) == (1, 1, 0)  # "in": its only label is too old
+    store.put(log_key("iris", "feedback", "v1", now, "h", 5), _lines({"id": "in", "label": "w", "time": 4}))
+    read = labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 100, fits, since=now - 30 * DAY)
+    assert read.y.tolist() == ["w"] and read.predictions == 1
+    assert len(labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 100, fits).y) == 2  # no window: all
 
 
 def _weak_champion(tmp_path: Path) -> tuple[Path, Registry, TrainingJobSpec, Any]:

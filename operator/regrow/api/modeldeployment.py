@@ -125,9 +125,10 @@ class CanaryAnalysis(ApiModel):
         default=None,
         description="Live quality from feedback, for a prediction log whose ids clients label: how much worse "
         "the candidate may do than the stable version on the labels of the step's predictions (accuracy lost, or "
-        "for a regressor the mean absolute error's relative increase). Only requests of at most 16 rows are graded "
-        "(their prediction ids carry what was predicted); labels of larger ones count as feedback, not here. "
-        "Unset: not gated.",
+        "for a regressor the mean absolute error's relative increase). Each id counts once, and only if it was "
+        "issued inside the step; labels are read from the store, a few seconds after they are posted. Only "
+        "requests of at most 16 rows are graded (their prediction ids carry what was predicted); labels of larger "
+        "ones count as feedback, not here. Unset: not gated.",
     )
     min_labels: int = Field(
         default=50, ge=1, le=1_000_000, description="Labelled rows each version needs before quality is compared."
@@ -180,6 +181,12 @@ class PredictionLogSpec(ApiModel):
 
     sample_percent: int = Field(default=0, ge=0, le=100)
     max_queue: int = Field(default=10000, ge=1, le=1_000_000, description="Records held before new ones drop.")
+    retention: Duration = Field(
+        default="720h",
+        description="How long the log's files (predictions, and the labels posted for them) are kept: the serving "
+        "pods delete older ones, every version's, about once an hour. Labels are taken for 30 days after a "
+        "prediction, so a shorter retention loses the late ones.",
+    )
 
 
 class ServerSpec(ApiModel):
@@ -285,7 +292,7 @@ class RolloutDecision(ApiModel):
 
     action: Literal["Promote", "Rollback"]
     actor: Annotated[str, StringConstraints(min_length=1, max_length=253)]
-    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     time: Time
 
 
@@ -294,7 +301,7 @@ class RetryRequest(ApiModel):
 
     version: Version
     actor: Annotated[str, StringConstraints(min_length=1, max_length=253)]
-    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     time: Time
 
 
@@ -354,4 +361,8 @@ class ModelDeploymentStatus(ApiModel):
         default_factory=list, max_length=20,
         description="Versions a canary rolled back: not tried again until `regrow promote --version` asks.",
     )  # fmt: skip
-    last_retry: RetryRequest | None = Field(default=None, description="The last `regrow promote --version` taken.")
+    last_retry: RetryRequest | None = Field(
+        default=None,
+        description="The last `regrow promote --version` seen: taken, or refused (with an Event) when the version "
+        "was not rolled back.",
+    )

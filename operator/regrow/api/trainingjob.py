@@ -11,6 +11,7 @@ from regrow.api.common import (
     ApiModel,
     Conditions,
     DecimalString,
+    Duration,
     Name,
     ObjectName,
     ResourceRequirements,
@@ -70,6 +71,11 @@ class FeedbackSpec(ApiModel):
 
     model_name: Name | None = Field(default=None, description="Whose traffic; output.modelName if unset.")
     max_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="At most this many, the newest.")
+    window: Duration = Field(
+        default="720h",
+        description="Only what was logged within this long before the run is read: predictions, and the labels "
+        "posted for them (which are taken for 30 days after a prediction).",
+    )
 
 
 class ValidationSpec(ApiModel):

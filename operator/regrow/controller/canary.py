@@ -9,10 +9,11 @@ reach it, and rolling back is scaling its Deployment to zero. A split inside the
 exact weights, but the candidate would share the stable pods' process and event loop.
 
 Each step is judged on the two versions' own counters (requests by code, the latency histogram, the
-predictions in their reference profile's bins, the rows their labels graded), scraped from the pods at every
-reconcile and summed per pod since the step began, restarts counted as Prometheus counts counter resets
-(``Track``). The counts are kept in memory: after an operator restart a step's measurement starts again,
-its clock does not.
+predictions in their reference profile's bins), scraped from the pods at every reconcile and summed per pod
+since the step began, restarts counted as Prometheus counts counter resets (``Track``), and on what their
+labels graded: each pod's answer to the quality query for the ids it issued since the step began, each id
+graded once (``graded``; see regrow.serving.labels). The counts are kept in memory: after an operator restart
+a step's measurement starts again, its clock does not.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from regrow.api.modeldeployment import (
     StepRecord,
 )
 from regrow.clock import stamp
+from regrow.contracts import Quality
 from regrow.controller.conditions import Cond
 from regrow.controller.result import Event
 from regrow.drift.profile import PREDICTION, FeatureProfile
@@ -62,9 +64,6 @@ MICRO = 1_000_000
 _BOUNDS = {bound: i for i, bound in enumerate((*LATENCY_BUCKETS, math.inf))}  # a bucket's le: its place
 MIN_PREDICTIONS = 50  # rows each version predicted at the step before their predictions are compared
 _COUNTERS = {  # counters summed as they are: their place in the vector, and their scale
-    "regrow_feedback_labelled_rows_total": (LABELLED, 1),
-    "regrow_feedback_correct_rows_total": (GRADED, 1),
-    "regrow_feedback_absolute_error_total": (GRADED, MICRO),
     "regrow_shadow_compared_rows_total": (COMPARED, 1),
     "regrow_shadow_agreed_rows_total": (AGREED, 1),
     "regrow_shadow_absolute_difference_total": (AGREED, MICRO),
@@ -98,6 +97,22 @@ def share(canary: int, stable: int) -> int:
 
 def size(prediction: FeatureProfile | None) -> int:
     return PREDICTED + (len(prediction.labels) if prediction else 0)
+
+
+def graded(answers: list[bytes | None], version: str, classifier: bool) -> tuple[int, int]:
+    """A version's labelled rows at a step and their grade (rows right, or the absolute errors summed in
+    millionths), summed over its pods' answers to the quality query (``regrow.contracts.Quality``): each id
+    graded once, by the pod that issued it, and only the ids issued since the step began. An answer that does
+    not parse (a pod of an older regrow: a 404) counts nothing."""
+    rows, grade = 0, 0.0
+    for raw in answers:
+        try:
+            found = Quality.model_validate_json(raw).versions.get(version) if raw else None
+        except pydantic.ValidationError:
+            continue
+        if found is not None:
+            rows, grade = rows + found.rows, grade + found.graded
+    return rows, round(grade if classifier else grade * MICRO)
 
 
 def read_version(text: str, model: str, version: str, prediction: FeatureProfile | None,

@@ -184,6 +184,7 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
             lambda body: modeldeployment.reconcile(body, serving),
             lambda body: modeldeployment.next_check_in(body, memo.resync),
             lambda body: serving.forget(body["metadata"]["uid"]),
+            (canary.DECISION_ANNOTATION, canary.RETRY_ANNOTATION),
         ),
         Kind(
             DRIFT_POLICY.kind,
@@ -191,6 +192,7 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
             lambda body: driftpolicy.reconcile(body, memo.api, memo.fetch, memo.drift_memory, memo.query),
             lambda body: driftpolicy.next_check_in(body, memo.min_check_seconds),
             memo.drift_memory.forget,
+            (driftpolicy.APPROVE_ANNOTATION,),
         ),
     ]
 

@@ -52,6 +52,14 @@ class Kind:
     reconcile: Callable[[Obj], Result]
     next_in: Callable[[Obj], float | None]  # seconds to the next level check; None: only when the spec changes
     forget: Callable[[Obj], None] = lambda body: None  # drop what the reconciler keeps about a deleted object
+    asks: tuple[str, ...] = ()  # annotations a person writes to ask something of it: a change is looked at at once
+
+    def asked(self, before: Obj | None, after: Obj) -> bool:
+        """Whether ``after`` changes what a person asks of the object (an annotation of ``asks``)."""
+        if before is None:
+            return False
+        old, new = (body["metadata"].get("annotations") or {} for body in (before, after))
+        return any(old.get(name) != new.get(name) for name in self.asks)
 
 
 def wait_for(kind: Kind, body: Obj) -> float | None:
@@ -206,8 +214,9 @@ class Controller:
                 table.pop(key, None)
             self.kinds[plural].forget(body)
             return
+        asked = self.kinds[plural].asked(self.objects.get(key), body)
         self.objects[key] = body
-        self._schedule(key, body)
+        self._schedule(key, body, 0.0 if asked else None)
 
     def poke(self, keys: Iterable[Key]) -> None:
         """Something these objects own changed (a child, a pod): reconcile those of them that exist, soon."""

@@ -514,11 +514,12 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tup
         seen = _seen(body, spec, serving, (live, canary_live, shadow_live), (pinned, desired.target, running), reports,
                      draining)  # fmt: skip
         retried = canary.retry(body["metadata"].get("annotations") or {}, recorded.get("lastRetry"))
-        if retried is not None:  # a person asks: no longer rejected, and the alias goes there if it can
+        taken = retried is not None and retried.version in rejected  # only a rolled-back version is tried again
+        if retried is not None and taken:  # a person asks: no longer rejected, and the alias goes there if it can
             rejected = [v for v in rejected if v != retried.version]
         moves = canary.plan(spec.rollout, spec.replicas.max, last, rejected, seen)
         if retried is not None:
-            moves = _retry(owner, spec, serving, moves, retried)
+            moves = _retry(owner, spec, serving, moves, retried) if taken else _refuse_retry(moves, retried)
     else:
         ended = last is not None and last.outcome is None
         moves = canary.Plan(desired.pin, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"),
@@ -588,6 +589,17 @@ def _retry(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: can
     return dataclasses.replace(moves, events=[*moves.events, event], retried=retried)
 
 
+def _refuse_retry(moves: canary.Plan, retried: RetryRequest) -> canary.Plan:
+    """A request to try a version that no canary rolled back (the retry annotation is the CLI's, but anyone
+    who may patch the ModelDeployment can write it): nothing moves, and an Event says why."""
+    message = (
+        f"{retried.actor} asked to try version {retried.version} again, but it is not in status.rejectedVersions: "
+        "only a version a canary rolled back is tried again; nothing moved"
+    )
+    refused = Event("Warning", "RetryRefused", message)
+    return dataclasses.replace(moves, events=[*moves.events, refused], retried=retried)
+
+
 def _seen(body: Obj, spec: ModelDeploymentSpec, serving: Serving,
           lives: tuple[Obj | None, Obj | None, Obj | None],
           versions: tuple[str | None, str | None, RolloutStatus | None], reports: list[PodReport],
@@ -654,13 +666,20 @@ def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running:
         for p in [*ready["candidate"], *ready["stable"]]
     }
     totals, bins = {}, {}
+    since = int(datetime.fromisoformat(running.step_started).timestamp())  # labels count for ids issued since
     for track, version in (("candidate", running.candidate), ("stable", running.stable)):
         bins[track] = _prediction(owner, model, version, ready[track], serving)
         shadow = running.candidate if shadowing and track == "stable" else None
         vectors = {n: canary.read_version(t.decode(), model, version, bins[track], shadow)
                    for n, t in texts.items() if t}  # fmt: skip
         total = counts.tracks.setdefault(track, canary.Track()).add(vectors)
-        totals[track] = np.zeros(canary.size(bins[track]), dtype=np.int64) if total is None else total
+        totals[track] = np.zeros(canary.size(bins[track]), dtype=np.int64) if total is None else total.copy()
+        if spec.rollout.analysis.max_quality_drop is not None and not shadowing:
+            answers = [serving.fetch(metrics_address(p), f"/v2/models/{model}/quality?since={since}")
+                       for p in ready[track]]  # fmt: skip
+            profile = bins[track]
+            classifier = profile is not None and bool(profile.categories)  # as the gate tells them apart
+            totals[track][[canary.LABELLED, canary.GRADED]] = canary.graded(answers, version, classifier)
     mine, theirs = totals["candidate"], totals["stable"]
     analysis = spec.rollout.analysis
     known = [serving.memory.predictions.get((owner.uid, v), False) for v in (running.candidate, running.stable)]

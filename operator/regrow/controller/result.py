@@ -38,7 +38,18 @@ def checked(model: type[BaseModel], status: Obj) -> Obj:
         model.model_validate({key: value for key, value in status.items() if value is not None or key not in optional})
     except ValidationError as error:
         raise StatusMismatch(f"the status does not fit {model.__name__}: {error}") from None
+    if empty := _empty_string(status):
+        raise StatusMismatch(f"{model.__name__}: {empty} is an empty string, which the API server takes for null")
     return status
+
+
+def _empty_string(value: object, where: str = "status") -> str | None:
+    """Where ``value`` holds an empty string (the API server rejects one in a custom resource: "must be of type
+    string: null"), or None."""
+    if value == "":
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((found for key, item in items if (found := _empty_string(item, f"{where}.{key}"))), None)
 
 
 def transition_event(previous: list[Obj], cond: Cond) -> list[Event]:

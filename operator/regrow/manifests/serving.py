@@ -110,6 +110,8 @@ def deployment(
         storage_endpoint=spec.storage.endpoint_url if spec.storage else None,
         **({"prediction_log_percent": spec.prediction_log.sample_percent,
             "prediction_log_max_queue": spec.prediction_log.max_queue} if logged and spec.prediction_log else {}),
+        **({"prediction_log_retention_seconds": parse_duration(spec.prediction_log.retention)}
+           if logged and spec.prediction_log and "retention" in spec.prediction_log.model_fields_set else {}),
         shadow_url=shadow_url(owner, defaults.cluster_domain) if mirroring else None,
         **({"shadow_percent": shadow_percent} if component == SHADOW and shadow_percent is not None else {}),
     )  # fmt: skip

@@ -6,7 +6,9 @@ answer 500 or stop the process.
 
 from __future__ import annotations
 
+import secrets
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +21,9 @@ from regrow import __version__
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Reason, TensorMetadata
 from regrow.inference import Batch, Prediction, rows
-from regrow.serving.feedback import FeedbackCounts, Rejected, Signer, parse_feedback
+from regrow.serving.feedback import FeedbackCounts, Recent, Rejected, Share, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
+from regrow.serving.labels import LabelReader
 from regrow.serving.metrics import ServingMetrics
 from regrow.serving.mirror import (
     CHALLENGE_HEADER,
@@ -74,20 +77,27 @@ class State:
     waited: Callable[[], float] = lambda: 0.0  # about how long the request being answered waited, in seconds
     shed_after: float = BOUNDS.shed_after_milliseconds / 1000  # an inference request that waited longer gets 429
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
+    issuer: str = field(default_factory=lambda: secrets.token_hex(4))  # names this process in the ids it issues
     feedback: FeedbackCounts | None = None
+    labels: LabelReader | None = None  # grades the labels of the ids this process issued, each once
+    recent: Recent = field(default_factory=Recent)  # the labels accepted lately: a repeat is not written again
+    feedback_share: Share = field(default_factory=Share)  # the loop's time feedback took lately
     shadow: int | None = None  # a shadow pod: the percent of requests it asks the stable pods to mirror
     mirror: Mirror | None = None  # a stable pod that mirrors to a shadow
 
-    def serve(self, model: LoadedModel, predictions: PredictionLog | None = None) -> None:
+    def serve(self, model: LoadedModel, predictions: PredictionLog | None = None,
+              labels: LabelReader | None = None) -> None:  # fmt: skip
         self.metrics = ServingMetrics(model, self.in_flight, self.feature_bins and not self.shadow, self.lag)
         if self.mirror is not None:
             self.mirror.counts.version, self.mirror.counts.classifier = model.version, model.task == "classification"
             self.metrics.registry.register(self.mirror.counts)
         if predictions is not None:
-            self.feedback = FeedbackCounts(model.name, classifier=model.task == "classification")
+            self.feedback = FeedbackCounts(model.name)
             self.metrics.registry.register(predictions)
             self.metrics.registry.register(self.feedback)
-        self.predictions = predictions
+        if labels is not None:
+            self.metrics.registry.register(labels.book)
+        self.predictions, self.labels = predictions, labels
         self.model = model
         self.error = ""
 
@@ -145,16 +155,18 @@ class App:
             proof = ShadowKey(state.signer.key).proof(challenge, body) if challenge else None
             return Response(200, body, headers=b"%s: %s\r\n" % (PROOF_HEADER, proof) if proof else b"")
         if path.startswith("/v2/models/"):
-            return self._get_model(path)
+            return self._get_model(path, request.query)
         raise BadRequest(f"no such endpoint: GET {path}", 404)
 
-    def _get_model(self, path: str) -> Response:
+    def _get_model(self, path: str, query: str) -> Response:
         state = self.state
         rest = self._model_path(path[len("/v2/models/") :])
         if rest == "":
             return json_response(200, self._metadata().to_wire())
         if rest == "/profile" and state.model is not None and self.observed:  # the reference profile, for drift checks
             return Response(200, state.model.profile.to_json())
+        if rest == "/quality" and state.labels is not None and self.observed:  # for the canary's quality gate
+            return json_response(200, state.labels.book.quality(_since(query)).model_dump(mode="json"))
         if rest == "/ready":
             return json_response(
                 200 if state.ready else 503, {"name": state.name, "ready": state.ready, **self._why().to_wire()}
@@ -237,7 +249,7 @@ class App:
             protocol = "v2"
             rest = self._model_path(path[len("/v2/models/") :])
             if rest == "/feedback":
-                return self._feedback(request.body)
+                return self._feedback(request)
             if rest != "/infer":
                 raise BadRequest(f"no such endpoint: POST {path}", 404)
         elif path == f"/v1/models/{self.state.name}:predict":
@@ -256,11 +268,7 @@ class App:
         code, x, binary_outputs, predicted = 500, None, b"", None
         refusal: Refusal = "malformed"
         try:
-            waited = state.waited()
-            if waited > state.shed_after:  # shed: a 429 costs little, so the loop catches up
-                raise BadRequest(
-                    f"the server is overloaded (this request waited {waited:.2f} s): retry", 429, "overloaded"
-                )
+            self._shed()
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             x = self._inputs(protocol, parsed, binary)
@@ -279,7 +287,9 @@ class App:
                 code = 200
                 return json_response(200, {"model_version": model.version, "predictions": v1_predictions(prediction)})
             if state.predictions is not None and state.predictions.sampled():
-                token = state.signer.issue(model.version, rows(x), time.time(), v1_predictions(prediction))
+                token = state.signer.issue(
+                    model.version, rows(x), time.time(), v1_predictions(prediction), state.issuer
+                )
                 issued = log_prediction(state.predictions, token, x, prediction, model.features)
                 if protocol == "v2":
                     response["parameters"] = {"prediction_id": issued}
@@ -297,6 +307,12 @@ class App:
         finally:
             metrics.request(protocol, code, time.perf_counter() - request.started, x, predicted, refusal)
 
+    def _shed(self) -> None:
+        """A 429 for a request that waited too long behind others: it costs little, so the loop catches up."""
+        waited = self.state.waited()
+        if waited > self.state.shed_after:
+            raise BadRequest(f"the server is overloaded (this request waited {waited:.2f} s): retry", 429, "overloaded")
+
     def _inputs(self, protocol: str, parsed: Any, binary: bytes) -> Batch:
         """The request's rows: a float matrix, or one column per input for a model that takes columns."""
         model, most = self.state.model, self.state.max_rows
@@ -307,27 +323,49 @@ class App:
             return v2_inputs(parsed, model.features, binary, most)
         return v1_columns(parsed, model.columns, most) if model.columns else v1_inputs(parsed, model.features, most)
 
-    def _feedback(self, body: bytes) -> Response:
+    def _feedback(self, request: Request) -> Response:
         """Labels for logged predictions, all or none: {"id": <prediction_id>, "label": ...} or
-        {"feedback": [such objects]} (see regrow.serving.feedback)."""
+        {"feedback": [such objects]} (see regrow.serving.feedback). Shed under load as inference is, and timed
+        (``regrow_feedback_request_duration_seconds``), since checking a thousand ids takes the loop a while."""
         state = self.state
         predictions, counts, model = state.predictions, state.feedback, state.model
         if predictions is None or counts is None or model is None:
             raise BadRequest("feedback needs the prediction log (spec.predictionLog.samplePercent above 0)", 404)
         classes = model.classes if model.task == "classification" else None
+        began = time.perf_counter()
         try:
-            items = parse_feedback(parse_json(body), state.signer, classes, time.time())
-        except Rejected as error:
-            counts.add(model.version, "rejected", error.reason)
-            raise BadRequest(str(error)) from None
-        if not predictions.offer_all("feedback", [(i.claims.version, i.record) for i in items]):
+            try:
+                self._shed()
+                if state.feedback_share.exhausted():
+                    raise BadRequest("feedback has taken its share of this server for now: retry", 429, "overloaded")
+                repeated = state.recent.repeated
+                items = parse_feedback(parse_json(request.body), state.signer, classes, time.time(),
+                                       recent=state.recent)  # fmt: skip
+            except (Rejected, BadRequest) as error:
+                counts.add(model.version, "rejected", error.reason)
+                raise BadRequest(str(error), error.status if isinstance(error, BadRequest) else 400) from None
+            if not predictions.offer_all("feedback", [(i.claims.version, i.record) for i in items]):
+                for item in items:
+                    counts.add(item.claims.version, "dropped", "queue_full")
+                raise BadRequest("the feedback queue is full: send the request again later", 503)
+            state.recent.remember(items)
             for item in items:
-                counts.add(item.claims.version, "dropped", "queue_full")
-            raise BadRequest("the feedback queue is full: send the request again later", 503)
-        for item in items:
-            counts.add(item.claims.version, "accepted", "ok")
-            counts.grade(item)
-        return json_response(202, {"accepted": len(items)})
+                counts.add(item.claims.version, "accepted", "ok")
+            repeats = state.recent.repeated - repeated
+            if repeats:
+                counts.add(model.version, "repeated", "ok", repeats)
+            return json_response(202, {"accepted": len(items) + repeats, "repeated": repeats})
+        finally:
+            counts.latency.observe(time.perf_counter() - request.started)
+            state.feedback_share.charge(time.perf_counter() - began)
+
+
+def _since(query: str) -> int:
+    """``since`` of a quality query: unix seconds, an integer."""
+    given = urllib.parse.parse_qs(query).get("since", [])
+    if len(given) != 1 or not given[0].isdigit() or len(given[0]) > 12:
+        raise BadRequest("give since=<unix seconds>: the ids issued from then on are summed")
+    return int(given[0])
 
 
 def binary_response(header: dict[str, Any], data: bytes) -> Response:

@@ -1,8 +1,9 @@
 """Prediction ids the server issues, and the feedback that may label them.
 
 A logged prediction's id is made by the server, never by the client: ``rg1.<payload>.<tag>``, where the
-payload (base64url JSON) holds the model version, the request's row count, the issue time, a nonce and, for
-a request of at most MAX_PREDICTED_ROWS rows whose id stays within MAX_ID_CHARS, the predictions; the tag
+payload (base64url JSON) holds the model version, the request's row count, the issue time, a nonce, the
+process that issued it (which grades its labels once: regrow.serving.labels) and, for a request of at most
+MAX_PREDICTED_ROWS rows whose id stays within MAX_ID_CHARS, the predictions; the tag
 is an HMAC-SHA256 of it under the deployment's key (``REGROW_FEEDBACK_KEY``, from a Secret the
 operator creates). Any replica, and any later version, verifies an id without shared state; a client can
 neither invent an id nor label a prediction it was not given.
@@ -10,7 +11,8 @@ neither invent an id nor label a prediction it was not given.
 Feedback is accepted only whole: every item must name a valid id and carry a label the model can have (a
 class of the model compared by JSON type, no coercion; a finite number for a regressor), a list of exactly
 as many labels as the id's rows for a request of several rows. Otherwise the request is a 400 that names
-the first bad item and says why, without echoing what it held.
+the first bad item and says why, without echoing what it held. An id given more than once in a request is
+folded into its last item first, so that replays cost one check and are written once.
 """
 
 from __future__ import annotations
@@ -21,18 +23,24 @@ import hmac
 import json
 import math
 import os
-from collections import Counter, defaultdict
-from collections.abc import Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from regrow.serving.metrics import Latency
 
 PREFIX = "rg1"
 MAX_ITEMS = 1000  # feedback items in one request
 MAX_ID_CHARS = 512
 MAX_AGE_SECONDS = 30 * 24 * 3600  # how long after its prediction a label is taken
 MAX_PREDICTED_ROWS = 16  # an id carries its rows' predictions up to this many: labels then grade them per version
+FEEDBACK_SHARE = 0.25  # of the event loop's time, about, that feedback may take before it is shed
+RECENT_IDS = 100_000  # the labels a process remembers accepting, to drop replays unchecked
+MAX_SKEW_SECONDS = 60  # an id issued later than this after now (by this process's clock) is refused
 _TAG_BYTES = 16
 
 
@@ -60,6 +68,8 @@ class Claims:
     rows: int
     issued: int
     predicted: tuple[Any, ...] | None = None  # what the server predicted for each row, when the id carries it
+    nonce: str = ""  # the id's own random part
+    issuer: str | None = None  # the process that issued it, which grades its labels (regrow.serving.labels)
 
 
 @dataclass(frozen=True)
@@ -74,10 +84,11 @@ class Signer:
     def _tag(self, payload: str) -> str:
         return _b64(hmac.new(self.key, f"{PREFIX}.{payload}".encode(), hashlib.sha256).digest()[:_TAG_BYTES])
 
-    def issue(self, version: str, rows: int, now: float, predicted: list[Any] | None = None) -> str:
-        """An id for a prediction of ``rows`` rows by ``version``, carrying ``predicted`` (one per row) when it
-        is short enough."""
-        fields: list[Any] = [version, rows, int(now), _b64(os.urandom(9))]
+    def issue(self, version: str, rows: int, now: float, predicted: list[Any] | None = None,
+              issuer: str = "") -> str:  # fmt: skip
+        """An id for a prediction of ``rows`` rows by ``version``, issued by the process ``issuer``, carrying
+        ``predicted`` (one per row) when it is short enough."""
+        fields: list[Any] = [version, rows, int(now), _b64(os.urandom(9)), issuer]
         if predicted is not None and len(predicted) == rows <= MAX_PREDICTED_ROWS:
             token = self._sign([*fields, predicted])
             if len(token) <= MAX_ID_CHARS:
@@ -94,11 +105,14 @@ class Signer:
         prefix, payload, tag = token.split(".")
         if prefix != PREFIX or not hmac.compare_digest(tag.encode(), self._tag(payload).encode()):
             raise Rejected("bad_id", "id is not a prediction id this server issued")
-        version, rows, issued, *rest = json.loads(_unb64(payload))  # signed by us: well formed
+        version, rows, issued, nonce, *rest = json.loads(_unb64(payload))  # signed by us: well formed
         if now - issued > max_age:
             raise Rejected("expired", f"the prediction is older than {max_age / 86400:g} days")
-        predicted = tuple(rest[1]) if len(rest) > 1 else None
-        return Claims(str(version), int(rows), int(issued), predicted)
+        if issued - now > MAX_SKEW_SECONDS:  # only a holder of the key could make one: never valid
+            raise Rejected("future", "the id was issued in the future")
+        issuer = rest.pop(0) if rest and isinstance(rest[0], str) else None  # ids issued before issuers: none
+        predicted = tuple(rest[0]) if rest else None
+        return Claims(str(version), int(rows), int(issued), predicted, str(nonce), issuer or None)
 
 
 def _valid(label: object, classes: list[Any] | None) -> bool:
@@ -127,59 +141,106 @@ class Labelled:
     record: dict[str, Any]  # as the log writes it: {"id", "label", "time"}
 
 
+class Share:
+    """How much of the event loop feedback took lately (seconds, decaying over ``window``): past ``share`` of
+    it, feedback is shed (429), so that however much of it clients send, inference keeps the rest."""
+
+    def __init__(self, share: float = FEEDBACK_SHARE, window: float = 1.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:  # fmt: skip
+        self.share, self.window, self.clock = share, window, clock
+        self.spent, self.at = 0.0, clock()
+
+    def _decay(self) -> None:
+        now = self.clock()
+        self.spent *= math.exp(-(now - self.at) / self.window)
+        self.at = now
+
+    def exhausted(self) -> bool:
+        self._decay()
+        return self.spent > self.share * self.window
+
+    def charge(self, seconds: float) -> None:
+        self._decay()
+        self.spent += seconds
+
+
+class Recent:
+    """The labels this process accepted lately, by id: a bounded memory, the oldest forgotten first. An item
+    that repeats one (the same id, the same label) is neither checked nor written again, so that a batch
+    replayed costs a hash per item; ``repeated`` counts them."""
+
+    def __init__(self, most: int = RECENT_IDS) -> None:
+        self.most = most
+        self.labels: dict[bytes, bytes] = {}  # digest of the id: digest of its label
+        self.repeated = 0
+
+    @staticmethod
+    def _digests(token: str, label: Any) -> tuple[bytes, bytes]:
+        return (hashlib.blake2b(token.encode(), digest_size=16).digest(),
+                hashlib.blake2b(json.dumps(label).encode(), digest_size=8).digest())  # fmt: skip
+
+    def repeats(self, token: str, label: Any) -> bool:
+        key, value = self._digests(token, label)
+        if self.labels.get(key) != value:
+            return False
+        self.repeated += 1
+        return True
+
+    def remember(self, items: list[Labelled]) -> None:
+        for item in items:
+            key, value = self._digests(item.record["id"], item.record["label"])
+            self.labels.pop(key, None)
+            self.labels[key] = value
+        while len(self.labels) > self.most:
+            del self.labels[next(iter(self.labels))]
+
+
 def parse_feedback(parsed: Any, signer: Signer, classes: list[Any] | None, now: float,
-                   max_age: float = MAX_AGE_SECONDS) -> list[Labelled]:  # fmt: skip
+                   max_age: float = MAX_AGE_SECONDS, recent: Recent | None = None) -> list[Labelled]:  # fmt: skip
     """``{"id", "label"}`` or ``{"feedback": [such objects]}``, every item valid, or Rejected for the first
-    that is not."""
+    that is not. An id given more than once is folded into its last item before any is verified (so that a
+    batch of one id repeated costs one check and is written once), and an item that repeats a label ``recent``
+    holds is left out unchecked: the result has one item per new label, in the order of their last items."""
     single = not (isinstance(parsed, dict) and "feedback" in parsed)
     items = [parsed] if single else parsed["feedback"]
     if not isinstance(items, list) or not items:
         raise Rejected("bad_request", 'feedback is {"id": ..., "label": ...} or {"feedback": [such objects]}')
     if len(items) > MAX_ITEMS:
         raise Rejected("too_many_items", f"at most {MAX_ITEMS} feedback items in one request")
-    out = []
+    last: dict[str, int] = {}
     for i, item in enumerate(items):
-        where = "feedback" if single else f"feedback[{i}]"
+        if not isinstance(item, dict) or set(item) != {"id", "label"} or not isinstance(item["id"], str):
+            where = "feedback" if single else f"feedback[{i}]"
+            raise Rejected("bad_request", f'{where}: an item is {{"id": <the prediction_id>, "label": ...}}')
+        last.pop(item["id"], None)  # so that the order is the last items'
+        last[item["id"]] = i
+    out = []
+    for i in last.values():
+        item = items[i]
+        if recent is not None and recent.repeats(item["id"], item["label"]):
+            continue
         try:
-            if not isinstance(item, dict) or set(item) != {"id", "label"}:
-                raise Rejected("bad_request", 'an item is {"id": <the prediction_id>, "label": ...}')
             claims = signer.verify(item["id"], now, max_age)
             check_label(item["label"], classes, claims.rows)
         except Rejected as error:
-            raise Rejected(error.reason, f"{where}: {error}") from None
+            raise Rejected(error.reason, f"{'feedback' if single else f'feedback[{i}]'}: {error}") from None
         out.append(Labelled(claims, {"id": item["id"], "label": item["label"], "time": now}))
     return out
 
 
 class FeedbackCounts:
-    """``regrow_feedback_total{model,version,outcome,reason}``: accepted, dropped (queue full) or rejected,
-    counted per item (a rejected request counts once, under the serving version). And the live quality of
-    each version, from the accepted labels of predictions whose id carries them: labelled rows, and the
-    correct ones (a classifier's) or the sum of absolute errors (a regressor's)."""
+    """``regrow_feedback_total{model,version,outcome,reason}``: accepted, repeated (a label this process
+    accepted lately, not written again; under the serving version), dropped (queue full) or rejected, counted
+    per item (a rejected request counts once, under the serving version), and how long feedback
+    requests took. (The labels' grades are counted where each id is graded once: regrow.serving.labels.)"""
 
-    def __init__(self, model: str, classifier: bool = True) -> None:
-        self.model, self.classifier = model, classifier
+    def __init__(self, model: str) -> None:
+        self.model = model
         self.counts: Counter[tuple[str, str, str]] = Counter()
-        self.labelled: Counter[str] = Counter()
-        self.graded: defaultdict[str, float] = defaultdict(float)  # correct rows, or the sum of absolute errors
+        self.latency = Latency()  # of feedback requests, as the server timed them
 
-    def add(self, version: str, outcome: str, reason: str) -> None:
-        self.counts[(version, outcome, reason)] += 1
-
-    def grade(self, item: Labelled) -> None:
-        """Grade an accepted label against what the server predicted, if its id says."""
-        predicted, label = item.claims.predicted, item.record["label"]
-        if predicted is None:
-            return
-        version = item.claims.version
-        for truth, guess in zip(label if isinstance(label, list) else [label], predicted, strict=True):
-            if self.classifier:
-                self.graded[version] += int(type(truth) is type(guess) and truth == guess)
-            elif type(guess) in (int, float):
-                self.graded[version] += abs(float(truth) - float(guess))
-            else:
-                continue  # a regressor of several outputs: not graded
-            self.labelled[version] += 1
+    def add(self, version: str, outcome: str, reason: str, items: int = 1) -> None:
+        self.counts[(version, outcome, reason)] += items
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -187,20 +248,13 @@ class FeedbackCounts:
         )
         for (version, outcome, reason), value in sorted(self.counts.items()):
             family.add_metric([self.model, version, outcome, reason], value)
-        labelled = CounterMetricFamily(
-            "regrow_feedback_labelled_rows", "Predicted rows a label graded, by the version that predicted them.",
-            labels=["model", "version"],
-        )  # fmt: skip
-        graded = CounterMetricFamily(
-            "regrow_feedback_correct_rows" if self.classifier else "regrow_feedback_absolute_error",
-            "Of the labelled rows, those predicted right (a classifier)" if self.classifier
-            else "The labelled rows' absolute errors, summed (a regressor)",
-            labels=["model", "version"],
-        )  # fmt: skip
-        for version in sorted(self.labelled):
-            labelled.add_metric([self.model, version], self.labelled[version])
-            graded.add_metric([self.model, version], self.graded[version])
-        yield from (family, labelled, graded)
+        latency = HistogramMetricFamily(
+            "regrow_feedback_request_duration_seconds",
+            "Time to answer a feedback request (shed, refused or accepted), from its first byte.",
+            labels=["model"],
+        )
+        self.latency.add_to(latency, [self.model])
+        yield from (family, latency)
 
     def describe(self) -> list[Metric]:
         return []

@@ -69,6 +69,7 @@ class Request:
     headers: dict[bytes, bytes]  # names in lower case
     body: bytes
     started: float  # time.perf_counter() at its first byte
+    query: str = ""  # what follows the path's "?", as it came
 
 
 @dataclass(slots=True)
@@ -314,13 +315,14 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.ending or self.started is None:
             return
-        path = self.url.partition(b"?")[0].decode("latin-1")
+        path, _, query = self.url.decode("latin-1").partition("?")
         request = Request(
             self.parser.get_method().decode(),
             urllib.parse.unquote(path) if "%" in path else path,
             self.headers,
             b"".join(self.body),
             self.started,
+            query,
         )
         self.started = None
         if self.paused or self.queued:  # answered once the client has read what came before

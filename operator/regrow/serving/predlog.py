@@ -4,7 +4,9 @@ Requests hand records to bounded in-memory queues and never wait: one queue for 
 feedback, each bounded in records and in bytes, so that neither can crowd the other out; a record that does
 not fit is dropped and counted. A writer thread writes what has queued, in batches of JSON lines, to the
 registry: ``<model>/predictions/<version>/<time>-<host>-<token>-<n>.jsonl`` and ``<model>/feedback/<version>/...``
-(feedback under the version that made the prediction it labels).
+(feedback under the version that made the prediction it labels). With a retention, the same thread deletes the
+model's log files (every version's) older than it, about once an hour in each pod (at a time of its own), so
+that neither a flood of records nor the years fill the store.
 """
 
 from __future__ import annotations
@@ -22,22 +24,27 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from regrow.contracts import LOG_KINDS, log_key, log_prefix, logged_at
 from regrow.storage import Store
 
 log = logging.getLogger(__name__)
 BATCH = 1000
 
 
-KINDS = ("predictions", "feedback")
+KINDS = LOG_KINDS
 MAX_QUEUE_BYTES = 16 * 1024 * 1024  # per queue
+SWEEP_SECONDS = 3600.0  # how often each pod deletes what is past the retention
 
 
 class PredictionLog:
     def __init__(
         self, store: Store, model: str, version: str, sample_percent: int, max_queue: int, flush_seconds: float = 5.0,
-        max_bytes: int = MAX_QUEUE_BYTES,
+        max_bytes: int = MAX_QUEUE_BYTES, retention: float | None = None,
     ) -> None:  # fmt: skip
         self.store = store
+        self.retention = retention
+        self.next_sweep = time.time() + random.uniform(0, SWEEP_SECONDS)  # the pods of a model take turns
+        self.deleted: Counter[str] = Counter()  # files deleted past the retention, per kind
         self.prefix = (model, version)
         self.fraction = sample_percent / 100
         self.max_queue, self.max_bytes = max_queue, max_bytes
@@ -86,6 +93,28 @@ class PredictionLog:
             self.wake.wait(self.flush_seconds)
             self.wake.clear()
             self.flush()
+            if self.retention is not None and time.time() >= self.next_sweep:
+                self.next_sweep = time.time() + SWEEP_SECONDS
+                try:
+                    self.sweep(time.time())
+                except Exception:  # the store is down: the next sweep tries again
+                    log.exception("Could not delete the old files of the prediction log")
+
+    def sweep(self, now: float) -> int:
+        """Delete the files of the model's log (every version's predictions and labels) written more than the
+        retention before ``now``; returns how many."""
+        assert self.retention is not None
+        deleted = 0
+        for kind in KINDS:
+            for key in self.store.list(log_prefix(self.prefix[0], kind)):
+                written = logged_at(key)
+                if written is not None and written < now - self.retention:
+                    self.store.delete(key)
+                    self.deleted[kind] += 1
+                    deleted += 1
+        if deleted:
+            log.info("Deleted %d files of the prediction log of %s older than its retention", deleted, self.prefix[0])
+        return deleted
 
     def flush(self) -> None:
         """Write everything queued so far; a failed write is logged and its records counted as failed."""
@@ -101,8 +130,7 @@ class PredictionLog:
 
     def _write(self, kind: str, version: str, lines: list[str]) -> None:
         self.sequence += 1
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        key = f"{self.prefix[0]}/{kind}/{version}/{stamp}-{self.writer}-{self.sequence:06d}.jsonl"
+        key = log_key(self.prefix[0], kind, version, time.time(), self.writer, self.sequence)
         try:
             self.store.put(key, ("\n".join(lines) + "\n").encode())
             self.counts[(kind, "written")] += len(lines)
@@ -126,7 +154,13 @@ class PredictionLog:
         for kind in KINDS:
             for outcome in ("queued", "dropped", "written", "failed"):
                 family.add_metric([*self.prefix, kind, outcome], self.counts[(kind, outcome)])
-        yield family
+        deleted = CounterMetricFamily(
+            "regrow_prediction_log_deleted_files", "Files of the model's log deleted once older than its retention.",
+            labels=["model", "kind"],
+        )  # fmt: skip
+        for kind in KINDS:
+            deleted.add_metric([self.prefix[0], kind], self.deleted[kind])
+        yield from (family, deleted)
 
     def describe(self) -> list[Metric]:
         return []

@@ -14,6 +14,7 @@ from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
+from regrow.serving.labels import READ_SECONDS, LabelReader
 from regrow.serving.mirror import Mirror, ShadowKey
 from regrow.serving.model import ModelUnavailable, load, resolve
 from regrow.serving.predlog import PredictionLog
@@ -47,7 +48,9 @@ class ServeConfig:
     feature_bins: bool = True
     log_percent: int = 0
     log_max_queue: int = 10000
+    log_retention_seconds: float | None = None  # None: the log's old files are not deleted
     log_flush_seconds: float = 5.0
+    label_read_seconds: float = READ_SECONDS  # how often the labels written to the store are read
     endpoint_url: str | None = None
     region: str | None = None
     feedback_key: str | None = field(default=None, repr=False)  # signs prediction ids (REGROW_FEEDBACK_KEY)
@@ -127,6 +130,8 @@ class InferenceServer:
                 await self.metrics_http.shutdown(0)
             if self.state.predictions is not None:
                 await asyncio.to_thread(self.state.predictions.close)
+            if self.state.labels is not None:
+                await asyncio.to_thread(self.state.labels.stop)
 
 
 async def keep_model(state: State, registry: Registry, config: ServeConfig) -> None:
@@ -155,11 +160,15 @@ async def keep_model(state: State, registry: Registry, config: ServeConfig) -> N
             log.exception("Could not load the model (retrying in %.0fs)", retry)
             await asyncio.sleep(retry)
             continue
-        predictions = None
+        predictions = labels = None
         if config.log_percent > 0 and not state.shadow:
             predictions = PredictionLog(registry.store, model.name, model.version, config.log_percent,
-                                        config.log_max_queue, config.log_flush_seconds)  # fmt: skip
-        state.serve(model, predictions)
+                                        config.log_max_queue, config.log_flush_seconds,
+                                        retention=config.log_retention_seconds)  # fmt: skip
+            labels = LabelReader(registry.store, model.name, model.version, model.task == "classification",
+                                 state.signer, state.issuer, config.label_read_seconds)  # fmt: skip
+            labels.start()
+        state.serve(model, predictions, labels)
         log.info("Serving %s version %s from %s", model.name, model.version, model.uri)
     while config.alias is not None:
         try:

@@ -50,7 +50,13 @@ class Store(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def list(self, prefix: str) -> list[str]: ...
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
+        """The keys under ``prefix`` (those after ``start_after`` alone, when given), sorted."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object, if there is one."""
+        ...
 
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         """The object and a tag that changes whenever it does (None: no such object)."""
@@ -112,6 +118,9 @@ class FileStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         try:
             data = self.get(key)
@@ -131,13 +140,12 @@ class FileStore:
                 raise PreconditionFailed(f"{self.uri}/{key} changed since it was read")
             self.put(key, data)
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
-        return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
+        keys = (str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(key for key in keys if key > start_after)
 
 
 class S3Store:
@@ -184,6 +192,10 @@ class S3Store:
             response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
         return any(o["Key"] == self._key(key) for o in response.get("Contents", []))
 
+    def delete(self, key: str) -> None:
+        with self._calling(f"deleting {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def read_tagged(self, key: str) -> tuple[bytes, str] | None:
         with self._calling(f"reading {key}"):
             try:
@@ -229,11 +241,14 @@ class S3Store:
             )
         self._conditional = True
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
         keys: list[str] = []
         strip = len(self.prefix) + 1 if self.prefix else 0
+        after = {"StartAfter": self._key(start_after)} if start_after else {}
         with self._calling(f"listing {prefix or '/'}"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix), **after
+            )
             for page in pages:
                 keys.extend(o["Key"][strip:] for o in page.get("Contents", []))
         return sorted(keys)

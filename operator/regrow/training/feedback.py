@@ -7,9 +7,9 @@ categorical columns ``columns`` instead, each column's values by its name) and
 ``<model>/feedback/<version>/...`` (``{"id", "label", "time"}``). A request of one row takes one label; a
 request of n rows a list of n labels. The latest label for an id wins.
 
-Predictions are read newest first (by the time in their file's name, across versions) until ``max_rows``
-rows are labelled, so no more predictions than that are held; every label ever posted for the model is read
-first, though (the latest one of each id), so memory grows with the labels the store holds. A record that does
+Only the files written within the window (``feedback.window``, by the time in their names) are read:
+predictions newest first (across versions) until ``max_rows`` rows are labelled, so no more predictions than
+that are held; every label of the window is read first (the latest one of each id). A record that does
 not fit is left out and counted by reason, never fatal: ``malformed`` (not a record the log writes), ``shape``
 (not the model's features, or a value of the wrong kind: a number for a numeric column, text for a categorical
 one), ``label`` (a label of another kind than the dataset's, or not one per row); a prediction with no label is
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from regrow.contracts import log_prefix, logged_at
 from regrow.storage import Store
 
 Fits = Callable[[object], bool]  # whether one label is of the kind the dataset's target holds
@@ -60,8 +61,9 @@ def label_kind(value: object) -> str | None:
     return None
 
 
-def _newest_first(store: Store, prefix: str) -> list[str]:
-    keys = [key for key in store.list(prefix) if key.endswith(".jsonl")]
+def _newest_first(store: Store, prefix: str, since: float) -> list[str]:
+    """The log's files under ``prefix`` written at ``since`` or later, the newest first."""
+    keys = [key for key in store.list(prefix) if key.endswith(".jsonl") and (logged_at(key) or 0) >= since]
     return sorted(keys, key=lambda key: key.rsplit("/", 1)[-1], reverse=True)
 
 
@@ -80,10 +82,10 @@ def _records(store: Store, key: str, problems: Counter[str]) -> Iterator[dict[st
             problems["malformed"] += 1
 
 
-def _labels(store: Store, model: str, problems: Counter[str]) -> dict[str, Any]:
+def _labels(store: Store, model: str, since: float, problems: Counter[str]) -> dict[str, Any]:
     """The latest label of every id (by the record's time; among equal times, the newest file's)."""
     latest: dict[str, tuple[float, Any]] = {}
-    for key in _newest_first(store, f"{model}/feedback/"):
+    for key in _newest_first(store, log_prefix(model, "feedback"), since):
         for record in _records(store, key, problems):
             stamp = record.get("time")
             when = float(stamp) if isinstance(stamp, int | float) and not isinstance(stamp, bool) else 0.0
@@ -120,17 +122,17 @@ def _logged(record: dict[str, Any], features: list[str]) -> list[Any]:
 
 
 def labelled_rows(store: Store, model: str, features: list[str], categorical: set[str], max_rows: int,
-                  fits: Fits) -> Feedback:  # fmt: skip
-    """The newest labelled rows of ``model``'s live traffic, at most ``max_rows`` (whole requests), in the
-    order of ``features``, the ``categorical`` ones as canonical categories."""
+                  fits: Fits, since: float = 0.0) -> Feedback:  # fmt: skip
+    """The newest labelled rows of ``model``'s live traffic logged at ``since`` or later, at most ``max_rows``
+    (whole requests), in the order of ``features``, the ``categorical`` ones as canonical categories."""
     kinds = [name in categorical for name in features]
     dropped: Counter[str] = Counter()
-    labels = _labels(store, model, dropped)
+    labels = _labels(store, model, since, dropped)
     rows: list[list[float | str]] = []
     targets: list[Any] = []
     groups: list[str] = []
     predictions = unlabelled = 0
-    for key in _newest_first(store, f"{model}/predictions/"):
+    for key in _newest_first(store, log_prefix(model, "predictions"), since):
         for record in _records(store, key, dropped):
             predictions += 1
             parsed = [_row(values, kinds) for values in _logged(record, features)]

@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError  # no public name (1.2+)
 
-from regrow.api.common import parse_decimal
+from regrow.api.common import parse_decimal, parse_duration
 from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec, ValidationCheck
 from regrow.clock import now
 from regrow.contracts import TrainerReport
@@ -473,8 +473,9 @@ def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedb
     # A regressor's labels are numbers; a classifier's of the kind the dataset's own are (str, number or bool).
     regression = spec.model.algorithm.task is Task.REGRESSION
     kinds = {"number"} if regression else {label_kind(v) for v in data.y} - {None}
+    since = time.time() - parse_duration(wanted.window)
     live = labelled_rows(store, model, data.features, set(data.categorical), wanted.max_rows,
-                         lambda label: label_kind(label) in kinds)  # fmt: skip
+                         lambda label: label_kind(label) in kinds, since)  # fmt: skip
     added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled,
              "dropped": live.dropped}  # fmt: skip
     log.info("Read %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
