@@ -257,6 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
             feature_bins=not args.no_feature_bins, log_percent=settings.prediction_log_percent,
             log_max_queue=settings.prediction_log_max_queue,
             log_retention_seconds=settings.prediction_log_retention_seconds, endpoint_url=settings.storage_endpoint,
+            labellers_dir=settings.labellers_dir,
             region=args.region, feedback_key=settings.feedback_key, shadow_url=settings.shadow_url,
             shadow_percent=settings.shadow_percent,
         )
@@ -366,6 +367,8 @@ def _add_serve(commands: Any) -> None:
            "an inference request that waited longer than this behind others gets 429")  # fmt: skip
     option("--log-percent", "prediction_log_percent", _percent, "share of requests written to the prediction log")
     option("--log-max-queue", "prediction_log_max_queue", int)
+    option("--labellers-dir", "labellers_dir", what="a folder per named labeller, each file in it a token; with "
+           "one, feedback needs the regrow-labeller-token header")  # fmt: skip
     option("--log-retention-seconds", "prediction_log_retention_seconds", int,
            "delete the log's files (every version's) older than this, about once an hour")  # fmt: skip
     option("--shadow-url", "shadow_url", what="mirror requests to the shadow pods behind this http:// URL, as they ask")

@@ -209,6 +209,7 @@ class ServingEnv(BaseModel):
     prediction_log_percent: int = Field(default=0, ge=0, le=100)
     prediction_log_max_queue: int = 10000
     prediction_log_retention_seconds: int = Field(default=30 * 86400, ge=1)
+    labellers_dir: str | None = None  # a folder per named labeller, each file in it a token (regrow.serving.labellers)
     # A Secret: signs ids, proves the shadow. Set, it must be long enough to guess no id: an empty one (a Secret
     # holding nothing) is refused rather than replaced by a key of the process's own that no other replica has.
     feedback_key: str | None = Field(default=None, repr=False, min_length=MIN_KEY_BYTES)

@@ -18,6 +18,7 @@ from regrow.api import (
 )
 from regrow.api.common import parse_duration
 from regrow.api.driftpolicy import DriftTestType
+from regrow.api.modeldeployment import RetryRequest
 from regrow.api.trainingjob import Metric
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +224,26 @@ def test_parse_duration(text: str, seconds: int) -> None:
 def test_parse_duration_rejects_other_forms(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+def test_labellers_need_a_prediction_log_and_names_of_their_own() -> None:
+    crm = {"name": "crm", "secretName": "crm-labeller"}
+    md = _with(_example("ModelDeployment"), "spec.labellers", [crm, {"name": "desk", "secretName": "desk"}])
+    assert [who.name for who in validate_object(md).labellers] == ["crm", "desk"]  # type: ignore[attr-defined]
+    with pytest.raises(InvalidSpec, match="labellers label logged predictions"):
+        validate_object(_with(md, "spec.predictionLog", {"samplePercent": 0}))
+    with pytest.raises(InvalidSpec, match="each name once"):
+        validate_object(_with(md, "spec.labellers", [crm, crm]))
+    with pytest.raises(InvalidSpec, match="labellers"):
+        validate_object(_with(md, "spec.labellers", [{"name": "CRM!", "secretName": "crm"}]))
+
+
+def test_a_retention_is_an_hour_at_least_and_an_empty_reason_is_none() -> None:
+    md = _example("ModelDeployment")
+    with pytest.raises(InvalidSpec, match="1h at least"):
+        validate_object(_with(md, "spec.predictionLog", {"samplePercent": 10, "retention": "59m"}))
+    old_cli = {"version": "v2", "actor": "ana", "reason": "", "time": "2026-12-07T20:00:00Z"}  # as it wrote them
+    assert RetryRequest.model_validate(old_cli).reason is None  # never an empty string in status
 
 
 def test_a_quality_gate_needs_a_prediction_log_whose_ids_clients_can_label() -> None:

@@ -155,10 +155,13 @@ def test_a_versions_labels_at_a_step_are_summed_over_its_pods_quality_answers() 
         Quality(since=5, complete=True, versions={"v2": Graded(ids=1, rows=2, graded=1),
                                                   "v1": Graded(ids=9, rows=9, graded=9)}).model_dump_json().encode(),
         b'{"error": "no such endpoint"}', None, b"",
+        Quality(since=5, complete=False, versions={"v2": Graded(ids=50, rows=50, graded=0)}).to_json().encode(),
     ]  # fmt: skip
     assert canary.graded(answers, "v2", classifier=True) == (6, 4)
     assert canary.graded(answers, "v2", classifier=False) == (6, 4_500_000)
-    assert canary.graded(answers, "v3", classifier=True) == (0, 0)
+    assert canary.graded(answers, "v3", classifier=True) == (0, 0)  # an incomplete answer counts nothing either
+    huge = Quality(since=5, complete=True, versions={"v2": Graded(ids=1, rows=1, graded=1e30)}).to_json().encode()
+    assert canary.graded([huge], "v2", classifier=False) == (1, canary.MOST)  # fits the vector
 
 
 def test_live_quality_is_compared_once_both_versions_have_enough_labels() -> None:

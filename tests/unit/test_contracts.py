@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from regrow.api import ModelDeploymentSpec, parse_spec
 from regrow.contracts import MIN_KEY_BYTES, ServingEnv
 from regrow.manifests.common import Owner, PodDefaults
-from regrow.manifests.serving import DRAIN_SECONDS, deployment
+from regrow.manifests.serving import DRAIN_SECONDS, LABELLERS_DIR, deployment
 
 TEXT = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=12)
 SETTINGS = st.fixed_dictionaries(
@@ -75,3 +75,26 @@ def test_regrow_serve_refuses_an_empty_or_short_key_without_echoing_it(key: str)
         ServingEnv.from_environ({"REGROW_FEEDBACK_KEY": key, "REGROW_MODEL_NAME": "iris"})
     assert (key or "<none>") not in str(error.value)
     assert ServingEnv.from_environ({"REGROW_MODEL_NAME": "iris"}).feedback_key is None  # unset: a process key
+
+
+def test_each_labellers_secret_is_mounted_for_the_pods_that_take_labels() -> None:
+    """The pods read the tokens (the operator never does); a shadow's pods log nothing and mount none."""
+    spec = parse_spec(ModelDeploymentSpec, {
+        "model": {"registry": "s3://models/r", "name": "iris", "alias": "champion"},
+        "predictionLog": {"samplePercent": 10},
+        "labellers": [{"name": "crm", "secretName": "crm-labeller"}, {"name": "desk", "secretName": "desk"}],
+    })  # fmt: skip
+    owner = Owner("ModelDeployment", "iris", "ml", "u1")
+    pod = deployment(owner, spec, PodDefaults(), "0123456789abcdef")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"labeller-crm": {"secretName": "crm-labeller", "optional": True},
+                       "labeller-desk": {"secretName": "desk", "optional": True}}  # fmt: skip
+    assert mounts["labeller-crm"] == {"name": "labeller-crm", "mountPath": f"{LABELLERS_DIR}/crm", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["REGROW_LABELLERS_DIR"] == LABELLERS_DIR
+    shadow = deployment(owner, spec, PodDefaults(), "0123456789abcdef", canary_replicas=1, shadow_percent=10)
+    assert not [v for v in shadow["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    unnamed = parse_spec(ModelDeploymentSpec, {**spec.to_wire(), "labellers": []})
+    plain = deployment(owner, unnamed, PodDefaults(), "0123456789abcdef")["spec"]["template"]["spec"]
+    assert "REGROW_LABELLERS_DIR" not in {e["name"] for e in plain["containers"][0]["env"]}

@@ -296,3 +296,27 @@ def test_the_log_deletes_its_models_files_past_the_retention(tmp_path: Path) -> 
     deleted = {s.labels["kind"]: s.value for f in log.collect() for s in f.samples if "deleted" in s.name}
     assert deleted == {"predictions": 2, "feedback": 2}
     log.close()
+
+
+def test_a_label_too_large_or_too_deep_is_a_bad_request_never_a_server_error() -> None:
+    """A regressor's label is at most 1e15 in magnitude (sums of errors stay finite); a label nested deeper
+    than any is refused as a bad label, before any digest of it is taken."""
+    check_label(1e15, None, 1)
+    for label in (1e16, -1.7e308, [1.0, 2e15]):
+        with pytest.raises(Rejected):
+            check_label(label, None, 1 if not isinstance(label, list) else 2)
+    deep: object = "setosa"
+    for _ in range(1100):
+        deep = [deep]
+    with pytest.raises(Rejected) as error:
+        parse_feedback({"id": issued(), "label": deep}, SIGNER, SPECIES, NOW, recent=Recent())
+    assert error.value.reason == "bad_label"
+
+
+def test_an_id_names_its_issuer_in_its_nonce_and_keeps_the_shape_older_pods_read() -> None:
+    """Older pods read an id's fields as [version, rows, issued, nonce, predictions?]: the issuer rides in the
+    nonce, so that each reads the other's ids."""
+    token = SIGNER.issue("v1", 1, NOW, ["setosa"], issuer="a1b2c3d4")
+    fields = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert len(fields) == 5 and fields[4] == ["setosa"] and fields[3].startswith("a1b2c3d4.")
+    assert SIGNER.verify(token, NOW).issuer == "a1b2c3d4" and SIGNER.verify(issued(), NOW).issuer is None

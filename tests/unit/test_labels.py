@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regrow.api.modeldeployment import CanaryAnalysis, GateStatus
-from regrow.contracts import Graded
+from regrow.contracts import Graded, log_key
 from regrow.controller import canary
 from regrow.drift.profile import PREDICTION, FeatureProfile
 from regrow.serving.feedback import Signer
-from regrow.serving.labels import LabelBook, LabelReader
+from regrow.serving.labels import LabelBook, LabelReader, feedback_folder
 from regrow.serving.predlog import PredictionLog
 from regrow.storage import FileStore
 
@@ -75,7 +75,9 @@ def test_a_replay_of_a_forgotten_id_is_not_graded_again() -> None:
 
 
 def _post(log: PredictionLog, tokens: list[str], label: str, when: float) -> None:
-    assert log.offer_all("feedback", [("v1", {"id": t, "label": label, "time": when}) for t in tokens])
+    """What a pod does with labels it accepted: write each in its id's issuer's folder."""
+    records = [(feedback_folder(SIGNER.verify(t, when)), {"id": t, "label": label, "time": when}) for t in tokens]
+    assert log.offer_all("feedback", records)
     log.flush()
 
 
@@ -95,6 +97,7 @@ def test_the_issuer_grades_its_ids_whichever_pod_took_the_label(tmp_path: Path) 
     _post(logs["b"], [mine[3]], "setosa", now + 3)  # the same label again: nothing changes
     changed = {name: reader.read(now + 5) for name, reader in pods.items()}
     assert changed["a"] >= 4 and changed["b"] == 0  # b's id got one label for two rows: not what a pod writes
+    assert {key.split("/")[3] for key in store.list("iris/feedback/v1/")} == {"a", "b"}  # each issuer's own
     assert pods["a"].book.quality(0).versions == {"v1": Graded(ids=4, rows=4, graded=2)}
     assert pods["a"].book.quality(int(now - 58)).versions == {"v1": Graded(ids=2, rows=2, graded=2)}
     assert pods["b"].book.quality(0).versions == {}
@@ -109,9 +112,9 @@ def test_the_reader_looks_only_at_files_named_since_its_last_look(tmp_path: Path
     reader = LabelReader(store, "iris", "v1", True, SIGNER, "a")
     token = _ids(1)[0]
     line = json.dumps({"id": token, "label": "setosa", "time": NOW}).encode()
-    store.put("iris/feedback/v1/20200101T000000Z-old-000001.jsonl", line)  # named years before the reader began
+    store.put("iris/feedback/v1/a/20200101T000000Z-old-000001.jsonl", line)  # named years before the reader began
     assert reader.read(time.time()) == 0
-    store.put(f"iris/feedback/v1/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-new-000001.jsonl", line)
+    store.put(log_key("iris", "feedback", "v1/a", time.time(), "new", 1), line)
     assert reader.read(time.time()) == 1 and reader.book.quality(0).versions["v1"].ids == 1
 
 

@@ -598,12 +598,13 @@ def test_prediction_log_and_feedback(tmp_path: Path) -> None:
             records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
         metrics = _metrics_once(server, "regrow_feedback_labelled_rows_total{")  # the labels read from the store
         quality = server.call("GET", "/v2/models/iris/quality?since=0")[1]
-        assert server.call("GET", "/v2/models/iris/quality?since=-1")[0] == 400
+        for since in ("-1", "%C2%B2", "1e9", ""):  # "²" is a digit to str.isdigit, not to int()
+            assert server.call("GET", f"/v2/models/iris/quality?since={since}")[0] == 400
         later = server.call("GET", f"/v2/models/iris/quality?since={int(time.time()) + 5}")[1]
     assert [r["id"] for r in records[:3]] == ids
     assert records[0]["inputs"] == [pytest.approx(r) for r in ROWS] and records[0]["outputs"][0] == "setosa"
     assert records[3]["id"] == named["parameters"]["prediction_id"] and records[3]["inputs"][0][1] is None
-    feedback = [json.loads(line) for f in (tmp_path / "registry/iris/feedback" / version).glob("*.jsonl")
+    feedback = [json.loads(line) for f in (tmp_path / "registry/iris/feedback" / version).rglob("*.jsonl")
                 for line in f.read_text().splitlines()]  # fmt: skip
     assert sorted(f["id"] for f in feedback) == sorted(ids)
     written = 'kind="predictions",model="iris",outcome="written"'
@@ -642,11 +643,38 @@ def test_feedback_is_shed_and_timed_as_inference_is_and_a_replayed_id_counts_onc
         metrics = _metrics_once(server, "regrow_feedback_labelled_rows_total{")
     finally:
         stop(inference, server)
-    (written,) = (tmp_path / "registry/iris/feedback" / version).glob("*.jsonl")
+    (written,) = (tmp_path / "registry/iris/feedback" / version).rglob("*.jsonl")
     assert [json.loads(line)["label"] for line in written.read_text().splitlines()] == ["virginica"]
     assert f'regrow_feedback_labelled_rows_total{{model="iris",version="{version}"}} 1.0' in metrics
     assert 'outcome="rejected",reason="overloaded"' in metrics and 'outcome="repeated",reason="ok"' in metrics
     assert 'regrow_feedback_request_duration_seconds_count{model="iris"} 3.0' in metrics
+
+
+def test_with_labellers_named_only_their_tokens_label_and_each_label_records_who(tmp_path: Path) -> None:
+    version = publish_iris(tmp_path)
+    (tmp_path / "labellers/crm").mkdir(parents=True)
+    (tmp_path / "labellers/crm/token").write_bytes(b"crm-token-0123456789abcdef\n")
+    config = local(tmp_path, version=version, log_percent=100, log_flush_seconds=0.2, feedback_key="k" * 32,
+                   labellers_dir=str(tmp_path / "labellers"))  # fmt: skip
+    with running(config) as server:
+        wait_ready(server)
+        token = server.call("POST", "/v2/models/iris/infer", v2(ROWS[:1]))[1]["parameters"]["prediction_id"]
+        body = json.dumps({"id": token, "label": "setosa"})
+        answers = []
+        for header in (None, "not-a-token-of-anyone", "crm-token-0123456789abcdef"):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            connection.request("POST", "/v2/models/iris/feedback", body=body,
+                               headers={"regrow-labeller-token": header} if header else {})  # fmt: skip
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+        deadline = time.monotonic() + 10
+        while not (written := list((tmp_path / "registry/iris/feedback" / version).rglob("*.jsonl"))):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert [status for status, _ in answers] == [401, 401, 202]
+    assert "named labellers" in answers[0][1]["error"] and "crm-token" not in json.dumps(answers)
+    (record,) = [json.loads(line) for f in written for line in f.read_text().splitlines()]
+    assert (record["label"], record["labeller"]) == ("setosa", "crm")
 
 
 def _metrics_once(server: Server, name: str, timeout: float = 10) -> str:

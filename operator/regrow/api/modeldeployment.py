@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from regrow.api.common import (
     ApiModel,
@@ -15,10 +15,12 @@ from regrow.api.common import (
     FractionString,
     IntOrPercent,
     Name,
+    ObjectName,
     ResourceRequirements,
     StorageSpec,
     StoreUri,
     Time,
+    parse_duration,
 )
 from regrow.api.pod import PodOptions
 
@@ -185,8 +187,15 @@ class PredictionLogSpec(ApiModel):
         default="720h",
         description="How long the log's files (predictions, and the labels posted for them) are kept: the serving "
         "pods delete older ones, every version's, about once an hour. Labels are taken for 30 days after a "
-        "prediction, so a shorter retention loses the late ones.",
+        "prediction, so a shorter retention loses the late ones. At least 1h.",
     )
+
+    @field_validator("retention")
+    @classmethod
+    def _an_hour_at_least(cls, value: str) -> str:
+        if parse_duration(value) < 3600:
+            raise ValueError("predictionLog.retention is 1h at least")
+        return value
 
 
 class ServerSpec(ApiModel):
@@ -210,6 +219,18 @@ class ServerSpec(ApiModel):
 DEFAULT_SERVER = ServerSpec()  # what a ModelDeployment's pods get when its spec.server sets none
 
 
+class Labeller(ApiModel):
+    """Someone who may label the deployment's predictions: a CRM, a fraud desk, a warehouse join."""
+
+    name: Name = Field(description="Recorded with each label it gives.")
+    secret_name: ObjectName = Field(
+        description="A Secret in the namespace whose every value is a token of this labeller (16 bytes at least), "
+        "sent in the regrow-labeller-token header: two keys while one is rotated; delete a key to revoke it (the "
+        "pods see a change within about a minute, without a restart). The operator never reads it: the serving "
+        "pods mount it."
+    )
+
+
 class ModelDeploymentSpec(ApiModel):
     model: ModelSource
     storage: StorageSpec | None = None
@@ -225,6 +246,11 @@ class ModelDeploymentSpec(ApiModel):
     )
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     prediction_log: PredictionLogSpec | None = None
+    labellers: list[Labeller] = Field(
+        default_factory=list, max_length=16,
+        description="Who may label predictions, each by a token. Named, anonymous feedback is refused (401); unset, "
+        "any client that was given a prediction id may label it.",
+    )  # fmt: skip
     server: ServerSpec = Field(default_factory=ServerSpec)
     pod: PodOptions | None = Field(
         default=None, description="Where and how the serving pods (and the Jobs that move the alias back) run."
@@ -248,6 +274,11 @@ class ModelDeploymentSpec(ApiModel):
                 "rollout.analysis.maxQualityDrop grades predictions by their labels, which clients post for the "
                 "ids of logged predictions: set predictionLog.samplePercent above 0"
             )
+        if self.labellers and not self.logs_predictions:
+            raise ValueError("labellers label logged predictions: set predictionLog.samplePercent above 0")
+        names = [labeller.name for labeller in self.labellers]
+        if len(set(names)) != len(names):
+            raise ValueError("labellers: each name once")
         return self
 
 
@@ -295,6 +326,11 @@ class RolloutDecision(ApiModel):
     reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     time: Time
 
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _no_empty_reason(cls, value: object) -> object:
+        return value or None  # an older CLI wrote "": no reason (an empty string cannot be written to status)
+
 
 class RetryRequest(ApiModel):
     """`regrow promote <md> --version <v>`: try a version a canary rolled back again."""
@@ -303,6 +339,11 @@ class RetryRequest(ApiModel):
     actor: Annotated[str, StringConstraints(min_length=1, max_length=253)]
     reason: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
     time: Time
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _no_empty_reason(cls, value: object) -> object:
+        return value or None  # an older CLI wrote "": no reason (an empty string cannot be written to status)
 
 
 class RolloutStatus(ApiModel):

@@ -61,6 +61,7 @@ LATENCY = len(LATENCY_BUCKETS) + 1
 SHADOW_BUCKETS = BUCKETS + LATENCY
 PREDICTED = SHADOW_BUCKETS + LATENCY
 MICRO = 1_000_000
+MOST = 2**62  # a count in a vector, at most (int64)
 _BOUNDS = {bound: i for i, bound in enumerate((*LATENCY_BUCKETS, math.inf))}  # a bucket's le: its place
 MIN_PREDICTIONS = 50  # rows each version predicted at the step before their predictions are compared
 _COUNTERS = {  # counters summed as they are: their place in the vector, and their scale
@@ -103,16 +104,18 @@ def graded(answers: list[bytes | None], version: str, classifier: bool) -> tuple
     """A version's labelled rows at a step and their grade (rows right, or the absolute errors summed in
     millionths), summed over its pods' answers to the quality query (``regrow.contracts.Quality``): each id
     graded once, by the pod that issued it, and only the ids issued since the step began. An answer that does
-    not parse (a pod of an older regrow: a 404) counts nothing."""
+    not parse (a pod of an older regrow: a 404) counts nothing, nor one that is incomplete (the pod forgot some of
+    those ids: what it holds would be a sample that someone could have chosen)."""
     rows, grade = 0, 0.0
     for raw in answers:
         try:
-            found = Quality.model_validate_json(raw).versions.get(version) if raw else None
+            quality = Quality.model_validate_json(raw) if raw else None
         except pydantic.ValidationError:
             continue
+        found = quality.versions.get(version) if quality is not None and quality.complete else None
         if found is not None:
             rows, grade = rows + found.rows, grade + found.graded
-    return rows, round(grade if classifier else grade * MICRO)
+    return rows, min(round(grade if classifier else grade * MICRO), MOST)
 
 
 def read_version(text: str, model: str, version: str, prediction: FeatureProfile | None,

@@ -235,7 +235,7 @@ def _problem(live: Obj, reports: list[PodReport]) -> tuple[str, str] | None:
         return stuck
     for c in (live.get("status") or {}).get("conditions") or []:
         if c["type"] == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
-            return "ProgressDeadlineExceeded", str(c.get("message") or "")
+            return "ProgressDeadlineExceeded", str(c.get("message") or "the Deployment passed its progress deadline")
     return None
 
 
@@ -674,11 +674,12 @@ def _measure(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, running:
                    for n, t in texts.items() if t}  # fmt: skip
         total = counts.tracks.setdefault(track, canary.Track()).add(vectors)
         totals[track] = np.zeros(canary.size(bins[track]), dtype=np.int64) if total is None else total.copy()
-        if spec.rollout.analysis.max_quality_drop is not None and not shadowing:
+    if spec.rollout.analysis.max_quality_drop is not None and not shadowing:
+        stable_bins = bins["stable"]
+        classifier = stable_bins is not None and bool(stable_bins.categories)  # as the gate tells them apart
+        for track, version in (("candidate", running.candidate), ("stable", running.stable)):
             answers = [serving.fetch(metrics_address(p), f"/v2/models/{model}/quality?since={since}")
                        for p in ready[track]]  # fmt: skip
-            profile = bins[track]
-            classifier = profile is not None and bool(profile.categories)  # as the gate tells them apart
             totals[track][[canary.LABELLED, canary.GRADED]] = canary.graded(answers, version, classifier)
     mine, theirs = totals["candidate"], totals["stable"]
     analysis = spec.rollout.analysis

@@ -92,8 +92,9 @@ def _failed(condition: Obj, message: str | None) -> Outcome:
     """A failed Job: the trainer's own reason when it reported one, else the Job's with the log tail."""
     report = parse_report(message)
     if report is not None and not report.succeeded and report.reason:
-        return Outcome(Cond(SUCCEEDED, "False", report.reason, report.message or ""), validation=report.validation)
-    detail = condition.get("message") or ""
+        message = report.message or f"the trainer failed: {report.reason}"
+        return Outcome(Cond(SUCCEEDED, "False", report.reason, message), validation=report.validation)
+    detail = condition.get("message") or "the Job failed"
     if message:
         detail += f"; trainer said: {message.strip()[-1000:]}"
     return Outcome(Cond(SUCCEEDED, "False", condition.get("reason") or "Failed", detail))

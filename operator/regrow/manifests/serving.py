@@ -33,6 +33,7 @@ PORT = 8080
 METRICS = "metrics"  # the name of the container port for /metrics and the profile, when it is not PORT
 VERSION_ANNOTATION = f"{GROUP}/model-version"
 FEEDBACK_KEY = "key"
+LABELLERS_DIR = "/var/run/regrow/labellers"
 FEEDBACK_ENV = ServingEnv.variable("feedback_key")
 # After SIGTERM a pod answers, reporting not ready, for this long: the time for its removal from the
 # Service's endpoints to reach every node's kube-proxy. 5 s lost 2 of 832 requests in a roll on a busy node
@@ -112,6 +113,7 @@ def deployment(
             "prediction_log_max_queue": spec.prediction_log.max_queue} if logged and spec.prediction_log else {}),
         **({"prediction_log_retention_seconds": parse_duration(spec.prediction_log.retention)}
            if logged and spec.prediction_log and "retention" in spec.prediction_log.model_fields_set else {}),
+        labellers_dir=LABELLERS_DIR if logged and spec.labellers else None,
         shadow_url=shadow_url(owner, defaults.cluster_domain) if mirroring else None,
         **({"shadow_percent": shadow_percent} if component == SHADOW and shadow_percent is not None else {}),
     )  # fmt: skip
@@ -122,6 +124,11 @@ def deployment(
            if keyed else {}),
     }  # fmt: skip
     model_env = settings.variables(sources)
+    if logged:  # each labeller's Secret, mounted (optional: a missing one is a labeller without tokens)
+        volumes += [{"name": f"labeller-{who.name}", "secret": {"secretName": who.secret_name, "optional": True}}
+                    for who in spec.labellers]  # fmt: skip
+        mounts += [{"name": f"labeller-{who.name}", "mountPath": f"{LABELLERS_DIR}/{who.name}", "readOnly": True}
+                   for who in spec.labellers]  # fmt: skip
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2}
     labels = {**owner.labels(component), **selector(owner, component)}
     if component == SHADOW:

@@ -23,7 +23,9 @@ from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Reaso
 from regrow.inference import Batch, Prediction, rows
 from regrow.serving.feedback import FeedbackCounts, Recent, Rejected, Share, Signer, parse_feedback
 from regrow.serving.httpserver import Request, Response, error_response, json_response
-from regrow.serving.labels import LabelReader
+from regrow.serving.labellers import HEADER as LABELLER_HEADER
+from regrow.serving.labellers import Labellers
+from regrow.serving.labels import LabelReader, feedback_folder
 from regrow.serving.metrics import ServingMetrics
 from regrow.serving.mirror import (
     CHALLENGE_HEADER,
@@ -82,6 +84,7 @@ class State:
     labels: LabelReader | None = None  # grades the labels of the ids this process issued, each once
     recent: Recent = field(default_factory=Recent)  # the labels accepted lately: a repeat is not written again
     feedback_share: Share = field(default_factory=Share)  # the loop's time feedback took lately
+    labellers: Labellers = field(default_factory=lambda: Labellers(None))  # who may label: none named, anyone
     shadow: int | None = None  # a shadow pod: the percent of requests it asks the stable pods to mirror
     mirror: Mirror | None = None  # a stable pod that mirrors to a shadow
 
@@ -338,13 +341,14 @@ class App:
                 self._shed()
                 if state.feedback_share.exhausted():
                     raise BadRequest("feedback has taken its share of this server for now: retry", 429, "overloaded")
+                who = state.labellers.who(request.headers.get(LABELLER_HEADER))
                 repeated = state.recent.repeated
                 items = parse_feedback(parse_json(request.body), state.signer, classes, time.time(),
-                                       recent=state.recent)  # fmt: skip
+                                       recent=state.recent, labeller=who)  # fmt: skip
             except (Rejected, BadRequest) as error:
                 counts.add(model.version, "rejected", error.reason)
-                raise BadRequest(str(error), error.status if isinstance(error, BadRequest) else 400) from None
-            if not predictions.offer_all("feedback", [(i.claims.version, i.record) for i in items]):
+                raise BadRequest(str(error), error.status) from None
+            if not predictions.offer_all("feedback", [(feedback_folder(i.claims), i.record) for i in items]):
                 for item in items:
                     counts.add(item.claims.version, "dropped", "queue_full")
                 raise BadRequest("the feedback queue is full: send the request again later", 503)
@@ -363,7 +367,7 @@ class App:
 def _since(query: str) -> int:
     """``since`` of a quality query: unix seconds, an integer."""
     given = urllib.parse.parse_qs(query).get("since", [])
-    if len(given) != 1 or not given[0].isdigit() or len(given[0]) > 12:
+    if len(given) != 1 or not (given[0].isascii() and given[0].isdigit()) or len(given[0]) > 12:
         raise BadRequest("give since=<unix seconds>: the ids issued from then on are summed")
     return int(given[0])
 

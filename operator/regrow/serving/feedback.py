@@ -41,15 +41,16 @@ MAX_PREDICTED_ROWS = 16  # an id carries its rows' predictions up to this many: 
 FEEDBACK_SHARE = 0.25  # of the event loop's time, about, that feedback may take before it is shed
 RECENT_IDS = 100_000  # the labels a process remembers accepting, to drop replays unchecked
 MAX_SKEW_SECONDS = 60  # an id issued later than this after now (by this process's clock) is refused
+MAX_LABEL = 1e15  # a regressor's label, in magnitude at most: sums of errors stay finite and exact enough
 _TAG_BYTES = 16
 
 
 class Rejected(ValueError):
     """Feedback refused; ``reason`` is the metric label, the message what the client is told."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, status: int = 400) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.reason, self.status = reason, status
 
 
 def _b64(data: bytes) -> str:
@@ -88,7 +89,8 @@ class Signer:
               issuer: str = "") -> str:  # fmt: skip
         """An id for a prediction of ``rows`` rows by ``version``, issued by the process ``issuer``, carrying
         ``predicted`` (one per row) when it is short enough."""
-        fields: list[Any] = [version, rows, int(now), _b64(os.urandom(9)), issuer]
+        nonce = _b64(os.urandom(9))
+        fields: list[Any] = [version, rows, int(now), f"{issuer}.{nonce}" if issuer else nonce]
         if predicted is not None and len(predicted) == rows <= MAX_PREDICTED_ROWS:
             token = self._sign([*fields, predicted])
             if len(token) <= MAX_ID_CHARS:
@@ -106,24 +108,24 @@ class Signer:
         if prefix != PREFIX or not hmac.compare_digest(tag.encode(), self._tag(payload).encode()):
             raise Rejected("bad_id", "id is not a prediction id this server issued")
         version, rows, issued, nonce, *rest = json.loads(_unb64(payload))  # signed by us: well formed
+        issuer = str(nonce).rpartition(".")[0]  # none in an id issued before ids named their issuer
         if now - issued > max_age:
             raise Rejected("expired", f"the prediction is older than {max_age / 86400:g} days")
         if issued - now > MAX_SKEW_SECONDS:  # only a holder of the key could make one: never valid
             raise Rejected("future", "the id was issued in the future")
-        issuer = rest.pop(0) if rest and isinstance(rest[0], str) else None  # ids issued before issuers: none
         predicted = tuple(rest[0]) if rest else None
         return Claims(str(version), int(rows), int(issued), predicted, str(nonce), issuer or None)
 
 
 def _valid(label: object, classes: list[Any] | None) -> bool:
-    if classes is None:  # a regressor: a finite number, not a boolean
-        return type(label) in (int, float) and math.isfinite(label)  # type: ignore[arg-type]
+    if classes is None:  # a regressor: a finite number of bounded size, not a boolean
+        return type(label) in (int, float) and math.isfinite(label) and abs(label) <= MAX_LABEL  # type: ignore[arg-type]
     return any(type(label) is type(c) and label == c for c in classes)
 
 
 def check_label(label: object, classes: list[Any] | None, rows: int) -> None:
     """Raise unless ``label`` fits a prediction of ``rows`` rows: one label, or a list of ``rows``."""
-    what = "one of the model's classes" if classes is not None else "a finite number"
+    what = "one of the model's classes" if classes is not None else f"a finite number of at most {MAX_LABEL:g}"
     if isinstance(label, list):
         if len(label) != rows:
             raise Rejected("bad_label", f"a list of labels must have one per row of the prediction ({rows})")
@@ -138,7 +140,7 @@ def check_label(label: object, classes: list[Any] | None, rows: int) -> None:
 @dataclass(frozen=True)
 class Labelled:
     claims: Claims
-    record: dict[str, Any]  # as the log writes it: {"id", "label", "time"}
+    record: dict[str, Any]  # as the log writes it: {"id", "label", "time"}, and "labeller" when one gave it
 
 
 class Share:
@@ -175,12 +177,15 @@ class Recent:
         self.repeated = 0
 
     @staticmethod
-    def _digests(token: str, label: Any) -> tuple[bytes, bytes]:
-        return (hashlib.blake2b(token.encode(), digest_size=16).digest(),
+    def _digests(token: str, label: Any, labeller: str | None) -> tuple[bytes, bytes]:
+        return (hashlib.blake2b(f"{labeller or ''}\0{token}".encode(), digest_size=16).digest(),
                 hashlib.blake2b(json.dumps(label).encode(), digest_size=8).digest())  # fmt: skip
 
-    def repeats(self, token: str, label: Any) -> bool:
-        key, value = self._digests(token, label)
+    def repeats(self, token: str, label: Any, labeller: str | None = None) -> bool:
+        """Whether ``labeller`` (None: an anonymous client) gave this label for this id lately."""
+        if not _flat(label):  # not a label at all: left to the checks, which refuse it
+            return False
+        key, value = self._digests(token, label, labeller)
         if self.labels.get(key) != value:
             return False
         self.repeated += 1
@@ -188,19 +193,26 @@ class Recent:
 
     def remember(self, items: list[Labelled]) -> None:
         for item in items:
-            key, value = self._digests(item.record["id"], item.record["label"])
+            key, value = self._digests(item.record["id"], item.record["label"], item.record.get("labeller"))
             self.labels.pop(key, None)
             self.labels[key] = value
         while len(self.labels) > self.most:
             del self.labels[next(iter(self.labels))]
 
 
+def _flat(label: object) -> bool:
+    """A label's shape, at most: a scalar, or a list of scalars."""
+    return all(isinstance(v, str | int | float | bool) for v in (label if isinstance(label, list) else [label]))
+
+
 def parse_feedback(parsed: Any, signer: Signer, classes: list[Any] | None, now: float,
-                   max_age: float = MAX_AGE_SECONDS, recent: Recent | None = None) -> list[Labelled]:  # fmt: skip
+                   max_age: float = MAX_AGE_SECONDS, recent: Recent | None = None,
+                   labeller: str | None = None) -> list[Labelled]:  # fmt: skip
     """``{"id", "label"}`` or ``{"feedback": [such objects]}``, every item valid, or Rejected for the first
     that is not. An id given more than once is folded into its last item before any is verified (so that a
     batch of one id repeated costs one check and is written once), and an item that repeats a label ``recent``
-    holds is left out unchecked: the result has one item per new label, in the order of their last items."""
+    holds is left out unchecked: the result has one item per new label, in the order of their last items, each
+    recording the ``labeller`` that gave it (none: an anonymous client)."""
     single = not (isinstance(parsed, dict) and "feedback" in parsed)
     items = [parsed] if single else parsed["feedback"]
     if not isinstance(items, list) or not items:
@@ -217,14 +229,15 @@ def parse_feedback(parsed: Any, signer: Signer, classes: list[Any] | None, now: 
     out = []
     for i in last.values():
         item = items[i]
-        if recent is not None and recent.repeats(item["id"], item["label"]):
+        if recent is not None and recent.repeats(item["id"], item["label"], labeller):
             continue
         try:
             claims = signer.verify(item["id"], now, max_age)
             check_label(item["label"], classes, claims.rows)
         except Rejected as error:
             raise Rejected(error.reason, f"{'feedback' if single else f'feedback[{i}]'}: {error}") from None
-        out.append(Labelled(claims, {"id": item["id"], "label": item["label"], "time": now}))
+        record = {"id": item["id"], "label": item["label"], "time": now}
+        out.append(Labelled(claims, record | {"labeller": labeller} if labeller else record))
     return out
 
 

@@ -45,6 +45,12 @@ MARGIN_SECONDS = 120  # a feedback file named up to this long before the last lo
 MAX_IDS = 100_000
 
 
+def feedback_folder(claims: Claims) -> str:
+    """Where a label of the id of ``claims`` is written, under the feedback log: its version's folder, and in it
+    the issuer's, so that each pod reads the labels of its own ids alone."""
+    return f"{claims.version}/{claims.issuer}" if claims.issuer else claims.version
+
+
 def grade(claims: Claims, label: Any, classifier: bool) -> tuple[int, float]:
     """The rows a label grades and their grade (rows right, or the absolute errors summed), against what the id
     says was predicted; (0, 0) when it does not say (too many rows, or a regressor of several outputs)."""
@@ -162,7 +168,7 @@ class LabelReader:
                  interval: float = READ_SECONDS) -> None:  # fmt: skip
         self.store, self.signer, self.issuer, self.interval = store, signer, issuer, interval
         self.book = LabelBook(model, classifier)
-        self.model, self.version = model, version
+        self.model, self.folder = model, f"{version}/{issuer}"
         self.since = time.time()  # files named from then on are looked for: the process issued no id before
         self.seen: dict[str, float] = {}  # files read, and when they were named
         self.stopped = threading.Event()
@@ -181,13 +187,13 @@ class LabelReader:
             try:
                 self.read(time.time())
             except Exception:  # the store is down: the next look tries again
-                log.exception("Could not read the labels of %s version %s", self.model, self.version)
+                log.exception("Could not read the labels of %s under %s", self.model, self.folder)
 
     def read(self, now: float) -> int:
         """One look: the files new since the last, read; returns the labels that changed a grade."""
         changed = 0
-        start = log_start(self.model, "feedback", self.version, self.since - MARGIN_SECONDS)
-        for key in self.store.list(log_prefix(self.model, "feedback", self.version), start_after=start):
+        start = log_start(self.model, "feedback", self.folder, self.since - MARGIN_SECONDS)
+        for key in self.store.list(log_prefix(self.model, "feedback", self.folder), start_after=start):
             named = logged_at(key)
             if named is not None and key not in self.seen:
                 changed += self._read(key)

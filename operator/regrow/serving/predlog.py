@@ -4,9 +4,10 @@ Requests hand records to bounded in-memory queues and never wait: one queue for 
 feedback, each bounded in records and in bytes, so that neither can crowd the other out; a record that does
 not fit is dropped and counted. A writer thread writes what has queued, in batches of JSON lines, to the
 registry: ``<model>/predictions/<version>/<time>-<host>-<token>-<n>.jsonl`` and ``<model>/feedback/<version>/...``
-(feedback under the version that made the prediction it labels). With a retention, the same thread deletes the
-model's log files (every version's) older than it, about once an hour in each pod (at a time of its own), so
-that neither a flood of records nor the years fill the store.
+(feedback under the version that made the prediction it labels, in a folder of the process that issued its id).
+With a retention, a thread of its own deletes the model's log files (every version's) older than it, about once
+an hour in each pod (at a time of its own), so that neither a flood of records nor the years fill the store.
+(Deployments that log under one model name in one registry share the log: the shortest retention wins.)
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class PredictionLog:
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self.thread.start()
+        if retention is not None:
+            threading.Thread(target=self._sweep_forever, name="prediction-log-sweep", daemon=True).start()
 
     def sampled(self) -> bool:
         return self.fraction > 0 and (self.fraction >= 1 or random.random() < self.fraction)
@@ -93,12 +96,15 @@ class PredictionLog:
             self.wake.wait(self.flush_seconds)
             self.wake.clear()
             self.flush()
-            if self.retention is not None and time.time() >= self.next_sweep:
-                self.next_sweep = time.time() + SWEEP_SECONDS
-                try:
-                    self.sweep(time.time())
-                except Exception:  # the store is down: the next sweep tries again
-                    log.exception("Could not delete the old files of the prediction log")
+
+    def _sweep_forever(self) -> None:
+        """On a thread of its own, so that a long listing never holds up the writes."""
+        while not self.stopped.wait(max(0.0, self.next_sweep - time.time())):
+            self.next_sweep = time.time() + SWEEP_SECONDS
+            try:
+                self.sweep(time.time())
+            except Exception:  # the store is down: the next sweep tries again
+                log.exception("Could not delete the old files of the prediction log")
 
     def sweep(self, now: float) -> int:
         """Delete the files of the model's log (every version's predictions and labels) written more than the

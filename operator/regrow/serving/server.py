@@ -14,6 +14,7 @@ from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.serving.app import App, State
 from regrow.serving.feedback import Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
+from regrow.serving.labellers import Labellers
 from regrow.serving.labels import READ_SECONDS, LabelReader
 from regrow.serving.mirror import Mirror, ShadowKey
 from regrow.serving.model import ModelUnavailable, load, resolve
@@ -49,6 +50,7 @@ class ServeConfig:
     log_percent: int = 0
     log_max_queue: int = 10000
     log_retention_seconds: float | None = None  # None: the log's old files are not deleted
+    labellers_dir: str | None = None  # a folder per named labeller, its files their tokens (None: anyone labels)
     log_flush_seconds: float = 5.0
     label_read_seconds: float = READ_SECONDS  # how often the labels written to the store are read
     endpoint_url: str | None = None
@@ -71,7 +73,7 @@ class InferenceServer:
         signer = Signer.from_env(config.feedback_key)
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
                            max_rows=config.max_rows, shed_after=config.shed_after, signer=signer,
-                           shadow=config.shadow_percent or None,
+                           shadow=config.shadow_percent or None, labellers=Labellers(config.labellers_dir),
                            mirror=Mirror(config.shadow_url, config.model, ShadowKey(signer.key))
                            if config.shadow_url else None)  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
