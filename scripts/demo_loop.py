@@ -7,10 +7,10 @@ It applies the three iris examples at demo pace (the changes are printed first),
 API server's service proxy (so it runs wherever kubectl does: the local cluster, kind), and keeps one screen
 up to date as the loop moves: iris-v1 trained and served; in-distribution requests and a quiet drift check;
 then the world moves (a new instrument reads sepals four standard deviations wider and petals one longer)
-and the clients label what they asked about; the policy detects drift, a retrain trains on the data set plus
-the labelled traffic, its gate decides, a canary answers half the requests while its live quality is
-compared with v1's, and v2 serves. It ends with the lineage (`regrow status iris`). Exit status 0 once v2
-serves; 1 when the loop ends anywhere else or does not move on within --timeout.
+and the clients label what they asked about, as the examples' named labeller; the policy detects drift, a
+retrain trains on the data set plus the labelled traffic, its gate decides, a canary answers half the
+requests while its live quality is compared with v1's, and v2 serves. It ends with the lineage (`regrow
+status iris`). Exit status 0 once v2 serves; 1 when the loop ends anywhere else or does not move on within --timeout.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from regrow import API_VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.clock import now
 from regrow.controller.conditions import find
-from regrow.controller.kube import Kube, Obj, path
+from regrow.controller.kube import Conflict, Kube, Obj, path
 from regrow.controller.lineage import lineage
+from regrow.serving.labellers import HEADER
 from regrow.training.sample_data import sample_csv
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -55,6 +56,7 @@ PACE: dict[str, dict[str, Any]] = {
     "DriftPolicy": {"interval": "5s", "minSamples": 300},  # example: every minute, 500 samples
 }
 SHIFT = np.array([0.0, 4.0, 1.0, 0.0])  # the moved world, in standard deviations: sepal width and petal length
+LABELLER = HEADER.decode()  # the header a labeller's token rides in
 ROWS = 16  # rows per request: a prediction id carries up to 16 predictions, so that labels grade each version
 
 
@@ -70,11 +72,12 @@ def paced(doc: Obj) -> Obj:
 
 class Traffic(threading.Thread):
     """Requests of ROWS iris rows through the Service, one after another, until stopped: like the training
-    data, or once ``shifted``, moved by SHIFT and each labelled through /feedback by its client."""
+    data, or once ``shifted``, moved by SHIFT and each labelled through /feedback with the labeller's token."""
 
-    def __init__(self, kube: Kube, namespace: str) -> None:
+    def __init__(self, kube: Kube, namespace: str, token: str) -> None:
         super().__init__(daemon=True)
         self.kube, self.base = kube, f"/api/v1/namespaces/{namespace}/services/iris-predictor:http/proxy/v2/models/iris"
+        self.token = token  # the labeller's (examples/iris-labeller.yaml)
         data = np.loadtxt(io.BytesIO(sample_csv("iris")), delimiter=",", skiprows=1, dtype=str)
         self.frame, self.species = data[:, :4].astype(float), data[:, 4]
         self.rng = np.random.default_rng(0)
@@ -93,10 +96,22 @@ class Traffic(threading.Thread):
                 self.answered[str(answer["model_version"])] += 1
                 if self.shifted:
                     label = {"id": answer["parameters"]["prediction_id"], "label": self.species[picks].tolist()}
-                    self.kube.create(f"{self.base}/feedback", label)
+                    self.label(label)
                     self.labelled += ROWS
             except (ApiException, OSError, KeyError, ValueError):  # a pod going away mid-roll: the next goes elsewhere
                 self.failed += 1
+
+    def label(self, body: Obj) -> None:
+        """POST a label through the service proxy with the labeller's token (a header of regrow's own: the
+        proxy strips Authorization)."""
+        client = self.kube.api_client
+        headers = {"Content-Type": "application/json", "Accept": "application/json", LABELLER: self.token}
+        request = client.param_serialize(method="POST", resource_path=f"{self.base}/feedback", body=body,
+                                         header_params=headers, auth_settings=["BearerToken"])  # fmt: skip
+        response = client.call_api(*request, _request_timeout=(5, 10))
+        response.read()  # type: ignore[no-untyped-call]
+        if response.status != 202:
+            raise ValueError(f"feedback answered {response.status}")
 
     def summary(self) -> str:
         by = ", ".join(f"{version} {n:,}" for version, n in sorted(self.answered.items()))
@@ -241,11 +256,18 @@ STAGES = [
 
 
 def run(kube: Kube, namespace: str, timeout: float) -> int:
-    loop, traffic = Loop(kube, namespace), Traffic(kube, namespace)
-    plurals = {kind.kind: kind.plural for kind in (TRAINING_JOB, MODEL_DEPLOYMENT, DRIFT_POLICY)}
-    for example in sorted(EXAMPLES.glob("iris-*.yaml")):
-        doc = paced(yaml.safe_load(example.read_text()))
-        kube.create(path(API_VERSION, plurals[doc["kind"]], namespace), doc)
+    collections_ = {kind.kind: path(API_VERSION, kind.plural, namespace)
+                    for kind in (TRAINING_JOB, MODEL_DEPLOYMENT, DRIFT_POLICY)}  # fmt: skip
+    docs = [paced(yaml.safe_load(example.read_text())) for example in sorted(EXAMPLES.glob("iris-*.yaml"))]
+    secret = next(doc for doc in docs if doc["kind"] == "Secret")  # the labeller the clients label through
+    loop, traffic = Loop(kube, namespace), Traffic(kube, namespace, next(iter(secret["stringData"].values())))
+    try:
+        kube.create(path("v1", "secrets", namespace), secret)
+    except Conflict:  # a previous run's: the example's token again
+        kube.patch(path("v1", "secrets", namespace, secret["metadata"]["name"]), {"stringData": secret["stringData"]})
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            kube.create(collections_[doc["kind"]], doc)
     view = View(STAGES, traffic, timeout)
     view.stage(0, lambda s: trained(loop, "iris-v1", s))
     v1 = ""

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from regrow.api.modeldeployment import DEFAULT_SERVER
-from regrow.api.trainingjob import PromotionStatus, ValidationCheck
+from regrow.api.trainingjob import LiveRows, PromotionStatus, ValidationCheck
 
 
 class Message(BaseModel):
@@ -131,6 +131,7 @@ class TrainerReport(Message):
     train_seconds: str | None = None
     promotion: PromotionStatus | None = None
     validation: list[ValidationCheck] | None = None
+    feedback: LiveRows | None = None
 
 
 class Graded(Message):

@@ -29,7 +29,7 @@ from regrow.tabular import canonical
 from regrow.training.sample_data import sample_csv
 from regrow.training.trainer import train
 from tests.conftest import Operator
-from tests.e2e.test_drift_loop import _post
+from tests.e2e.test_drift_loop import _post, labeller
 from tests.e2e.test_serving import own_like_a_trainer_pod
 from tests.helpers import condition, get_custom, wait_for
 from tests.unit.test_api import _example, _with
@@ -73,16 +73,17 @@ def _tensors(rows: pd.DataFrame) -> list[oip.InferInput]:
     return out
 
 
-def _send(client_: oip.InferenceServerClient, host: str, rows: pd.DataFrame, labelled: bool) -> list[str]:
-    """Requests of 20 rows each; what answered them; each labelled by its client if ``labelled``."""
+def _send(client_: oip.InferenceServerClient, host: str, rows: pd.DataFrame,
+          token: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+    """Requests of 20 rows each; what answered them; each labelled through the labeller ``token`` if given."""
     versions = []
     for start in range(0, len(rows), 20):
         chunk = rows.iloc[start : start + 20]
         result = client_.infer("penguins", _tensors(chunk)).get_response()
         versions.append(result["model_version"])
-        if labelled:
+        if token is not None:
             feedback = {"id": result["parameters"]["prediction_id"], "label": chunk["species"].tolist()}
-            status, answer = _post(host, "/v2/models/penguins/feedback", feedback)
+            status, answer = _post(host, "/v2/models/penguins/feedback", feedback, token)
             assert status == 202, answer
     return versions
 
@@ -125,6 +126,7 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
         return ((md.get("status") or {}).get("model") or {}).get("version")
 
     with node_operator():
+        token = labeller(node_api, node_namespace)
         md = _with(_example("ModelDeployment"), "metadata.name", "penguins")
         md = _with(md, "spec.model", {"registry": f"{STORE}/registry", "name": "penguins", "alias": "champion",
                                       "refreshInterval": "2s"})  # fmt: skip
@@ -137,13 +139,17 @@ def test_a_categorical_column_that_moves_is_detected_retrained_on_and_rolled_out
         triton = oip.InferenceServerClient(f"{host}:80")
         wait_for(lambda: condition(dp(), "Ready"), 60, "the policy's first reading")
 
-        quiet = _send(triton, host, trained.iloc[rng.integers(0, len(trained), 400)], labelled=False)
+        quiet = _send(
+            triton,
+            host,
+            trained.iloc[rng.integers(0, len(trained), 400)],
+        )
         wait_for(lambda: drift("NoDrift"), 60, "a quiet check")
         island = next(f for f in dp()["status"]["lastCheck"]["features"] if f["name"] == "island")
         assert not island["drifted"] and float(island.get("otherShare") or 0) < 0.05, island
 
         started = time.monotonic()
-        shifted = _send(triton, host, moved, labelled=True)
+        shifted = _send(triton, host, moved, token)
         wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - started
         features = {f["name"]: f for f in dp()["status"]["lastCheck"]["features"]}

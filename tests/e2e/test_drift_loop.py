@@ -23,6 +23,7 @@ from regrow.controller.driftpolicy import http_query
 from regrow.controller.kube import Kube, path
 from regrow.controller.modeldeployment import serving_pods
 from regrow.manifests.serving import metrics_address
+from regrow.serving.labellers import HEADER
 from regrow.storage import open_store
 from regrow.storage.registry import Registry
 from regrow.training.sample_data import sample_csv
@@ -34,9 +35,9 @@ from tests.integration.test_driftpolicy_prometheus import _series
 from tests.unit.test_api import _example, _with
 
 
-def _post(host: str, url_path: str, body: Any) -> tuple[int, Any]:
+def _post(host: str, url_path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     connection = http.client.HTTPConnection(host, 80, timeout=5)
-    connection.request("POST", url_path, json.dumps(body), {"Content-Type": "application/json"})
+    connection.request("POST", url_path, json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
     response = connection.getresponse()
     answer = json.loads(response.read())
     connection.close()
@@ -52,16 +53,27 @@ def _infer(host: str, rows: list[list[float]]) -> str:
     return str(answer["parameters"]["prediction_id"])
 
 
-def _send_labelled(host: str, frame: np.ndarray, species: np.ndarray, picks: np.ndarray) -> None:
+def labeller(api: client.ApiClient, namespace: str) -> dict[str, str]:
+    """The examples' labeller Secret, made in ``namespace`` (their ModelDeployment names it), and the header
+    its token rides in."""
+    secret = _example("Secret")
+    Kube(api).create(path("v1", "secrets", namespace), secret)
+    return {HEADER.decode(): next(iter(secret["stringData"].values()))}
+
+
+def _send_labelled(host: str, frame: np.ndarray, species: np.ndarray, picks: np.ndarray,
+                   token: dict[str, str]) -> None:  # fmt: skip
     """Requests of the rows ``picks`` names, two features moved by 2 sigma; each client then labels what
-    it asked about."""
+    it asked about, through the named labeller (``token``)."""
     shifted = frame[picks] + frame.std(axis=0) * np.array([2.0, 2.0, 0, 0])
     for rows, truth in zip(shifted, species[picks], strict=True):
         label = {"id": _infer(host, rows.tolist()), "label": truth.tolist()}
-        status, answer = _post(host, "/v2/models/iris/feedback", label)
+        status, answer = _post(host, "/v2/models/iris/feedback", label, token)
         assert status == 202 and answer["accepted"] == 1, answer
+    status, answer = _post(host, "/v2/models/iris/feedback", label)  # no token: labellers are named
+    assert status == 401, answer
     forged = {"id": "client-1", "label": ["virginica"] * 32}  # an id the server did not issue
-    status, answer = _post(host, "/v2/models/iris/feedback", forged)
+    status, answer = _post(host, "/v2/models/iris/feedback", forged, token)
     assert status == 400 and "not a prediction id" in answer["error"], answer
 
 
@@ -108,12 +120,12 @@ def _prometheus_source(
     return {"type": "Prometheus", "prometheus": {"url": url}}
 
 
-def _poison(host: str, frame: np.ndarray, rng: np.random.Generator) -> None:
-    """A hostile client: 160 setosa-like rows, in four requests, all labelled virginica."""
+def _poison(host: str, frame: np.ndarray, rng: np.random.Generator, token: dict[str, str]) -> None:
+    """A hostile client with a labeller's token: 160 setosa-like rows, in four requests, labelled virginica."""
     for _ in range(4):
         rows = frame[rng.integers(0, 50, 40)] + rng.normal(0, 0.05, (40, 4))
         status, answer = _post(host, "/v2/models/iris/feedback",
-                               {"id": _infer(host, rows.tolist()), "label": ["virginica"] * 40})  # fmt: skip
+                               {"id": _infer(host, rows.tolist()), "label": ["virginica"] * 40}, token)  # fmt: skip
         assert status == 202, answer
 
 
@@ -143,8 +155,9 @@ def test_drift_retrains_and_the_better_model_rolls_out(
     node_api: client.ApiClient, node_namespace: str, node_operator: Operator, node_store: Path, source: str,
     poisoned: bool, prometheus: Callable[[list[str], dict[str, str]], str],
 ) -> None:  # fmt: skip
-    """The loop closes on drift; with a poisoning client among the labellers, the retrain trained on its
-    labels loses too much on the curated holdout, which no client labels, and is not promoted."""
+    """The loop closes on drift, labelled by the examples' named labeller; with a poisoning client holding its
+    token, the retrain trained on its labels loses too much on the curated holdout, which no client labels,
+    and is not promoted."""
     data, registry, v1 = _weak_champion(node_store)
     policy = _policy()
     objects = client.CustomObjectsApi(node_api)
@@ -167,8 +180,9 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         return ((md.get("status") or {}).get("model") or {}).get("version")
 
     with node_operator(query=http_query):  # the Prometheus this test starts is the one it allows
-        md = _with(_example("ModelDeployment"), "spec.model.refreshInterval", "2s")
-        md = _with(md, "spec.predictionLog", {"samplePercent": 100})
+        token = labeller(node_api, node_namespace)
+        md = _with(_with(_example("ModelDeployment"), "spec.model.refreshInterval", "2s"), "spec.predictionLog",
+                   {"samplePercent": 100})  # fmt: skip
         objects.create_namespaced_custom_object(GROUP, VERSION, node_namespace, MODEL_DEPLOYMENT.plural, md)
         wait_for(lambda: serving() == v1, 180, f"{v1} serving")
         if source == "Prometheus":
@@ -185,9 +199,9 @@ def test_drift_retrains_and_the_better_model_rolls_out(
         assert not Kube(node_api).list(path(f"{GROUP}/{VERSION}", TRAINING_JOB.plural, node_namespace))
 
         first_drifted = time.monotonic()
-        _send_labelled(host, frame, species, rng.integers(0, len(frame), (40, 32)))
+        _send_labelled(host, frame, species, rng.integers(0, len(frame), (40, 32)), token)
         if poisoned:
-            _poison(host, frame, rng)
+            _poison(host, frame, rng, token)
         wait_for(lambda: drift("DriftDetected"), 120, "drift")
         detected = time.monotonic() - first_drifted
         assert "psi" in _feature(dp(), "__prediction__")["scores"]  # the predicted classes, scored like a feature

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from regrow import GROUP
 from regrow.api import (
     DriftPolicySpec,
     InvalidSpec,
@@ -20,9 +21,11 @@ from regrow.api.common import parse_duration
 from regrow.api.driftpolicy import DriftTestType
 from regrow.api.modeldeployment import RetryRequest
 from regrow.api.trainingjob import Metric
+from regrow.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+ALL_EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -33,12 +36,29 @@ def _example(kind: str) -> dict[str, Any]:
     return next(d for p in EXAMPLES for d in _docs(p) if d["kind"] == kind)
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_is_valid_and_round_trips(path: Path) -> None:
-    for doc in _docs(path):
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_valid_and_round_trips(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = _docs(path)
+    for doc in (d for d in docs if d["apiVersion"].startswith(f"{GROUP}/")):
         spec = validate_object(doc)
         again = type(spec).model_validate(spec.to_wire())  # type: ignore[attr-defined]
         assert again == spec
+    assert main(["validate", str(path)]) == 0  # a Secret beside them is skipped, not invalid
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == len(docs) and all(line.endswith(("valid", "not a regrow.dev resource")) for line in said)
+
+
+@pytest.mark.parametrize("path", ALL_EXAMPLES, ids=lambda p: p.name)
+def test_every_labeller_an_example_names_has_its_secret_beside_it(path: Path) -> None:
+    """So that `kubectl apply -f examples/` closes the loop: the clients label through a named labeller."""
+    docs = _docs(path) if path.parent.name != "examples" else [d for p in EXAMPLES for d in _docs(p)]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    named = [who for d in docs if d["kind"] == "ModelDeployment" for who in d["spec"].get("labellers", [])]
+    for who in named:
+        assert who["secretName"] in secrets and all(
+            len(v) >= 16 for v in secrets[who["secretName"]]["stringData"].values()
+        )
+    assert named or not any(d["kind"] == "DriftPolicy" for d in docs)  # a loop that retrains on labels names who labels
 
 
 def test_examples_cover_all_three_kinds() -> None:
@@ -46,6 +66,7 @@ def test_examples_cover_all_three_kinds() -> None:
         "TrainingJob",
         "ModelDeployment",
         "DriftPolicy",
+        "Secret",
     }
 
 

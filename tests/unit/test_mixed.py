@@ -167,7 +167,7 @@ def test_labelled_live_traffic_of_categorical_columns_joins_the_retrain(penguins
         status, answer = server.call("POST", "/v2/models/penguins/infer", body)
         assert status == 200
         feedback = {"id": answer["parameters"]["prediction_id"], "label": labels}
-        assert server.call("POST", "/v2/models/penguins/feedback", feedback)[0] == 202
+        assert server.call("POST", "/v2/models/penguins/feedback", feedback, headers=LABELLER)[0] == 202
     deadline = time.monotonic() + 15
     live, registry = None, Registry(open_store(f"file://{root}/registry"))
     spec = _spec(root, "randomForest", feedback={"maxRows": 8})
@@ -184,11 +184,16 @@ def test_labelled_live_traffic_of_categorical_columns_joins_the_retrain(penguins
 def penguins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, str]]:
     root = tmp_path_factory.mktemp("penguins")
     version = publish_penguins(root, "randomForest")
-    with running(local(root, model="penguins", alias="champion", log_percent=100, feedback_key="k")) as server:
+    (root / "labellers/field-team").mkdir(parents=True)
+    (root / "labellers/field-team/token").write_text(LABELLER["regrow-labeller-token"])
+    config = local(root, model="penguins", alias="champion", log_percent=100, feedback_key="k" * 32,
+                   labellers_dir=str(root / "labellers"))  # fmt: skip
+    with running(config) as server:
         wait_ready(server)
         yield server, root, version
 
 
+LABELLER = {"regrow-labeller-token": "field-team-0123456789abcdef"}  # a labeller the fixture's server names
 ROWS: dict[str, list[Any]] = {
     "island": ["Biscoe", "Dream", None, "Atlantis"],
     "bill_length_mm": [46.1, 48.0, None, 39.0],
@@ -414,8 +419,8 @@ def test_a_check_reports_unseen_categories_and_the_tests_that_do_not_apply() -> 
 def test_the_penguins_examples_are_valid_and_train_on_what_sample_data_writes(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[2] / "examples/penguins/penguins.yaml"
     docs = list(yaml.safe_load_all(example.read_text()))
-    assert [d["kind"] for d in docs] == ["TrainingJob", "ModelDeployment", "DriftPolicy"]
-    specs = [validate_object(d) for d in docs]
+    assert [d["kind"] for d in docs] == ["TrainingJob", "ModelDeployment", "Secret", "DriftPolicy"]
+    specs = [validate_object(d) for d in docs if d["kind"] != "Secret"]  # the field team's token
     job = specs[0]
     assert isinstance(job, TrainingJobSpec)
     (tmp_path / "penguins.csv").write_bytes(sample_csv("penguins"))

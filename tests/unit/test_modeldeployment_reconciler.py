@@ -298,7 +298,7 @@ def test_the_prediction_log_gets_its_settings_and_a_writable_store() -> None:
     env = {e["name"]: e.get("value") for e in logging["env"]}
     assert (env["REGROW_PREDICTION_LOG_PERCENT"], env["REGROW_PREDICTION_LOG_MAX_QUEUE"]) == ("10", "10000")
     assert [m["readOnly"] for m in logging["volumeMounts"] if m["name"] == "store"] == [False]
-    quiet = container(_spec(spec__predictionLog=...))
+    quiet = container(_spec(spec__predictionLog=..., spec__labellers=...))
     assert "REGROW_PREDICTION_LOG_PERCENT" not in {e["name"] for e in quiet["env"]}
     assert [m["readOnly"] for m in quiet["volumeMounts"] if m["name"] == "store"] == [True]
 
@@ -374,7 +374,7 @@ def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() 
     assert len(api.created) == 2  # the Deployment already reads it: nothing more to create
     _feedback_key(Secrets(exists=True), OWNER, spec, None)  # type: ignore[arg-type]  # Conflict: kept as it is
 
-    quiet = _spec(spec__predictionLog=...)
+    quiet = _spec(spec__predictionLog=..., spec__labellers=...)
     api = Secrets()
     _feedback_key(api, OWNER, quiet, None)  # type: ignore[arg-type]
     assert api.created == []

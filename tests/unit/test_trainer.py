@@ -346,10 +346,12 @@ def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
     ids = [logged([i]) for i in order[:140]]
     batch, misfit = logged(order[140:143]), logged(order[143:145])
     for request, i in zip(ids[:120], order[:120], strict=True):  # 20 requests never get a label
-        log.offer("feedback", {"id": request, "label": "wrong", "time": 0.0})
-        log.offer("feedback", {"id": request, "label": species[i], "time": 1.0})  # the latest label wins
-    log.offer("feedback", {"id": batch, "label": species[order[140:143]].tolist(), "time": 1.0})
-    log.offer("feedback", {"id": misfit, "label": "setosa", "time": 1.0})  # one label for two rows
+        log.offer("feedback", {"id": request, "label": "wrong", "time": 0.0, "labeller": "desk"})
+        log.offer("feedback", {"id": request, "label": species[i], "time": 1.0, "labeller": "desk"})  # the latest
+    for request in ids[120:]:  # anonymous labels train nothing
+        log.offer("feedback", {"id": request, "label": "setosa", "time": 1.0})
+    log.offer("feedback", {"id": batch, "label": species[order[140:143]].tolist(), "time": 1.0, "labeller": "desk"})
+    log.offer("feedback", {"id": misfit, "label": "setosa", "time": 1.0, "labeller": "desk"})  # one label, two rows
     log.close()
 
     wire = spec.to_wire()
@@ -358,7 +360,9 @@ def test_feedback_trains_on_the_labelled_live_traffic(tmp_path: Path) -> None:
     meta = json.loads(registry.read("iris", v2.version, "metadata.json"))
     assert meta["dataset"]["rows"] == 150 + 123
     assert meta["dataset"]["feedback"] == {
-        "model": "iris", "rows": 123, "predictions": 142, "unlabelled": 20, "dropped": {"label": 1}
+        "model": "iris", "rows": 123, "predictions": 142, "unlabelled": 20, "dropped": {"label": 1},
+        "anonymousLabels": 20, "sources": [{"name": "desk", "rows": 123}],
+        "outsideSupport": 75, "outsideSupportShare": "0.609756", "leftOut": 0,  # petals longer than any curated
     }  # fmt: skip
     assert v2.version != v1.version and meta["dataset"]["sha256"] != json.loads(
         registry.read("iris", v1.version, "metadata.json"))["dataset"]["sha256"]  # fmt: skip
@@ -394,9 +398,10 @@ def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_p
     store.put(log_key("iris", "predictions", "va", now - DAY, "h", 1), _lines(
         *map(prediction, new), "not json", {"inputs": [[1, 2, 3, 4]]}, prediction(20, [1.0, 2.0, 3.0]),
         prediction(21, [1.0, "2", 3.0, 4.0]), prediction(22), prediction(23), prediction(24)))  # fmt: skip
-    labels = [{"id": f"p{i}", "label": "virginica", "time": 1} for i in [*old, *new, 20, 21]]
+    labels = [{"id": f"p{i}", "label": "virginica", "time": 1, "labeller": "desk"} for i in [*old, *new, 20, 21]]
     hostile = [{"id": "p22", "label": 7, "time": 1}, {"id": "p23", "label": ["setosa", "setosa"], "time": 1},
                {"id": "p24", "label": {"x": 1}, "time": 1}]  # fmt: skip
+    hostile = [{**record, "labeller": "desk"} for record in hostile]
     store.put(log_key("iris", "feedback", "va", now - DAY + 1, "h", 2), _lines(*labels, *hostile, "{broken"))
 
     wire = spec.to_wire()
@@ -405,7 +410,8 @@ def test_feedback_reads_the_newest_traffic_and_never_fails_on_a_bad_record(tmp_p
     meta = registry.metadata("iris", result.version)
     assert meta["dataset"]["feedback"] == {
         "model": "iris", "rows": 5, "predictions": 10, "unlabelled": 0,
-        "dropped": {"malformed": 3, "shape": 2, "label": 3},
+        "dropped": {"malformed": 3, "shape": 2, "label": 3}, "anonymousLabels": 0,
+        "sources": [{"name": "desk", "rows": 5}], "outsideSupport": 0, "outsideSupportShare": "0", "leftOut": 0,
     }  # fmt: skip
     assert meta["dataset"]["rows"] == 150 + 5
     rows = labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 5, lambda label: isinstance(label, str))
@@ -427,13 +433,24 @@ def test_feedback_reads_only_what_was_logged_within_its_window(tmp_path: Path) -
     outside = {**inside, "id": "out"}
     store.put(log_key("iris", "predictions", "v1", now - 31 * DAY, "h", 1), _lines(outside))
     store.put(log_key("iris", "predictions", "v1", now - 29 * DAY, "h", 2), _lines(inside))
-    store.put(log_key("iris", "feedback", "v1", now - 31 * DAY, "h", 3), _lines({"id": "in", "label": "x", "time": 1}))
-    store.put(log_key("iris", "feedback", "v1", now - DAY, "h", 4), _lines({"id": "out", "label": "y", "time": 2}))
-    store.put("iris/feedback/v1/not-a-log-file.jsonl", _lines({"id": "in", "label": "z", "time": 3}))
+    store.put(
+        log_key("iris", "feedback", "v1", now - 31 * DAY, "h", 3),
+        _lines({"id": "in", "label": "x", "time": 1, "labeller": "desk"}),
+    )
+    store.put(
+        log_key("iris", "feedback", "v1", now - DAY, "h", 4),
+        _lines({"id": "out", "label": "y", "time": 2, "labeller": "desk"}),
+    )
+    store.put(
+        "iris/feedback/v1/not-a-log-file.jsonl", _lines({"id": "in", "label": "z", "time": 3, "labeller": "desk"})
+    )
     fits = lambda label: isinstance(label, str)  # noqa: E731
     read = labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 100, fits, since=now - 30 * DAY)
     assert (read.predictions, read.unlabelled, len(read.y)) == (1, 1, 0)  # "in": its only label is too old
-    store.put(log_key("iris", "feedback", "v1", now, "h", 5), _lines({"id": "in", "label": "w", "time": 4}))
+    store.put(
+        log_key("iris", "feedback", "v1", now, "h", 5),
+        _lines({"id": "in", "label": "w", "time": 4, "labeller": "desk"}),
+    )
     read = labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 100, fits, since=now - 30 * DAY)
     assert read.y.tolist() == ["w"] and read.predictions == 1
     assert len(labelled_rows(store, "iris", ["a", "b", "c", "d"], set(), 100, fits).y) == 2  # no window: all
@@ -454,15 +471,18 @@ def _weak_champion(tmp_path: Path) -> tuple[Path, Registry, TrainingJobSpec, Any
     return data, registry, retrain, champion
 
 
-def _client(registry: Registry, version: str, rows: Any, labels: list[Any], per_request: int) -> None:
-    """A client of the served champion: requests of ``per_request`` rows, each labelled through feedback."""
+def _client(registry: Registry, version: str, rows: Any, labels: list[Any], per_request: int,
+            labeller: str | None = "desk") -> None:  # fmt: skip
+    """A client of the served champion: requests of ``per_request`` rows, each labelled through feedback by
+    ``labeller`` (None: anonymously)."""
     log = PredictionLog(registry.store, "iris", version, sample_percent=100, max_queue=10_000, flush_seconds=60)
     served, signer = OnnxModel(registry.read("iris", version, MODEL)), Signer(b"key")
     for start in range(0, len(rows), per_request):
         batch = rows[start : start + per_request]
         issued = log_prediction(log, signer.issue(version, len(batch), 0), batch, served.predict(batch))
         label = labels[start : start + per_request]
-        log.offer("feedback", {"id": issued, "label": label if len(batch) > 1 else label[0], "time": 1.0})
+        log.offer("feedback", {"id": issued, "label": label if len(batch) > 1 else label[0], "time": 1.0,
+                               "labeller": labeller})  # fmt: skip
     log.close()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from regrow.api import TrainingJobSpec, parse_spec
+from regrow.api.trainingjob import TrainingJobStatus
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
 from regrow.controller.kube import Conflict, Obj
@@ -184,9 +185,14 @@ def test_the_promotion_reaches_status_through_its_model() -> None:
                  "improvement": {**check, "holdout": "live", "rows": 60}}  # fmt: skip
     body = {"metadata": {"generation": 1}, "status": {}}
     job = _job(("Complete", ""))
-    result = outcome(job, [_pod(json.dumps({**REPORT, "promotion": promotion}))])
+    feedback = {"model": "iris", "rows": 300, "predictions": 50, "unlabelled": 0, "dropped": {},
+                "anonymousLabels": 20, "sources": [{"name": "desk", "rows": 300}], "outsideSupport": 200,
+                "outsideSupportShare": "0.4", "leftOut": 200}  # fmt: skip
+    result = outcome(job, [_pod(json.dumps({**REPORT, "promotion": promotion, "feedback": feedback}))])
     status = status_for(body, job, result)
     assert status["promotion"]["regression"] == check and status["promotion"]["improvement"]["rows"] == 60
+    assert status["feedback"] == feedback  # the live rows read, by labeller, and outside the curated support
+    TrainingJobStatus.model_validate(status)
     for forged in ({**REPORT, "promotion": {**promotion, "outcome": "Maybe"}}, {**REPORT, "extra": "x"},
                    {**REPORT, "version": None}, {**REPORT, "succeeded": "yes"}, [REPORT]):  # fmt: skip
         result = outcome(job, [_pod(json.dumps(forged))])

@@ -70,11 +70,23 @@ class FeedbackSpec(ApiModel):
     (``predictionLog``), joined to the labels posted to its ``/feedback``, from ``output.registry``."""
 
     model_name: Name | None = Field(default=None, description="Whose traffic; output.modelName if unset.")
-    max_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="At most this many, the newest.")
+    max_rows: int = Field(
+        default=100_000, ge=1, le=10_000_000,
+        description="At most this many, the newest, shared evenly among the labellers (what one leaves goes to "
+        "the others). Only named labellers' labels are read; anonymous ones never train.",
+    )  # fmt: skip
     window: Duration = Field(
         default="720h",
         description="Only what was logged within this long before the run is read: predictions, and the labels "
         "posted for them (which are taken for 30 days after a prediction).",
+    )
+    outside_support: Literal["Allow", "Corroborated", "Approved"] = Field(
+        default="Allow",
+        description="What labelled live rows outside the curated data's support (a number beyond its range, a "
+        "category none of its rows has) need before they may decide a promotion, where the curated holdout "
+        "cannot check them: Allow, a named labeller's label is enough; Corroborated, a second labeller gave the "
+        "same label, else the rows are left out; Approved, a model trained on any is published but not "
+        "promoted: a person moves the alias (regrow move-alias).",
     )
 
 
@@ -259,6 +271,27 @@ class PromotionStatus(ApiModel):
     regression: GateCheck | None = Field(default=None, description="Does it keep its score on the curated holdout?")
 
 
+class SourceRows(ApiModel):
+    name: str = Field(max_length=253, description="The labeller that gave the rows' labels.")
+    rows: int = Field(ge=0)
+
+
+class LiveRows(ApiModel):
+    """The labelled live traffic a run read (dataset.feedback): how much, from whom, and how much of it lay
+    outside the curated data's support."""
+
+    model: str
+    rows: int = Field(ge=0, description="Rows trained on or held out to grade the improvement.")
+    predictions: int = Field(ge=0, description="Logged predictions read.")
+    unlabelled: int = Field(ge=0, description="Of those, without a label from a named labeller.")
+    dropped: dict[str, int] = Field(default_factory=dict, description="Records left out, by reason.")
+    anonymous_labels: int = Field(default=0, ge=0, description="Labels no labeller gave: never trained on.")
+    sources: list[SourceRows] = Field(default_factory=list, max_length=32, description="Rows by labeller.")
+    outside_support: int = Field(default=0, ge=0, description="Rows read outside the curated data's support.")
+    outside_support_share: str = Field(default="0", description="Their share of the rows read.")
+    left_out: int = Field(default=0, ge=0, description="Of those, left out: not corroborated (outsideSupport).")
+
+
 class ValidationCheck(ApiModel):
     """One check of the dataset: its verdict and what it found, in counts and the names the spec or the
     current model gave (never the file's content)."""
@@ -279,3 +312,4 @@ class TrainingJobStatus(ApiModel):
     validation: list[ValidationCheck] | None = Field(
         default=None, max_length=32, description="The dataset's checks before training (the Validation stage)."
     )
+    feedback: LiveRows | None = Field(default=None, description="The labelled live traffic the run read.")

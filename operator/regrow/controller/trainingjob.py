@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from regrow.api import InvalidSpec, TrainingJobSpec, parse_spec
 from regrow.api.common import StorageSpec
-from regrow.api.trainingjob import ArtifactStatus, PromotionStatus, TrainingJobStatus, ValidationCheck
+from regrow.api.trainingjob import ArtifactStatus, LiveRows, PromotionStatus, TrainingJobStatus, ValidationCheck
 from regrow.contracts import TrainerReport
 from regrow.controller import conditions
 from regrow.controller.conditions import Cond
@@ -35,6 +35,7 @@ class Outcome:
     artifact: ArtifactStatus | None = None  # a successful run's
     promotion: PromotionStatus | None = None  # the gate's decision on it
     validation: list[ValidationCheck] | None = None  # the dataset's checks, whatever the outcome
+    feedback: LiveRows | None = None  # the labelled live traffic a successful run read
 
 
 def last_message(pods: list[Obj]) -> str | None:
@@ -85,7 +86,7 @@ def _completed(report: TrainerReport | None) -> Outcome:
     else:
         cond = Cond(SUCCEEDED, "True", "Completed", f"published version {version}")
     artifact = ArtifactStatus(uri=report.uri, version=version, metrics=report.metrics)
-    return Outcome(cond, artifact, promotion, report.validation)
+    return Outcome(cond, artifact, promotion, report.validation, report.feedback)
 
 
 def _failed(condition: Obj, message: str | None) -> Outcome:
@@ -112,6 +113,8 @@ def status_for(body: Obj, job: Obj | None, result: Outcome) -> Obj:
         status["promotion"] = result.promotion.to_wire()
     if result.validation:
         status["validation"] = [c.to_wire() for c in result.validation[:32]]
+    if result.feedback is not None:
+        status["feedback"] = result.feedback.to_wire()
     return status
 
 

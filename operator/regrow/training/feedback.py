@@ -4,16 +4,23 @@ posted to ``/v2/models/<model>/feedback``, as training rows.
 The prediction log writes ``<model>/predictions/<version>/<time>-<host>-<n>.jsonl`` (``{"id", "time",
 "inputs", "outputs"}``, ``inputs`` one row per input row, ``null`` for a missing value; for a model with
 categorical columns ``columns`` instead, each column's values by its name) and
-``<model>/feedback/<version>/...`` (``{"id", "label", "time"}``). A request of one row takes one label; a
-request of n rows a list of n labels. The latest label for an id wins.
+``<model>/feedback/<version>/<issuer>/...`` (``{"id", "label", "time", "labeller"}``). A request of one row
+takes one label; a request of n rows a list of n labels.
+
+Only named labellers' labels are read: a label without ``labeller`` came from an anonymous client, who may
+steer monitoring but never what a retrain learns (counted as ``anonymous``). Each labeller's latest label for
+an id is kept; among labellers the latest wins, and an id whose winning label a second labeller gave alike is
+``corroborated``. Rows are shared out by source: ``max_rows`` is split evenly among the labellers with labels
+in the window (what one leaves unused goes to the others), so that a burst from one labeller cannot push
+another's labels out.
 
 Only the files written within the window (``feedback.window``, by the time in their names) are read:
-predictions newest first (across versions) until ``max_rows`` rows are labelled, so no more predictions than
-that are held; every label of the window is read first (the latest one of each id). A record that does
-not fit is left out and counted by reason, never fatal: ``malformed`` (not a record the log writes), ``shape``
-(not the model's features, or a value of the wrong kind: a number for a numeric column, text for a categorical
-one), ``label`` (a label of another kind than the dataset's, or not one per row); a prediction with no label is
-counted as ``unlabelled``.
+predictions newest first (across versions), each labeller's until its share is full, so no more predictions
+than ``max_rows`` are held; every label of the window is read first. A record that does not fit is left out
+and counted by reason, never fatal: ``malformed`` (not a record the log writes), ``shape`` (not the model's
+features, or a value of the wrong kind: a number for a numeric column, text for a categorical one), ``label``
+(a label of another kind than the dataset's, or not one per row); a prediction with no label is counted as
+``unlabelled``.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +51,31 @@ class Feedback:
     unlabelled: int  # of those, without a label
     dropped: dict[str, int] = field(default_factory=dict)  # of those, left out, by reason
     groups: npt.NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype=str))  # each row's prediction id
+    sources: npt.NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype=str))  # each row's labeller
+    corroborated: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=bool))  # by a second one
+    anonymous: int = 0  # labels no labeller gave, left out
+
+    def only(self, rows: npt.NDArray[np.bool_]) -> Feedback:
+        """The rows ``rows`` marks, with a digest of which."""
+        if rows.all():
+            return self
+        digest = hashlib.sha256(self.digest.encode() + np.packbits(rows).tobytes()).hexdigest()
+        return replace(self, x=self.x[rows], y=self.y[rows], digest=digest, groups=self.groups[rows],
+                       sources=self.sources[rows], corroborated=self.corroborated[rows])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Label:
+    """An id's label: the latest of its labellers', and whether another labeller gave the same."""
+
+    value: Any
+    source: str
+    corroborated: bool
+
+    @property
+    def values(self) -> list[Any]:
+        """One label per row: a request of one row takes a label, of n rows a list of n."""
+        return self.value if isinstance(self.value, list) else [self.value]
 
 
 def plain(value: object) -> object:
@@ -82,16 +114,42 @@ def _records(store: Store, key: str, problems: Counter[str]) -> Iterator[dict[st
             problems["malformed"] += 1
 
 
-def _labels(store: Store, model: str, since: float, problems: Counter[str]) -> dict[str, Any]:
-    """The latest label of every id (by the record's time; among equal times, the newest file's)."""
-    latest: dict[str, tuple[float, Any]] = {}
+def _labels(store: Store, model: str, since: float, problems: Counter[str]) -> tuple[dict[str, Label], int]:
+    """Every id's label (the latest by the record's time; among equal times, the newest file's), and how many
+    labels no labeller gave."""
+    given: dict[str, dict[str, tuple[float, Any]]] = {}  # id -> labeller -> its latest (time, label)
+    anonymous = 0
     for key in _newest_first(store, log_prefix(model, "feedback"), since):
         for record in _records(store, key, problems):
-            stamp = record.get("time")
+            stamp, source = record.get("time"), record.get("labeller")
             when = float(stamp) if isinstance(stamp, int | float) and not isinstance(stamp, bool) else 0.0
-            if "label" in record and (record["id"] not in latest or when > latest[record["id"]][0]):
-                latest[record["id"]] = (when, record["label"])
-    return {key: label for key, (_, label) in latest.items()}
+            if "label" not in record:
+                continue
+            if not isinstance(source, str) or not source:
+                anonymous += 1
+                continue
+            latest = given.setdefault(record["id"], {})
+            if source not in latest or when > latest[source][0]:
+                latest[source] = (when, record["label"])
+    labels = {}
+    for key, sources in given.items():
+        source, (_, value) = max(sources.items(), key=lambda item: item[1][0])  # the first of equal times
+        alike = sum(1 for _, label in sources.values() if label == value)
+        labels[key] = Label(value, source, alike >= 2)
+    return labels, anonymous
+
+
+def shares(available: dict[str, int], total: int) -> dict[str, int]:
+    """``total`` split among sources with ``available`` rows each: evenly, none given more than it has, what
+    one cannot use going to the others (the smallest served first; a remainder to the first names)."""
+    out, left = dict.fromkeys(available, 0), total
+    for i, (name, rows) in enumerate(sorted(available.items(), key=lambda item: (item[1], item[0]))):
+        out[name] = min(rows, left // (len(available) - i))
+        left -= out[name]
+    for name in sorted(available):  # the remainder of the even split, one row each
+        if left and out[name] < available[name]:
+            out[name], left = out[name] + 1, left - 1
+    return out
 
 
 def _row(values: object, categorical: list[bool]) -> list[float | str] | None:
@@ -124,40 +182,72 @@ def _logged(record: dict[str, Any], features: list[str]) -> list[Any]:
 def labelled_rows(store: Store, model: str, features: list[str], categorical: set[str], max_rows: int,
                   fits: Fits, since: float = 0.0) -> Feedback:  # fmt: skip
     """The newest labelled rows of ``model``'s live traffic logged at ``since`` or later, at most ``max_rows``
-    (whole requests), in the order of ``features``, the ``categorical`` ones as canonical categories."""
+    (whole requests) shared out among the labellers, in the order of ``features``, the ``categorical`` ones as
+    canonical categories."""
     kinds = [name in categorical for name in features]
     dropped: Counter[str] = Counter()
-    labels = _labels(store, model, since, dropped)
-    rows: list[list[float | str]] = []
-    targets: list[Any] = []
-    groups: list[str] = []
-    predictions = unlabelled = 0
+    labels, anonymous = _labels(store, model, since, dropped)
+    available: Counter[str] = Counter()
+    for given in labels.values():
+        available[given.source] += len(given.values)
+    left = shares(dict(available), max_rows)
+    full = {source for source, share in left.items() if not share}
+    read = _Read(kinds, anonymous)
+    if not labels:  # nothing to join: the predictions are not read
+        return read.feedback(dropped)
     for key in _newest_first(store, log_prefix(model, "predictions"), since):
         for record in _records(store, key, dropped):
-            predictions += 1
+            read.predictions += 1
             parsed = [_row(values, kinds) for values in _logged(record, features)]
             label = labels.get(record["id"])
-            given = label if isinstance(label, list) else [label]
             if any(row is None for row in parsed):
                 dropped["shape"] += 1
-            elif record["id"] not in labels:
-                unlabelled += 1
-            elif len(given) != len(parsed) or not all(fits(item) for item in given):
+            elif label is None:
+                read.unlabelled += 1
+            elif len(label.values) != len(parsed) or not all(fits(item) for item in label.values):
                 dropped["label"] += 1
-            elif len(rows) + len(parsed) > max_rows:  # full: older traffic is not read
-                return _feedback(rows, targets, groups, kinds, predictions - 1, unlabelled, dropped)
+            elif label.source in full:
+                continue
+            elif len(parsed) > left[label.source]:  # its share is full: its older traffic is not read
+                full.add(label.source)
+                if full >= set(left):
+                    read.predictions -= 1
+                    return read.feedback(dropped)
             else:
-                rows.extend(row for row in parsed if row is not None)
-                targets.extend(given)
-                groups.extend([record["id"]] * len(given))
-    return _feedback(rows, targets, groups, kinds, predictions, unlabelled, dropped)
+                left[label.source] -= len(parsed)
+                read.add([row for row in parsed if row is not None], record["id"], label)
+    return read.feedback(dropped)
 
 
-def _feedback(rows: list[list[float | str]], targets: list[Any], groups: list[str], kinds: list[bool],
-              predictions: int, unlabelled: int, dropped: Counter[str]) -> Feedback:  # fmt: skip
-    x = np.array(rows, dtype=object if any(kinds) else np.float64).reshape(len(rows), len(kinds))
-    plain_rows = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
-    body = json.dumps([plain_rows, targets], separators=(",", ":"))
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    labels = np.array(targets, dtype=object)
-    return Feedback(x, labels, digest, predictions, unlabelled, dict(dropped), np.array(groups, dtype=str))
+@dataclass
+class _Read:
+    """The rows read so far, and what they came with."""
+
+    kinds: list[bool]
+    anonymous: int
+    predictions: int = 0
+    unlabelled: int = 0
+    rows: list[list[float | str]] = field(default_factory=list)
+    targets: list[Any] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    corroborated: list[bool] = field(default_factory=list)
+
+    def add(self, rows: list[list[float | str]], key: str, label: Label) -> None:
+        self.rows.extend(rows)
+        self.targets.extend(label.values)
+        self.groups.extend([key] * len(rows))
+        self.sources.extend([label.source] * len(rows))
+        self.corroborated.extend([label.corroborated] * len(rows))
+
+    def feedback(self, dropped: Counter[str]) -> Feedback:
+        rows, targets = self.rows, self.targets
+        x = np.array(rows, dtype=object if any(self.kinds) else np.float64).reshape(len(rows), len(self.kinds))
+        plain_rows = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
+        body = json.dumps([plain_rows, targets], separators=(",", ":"))
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        return Feedback(
+            x, np.array(targets, dtype=object), digest, self.predictions, self.unlabelled, dict(dropped),
+            np.array(self.groups, dtype=str), np.array(self.sources, dtype=str),
+            np.array(self.corroborated, dtype=bool), self.anonymous,
+        )  # fmt: skip

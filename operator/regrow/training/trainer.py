@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -25,7 +26,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils._param_validation import InvalidParameterError  # no public name (1.2+)
 
 from regrow.api.common import parse_decimal, parse_duration
-from regrow.api.trainingjob import GateCheck, Metric, PromotionStatus, Task, TrainingJobSpec, ValidationCheck
+from regrow.api.trainingjob import (
+    GateCheck,
+    LiveRows,
+    Metric,
+    PromotionStatus,
+    SourceRows,
+    Task,
+    TrainingJobSpec,
+    ValidationCheck,
+)
 from regrow.clock import now
 from regrow.contracts import TrainerReport
 from regrow.drift.profile import PREDICTION, Profile, fit_categories, fit_columns, fit_profile, prediction_profile
@@ -86,6 +96,24 @@ class Dataset:
         out = x.copy()
         numbers = [self.features.index(name) for name in self.numeric]
         out[:, numbers] = x[:, numbers].astype(np.float32).astype(np.float64)
+        return out
+
+    def outside(self, x: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Which rows of ``x`` lie outside the dataset's support, where its holdout cannot check what a model
+        learns: a number beyond its feature's range (as the served model reads numbers, float32), or a category
+        none of its rows has. A missing value is inside (it is imputed as in training)."""
+        out = np.zeros(len(x), dtype=bool)
+        for i, name in enumerate(self.features):
+            if name in self.categorical:
+                seen = set(self.x[:, i]) | {""}
+                out |= np.array([value not in seen for value in x[:, i]], dtype=bool)
+                continue
+            curated, live = self.x[:, i].astype(np.float32), x[:, i].astype(np.float32)
+            if np.isnan(curated).all():
+                continue
+            low, high = np.nanmin(curated), np.nanmax(curated)
+            with np.errstate(invalid="ignore"):
+                out |= (live < low) | (live > high)
         return out
 
     def frame(self, x: npt.NDArray[Any]) -> Any:
@@ -172,6 +200,7 @@ class RunResult:
     train_seconds: float
     gate: Gate | None = None
     validation: list[ValidationCheck] = field(default_factory=list)
+    feedback: LiveRows | None = None  # the labelled live traffic read
 
     def report(self) -> TrainerReport:
         """The run as the operator reads it (termination message and run record)."""
@@ -186,6 +215,7 @@ class RunResult:
             train_seconds=f"{self.train_seconds:.3f}",
             promotion=None if self.gate is None else self.gate.status(self.metric),
             validation=self.validation or None,
+            feedback=self.feedback,
         )
 
 
@@ -464,23 +494,66 @@ def contract(spec: TrainingJobSpec, registry: Registry) -> Contract | None:
                     meta.get("labelShares"), profile)  # fmt: skip
 
 
-def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> tuple[Feedback | None, dict[str, Any]]:
-    """The labelled live traffic ``spec.dataset.feedback`` asks for, and what was read, for metadata.json."""
+@dataclass(frozen=True)
+class Live:
+    """The labelled live rows a run reads, what it read, and how many lie outside the curated support."""
+
+    rows: Feedback
+    read: LiveRows
+
+    @property
+    def outside_support(self) -> int:
+        return self.read.outside_support - self.read.left_out
+
+
+MAX_SOURCES = 16  # labellers named in a run's report, the most rows first
+
+
+def live_rows(spec: TrainingJobSpec, data: Dataset, store: Store) -> Live | None:
+    """The labelled live traffic ``spec.dataset.feedback`` asks for, less the rows outside the curated data's
+    support that ``outsideSupport: Corroborated`` leaves out, and what was read (the run's record)."""
     wanted = spec.dataset.feedback
     if wanted is None:
-        return None, {}
+        return None
     model = wanted.model_name or spec.output.model_name
     # A regressor's labels are numbers; a classifier's of the kind the dataset's own are (str, number or bool).
     regression = spec.model.algorithm.task is Task.REGRESSION
     kinds = {"number"} if regression else {label_kind(v) for v in data.y} - {None}
     since = time.time() - parse_duration(wanted.window)
-    live = labelled_rows(store, model, data.features, set(data.categorical), wanted.max_rows,
+    read = labelled_rows(store, model, data.features, set(data.categorical), wanted.max_rows,
                          lambda label: label_kind(label) in kinds, since)  # fmt: skip
-    added = {"model": model, "rows": len(live.y), "predictions": live.predictions, "unlabelled": live.unlabelled,
-             "dropped": live.dropped}  # fmt: skip
-    log.info("Read %d labelled rows of %s's live traffic (%d predictions logged, %d without a label)",
-             len(live.y), model, live.predictions, live.unlabelled)  # fmt: skip
-    return live, added
+    outside = data.outside(read.x)
+    kept = ~outside | read.corroborated if wanted.outside_support == "Corroborated" else np.ones(len(outside), bool)
+    live = read.only(kept)
+    by_source = collections.Counter(live.sources.tolist()).most_common(MAX_SOURCES)
+    record = LiveRows(
+        model=model, rows=len(live.y), predictions=read.predictions, unlabelled=read.unlabelled,
+        dropped=read.dropped, anonymous_labels=read.anonymous,
+        sources=[SourceRows(name=name[:63], rows=rows) for name, rows in by_source],
+        outside_support=int(outside.sum()), outside_support_share=_fmt(outside.mean() if len(outside) else 0.0),
+        left_out=int((~kept).sum()),
+    )  # fmt: skip
+    log.info("Read %d labelled rows of %s's live traffic (%d predictions logged, %d without a label, %d anonymous "
+             "labels left out; %d rows outside the curated support, %d of them left out)", len(live.y), model,
+             read.predictions, read.unlabelled, read.anonymous, record.outside_support, record.left_out)  # fmt: skip
+    return Live(live, record)
+
+
+def awaiting_person(spec: TrainingJobSpec, verdict: Gate | None, live: Live | None, version: str) -> Gate | None:
+    """With ``outsideSupport: Approved``, a promotion that live rows outside the curated support helped earn
+    waits for a person: the version is published, the alias stays, and the message says how to move it."""
+    wanted = spec.dataset.feedback
+    if verdict is None or verdict.outcome != "Promoted" or live is None or not live.outside_support:
+        return verdict
+    if wanted is None or wanted.outside_support != "Approved" or verdict.previous_version in (None, version):
+        return verdict
+    model, alias = spec.output.model_name, verdict.alias
+    return replace(verdict, outcome="Rejected", message=(
+        f"the gate passed ({verdict.message}), but {live.outside_support} labelled live rows lie outside the "
+        f"curated data's support, and outsideSupport is Approved: a person promotes it (regrow move-alias "
+        f"--registry {spec.output.registry} --model {model} --alias {alias} --from {verdict.previous_version} "
+        f"--to {version})"
+    ))  # fmt: skip
 
 
 def split_live(spec: TrainingJobSpec, live: Feedback | None) -> tuple[npt.NDArray[np.bool_], int]:
@@ -541,7 +614,8 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         registry.write_run(spec.output.model_name, run.get("uid") or data.digest[:16], {**error.report().to_wire(),
                                                                                         "run": run})  # fmt: skip
         raise error
-    live, feedback = live_rows(spec, data, registry.store)
+    record = live_rows(spec, data, registry.store)
+    live = None if record is None else record.rows
     x_train, x_test, y_train, y_test = split(spec, data)
     held, held_requests = split_live(spec, live)
     task = spec.model.algorithm.task
@@ -590,7 +664,7 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
             "uri": spec.dataset.uri,
             "sha256": digest,
             "rows": len(data.y) + (len(live.y) if live is not None else 0),
-            **({"feedback": feedback} if feedback else {}),
+            **({"feedback": record.read.to_wire()} if record is not None else {}),
         },
         "holdout": {  # which rows graded what: metrics on the curated rows, liveMetrics on the held-out live ones
             "percent": spec.evaluation.holdout_percent,
@@ -611,10 +685,11 @@ def train(spec: TrainingJobSpec, raw_dataset: bytes, registry: Registry, run: di
         baseline = _sklearn(_fit(spec, data, x_train, y_train), task, data)
     scored = {"curated": metrics, **({"live": live_metrics} if live_holdout is not None else {})}
     graders = Graders(Holdout("curated", x_test, y_test), live_holdout, scored, baseline, classes)
-    decision = promote(spec, registry, published.version, gate(spec, registry, published.version, data, graders))
+    verdict = gate(spec, registry, published.version, data, graders)
+    decision = promote(spec, registry, published.version, awaiting_person(spec, verdict, record, published.version))
     result = RunResult(
         spec.output.model_name, published.version, published.uri, published.created, metric.value, metrics,
-        worst, train_seconds, decision, checks,
+        worst, train_seconds, decision, checks, None if record is None else record.read,
     )  # fmt: skip
     registry.write_run(
         spec.output.model_name, run.get("uid") or published.version, {**result.report().to_wire(), "run": run}
