@@ -169,6 +169,27 @@ def _decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    """Ask for a new key for a ModelDeployment: the operator makes the next Secret, and the pods roll to it
+    (ids the key before signed still verify)."""
+    from regrow.api import MODEL_DEPLOYMENT  # noqa: PLC0415
+    from regrow.clock import now  # noqa: PLC0415
+    from regrow.controller.keys import ROTATE_ANNOTATION  # noqa: PLC0415
+
+    kube, where, md, _ = _object(args, MODEL_DEPLOYMENT, args.deployment)
+    if md is None:
+        print(f"regrow rotate-key: ModelDeployment {args.deployment} not found", file=sys.stderr)
+        return 1
+    key = (md.get("status") or {}).get("feedbackKey") or {}
+    if not key:
+        print(f"regrow rotate-key: ModelDeployment {args.deployment} has no key of regrow's to rotate", file=sys.stderr)
+        return 1
+    kube.patch(where, {"metadata": {"annotations": {ROTATE_ANNOTATION: now()}}})
+    print(f"Asked for a new key for ModelDeployment {args.deployment} (now {key.get('secretName')}, fingerprint "
+          f"{key.get('fingerprint')}): watch status.feedbackKey")  # fmt: skip
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     """What a ModelDeployment serves and how it got there."""
     from regrow import API_VERSION  # noqa: PLC0415
@@ -261,8 +282,10 @@ def _serve(args: argparse.Namespace) -> int:
             feature_bins=not args.no_feature_bins, log_percent=settings.prediction_log_percent,
             log_max_queue=settings.prediction_log_max_queue,
             log_retention_seconds=settings.prediction_log_retention_seconds, endpoint_url=settings.storage_endpoint,
+            label_horizon_seconds=settings.label_horizon_seconds,
             labellers_dir=settings.labellers_dir,
-            region=args.region, feedback_key=settings.feedback_key, shadow_url=settings.shadow_url,
+            region=args.region, feedback_key=settings.feedback_key,
+            feedback_previous_key=settings.feedback_previous_key, shadow_url=settings.shadow_url,
             shadow_percent=settings.shadow_percent,
         )
     )  # fmt: skip
@@ -375,6 +398,8 @@ def _add_serve(commands: Any) -> None:
            "one, feedback needs the regrow-labeller-token header")  # fmt: skip
     option("--log-retention-seconds", "prediction_log_retention_seconds", int,
            "delete the log's files (every version's) older than this, about once an hour")  # fmt: skip
+    option("--label-horizon-seconds", "label_horizon_seconds", int,
+           "take a label for a prediction until it is this old (default 30 days)")  # fmt: skip
     option("--shadow-url", "shadow_url", what="mirror requests to the shadow pods behind this http:// URL, as they ask")
     option("--shadow-percent", "shadow_percent", _percent,
            "serve as a shadow: answer with predictions alone, log and bin nothing, and ask the stable pods for "
@@ -420,6 +445,10 @@ def _add_cluster_commands(commands: Any) -> None:
     approve.add_argument("policy", help="the DriftPolicy's name")
     _add_kubeconfig(approve)
     approve.set_defaults(func=_approve)
+    rotate = commands.add_parser("rotate-key", help="give a ModelDeployment a new key for its prediction ids")
+    rotate.add_argument("deployment", help="the ModelDeployment's name")
+    _add_kubeconfig(rotate)
+    rotate.set_defaults(func=_rotate_key)
     status = commands.add_parser("status", help="what a ModelDeployment serves and how it got there")
     status.add_argument("deployment", help="the ModelDeployment's name")
     _add_kubeconfig(status)

@@ -19,11 +19,12 @@ The statuses the operator writes go through the kinds' Status models (``regrow.c
 from __future__ import annotations
 
 import calendar
+import hashlib
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
 from regrow.api.modeldeployment import DEFAULT_SERVER
@@ -87,6 +88,11 @@ class ModelParameters(Message):
     features: list[str] | None = None
     classes: list[Any] | None = None
     metrics: dict[str, Any] | None = None
+    keys: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]] | None = Field(
+        default=None, max_length=2,
+        description="The fingerprints of the deployment's keys the pod holds (key_fingerprint), the one it signs "
+        "with first: the operator sees a pod whose key is not the one it made.",
+    )  # fmt: skip
 
 
 class ModelMetadata(Message):
@@ -186,6 +192,12 @@ def logged_at(key: str) -> float | None:
 MIN_KEY_BYTES = 32  # the deployment's key (REGROW_FEEDBACK_KEY), at least
 
 
+def key_fingerprint(key: bytes) -> str:
+    """What names a deployment's key without saying anything of it: 16 hex digits of a SHA-256 under a purpose
+    of its own (the operator computes it of the key it makes, a pod of the key it holds)."""
+    return hashlib.sha256(b"regrow-feedback-key-fingerprint\0" + key).hexdigest()[:16]
+
+
 class ServingEnv(BaseModel):
     """A serving pod's settings, as environment variables: each field is ``REGROW_<FIELD>``. The operator sets
     those its manifest names (in this order: a change of the order or of a value's text would roll every serving
@@ -210,10 +222,12 @@ class ServingEnv(BaseModel):
     prediction_log_percent: int = Field(default=0, ge=0, le=100)
     prediction_log_max_queue: int = 10000
     prediction_log_retention_seconds: int = Field(default=30 * 86400, ge=1)
+    label_horizon_seconds: int = Field(default=30 * 86400, ge=1)  # a label is taken this long after its prediction
     labellers_dir: str | None = None  # a folder per named labeller, each file in it a token (regrow.serving.labellers)
     # A Secret: signs ids, proves the shadow. Set, it must be long enough to guess no id: an empty one (a Secret
     # holding nothing) is refused rather than replaced by a key of the process's own that no other replica has.
     feedback_key: str | None = Field(default=None, repr=False, min_length=MIN_KEY_BYTES)
+    feedback_previous_key: str | None = Field(default=None, repr=False, min_length=MIN_KEY_BYTES)  # verifies too
     shadow_url: str | None = None
     shadow_percent: int = Field(default=0, ge=0, le=100)
     threads: int = 1  # onnxruntime's, from the container's CPU limit
@@ -232,7 +246,8 @@ class ServingEnv(BaseModel):
     def from_environ(cls, environ: Mapping[str, str]) -> ServingEnv:
         """The settings the environment holds (other variables are not read); ValueError naming each variable
         that does not parse, and what it should be, without its value."""
-        names, kept = {cls.variable(field) for field in cls.model_fields}, {cls.variable("feedback_key")}
+        names = {cls.variable(field) for field in cls.model_fields}
+        kept = {cls.variable("feedback_key"), cls.variable("feedback_previous_key")}
         try:
             return cls.model_validate(
                 {name: value for name, value in environ.items() if name in names and (value or name in kept)}

@@ -55,7 +55,8 @@ class Discovery(threading.Thread):
                 self.write([
                     {"targets": [f"{pod['status']['podIP']}:{port['containerPort']}"],
                      "labels": {"namespace": self.namespace, "pod": pod["metadata"]["name"]}}
-                    for pod in pods if (pod.get("status") or {}).get("phase") == "Running" and pod["status"]["podIP"]
+                    for pod in pods if (pod.get("status") or {}).get("phase") == "Running"
+                    and pod["status"].get("podIP")
                     for container in pod["spec"]["containers"] for port in container.get("ports") or []
                     if port.get("name") in ("http", "metrics")
                 ])  # fmt: skip

@@ -75,7 +75,8 @@ def test_wire_names_are_camel_case() -> None:
     wire = spec.to_wire()
     assert wire["autoscaling"] == {"targetCPUUtilizationPercentage": 70}
     assert wire["model"]["refreshInterval"] == "30s"
-    assert wire["predictionLog"] == {"samplePercent": 10, "maxQueue": 10000, "retention": "720h"}
+    assert wire["predictionLog"] == {
+        "samplePercent": 10, "maxQueue": 10000, "retention": "720h", "labelHorizon": "720h"}  # fmt: skip
 
 
 def test_defaults_fill_what_the_user_left_out() -> None:
@@ -261,8 +262,9 @@ def test_labellers_need_a_prediction_log_and_names_of_their_own() -> None:
 
 def test_a_retention_is_an_hour_at_least_and_an_empty_reason_is_none() -> None:
     md = _example("ModelDeployment")
-    with pytest.raises(InvalidSpec, match="1h at least"):
-        validate_object(_with(md, "spec.predictionLog", {"samplePercent": 10, "retention": "59m"}))
+    for field in ("retention", "labelHorizon"):
+        with pytest.raises(InvalidSpec, match=f"predictionLog.{field} is 1h at least"):
+            validate_object(_with(md, "spec.predictionLog", {"samplePercent": 10, field: "59m"}))
     old_cli = {"version": "v2", "actor": "ana", "reason": "", "time": "2026-12-07T20:00:00Z"}  # as it wrote them
     assert RetryRequest.model_validate(old_cli).reason is None  # never an empty string in status
 

@@ -40,7 +40,7 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
     spec = parse_spec(ModelDeploymentSpec, {
         "model": {"registry": "s3://models/r", "name": "iris", "alias": "champion", "refreshInterval": "2m"},
         "storage": {"endpointUrl": "http://minio:9000"},
-        "predictionLog": {"samplePercent": 10, "maxQueue": 500, "retention": "48h"},
+        "predictionLog": {"samplePercent": 10, "maxQueue": 500, "retention": "48h", "labelHorizon": "24h"},
         "server": {"maxConnections": 64, "maxRows": 100, "shedAfterMilliseconds": 250},
         "rollout": {"strategy": "Canary", "steps": [{"mirror": 10, "minRequests": 100}, {"weight": 50, "pause": "1m"}]},
     })  # fmt: skip
@@ -60,7 +60,7 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
             assert (read.shadow_percent, read.shadow_url, read.prediction_log_percent) == (10, None, 0)
         else:
             assert (read.prediction_log_percent, read.prediction_log_max_queue) == (10, 500)
-            assert read.prediction_log_retention_seconds == 48 * 3600
+            assert read.prediction_log_retention_seconds == 48 * 3600 and read.label_horizon_seconds == 24 * 3600
             assert read.shadow_url is not None and read.shadow_percent == 0
     unpinned = deployment(owner, spec, PodDefaults(), None)["spec"]["template"]["spec"]["containers"][0]["env"]
     read = ServingEnv.from_environ({e["name"]: e["value"] for e in unpinned if "value" in e})
@@ -75,6 +75,8 @@ def test_regrow_serve_refuses_an_empty_or_short_key_without_echoing_it(key: str)
         ServingEnv.from_environ({"REGROW_FEEDBACK_KEY": key, "REGROW_MODEL_NAME": "iris"})
     assert (key or "<none>") not in str(error.value)
     assert ServingEnv.from_environ({"REGROW_MODEL_NAME": "iris"}).feedback_key is None  # unset: a process key
+    with pytest.raises(ValueError, match=r"\$REGROW_FEEDBACK_PREVIOUS_KEY: String should have at least 32"):
+        ServingEnv.from_environ({"REGROW_FEEDBACK_KEY": "k" * 32, "REGROW_FEEDBACK_PREVIOUS_KEY": key})
 
 
 def test_each_labellers_secret_is_mounted_for_the_pods_that_take_labels() -> None:

@@ -91,6 +91,19 @@ def test_an_issued_id_verifies_on_any_replica_until_it_expires() -> None:
     assert error.value.reason == "expired"
 
 
+def test_after_a_rotation_ids_of_the_key_before_still_verify_and_new_ones_use_the_new_key() -> None:
+    old, new = b"the key before the rotation, 32+ bytes", b"the key after the rotation, 32+ bytes"
+    before = Signer(old).issue("v1", 1, NOW)
+    rotated = Signer.from_env(new.decode(), old.decode())
+    assert rotated.keys == (new, old) and rotated.verify(before, NOW).version == "v1"
+    after = rotated.issue("v2", 1, NOW)
+    assert Signer(new).verify(after, NOW).version == "v2"  # signed with the new key alone
+    with pytest.raises(Rejected):
+        Signer(old).verify(after, NOW)  # a pod that has not rolled yet refuses it: the roll is short
+    with pytest.raises(Rejected):
+        Signer(new, b"another key entirely, 32+ bytes!!").verify(before, NOW)  # revoked: gone with its Secret
+
+
 LABELS: list[tuple[list[Any] | None, int, Any, bool]] = [
     # (classes; None for a regressor), rows, label, accepted
     (SPECIES, 1, "setosa", True),

@@ -256,6 +256,18 @@ def test_no_body_is_sent_to_a_shadow_that_cannot_prove_it_holds_the_key(versions
         assert fake.received == 0 and not _samples(server, "regrow_shadow_requests_total")
 
 
+def test_after_a_rotation_each_side_takes_the_key_before_too() -> None:
+    """Pods that rolled to a new key still admit and prove to those that hold it as their key before."""
+    old, new = b"the key before the rotation, 32+ bytes", b"the key after the rotation, 32+ bytes"
+    rolled, waiting, stranger = ShadowKey(new, old), ShadowKey(old), ShadowKey(b"another key entirely")
+    challenge, offer = ShadowKey.challenge(), b'{"model":"iris"}'
+    assert rolled.admits(waiting.mirror_pass(challenge)) and rolled.proves(
+        challenge, offer, waiting.proof(challenge, offer)
+    )
+    assert rolled.admits(rolled.mirror_pass(challenge)) and not rolled.admits(stranger.mirror_pass(challenge))
+    assert not rolled.proves(challenge, offer, stranger.proof(challenge, offer))
+
+
 def test_a_shadow_pod_refuses_requests_that_no_stable_pod_mirrored(versions: tuple[Path, str, str]) -> None:
     """A pass is bound to its handshake's challenge by the key: made up, reused with another challenge, or made
     with another key, it is refused."""

@@ -8,14 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from regrow.api import ModelDeploymentSpec, parse_spec
-from regrow.api.modeldeployment import CanaryStep, RolloutSpec
 from regrow.contracts import AliasReading, ModelMetadata, ModelParameters
-from regrow.controller.kube import Conflict, Obj
+from regrow.controller.kube import Obj
 from regrow.controller.modeldeployment import (
     POLL_SECONDS,
     PodReport,
     Probes,
-    _feedback_key,
     _recorded,
     answer_lifetime,
     assess,
@@ -342,49 +340,6 @@ def test_a_shadow_reaches_no_client_logs_nothing_and_the_stable_pods_know_where_
     assert not {"REGROW_SHADOW_URL", "REGROW_SHADOW_PERCENT", "REGROW_FEEDBACK_KEY"} & set(canary)
     plain = deployment(OWNER, _spec(), PodDefaults(), "v3")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert "REGROW_SHADOW_URL" not in {e["name"] for e in plain}  # no shadow step, nothing to ask: no roll either
-
-
-class Secrets:
-    """The Secret calls of the API: create only (the operator may not read Secrets)."""
-
-    def __init__(self, exists: bool = False) -> None:
-        self.exists = exists
-        self.created: list[Obj] = []
-
-    def create(self, path: str, body: Obj) -> Obj:
-        assert path == "/api/v1/namespaces/ml/secrets" and body["kind"] == "Secret"
-        self.created.append(body)
-        if self.exists:
-            raise Conflict(path)
-        return body
-
-
-def test_the_feedback_key_is_created_once_before_the_deployment_that_reads_it() -> None:
-    spec = _spec()  # the example logs 10% of its predictions
-    manifest = deployment(OWNER, spec, PodDefaults(), None)
-    env = {e["name"]: e for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["REGROW_FEEDBACK_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "iris-feedback-key", "key": "key"}}
-    api = Secrets()
-    _feedback_key(api, OWNER, spec, None)  # type: ignore[arg-type]
-    _feedback_key(api, OWNER, spec, None)  # type: ignore[arg-type]
-    first, second = (s["stringData"]["key"] for s in api.created)
-    assert len(first) >= 43 and first != second  # 32 random bytes each time: only the first create wins
-    assert api.created[0]["metadata"]["ownerReferences"][0]["uid"] == "uid-9"
-    _feedback_key(api, OWNER, spec, manifest)  # type: ignore[arg-type]
-    assert len(api.created) == 2  # the Deployment already reads it: nothing more to create
-    _feedback_key(Secrets(exists=True), OWNER, spec, None)  # type: ignore[arg-type]  # Conflict: kept as it is
-
-    quiet = _spec(spec__predictionLog=..., spec__labellers=...)
-    api = Secrets()
-    _feedback_key(api, OWNER, quiet, None)  # type: ignore[arg-type]
-    assert api.created == []
-    containers = deployment(OWNER, quiet, PodDefaults(), None)["spec"]["template"]["spec"]["containers"]
-    assert "REGROW_FEEDBACK_KEY" not in {e["name"] for e in containers[0]["env"]}
-    shadowed = quiet.model_copy(
-        update={"rollout": RolloutSpec(strategy="Canary", steps=[CanaryStep(mirror=10, pause="1m")])}
-    )
-    _feedback_key(api, OWNER, shadowed, None)  # type: ignore[arg-type]  # the shadow's handshake needs the key
-    assert len(api.created) == 1
 
 
 def test_a_spec_without_resources_gets_the_defaults() -> None:

@@ -23,11 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from regrow.api import TrainingJobSpec, parse_spec
 from regrow.api.modeldeployment import ModelSource
 from regrow.cli import main
-from regrow.contracts import AliasReading, ModelMetadata, ServingEnv
+from regrow.contracts import AliasReading, ModelMetadata, ServingEnv, key_fingerprint
 from regrow.controller import canary
 from regrow.controller.modeldeployment import PodReport, report
 from regrow.inference import OnnxModel
 from regrow.manifests.serving import CONTAINER
+from regrow.serving.feedback import Signer
 from regrow.serving.predlog import PredictionLog
 from regrow.serving.server import InferenceServer, ServeConfig
 from regrow.storage import open_store
@@ -675,6 +676,40 @@ def test_with_labellers_named_only_their_tokens_label_and_each_label_records_who
     assert "named labellers" in answers[0][1]["error"] and "crm-token" not in json.dumps(answers)
     (record,) = [json.loads(line) for f in written for line in f.read_text().splitlines()]
     assert (record["label"], record["labeller"]) == ("setosa", "crm")
+
+
+def test_a_pod_reports_the_keys_it_holds_and_takes_labels_for_ids_of_the_key_before(tmp_path: Path) -> None:
+    """After a rotation: the pod signs with the new key, still takes labels for the ids the old one signed,
+    and says which keys it holds by their fingerprints (so the operator sees a key it did not make)."""
+    version = publish_iris(tmp_path)
+    old, new = "the key before the rotation, 32+ bytes", "the key after the rotation, 32+ bytes"
+    config = local(tmp_path, version=version, log_percent=100, feedback_key=new, feedback_previous_key=old)
+    with running(config) as server:
+        wait_ready(server)
+        assert server.call("GET", "/v2/models/iris")[1]["parameters"]["keys"] == [
+            key_fingerprint(new.encode()), key_fingerprint(old.encode())]  # fmt: skip
+        before = Signer(old.encode()).issue(version, 1, time.time())
+        stranger = Signer(b"a key regrow never made, 32+ bytes!").issue(version, 1, time.time())
+        assert server.call("POST", "/v2/models/iris/feedback", {"id": before, "label": "setosa"})[0] == 202
+        assert server.call("POST", "/v2/models/iris/feedback", {"id": stranger, "label": "setosa"})[0] == 400
+        issued = server.call("POST", "/v2/models/iris/infer", v2(ROWS[:1]))[1]["parameters"]["prediction_id"]
+        assert Signer(new.encode()).verify(issued, time.time()).version == version
+
+
+def test_a_label_is_taken_within_the_label_horizon_only(tmp_path: Path) -> None:
+    version, key = publish_iris(tmp_path), "the deployment's key, 32 bytes or more"
+    config = local(tmp_path, version=version, log_percent=100, feedback_key=key, label_horizon_seconds=3600)
+    with running(config) as server:
+        wait_ready(server)
+        signer, now = Signer(key.encode()), time.time()
+        late = server.call(
+            "POST", "/v2/models/iris/feedback", {"id": signer.issue(version, 1, now - 3700), "label": "setosa"}
+        )
+        assert late[0] == 400 and "label horizon (1h)" in late[1]["error"]
+        timely = server.call(
+            "POST", "/v2/models/iris/feedback", {"id": signer.issue(version, 1, now - 3500), "label": "setosa"}
+        )
+        assert timely[0] == 202
 
 
 def _metrics_once(server: Server, name: str, timeout: float = 10) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from regrow.api.common import (
     ApiModel,
@@ -186,15 +187,20 @@ class PredictionLogSpec(ApiModel):
     retention: Duration = Field(
         default="720h",
         description="How long the log's files (predictions, and the labels posted for them) are kept: the serving "
-        "pods delete older ones, every version's, about once an hour. Labels are taken for 30 days after a "
-        "prediction, so a shorter retention loses the late ones. At least 1h.",
+        "pods delete older ones, every version's, about once an hour. A retention shorter than labelHorizon "
+        "loses the predictions that late labels are for. At least 1h.",
+    )
+    label_horizon: Duration = Field(
+        default="720h",
+        description="How long after a prediction a label is taken for it: the serving pods refuse an older id "
+        "(expired). At least 1h.",
     )
 
-    @field_validator("retention")
+    @field_validator("retention", "label_horizon")
     @classmethod
-    def _an_hour_at_least(cls, value: str) -> str:
+    def _an_hour_at_least(cls, value: str, info: ValidationInfo) -> str:
         if parse_duration(value) < 3600:
-            raise ValueError("predictionLog.retention is 1h at least")
+            raise ValueError(f"predictionLog.{to_camel(info.field_name or '')} is 1h at least")
         return value
 
 
@@ -372,6 +378,25 @@ class RolloutStatus(ApiModel):
     decision: RolloutDecision | None = None
 
 
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+
+
+class FeedbackKeyStatus(ApiModel):
+    """The deployment's key (it signs prediction ids and proves a shadow's pods), as the operator made it: it
+    creates the Secret and never reads it, so this record is how it knows the Secret is its own."""
+
+    generation: int = Field(ge=1, description="Each key regrow makes for the deployment adds one.")
+    secret_name: ObjectName = Field(description="The Secret that holds it.")
+    fingerprint: Fingerprint = Field(description="Names the key without saying anything of it (pods report theirs).")
+    previous_fingerprint: Fingerprint | None = Field(
+        default=None, description="The key before the last rotation: ids it signed still verify."
+    )
+    rotation: str | None = Field(
+        default=None, max_length=64,
+        description="The last regrow.dev/rotate-feedback-key annotation acted on (regrow rotate-key sets it).",
+    )  # fmt: skip
+
+
 class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = None
     conditions: Conditions
@@ -407,3 +432,4 @@ class ModelDeploymentStatus(ApiModel):
         description="The last `regrow promote --version` seen: taken, or refused (with an Event) when the version "
         "was not rolled back.",
     )
+    feedback_key: FeedbackKeyStatus | None = None

@@ -78,7 +78,7 @@ class FeedbackSpec(ApiModel):
     window: Duration = Field(
         default="720h",
         description="Only what was logged within this long before the run is read: predictions, and the labels "
-        "posted for them (which are taken for 30 days after a prediction).",
+        "posted for them (taken for the ModelDeployment's predictionLog.labelHorizon after a prediction).",
     )
     outside_support: Literal["Allow", "Corroborated", "Approved"] = Field(
         default="Allow",

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from regrow import API_VERSION, GROUP, VERSION
 from regrow.api import DRIFT_POLICY, MODEL_DEPLOYMENT, TRAINING_JOB
 from regrow.contracts import ModelMetadata
-from regrow.controller import canary, driftpolicy, modeldeployment, outbound, trainingjob
+from regrow.controller import canary, driftpolicy, keys, modeldeployment, outbound, trainingjob
 from regrow.controller.cache import Cached, Informer, Resource, Store, owners
 from regrow.controller.kube import Kube, Obj
 from regrow.controller.lease import Lease, new_identity
@@ -184,7 +184,7 @@ def kinds(memo: kopf.Memo) -> list[Kind]:
             lambda body: modeldeployment.reconcile(body, serving),
             lambda body: modeldeployment.next_check_in(body, memo.resync),
             lambda body: serving.forget(body["metadata"]["uid"]),
-            (canary.DECISION_ANNOTATION, canary.RETRY_ANNOTATION),
+            (canary.DECISION_ANNOTATION, canary.RETRY_ANNOTATION, keys.ROTATE_ANNOTATION),
         ),
         Kind(
             DRIFT_POLICY.kind,

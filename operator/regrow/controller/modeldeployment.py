@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from regrow.api.modeldeployment import (
     RolloutStatus,
 )
 from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, ServingEnv
-from regrow.controller import canary, conditions, outbound
+from regrow.controller import canary, conditions, keys, outbound
 from regrow.controller.children import ensure
 from regrow.controller.conditions import Cond
 from regrow.controller.decide import Desired, alias_ref, decide, promotions, standing
@@ -54,7 +53,6 @@ from regrow.manifests.serving import (
     CANARY,
     COMPONENT,
     CONTAINER,
-    FEEDBACK_ENV,
     PORT,
     SHADOW,
     SHADOW_PERCENT_ENV,
@@ -63,7 +61,6 @@ from regrow.manifests.serving import (
     autoscaler,
     deployment,
     disruption_budget,
-    feedback_key,
     metrics_address,
     selector,
     service,
@@ -133,6 +130,7 @@ class PodReport:
     waiting: bool = False  # the error says the registry has not published the model yet, or no version is pinned
     read_at: float | None = None  # when it read the alias (time.monotonic; at the latest, if it does not say)
     follows: bool = True  # it was made for the spec's registry, model and alias
+    keys: list[str] | None = None  # the fingerprints of the keys it holds, the one it signs with first
 
 
 def serving_pods(api: Api, namespace: str, name: str, component: str = COMPONENT, draining: bool = False) -> list[Obj]:
@@ -190,6 +188,7 @@ def report(pod: Obj, model: ModelSource, ask: Callable[[Obj], Answer]) -> PodRep
         waiting=params.reason in ("ModelNotPublished", "AwaitingVersion"),
         read_at=asked - age if reading is not None else None,
         follows=ours,
+        keys=params.keys,
     )
 
 
@@ -268,19 +267,6 @@ def assess(live: Obj, reports: list[PodReport], version: str | None, draining: i
     else:
         ready = Cond(READY, "Unknown", "Starting", "waiting for the first replica to serve the model")
     return [ready, resolved, available, progressing]
-
-
-def _feedback_key(api: Api, owner: Owner, spec: ModelDeploymentSpec, live: Obj | None) -> None:
-    """Create the Secret of the deployment's key (it signs prediction ids, and authenticates a shadow's pods
-    and the stable ones to each other) before the first Deployment that reads it. The operator may create
-    Secrets but not read them: an existing one answers Conflict, and is kept."""
-    if not spec.keyed:
-        return
-    containers = (live or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
-    if any(e.get("name") == FEEDBACK_ENV for e in containers[0].get("env") or []):
-        return  # created before this Deployment
-    with contextlib.suppress(Conflict):
-        api.create(path("v1", "secrets", owner.namespace), feedback_key(owner, secrets.token_urlsafe(32)))
 
 
 @dataclass
@@ -403,14 +389,18 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
     pinned = pinned_version(live) if live is not None and follows(live["spec"]["template"], spec.model) else None
     desired = _decide(api, serving.probes, owner, spec, (pinned, previous_status), reports)
-    moves = _rollout(body, spec, serving, (live, pinned, draining), desired, reports)
+    key = keys.look(api, owner, spec, body, live, {r.keys[0] for r in reports if r.ready and r.keys},
+                    [r.stuck for r in reports if r.stuck])  # fmt: skip
+    if key.problem is not None and key.refused:  # no pod reads a Secret regrow did not make
+        cond = Cond(READY, "False", *key.problem)
+        return Result(checked(ModelDeploymentStatus, conditions.status(body, [cond])), transition_event(previous, cond))
+    moves = _rollout(body, spec, serving, (live, pinned, draining), desired, reports, key.generation)
     version = moves.stable
-    events = []
+    events = list(key.events)
     if version != pinned and live is not None:
         events.append(Event("Normal", "RollingOut", f"Rolling out {spec.model.name} version {version}"))
 
-    _feedback_key(api, owner, spec, live)
-    applied = ensure(api, deployment(owner, spec, defaults, version), unmanaged=("replicas",))
+    applied = ensure(api, deployment(owner, spec, defaults, version, key=key.generation), unmanaged=("replicas",))
     ensure(api, service(owner))
     if spec.rollout.mirrors:
         ensure(api, shadow_service(owner))
@@ -423,6 +413,8 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     progressing = canary.progressing(spec.rollout, moves.rollout, version)
     if progressing is not None:
         conds[3] = progressing
+    if key.problem is not None:  # ids one replica issues fail on another
+        conds[0] = Cond(READY, "False", *key.problem)
     live_status = applied.obj.get("status") or {}
     status = conditions.status(
         body,
@@ -436,6 +428,7 @@ def reconcile(body: Obj, serving: Serving) -> Result:
         rejectedVersions=moves.rejected or None,
         lastRetry=moves.retried.to_wire() if moves.retried else previous_status.get("lastRetry"),
         alias=_alias_status(spec, desired, previous_status),
+        feedbackKey=key.record.to_wire() if key.record else None,
         **canary.tally(moves, previous_status),
     )
     if version or desired.target:
@@ -496,7 +489,7 @@ def _alias_status(spec: ModelDeploymentSpec, desired: Desired, previous_status: 
 
 
 def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tuple[Obj | None, str | None, int],
-             desired: Desired, reports: list[PodReport]) -> canary.Plan:  # fmt: skip
+             desired: Desired, reports: list[PodReport], key: int) -> canary.Plan:  # fmt: skip
     """The canary's next move (a RollingUpdate's is to pin what ``desired`` says): the stable version to pin,
     the candidate's Deployment scaled to the step, a rolled-back version's alias moved back by a Job.
     ``stable``: the stable Deployment, the version it pins, and its pods shutting down."""
@@ -525,14 +518,15 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tup
         moves = canary.Plan(desired.pin, None, last and canary.abandon(last, "rollout.strategy is RollingUpdate"),
                             rejected, ended=ended)  # fmt: skip
     if moves.canary is not None:
-        ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1]))
+        ensure(api, deployment(owner, spec, serving.defaults, moves.canary[0], canary_replicas=moves.canary[1],
+                               key=key))  # fmt: skip
     else:
-        _scale_away(owner, spec, serving, canary_live)
+        _scale_away(owner, spec, serving, canary_live, key)
     if moves.shadow is not None:
         version, replicas, percent = moves.shadow
-        ensure(api, deployment(owner, spec, serving.defaults, version, replicas, shadow_percent=percent))
+        ensure(api, deployment(owner, spec, serving.defaults, version, replicas, shadow_percent=percent, key=key))
     else:
-        _scale_away(owner, spec, serving, shadow_live)
+        _scale_away(owner, spec, serving, shadow_live, key)
     if moves.rollout is None or moves.rollout.outcome is not None:
         serving.memory.forget(owner.uid)
     if moves.restore is not None and spec.model.alias and moves.rollout is not None:
@@ -542,7 +536,7 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tup
     return _restored(owner, spec, serving, moves, desired.target)
 
 
-def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None) -> None:
+def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None, key: int) -> None:
     """A candidate's Deployment (canary or shadow) that has pods: scaled to none, kept for the next one."""
     if live is None or not live["spec"].get("replicas"):
         return
@@ -550,7 +544,7 @@ def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live:
     env = {e["name"]: e.get("value") for c in containers for e in c.get("env") or []}
     percent = env.get(SHADOW_PERCENT_ENV) if live["metadata"].get("name") == owner.child_name(SHADOW) else None
     ensure(serving.api, deployment(owner, spec, serving.defaults, pinned_version(live), canary_replicas=0,
-                                   shadow_percent=int(percent) if percent else None))  # fmt: skip
+                                   shadow_percent=int(percent) if percent else None, key=key))  # fmt: skip
 
 
 def _restored(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, moves: canary.Plan,

@@ -41,21 +41,34 @@ FEEDBACK_ENV = ServingEnv.variable("feedback_key")
 DRAIN_SECONDS = 10
 
 
-def feedback_key_name(owner: Owner) -> str:
-    return owner.child_name("feedback-key")
+def feedback_key_name(owner: Owner, generation: int = 1) -> str:
+    """The Secret of the deployment's ``generation``-th key: ``<name>-feedback-key``, then ``-2``, ``-3``…"""
+    return owner.child_name("feedback-key" if generation == 1 else f"feedback-key-{generation}")
 
 
-def feedback_key(owner: Owner, key: str) -> Manifest:
+def feedback_key(owner: Owner, key: str, generation: int = 1) -> Manifest:
     """The Secret that holds the key every replica signs and verifies prediction ids with (see
     ``regrow.serving.feedback``), and a shadow's pods and the stable ones prove themselves to each other with
-    (``regrow.serving.mirror``). The operator creates it once and never reads it back."""
+    (``regrow.serving.mirror``). The operator creates it and never reads it back; a rotation makes the next
+    generation's."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": owner.metadata("feedback-key"),
+        "metadata": owner.metadata("feedback-key", name=feedback_key_name(owner, generation)),
         "type": "Opaque",
         "stringData": {FEEDBACK_KEY: key},
     }
+
+
+def _keys(owner: Owner, key: int) -> dict[str, Manifest]:
+    """The environment of the deployment's ``key``-th key, and of the one before it (optional: a Secret deleted
+    to revoke it is none), as sources of ServingEnv's fields."""
+
+    def source(generation: int) -> Manifest:
+        return {"secretKeyRef": {"name": feedback_key_name(owner, generation), "key": FEEDBACK_KEY,
+                                 **({"optional": True} if generation < key else {})}}  # fmt: skip
+
+    return {"feedback_key": source(key), **({"feedback_previous_key": source(key - 1)} if key > 1 else {})}
 
 
 def metrics_address(pod: Manifest) -> str:
@@ -80,14 +93,15 @@ def shadow_url(owner: Owner, cluster_domain: str) -> str:
 
 def deployment(
     owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, version: str | None,
-    canary_replicas: int | None = None, shadow_percent: int | None = None,
+    canary_replicas: int | None = None, shadow_percent: int | None = None, key: int = 1,
 ) -> Manifest:  # fmt: skip
     """The stable Deployment; ``version`` pins the model version (None: the pods resolve the alias
     themselves, or under a Canary load nothing until one is pinned, so that none serves a version no canary
     judged). The version is in the pod template, so a new version rolls the pods. With
     ``canary_replicas``, the canary's Deployment instead: ``version`` is the candidate, on that many pods; and
     with ``shadow_percent`` too, the shadow's, whose pods ask the stable ones for that percent of their
-    requests, log none and reach no client."""
+    requests, log none and reach no client. ``key``: the generation of the deployment's key the pods sign with
+    (the one before it verifies too, where there is one)."""
     model = spec.model
     component = COMPONENT if canary_replicas is None else CANARY if shadow_percent is None else SHADOW
     logs = spec.logs_predictions and component != SHADOW
@@ -113,6 +127,8 @@ def deployment(
             "prediction_log_max_queue": spec.prediction_log.max_queue} if logged and spec.prediction_log else {}),
         **({"prediction_log_retention_seconds": parse_duration(spec.prediction_log.retention)}
            if logged and spec.prediction_log and "retention" in spec.prediction_log.model_fields_set else {}),
+        **({"label_horizon_seconds": parse_duration(spec.prediction_log.label_horizon)}
+           if logged and spec.prediction_log and "label_horizon" in spec.prediction_log.model_fields_set else {}),
         labellers_dir=LABELLERS_DIR if logged and spec.labellers else None,
         shadow_url=shadow_url(owner, defaults.cluster_domain) if mirroring else None,
         **({"shadow_percent": shadow_percent} if component == SHADOW and shadow_percent is not None else {}),
@@ -120,9 +136,8 @@ def deployment(
     keyed = logged or mirroring or component == SHADOW
     sources = {
         "threads": {"resourceFieldRef": {"containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}},
-        **({"feedback_key": {"secretKeyRef": {"name": feedback_key_name(owner), "key": FEEDBACK_KEY}}}
-           if keyed else {}),
-    }  # fmt: skip
+        **(_keys(owner, key) if keyed else {}),
+    }
     model_env = settings.variables(sources)
     if logged:  # each labeller's Secret, mounted (optional: a missing one is a labeller without tokens)
         volumes += [{"name": f"labeller-{who.name}", "secret": {"secretName": who.secret_name, "optional": True}}

@@ -19,9 +19,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
-from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Reason, TensorMetadata
+from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Reason, TensorMetadata, key_fingerprint
 from regrow.inference import Batch, Prediction, rows
-from regrow.serving.feedback import FeedbackCounts, Recent, Rejected, Share, Signer, parse_feedback
+from regrow.serving.feedback import (
+    MAX_AGE_SECONDS,
+    FeedbackCounts,
+    Recent,
+    Rejected,
+    Share,
+    Signer,
+    parse_feedback,
+)
 from regrow.serving.httpserver import Request, Response, error_response, json_response
 from regrow.serving.labellers import HEADER as LABELLER_HEADER
 from regrow.serving.labellers import Labellers
@@ -79,6 +87,7 @@ class State:
     waited: Callable[[], float] = lambda: 0.0  # about how long the request being answered waited, in seconds
     shed_after: float = BOUNDS.shed_after_milliseconds / 1000  # an inference request that waited longer gets 429
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
+    label_horizon: float = MAX_AGE_SECONDS  # a label is taken until its prediction is this old
     issuer: str = field(default_factory=lambda: secrets.token_hex(4))  # names this process in the ids it issues
     feedback: FeedbackCounts | None = None
     labels: LabelReader | None = None  # grades the labels of the ids this process issued, each once
@@ -155,7 +164,7 @@ class App:
                 raise BadRequest(f"the model is not ready: {state.error}", 503)
             offer = ShadowOffer(model=state.name, version=state.model.version, percent=state.shadow)
             body, challenge = offer.model_dump_json().encode(), request.headers.get(CHALLENGE_HEADER)
-            proof = ShadowKey(state.signer.key).proof(challenge, body) if challenge else None
+            proof = ShadowKey(*state.signer.keys).proof(challenge, body) if challenge else None
             return Response(200, body, headers=b"%s: %s\r\n" % (PROOF_HEADER, proof) if proof else b"")
         if path.startswith("/v2/models/"):
             return self._get_model(path, request.query)
@@ -186,14 +195,16 @@ class App:
             return ModelParameters()
         return ModelParameters(error=self.state.error, reason=self.state.reason)
 
-    def _alias(self) -> dict[str, Any]:
-        """The alias this server follows and where it last read it to point, as its metadata reports them."""
+    def _reading(self) -> dict[str, Any]:
+        """The alias this server follows, where it last read it to point, and the keys it holds (by their
+        fingerprints), as its metadata reports them."""
         reading, read_at = self.state.alias_reading, self.state.alias_read_at
         return {
             "alias": self.state.alias,
             "alias_version": reading.version if reading else None,
             "alias_generation": reading.generation if reading else None,
             "alias_age_seconds": round(time.monotonic() - read_at, 3) if read_at is not None else None,
+            "keys": [key_fingerprint(key) for key in self.state.signer.keys],
         }
 
     def _model_path(self, rest: str) -> str:
@@ -213,7 +224,9 @@ class App:
     def _metadata(self) -> ModelMetadata:
         state, model = self.state, self.state.model
         if model is None:
-            return ModelMetadata(name=state.name, versions=[], parameters=self._why().model_copy(update=self._alias()))
+            return ModelMetadata(
+                name=state.name, versions=[], parameters=self._why().model_copy(update=self._reading())
+            )
         if model.columns:
             inputs = [
                 TensorMetadata(name=n, datatype="BYTES" if text else "FP32", shape=[-1, 1]) for n, text in model.columns
@@ -231,7 +244,7 @@ class App:
             inputs=inputs,
             outputs=outputs,
             parameters=ModelParameters(
-                **self._alias(),
+                **self._reading(),
                 uri=model.uri,
                 task=model.task,
                 features=model.features,
@@ -244,7 +257,7 @@ class App:
         path = request.path
         if not self.inference:
             raise BadRequest(f"no such endpoint on the metrics port: POST {path}", 404)
-        if self.state.shadow is not None and not ShadowKey(self.state.signer.key).admits(
+        if self.state.shadow is not None and not ShadowKey(*self.state.signer.keys).admits(
             request.headers.get(PASS_HEADER)
         ):
             raise BadRequest("a shadow pod answers only the requests the stable pods mirror to it", 403)
@@ -344,7 +357,7 @@ class App:
                 who = state.labellers.who(request.headers.get(LABELLER_HEADER))
                 repeated = state.recent.repeated
                 items = parse_feedback(parse_json(request.body), state.signer, classes, time.time(),
-                                       recent=state.recent, labeller=who)  # fmt: skip
+                                       state.label_horizon, recent=state.recent, labeller=who)  # fmt: skip
             except (Rejected, BadRequest) as error:
                 counts.add(model.version, "rejected", error.reason)
                 raise BadRequest(str(error), error.status) from None

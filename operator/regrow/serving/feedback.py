@@ -5,7 +5,8 @@ payload (base64url JSON) holds the model version, the request's row count, the i
 process that issued it (which grades its labels once: regrow.serving.labels) and, for a request of at most
 MAX_PREDICTED_ROWS rows whose id stays within MAX_ID_CHARS, the predictions; the tag
 is an HMAC-SHA256 of it under the deployment's key (``REGROW_FEEDBACK_KEY``, from a Secret the
-operator creates). Any replica, and any later version, verifies an id without shared state; a client can
+operator creates; after a rotation, an id of the key before, ``REGROW_FEEDBACK_PREVIOUS_KEY``, still
+verifies). Any replica, and any later version, verifies an id without shared state; a client can
 neither invent an id nor label a prediction it was not given.
 
 Feedback is accepted only whole: every item must name a valid id and carry a label the model can have (a
@@ -26,7 +27,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -75,15 +76,22 @@ class Claims:
 
 @dataclass(frozen=True)
 class Signer:
-    key: bytes
+    key: bytes = field(repr=False)  # signs ids, and verifies them
+    previous: bytes | None = field(default=None, repr=False)  # the key before a rotation: verifies, signs none
 
     @classmethod
-    def from_env(cls, value: str | None) -> Signer:
-        """The deployment's key; without one, a key of this process's own (ids verify only here)."""
-        return cls(value.encode() if value else os.urandom(32))
+    def from_env(cls, value: str | None, previous: str | None = None) -> Signer:
+        """The deployment's key (and the one before it); without one, a key of this process's own (ids verify
+        only here)."""
+        return cls(value.encode() if value else os.urandom(32), previous.encode() if previous else None)
 
-    def _tag(self, payload: str) -> str:
-        return _b64(hmac.new(self.key, f"{PREFIX}.{payload}".encode(), hashlib.sha256).digest()[:_TAG_BYTES])
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return (self.key,) if self.previous is None else (self.key, self.previous)
+
+    def _tag(self, payload: str, key: bytes | None = None) -> str:
+        mac = hmac.new(key or self.key, f"{PREFIX}.{payload}".encode(), hashlib.sha256)
+        return _b64(mac.digest()[:_TAG_BYTES])
 
     def issue(self, version: str, rows: int, now: float, predicted: list[Any] | None = None,
               issuer: str = "") -> str:  # fmt: skip
@@ -105,12 +113,13 @@ class Signer:
         if not isinstance(token, str) or len(token) > MAX_ID_CHARS or token.count(".") != 2:
             raise Rejected("bad_id", "id is not a prediction id this server issued")
         prefix, payload, tag = token.split(".")
-        if prefix != PREFIX or not hmac.compare_digest(tag.encode(), self._tag(payload).encode()):
+        if prefix != PREFIX or not any(hmac.compare_digest(tag.encode(), self._tag(payload, key).encode())
+                                       for key in self.keys):  # fmt: skip
             raise Rejected("bad_id", "id is not a prediction id this server issued")
         version, rows, issued, nonce, *rest = json.loads(_unb64(payload))  # signed by us: well formed
         issuer = str(nonce).rpartition(".")[0]  # none in an id issued before ids named their issuer
         if now - issued > max_age:
-            raise Rejected("expired", f"the prediction is older than {max_age / 86400:g} days")
+            raise Rejected("expired", f"the prediction is older than the label horizon ({max_age / 3600:g}h)")
         if issued - now > MAX_SKEW_SECONDS:  # only a holder of the key could make one: never valid
             raise Rejected("future", "the id was issued in the future")
         predicted = tuple(rest[0]) if rest else None

@@ -83,13 +83,18 @@ Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 @dataclass(frozen=True)
 class ShadowKey:
     """The deployment's key as both sides of the shadow use it (each MAC names its purpose, so that neither a
-    proof, a pass nor a prediction id's tag stands for another)."""
+    proof, a pass nor a prediction id's tag stands for another). Each side proves itself with the key, and
+    takes the key before a rotation (``previous``) too, so that a roll to a new key does not cut the shadow."""
 
     key: bytes = field(repr=False)
+    previous: bytes | None = field(default=None, repr=False)
 
-    def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
+    def _mac(self, key: bytes, purpose: bytes, *parts: bytes) -> bytes:
         message = b"\0".join((purpose, *parts))
-        return base64.urlsafe_b64encode(hmac.new(self.key, message, hashlib.sha256).digest()).rstrip(b"=")
+        return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).rstrip(b"=")
+
+    def _macs(self, purpose: bytes, *parts: bytes) -> list[bytes]:
+        return [self._mac(key, purpose, *parts) for key in (self.key, self.previous) if key is not None]
 
     @staticmethod
     def challenge() -> bytes:
@@ -97,17 +102,24 @@ class ShadowKey:
 
     def proof(self, challenge: bytes, offer: bytes) -> bytes:
         """The shadow pod's answer to ``challenge``, for the ``offer`` it makes with it."""
-        return self._mac(b"regrow-shadow-offer", challenge, offer)
+        return self._mac(self.key, b"regrow-shadow-offer", challenge, offer)
 
     def proves(self, challenge: bytes, offer: bytes, proof: bytes | None) -> bool:
-        return proof is not None and hmac.compare_digest(proof, self.proof(challenge, offer))
+        return proof is not None and any(
+            hmac.compare_digest(proof, mac) for mac in self._macs(b"regrow-shadow-offer", challenge, offer)
+        )
 
     def mirror_pass(self, challenge: bytes) -> bytes:
         """What each request the stable pod mirrors on the connection of ``challenge`` carries."""
-        return challenge + b"." + self._mac(b"regrow-mirror", challenge)
+        return challenge + b"." + self._mac(self.key, b"regrow-mirror", challenge)
 
     def admits(self, token: bytes | None) -> bool:
-        return token is not None and hmac.compare_digest(token, self.mirror_pass(token.partition(b".")[0]))
+        if token is None:
+            return False
+        challenge = token.partition(b".")[0]
+        return any(
+            hmac.compare_digest(token, challenge + b"." + mac) for mac in self._macs(b"regrow-mirror", challenge)
+        )
 
 
 class ShadowOffer(BaseModel):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
 from regrow.serving.app import App, State
-from regrow.serving.feedback import Signer
+from regrow.serving.feedback import MAX_AGE_SECONDS, Signer
 from regrow.serving.httpserver import IDLE_TIMEOUT_SECONDS, HttpServer
 from regrow.serving.labellers import Labellers
 from regrow.serving.labels import READ_SECONDS, LabelReader
@@ -50,12 +50,14 @@ class ServeConfig:
     log_percent: int = 0
     log_max_queue: int = 10000
     log_retention_seconds: float | None = None  # None: the log's old files are not deleted
+    label_horizon_seconds: float = MAX_AGE_SECONDS  # a label is taken until its prediction is this old
     labellers_dir: str | None = None  # a folder per named labeller, its files their tokens (None: anyone labels)
     log_flush_seconds: float = 5.0
     label_read_seconds: float = READ_SECONDS  # how often the labels written to the store are read
     endpoint_url: str | None = None
     region: str | None = None
     feedback_key: str | None = field(default=None, repr=False)  # signs prediction ids (REGROW_FEEDBACK_KEY)
+    feedback_previous_key: str | None = field(default=None, repr=False)  # the one before a rotation: verifies
     shadow_url: str | None = None  # mirror to the shadow Service there, as it asks (see regrow.serving.mirror)
     shadow_percent: int = 0  # serve as a shadow, asking the stable pods for this percent of their requests
 
@@ -70,11 +72,12 @@ class InferenceServer:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        signer = Signer.from_env(config.feedback_key)
+        signer = Signer.from_env(config.feedback_key, config.feedback_previous_key)
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
                            max_rows=config.max_rows, shed_after=config.shed_after, signer=signer,
+                           label_horizon=config.label_horizon_seconds,
                            shadow=config.shadow_percent or None, labellers=Labellers(config.labellers_dir),
-                           mirror=Mirror(config.shadow_url, config.model, ShadowKey(signer.key))
+                           mirror=Mirror(config.shadow_url, config.model, ShadowKey(*signer.keys))
                            if config.shadow_url else None)  # fmt: skip
         if config.log_percent > 0 and not config.feedback_key:
             log.warning("No REGROW_FEEDBACK_KEY: prediction ids verify on this process only, not on other replicas")
