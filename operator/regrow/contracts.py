@@ -192,6 +192,16 @@ def logged_at(key: str) -> float | None:
 MIN_KEY_BYTES = 32  # the deployment's key (REGROW_FEEDBACK_KEY), at least
 
 
+MAX_BUSINESS_KEY = 256  # characters of a request's business key (parameters.business_key), at most
+
+
+def business_key_hash(key: str) -> str:
+    """What the prediction log holds for a request's business key (a customer's, a transaction's: it may be
+    personal data), and what ground truth in the store is joined on: 32 hex digits of a SHA-256 under a
+    purpose of its own. A pseudonym, not an anonymisation: whoever knows a key can compute its hash."""
+    return hashlib.sha256(b"regrow-business-key\0" + key.encode()).hexdigest()[:32]
+
+
 def key_fingerprint(key: bytes) -> str:
     """What names a deployment's key without saying anything of it: 16 hex digits of a SHA-256 under a purpose
     of its own (the operator computes it of the key it makes, a pod of the key it holds)."""

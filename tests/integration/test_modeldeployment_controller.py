@@ -129,48 +129,45 @@ def _fingerprint(api: client.ApiClient, namespace: str, name: str) -> str:
 def test_the_key_is_regrows_own_and_a_missing_or_rotated_one_is_made_anew(
     api: client.ApiClient, namespace: str, operator: Operator
 ) -> None:
-    """A Secret of the key's name that regrow did not make is refused, and no pod reads it (it was adopted);
-    one regrow makes is recorded by its fingerprint; one a pod cannot find (deleted to revoke it: pods could
-    not start, forever) and `regrow rotate-key` each make the next, and the pods keep the key before."""
+    """A Secret of the key's name that regrow did not make is never used (before, it was adopted as it was);
+    the key regrow makes is recorded by its fingerprint; one a pod cannot find (deleted to revoke it: pods
+    could not start, forever) and `regrow rotate-key` each make the next, and the pods keep the key before."""
     core, secrets = client.CoreV1Api(api), path("v1", "secrets", namespace)
     foreign = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iris-feedback-key"},
                "stringData": {"key": "a key someone else chose, 32 bytes or more"}}  # fmt: skip
     Kube(api).create(secrets, foreign)
     with operator():
+        assert main(["rotate-key", "iris", "--namespace", namespace]) == 1  # no ModelDeployment yet
         _create(api, namespace, _example("ModelDeployment"))
-        refused = _status(api, namespace, "Ready", "False", "FeedbackKeyConflict")
-        assert "delete it" in condition(refused, "Ready")["message"]  # type: ignore[index]
-        assert _children(api, namespace)["Deployment"] == [] and "feedbackKey" not in refused["status"]
-        assert "FeedbackKeyConflict" in [reason for _, reason, _ in events_for(api, namespace, "iris")]
-
-        core.delete_namespaced_secret("iris-feedback-key", namespace)
-        assert main(["rotate-key", "iris", "--namespace", namespace]) == 1  # no key of regrow's yet
-        client.CustomObjectsApi(api).patch_namespaced_custom_object(  # any look now makes regrow's own
-            GROUP, VERSION, namespace, MODEL_DEPLOYMENT.plural, "iris", {"spec": {"replicas": {"max": 5}}})  # fmt: skip
-        made = wait_for(lambda: get_custom(api, namespace, MODEL_DEPLOYMENT.plural, "iris")["status"]
+        made = wait_for(lambda: get_custom(api, namespace, MODEL_DEPLOYMENT.plural, "iris").get("status", {})
                         .get("feedbackKey"), 30, "regrow's own key")  # fmt: skip
-        assert made["fingerprint"] == _fingerprint(api, namespace, "iris-feedback-key") and made["generation"] == 1
+        assert made["secretName"] == "iris-feedback-key-2" and made["generation"] == 2
+        assert made["fingerprint"] == _fingerprint(api, namespace, "iris-feedback-key-2")
+        assert "FeedbackKeyConflict" in [reason for _, reason, _ in events_for(api, namespace, "iris")]
         wait_for(lambda: _children(api, namespace)["Deployment"], 30, "the Deployment")
-        assert _key_env(api, namespace) == {"REGROW_FEEDBACK_KEY": {"name": "iris-feedback-key", "key": "key"}}
+        assert _key_env(api, namespace) == {"REGROW_FEEDBACK_KEY": {"name": "iris-feedback-key-2", "key": "key"}}
 
-        core.delete_namespaced_secret("iris-feedback-key", namespace)  # revoked: new pods cannot start
+        core.delete_namespaced_secret("iris-feedback-key-2", namespace)  # revoked: new pods cannot start
         pod = wait_for(lambda: core.list_namespaced_pod(namespace, label_selector=LABEL).items, 30, "a pod")[0]
-        waiting = {"reason": "CreateContainerConfigError", "message": 'secret "iris-feedback-key" not found'}
+        waiting = {"reason": "CreateContainerConfigError", "message": 'secret "iris-feedback-key-2" not found'}
         status = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [
             {"name": "server", "ready": False, "restartCount": 0, "image": TEST_IMAGE, "imageID": "",
              "state": {"waiting": waiting}}]}  # fmt: skip
         core.patch_namespaced_pod_status(str(pod.metadata.name), namespace, {"status": status})  # type: ignore[union-attr]
-        wait_for(lambda: _key_env(api, namespace)["REGROW_FEEDBACK_KEY"]["name"] == "iris-feedback-key-2", 30,
+        wait_for(lambda: _key_env(api, namespace)["REGROW_FEEDBACK_KEY"]["name"] == "iris-feedback-key-3", 30,
                  "a new key")  # fmt: skip
         assert _key_env(api, namespace)["REGROW_FEEDBACK_PREVIOUS_KEY"] == {
-            "name": "iris-feedback-key", "key": "key", "optional": True}  # fmt: skip
+            "name": "iris-feedback-key-2", "key": "key", "optional": True}  # fmt: skip
 
         assert main(["rotate-key", "iris", "--namespace", namespace]) == 0
-        wait_for(lambda: _key_env(api, namespace)["REGROW_FEEDBACK_KEY"]["name"] == "iris-feedback-key-3", 30,
+        wait_for(lambda: _key_env(api, namespace)["REGROW_FEEDBACK_KEY"]["name"] == "iris-feedback-key-4", 30,
                  "the rotated key")  # fmt: skip
         record = get_custom(api, namespace, MODEL_DEPLOYMENT.plural, "iris")["status"]["feedbackKey"]
-    assert record["previousFingerprint"] == _fingerprint(api, namespace, "iris-feedback-key-2")
-    assert record["fingerprint"] == _fingerprint(api, namespace, "iris-feedback-key-3") and record["generation"] == 3
+    assert record["previousFingerprint"] == _fingerprint(api, namespace, "iris-feedback-key-3")
+    assert record["fingerprint"] == _fingerprint(api, namespace, "iris-feedback-key-4") and record["generation"] == 4
+    assert _fingerprint(api, namespace, "iris-feedback-key") == key_fingerprint(
+        b"a key someone else chose, 32 bytes or more"
+    )
     reasons = [reason for _, reason, _ in events_for(api, namespace, "iris")]
     assert reasons.count("FeedbackKeyCreated") == 1 and reasons.count("FeedbackKeyRotated") == 2
 

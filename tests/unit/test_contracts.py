@@ -45,7 +45,8 @@ def test_a_serving_pod_reads_what_its_manifest_says() -> None:
         "rollout": {"strategy": "Canary", "steps": [{"mirror": 10, "minRequests": 100}, {"weight": 50, "pause": "1m"}]},
     })  # fmt: skip
     owner = Owner("ModelDeployment", "iris", "ml", "u1")
-    for kwargs in ({}, {"canary_replicas": 1, "shadow_percent": 10}):
+    tracks: list[dict[str, Any]] = [{}, {"canary_replicas": 1, "shadow_percent": 10}]
+    for kwargs in tracks:
         manifest = deployment(owner, spec, PodDefaults(metrics_port=9090), "0123456789abcdef", **kwargs)
         env = manifest["spec"]["template"]["spec"]["containers"][0]["env"]
         plain = {e["name"]: e["value"] for e in env if "value" in e}

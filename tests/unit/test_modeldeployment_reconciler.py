@@ -248,8 +248,8 @@ def test_under_a_canary_pods_that_pin_no_version_load_none() -> None:
     """A Canary's stable pods load only a version the operator pins: an unpinned pod (the first, before any
     version is known; or one started after the alias moved) must not serve a version no canary judged."""
 
-    def env(spec: ModelDeploymentSpec, version: str | None, **candidate: int) -> dict[str, str]:
-        containers = deployment(OWNER, spec, PodDefaults(), version, **candidate)["spec"]["template"]["spec"]
+    def env(spec: ModelDeploymentSpec, version: str | None, canary_replicas: int | None = None) -> dict[str, str]:
+        containers = deployment(OWNER, spec, PodDefaults(), version, canary_replicas)["spec"]["template"]["spec"]
         return {e["name"]: e.get("value") for e in containers["containers"][0]["env"]}
 
     canary_spec = _spec(spec__rollout={"strategy": "Canary", "steps": [{"weight": 50, "minRequests": 10}]})

@@ -391,6 +391,7 @@ class FeedbackKeyStatus(ApiModel):
     previous_fingerprint: Fingerprint | None = Field(
         default=None, description="The key before the last rotation: ids it signed still verify."
     )
+    previous_generation: int | None = Field(default=None, ge=1, description="The key before's generation.")
     rotation: str | None = Field(
         default=None, max_length=64,
         description="The last regrow.dev/rotate-feedback-key annotation acted on (regrow rotate-key sets it).",

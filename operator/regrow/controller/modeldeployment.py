@@ -57,6 +57,7 @@ from regrow.manifests.serving import (
     SHADOW,
     SHADOW_PERCENT_ENV,
     VERSION_ANNOTATION,
+    KeyNames,
     alias_job,
     autoscaler,
     deployment,
@@ -389,18 +390,18 @@ def reconcile(body: Obj, serving: Serving) -> Result:
     live = api.get(path("apps/v1", "deployments", owner.namespace, name))
     pinned = pinned_version(live) if live is not None and follows(live["spec"]["template"], spec.model) else None
     desired = _decide(api, serving.probes, owner, spec, (pinned, previous_status), reports)
-    key = keys.look(api, owner, spec, body, live, {r.keys[0] for r in reports if r.ready and r.keys},
+    key = keys.look(api, owner, spec, body, live, [r.keys for r in reports if r.ready and r.keys],
                     [r.stuck for r in reports if r.stuck])  # fmt: skip
     if key.problem is not None and key.refused:  # no pod reads a Secret regrow did not make
         cond = Cond(READY, "False", *key.problem)
         return Result(checked(ModelDeploymentStatus, conditions.status(body, [cond])), transition_event(previous, cond))
-    moves = _rollout(body, spec, serving, (live, pinned, draining), desired, reports, key.generation)
+    moves = _rollout(body, spec, serving, (live, pinned, draining), desired, reports, key.names)
     version = moves.stable
     events = list(key.events)
     if version != pinned and live is not None:
         events.append(Event("Normal", "RollingOut", f"Rolling out {spec.model.name} version {version}"))
 
-    applied = ensure(api, deployment(owner, spec, defaults, version, key=key.generation), unmanaged=("replicas",))
+    applied = ensure(api, deployment(owner, spec, defaults, version, key=key.names), unmanaged=("replicas",))
     ensure(api, service(owner))
     if spec.rollout.mirrors:
         ensure(api, shadow_service(owner))
@@ -489,7 +490,7 @@ def _alias_status(spec: ModelDeploymentSpec, desired: Desired, previous_status: 
 
 
 def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tuple[Obj | None, str | None, int],
-             desired: Desired, reports: list[PodReport], key: int) -> canary.Plan:  # fmt: skip
+             desired: Desired, reports: list[PodReport], key: KeyNames) -> canary.Plan:  # fmt: skip
     """The canary's next move (a RollingUpdate's is to pin what ``desired`` says): the stable version to pin,
     the candidate's Deployment scaled to the step, a rolled-back version's alias moved back by a Job.
     ``stable``: the stable Deployment, the version it pins, and its pods shutting down."""
@@ -536,7 +537,8 @@ def _rollout(body: Obj, spec: ModelDeploymentSpec, serving: Serving, stable: tup
     return _restored(owner, spec, serving, moves, desired.target)
 
 
-def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None, key: int) -> None:
+def _scale_away(owner: Owner, spec: ModelDeploymentSpec, serving: Serving, live: Obj | None,
+                key: KeyNames) -> None:  # fmt: skip
     """A candidate's Deployment (canary or shadow) that has pods: scaled to none, kept for the next one."""
     if live is None or not live["spec"].get("replicas"):
         return

@@ -5,6 +5,7 @@ a shadow's pods and the stable ones to each other)."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from regrow import GROUP
 from regrow.api.common import parse_duration
@@ -60,15 +61,25 @@ def feedback_key(owner: Owner, key: str, generation: int = 1) -> Manifest:
     }
 
 
-def _keys(owner: Owner, key: int) -> dict[str, Manifest]:
-    """The environment of the deployment's ``key``-th key, and of the one before it (optional: a Secret deleted
-    to revoke it is none), as sources of ServingEnv's fields."""
+@dataclass(frozen=True)
+class KeyNames:
+    """Which of the deployment's keys the pods hold, by generation: the one they sign with, and the one before
+    it, which still verifies (None: none)."""
 
-    def source(generation: int) -> Manifest:
+    generation: int = 1
+    previous: int | None = None
+
+
+def _keys(owner: Owner, key: KeyNames) -> dict[str, Manifest]:
+    """The environment of the deployment's key, and of the one before it (optional: a Secret deleted to revoke
+    it is none), as sources of ServingEnv's fields."""
+
+    def source(generation: int, optional: bool = False) -> Manifest:
         return {"secretKeyRef": {"name": feedback_key_name(owner, generation), "key": FEEDBACK_KEY,
-                                 **({"optional": True} if generation < key else {})}}  # fmt: skip
+                                 **({"optional": True} if optional else {})}}  # fmt: skip
 
-    return {"feedback_key": source(key), **({"feedback_previous_key": source(key - 1)} if key > 1 else {})}
+    before = {"feedback_previous_key": source(key.previous, True)} if key.previous is not None else {}
+    return {"feedback_key": source(key.generation), **before}
 
 
 def metrics_address(pod: Manifest) -> str:
@@ -93,15 +104,14 @@ def shadow_url(owner: Owner, cluster_domain: str) -> str:
 
 def deployment(
     owner: Owner, spec: ModelDeploymentSpec, defaults: PodDefaults, version: str | None,
-    canary_replicas: int | None = None, shadow_percent: int | None = None, key: int = 1,
+    canary_replicas: int | None = None, shadow_percent: int | None = None, key: KeyNames = KeyNames(),
 ) -> Manifest:  # fmt: skip
     """The stable Deployment; ``version`` pins the model version (None: the pods resolve the alias
     themselves, or under a Canary load nothing until one is pinned, so that none serves a version no canary
     judged). The version is in the pod template, so a new version rolls the pods. With
     ``canary_replicas``, the canary's Deployment instead: ``version`` is the candidate, on that many pods; and
     with ``shadow_percent`` too, the shadow's, whose pods ask the stable ones for that percent of their
-    requests, log none and reach no client. ``key``: the generation of the deployment's key the pods sign with
-    (the one before it verifies too, where there is one)."""
+    requests, log none and reach no client. ``key``: the deployment's keys the pods hold."""
     model = spec.model
     component = COMPONENT if canary_replicas is None else CANARY if shadow_percent is None else SHADOW
     logs = spec.logs_predictions and component != SHADOW

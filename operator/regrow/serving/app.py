@@ -19,7 +19,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from regrow import __version__
 from regrow.api.modeldeployment import DEFAULT_SERVER as BOUNDS
-from regrow.contracts import AliasReading, ModelMetadata, ModelParameters, Reason, TensorMetadata, key_fingerprint
+from regrow.contracts import (
+    AliasReading,
+    ModelMetadata,
+    ModelParameters,
+    Reason,
+    TensorMetadata,
+    business_key_hash,
+    key_fingerprint,
+)
 from regrow.inference import Batch, Prediction, rows
 from regrow.serving.feedback import (
     MAX_AGE_SECONDS,
@@ -50,6 +58,7 @@ from regrow.serving.predlog import PredictionLog
 from regrow.serving.protocol import (
     BINARY_HEADER,
     BadRequest,
+    business_keys,
     parse_json,
     requested_outputs,
     split_binary,
@@ -88,6 +97,7 @@ class State:
     shed_after: float = BOUNDS.shed_after_milliseconds / 1000  # an inference request that waited longer gets 429
     signer: Signer = field(default_factory=lambda: Signer.from_env(None))
     label_horizon: float = MAX_AGE_SECONDS  # a label is taken until its prediction is this old
+    keyed: bool = False  # whether the signer's key is the deployment's (else one of this process's own)
     issuer: str = field(default_factory=lambda: secrets.token_hex(4))  # names this process in the ids it issues
     feedback: FeedbackCounts | None = None
     labels: LabelReader | None = None  # grades the labels of the ids this process issued, each once
@@ -204,7 +214,7 @@ class App:
             "alias_version": reading.version if reading else None,
             "alias_generation": reading.generation if reading else None,
             "alias_age_seconds": round(time.monotonic() - read_at, 3) if read_at is not None else None,
-            "keys": [key_fingerprint(key) for key in self.state.signer.keys],
+            "keys": [key_fingerprint(key) for key in self.state.signer.keys] if self.state.keyed else None,
         }
 
     def _model_path(self, rest: str) -> str:
@@ -288,6 +298,7 @@ class App:
             body, binary = split_binary(request.body, request.headers.get(BINARY_HEADER))
             parsed = parse_json(body)
             x = self._inputs(protocol, parsed, binary)
+            keys = business_keys(parsed, rows(x))
             if protocol == "v2":
                 prediction = model.session.predict(x)
                 outputs, binary_outputs = requested_outputs(parsed, v2_outputs(prediction))
@@ -306,7 +317,7 @@ class App:
                 token = state.signer.issue(
                     model.version, rows(x), time.time(), v1_predictions(prediction), state.issuer
                 )
-                issued = log_prediction(state.predictions, token, x, prediction, model.features)
+                issued = log_prediction(state.predictions, token, x, prediction, model.features, keys)
                 if protocol == "v2":
                     response["parameters"] = {"prediction_id": issued}
                 else:
@@ -399,10 +410,13 @@ def _nulls(values: npt.NDArray[Any]) -> list[Any]:
 
 
 def log_prediction(predictions: PredictionLog, prediction_id: str, x: Batch, prediction: Prediction,
-                   names: list[str] | None = None) -> str:  # fmt: skip
+                   names: list[str] | None = None, keys: list[str] | None = None) -> str:  # fmt: skip
     """Queue one request's inputs and outputs under the id the server issued; return the id. Inputs are rows
-    (``inputs``), or for a model that takes columns, columns by name (``columns``)."""
+    (``inputs``), or for a model that takes columns, columns by name (``columns``); the request's business
+    ``keys`` by their hashes (``keys``)."""
     record: dict[str, Any] = {"id": prediction_id, "time": time.time()}
+    if keys is not None:
+        record["keys"] = [business_key_hash(key) for key in keys]
     if isinstance(x, list):
         record["columns"] = {name: _nulls(column) for name, column in zip(names or [], x, strict=True)}
     else:

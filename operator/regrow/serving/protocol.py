@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from regrow.contracts import MAX_BUSINESS_KEY
 from regrow.inference import Columns, Prediction
 from regrow.tabular import NotCategorical, canonical
 from regrow.telemetry import Refusal
@@ -66,6 +67,26 @@ def _parameters(obj: Any) -> dict[str, Any]:
     if not isinstance(parameters, dict):
         raise BadRequest('"parameters" must be a JSON object')
     return parameters
+
+
+def business_keys(parsed: Any, rows: int) -> list[str] | None:
+    """The request's business keys (``parameters.business_key``): one per row, so that ground truth written to
+    the store by that key labels the row; a string for a request of one row, else a list of as many. None when
+    the request gives none."""
+    given = _parameters(parsed).get("business_key")
+    if given is None:
+        return None
+    keys = [given] if isinstance(given, str) and rows == 1 else given
+    if (
+        not isinstance(keys, list)
+        or len(keys) != rows
+        or not all(isinstance(k, str) and 0 < len(k) <= MAX_BUSINESS_KEY for k in keys)
+    ):
+        raise BadRequest(
+            f"parameters.business_key must be a string of 1 to {MAX_BUSINESS_KEY} characters (a request of one "
+            f"row), or a list of one such string per row ({rows})"
+        )
+    return keys
 
 
 def _dtype(datatype: str) -> np.dtype[Any]:

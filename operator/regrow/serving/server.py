@@ -75,7 +75,7 @@ class InferenceServer:
         signer = Signer.from_env(config.feedback_key, config.feedback_previous_key)
         self.state = State(name=config.model, alias=config.alias, feature_bins=config.feature_bins,
                            max_rows=config.max_rows, shed_after=config.shed_after, signer=signer,
-                           label_horizon=config.label_horizon_seconds,
+                           label_horizon=config.label_horizon_seconds, keyed=config.feedback_key is not None,
                            shadow=config.shadow_percent or None, labellers=Labellers(config.labellers_dir),
                            mirror=Mirror(config.shadow_url, config.model, ShadowKey(*signer.keys))
                            if config.shadow_url else None)  # fmt: skip

@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from regrow.contracts import log_prefix, logged_at
 from regrow.storage import Store
+from regrow.training.truth import STORE, Truth, read_truth
 
 Fits = Callable[[object], bool]  # whether one label is of the kind the dataset's target holds
 
@@ -141,7 +142,8 @@ def _labels(store: Store, model: str, since: float, problems: Counter[str]) -> t
 
 def shares(available: dict[str, int], total: int) -> dict[str, int]:
     """``total`` split among sources with ``available`` rows each: evenly, none given more than it has, what
-    one cannot use going to the others (the smallest served first; a remainder to the first names)."""
+    one cannot use going to the others (the smallest served first, so the last get what the even split
+    leaves over; what remains then goes a row each to the first names)."""
     out, left = dict.fromkeys(available, 0), total
     for i, (name, rows) in enumerate(sorted(available.items(), key=lambda item: (item[1], item[0]))):
         out[name] = min(rows, left // (len(available) - i))
@@ -182,41 +184,95 @@ def _logged(record: dict[str, Any], features: list[str]) -> list[Any]:
 def labelled_rows(store: Store, model: str, features: list[str], categorical: set[str], max_rows: int,
                   fits: Fits, since: float = 0.0) -> Feedback:  # fmt: skip
     """The newest labelled rows of ``model``'s live traffic logged at ``since`` or later, at most ``max_rows``
-    (whole requests) shared out among the labellers, in the order of ``features``, the ``categorical`` ones as
-    canonical categories."""
+    (whole requests) shared out among the sources (the store's ground truth, each labeller), in the order of
+    ``features``, the ``categorical`` ones as canonical categories. A row the store labels takes the store's
+    label (regrow.training.truth); else its request's labeller's."""
     kinds = [name in categorical for name in features]
     dropped: Counter[str] = Counter()
     labels, anonymous = _labels(store, model, since, dropped)
-    available: Counter[str] = Counter()
+    truth = read_truth(store, model)
+    dropped.update(truth.dropped)
+    available: Counter[str] = Counter({STORE: len(truth)} if len(truth) else {})
     for given in labels.values():
         available[given.source] += len(given.values)
-    left = shares(dict(available), max_rows)
-    full = {source for source, share in left.items() if not share}
+    quota = _Quota(shares(dict(available), max_rows))
     read = _Read(kinds, anonymous)
-    if not labels:  # nothing to join: the predictions are not read
+    if not available:  # nothing to join: the predictions are not read
         return read.feedback(dropped)
     for key in _newest_first(store, log_prefix(model, "predictions"), since):
         for record in _records(store, key, dropped):
             read.predictions += 1
-            parsed = [_row(values, kinds) for values in _logged(record, features)]
-            label = labels.get(record["id"])
-            if any(row is None for row in parsed):
+            logged = _logged(record, features)
+            parsed = [row for values in logged if (row := _row(values, kinds)) is not None]
+            if len(parsed) != len(logged):
                 dropped["shape"] += 1
-            elif label is None:
-                read.unlabelled += 1
-            elif len(label.values) != len(parsed) or not all(fits(item) for item in label.values):
-                dropped["label"] += 1
-            elif label.source in full:
                 continue
-            elif len(parsed) > left[label.source]:  # its share is full: its older traffic is not read
-                full.add(label.source)
-                if full >= set(left):
-                    read.predictions -= 1
-                    return read.feedback(dropped)
-            else:
-                left[label.source] -= len(parsed)
-                read.add([row for row in parsed if row is not None], record["id"], label)
+            named = labels.get(record["id"])
+            found = _labelled(record, len(parsed), named, truth, fits, dropped)
+            if not found:
+                read.unlabelled += named is None  # a labeller's label that does not fit is counted as dropped
+                continue
+            admitted = quota.admit(Counter(source for _, _, source, _ in found))
+            for i, value, source, corroborated in found:
+                if source in admitted:
+                    read.add(parsed[i], record["id"], Label(value, source, corroborated))
+            if quota.spent:
+                read.predictions -= not admitted
+                return read.feedback(dropped)
     return read.feedback(dropped)
+
+
+@dataclass
+class _Quota:
+    """What each source may still add (``left``), and the sources whose share is full: whole requests, the
+    newest first, so that a request that does not fit ends the source's reading."""
+
+    left: dict[str, int]
+    full: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.full = {source for source, share in self.left.items() if not share}
+
+    def admit(self, wanted: Counter[str]) -> set[str]:
+        """The sources whose rows of a request are taken (``wanted``: rows by source)."""
+        admitted = set()
+        for source, count in wanted.items():
+            if source in self.full:
+                continue
+            if count > self.left[source]:  # its share is full: its older traffic is not read
+                self.full.add(source)
+            else:
+                self.left[source] -= count
+                admitted.add(source)
+        return admitted
+
+    @property
+    def spent(self) -> bool:
+        return self.full >= set(self.left)
+
+
+def _labelled(record: dict[str, Any], rows: int, named: Label | None, truth: Truth, fits: Fits,
+              dropped: Counter[str]) -> list[tuple[int, Any, str, bool]]:  # fmt: skip
+    """Each labelled row of a logged request: (row, label, source, corroborated), the store's label first (by
+    the prediction id and row, or by the row's business key), else its labeller's. A label the store gives by
+    prediction id is corroborated (the store chose the prediction); one by business key is not (any client may
+    send a key)."""
+    if named is not None and (len(named.values) != rows or not all(fits(item) for item in named.values)):
+        dropped["label"] += 1
+        named = None
+    hashes = record.get("keys")
+    hashes = hashes if isinstance(hashes, list) and len(hashes) == rows else [None] * rows
+    found = []
+    for i in range(rows):
+        by, value = truth.label(record["id"], i, hashes[i] if isinstance(hashes[i], str) else None)
+        if by is not None and fits(value):  # trusted as the store is; by a key any client may send, uncorroborated
+            found.append((i, value, STORE, by == "id"))
+            continue
+        if by is not None:
+            dropped["label"] += 1  # not of the dataset's kind: the labeller's, if any, stands
+        if named is not None:
+            found.append((i, named.values[i], named.source, named.corroborated))
+    return found
 
 
 @dataclass
@@ -233,12 +289,13 @@ class _Read:
     sources: list[str] = field(default_factory=list)
     corroborated: list[bool] = field(default_factory=list)
 
-    def add(self, rows: list[list[float | str]], key: str, label: Label) -> None:
-        self.rows.extend(rows)
-        self.targets.extend(label.values)
-        self.groups.extend([key] * len(rows))
-        self.sources.extend([label.source] * len(rows))
-        self.corroborated.extend([label.corroborated] * len(rows))
+    def add(self, row: list[float | str], key: str, label: Label) -> None:
+        """One row, labelled ``label.value`` by ``label.source``, of the request ``key``."""
+        self.rows.append(row)
+        self.targets.append(label.value)
+        self.groups.append(key)
+        self.sources.append(label.source)
+        self.corroborated.append(label.corroborated)
 
     def feedback(self, dropped: Counter[str]) -> Feedback:
         rows, targets = self.rows, self.targets

@@ -545,14 +545,14 @@ def awaiting_person(spec: TrainingJobSpec, verdict: Gate | None, live: Live | No
     wanted = spec.dataset.feedback
     if verdict is None or verdict.outcome != "Promoted" or live is None or not live.outside_support:
         return verdict
-    if wanted is None or wanted.outside_support != "Approved" or verdict.previous_version in (None, version):
+    if wanted is None or wanted.outside_support != "Approved" or verdict.previous_version == version:
         return verdict
-    model, alias = spec.output.model_name, verdict.alias
+    model, alias, before = spec.output.model_name, verdict.alias, verdict.previous_version
+    how = (f" (regrow move-alias --registry {spec.output.registry} --model {model} --alias {alias} --from {before} "
+           f"--to {version})" if before else "")  # fmt: skip
     return replace(verdict, outcome="Rejected", message=(
         f"the gate passed ({verdict.message}), but {live.outside_support} labelled live rows lie outside the "
-        f"curated data's support, and outsideSupport is Approved: a person promotes it (regrow move-alias "
-        f"--registry {spec.output.registry} --model {model} --alias {alias} --from {verdict.previous_version} "
-        f"--to {version})"
+        f"curated data's support, and outsideSupport is Approved: a person promotes it{how}"
     ))  # fmt: skip
 
 
