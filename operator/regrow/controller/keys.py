@@ -26,20 +26,17 @@ from dataclasses import dataclass
 
 from regrow import GROUP
 from regrow.api.modeldeployment import FeedbackKeyStatus, ModelDeploymentSpec
-from regrow.contracts import ServingEnv, key_fingerprint
+from regrow.contracts import key_fingerprint
 from regrow.controller.kube import Api, Conflict, Obj, path
 from regrow.controller.result import Event
 from regrow.manifests.common import Owner
-from regrow.manifests.serving import FEEDBACK_ENV, KeyNames, feedback_key, feedback_key_name
+from regrow.manifests.serving import FEEDBACK_ENV, PREVIOUS_KEY_ENV, KeyNames, feedback_key, feedback_key_name
 
 ROTATE_ANNOTATION = f"{GROUP}/rotate-feedback-key"  # set by `regrow rotate-key`
 CONFLICT = "FeedbackKeyConflict"
 TRIES = 8  # names tried for a new key past those taken (a record lost, Secrets someone else made)
 MISMATCH = "FeedbackKeyMismatch"
-MISSING = "CreateContainerConfigError"
-PREVIOUS_ENV = ServingEnv.variable(
-    "feedback_previous_key"
-)  # a pod's waiting reason when a Secret it reads is not there
+MISSING = "CreateContainerConfigError"  # a pod's waiting reason when a Secret it reads is not there
 
 
 @dataclass(frozen=True)
@@ -107,7 +104,7 @@ def _read_by(owner: Owner, live: Obj | None) -> tuple[int, int | None] | None:
     containers = ((live or {}).get("spec") or {}).get("template", {}).get("spec", {}).get("containers") or [{}]
     refs = {env["name"]: ((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
             for env in containers[0].get("env") or [] if "name" in env}  # fmt: skip
-    current, previous = _generation(owner, refs.get(FEEDBACK_ENV)), _generation(owner, refs.get(PREVIOUS_ENV))
+    current, previous = _generation(owner, refs.get(FEEDBACK_ENV)), _generation(owner, refs.get(PREVIOUS_KEY_ENV))
     return None if current is None else (current, previous)
 
 

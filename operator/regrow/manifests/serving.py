@@ -36,6 +36,7 @@ VERSION_ANNOTATION = f"{GROUP}/model-version"
 FEEDBACK_KEY = "key"
 LABELLERS_DIR = "/var/run/regrow/labellers"
 FEEDBACK_ENV = ServingEnv.variable("feedback_key")
+PREVIOUS_KEY_ENV = ServingEnv.variable("feedback_previous_key")
 # After SIGTERM a pod answers, reporting not ready, for this long: the time for its removal from the
 # Service's endpoints to reach every node's kube-proxy. 5 s lost 2 of 832 requests in a roll on a busy node
 # (rules updated late, the old pod's IP already reused by another pod).
